@@ -1,0 +1,464 @@
+"""`damdup` command line: scan, clusters, explain, errors, export, review."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from adapters.base import AdapterError
+from adapters.filesystem import Filesystem, FilesystemSettings
+from connector.core.index import DecisionRow, IndexStore, SchemaError, SQLiteStore, now_iso
+from connector.core.settings import Settings
+from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
+from connector.engine.clusters import Cluster, Relation
+from connector.engine.matcher import explain_pair
+from connector.engine.scan import OriginalReader, current_clusters, run
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_SOME_FAILED = 3  # the run finished, but some assets could not be indexed
+
+RELATION_FIELDS = [
+    "unit_a", "id_a", "unit_b", "id_b", "tier", "phash_distance", "dhash_distance",
+    "cluster", "canonical",
+]  # fmt: skip
+
+out = Console()
+err = Console(stderr=True)
+
+
+class UsageError(Exception):
+    pass
+
+
+def configure_logging(verbose: bool) -> None:
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if sys.stderr.isatty()
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    if not enabled:
+        yield lambda stage, done, total: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    with bar:
+
+        def update(stage: str, done: int, total: int | None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def open_store(settings: Settings) -> IndexStore:
+    return SQLiteStore(settings.db)
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "db", None):
+        overrides["db"] = Path(args.db)
+    if getattr(args, "workers", None):
+        overrides["workers"] = args.workers
+    return Settings(**overrides)
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    root = Path(args.path)
+    unit = args.unit or "scan"
+    try:
+        adapter = Filesystem(
+            FilesystemSettings(root=root, max_file_bytes=settings.max_file_mb * 1024 * 1024)
+        )
+    except AdapterError as exc:
+        raise UsageError(str(exc)) from exc
+    store = open_store(settings)
+    try:
+        with progress_bar(err.is_terminal and not args.quiet) as progress:
+            result = run(store, {unit: adapter}, settings, progress=progress)
+        sync = result.syncs[0]
+        summary = {
+            "unit": unit,
+            "listed": sync.listed,
+            "unchanged": sync.unchanged,
+            "fingerprinted": sync.fingerprinted,
+            "reused": sync.reused,
+            "retired": sync.retired,
+            "errors": result.errors,
+            "candidates": result.match.candidates,
+            "pairs_checked": result.match.evaluated,
+            "db": str(settings.db),
+        }
+        if args.format == "json":
+            out.print_json(json.dumps(summary))
+        else:
+            out.print(
+                f"{unit}: {sync.listed} files listed, {sync.fingerprinted} fingerprinted, "
+                f"{sync.unchanged} unchanged, {sync.reused} known content, "
+                f"{sync.retired} gone; {result.match.candidates} candidate pairs, "
+                f"{result.match.evaluated} newly checked; index {settings.db}"
+            )
+            if result.errors:
+                err.print(
+                    f"{result.errors} file(s) could not be indexed: see `damdup errors`",
+                    style="yellow",
+                )
+        return EXIT_SOME_FAILED if result.errors else EXIT_OK
+    finally:
+        store.close()
+
+
+def _cluster_json(cluster: Cluster) -> dict[str, Any]:
+    return {
+        "cluster": cluster.id,
+        "tier": cluster.tier.value,
+        "canonical": {"unit": cluster.canonical.unit, "id": cluster.canonical.asset_id},
+        "reason": cluster.reason,
+        "members": [
+            {
+                "unit": member.asset.unit,
+                "id": member.asset.asset_id,
+                "tier": member.edge.tier.value,
+                "mark": MARK_FOR_TIER[member.edge.tier],
+                "phash_distance": member.edge.phash_distance,
+                "dhash_distance": member.edge.dhash_distance,
+                "decision": member.edge.decision,
+            }
+            for member in cluster.members
+        ],
+    }
+
+
+def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        clusters, relations = current_clusters(store, settings)
+    finally:
+        store.close()
+    if args.tier:
+        wanted = Tier(args.tier)
+        clusters = [c for c in clusters if any(m.edge.tier == wanted for m in c.members)]
+    similar = [r for r in relations if r.edge.tier == Tier.SIMILAR]
+    if args.format == "json":
+        payload = {
+            "clusters": [_cluster_json(c) for c in clusters],
+            "similar": [
+                {
+                    "a": {"unit": r.a.unit, "id": r.a.asset_id},
+                    "b": {"unit": r.b.unit, "id": r.b.asset_id},
+                    "phash_distance": r.edge.phash_distance,
+                    "dhash_distance": r.edge.dhash_distance,
+                }
+                for r in similar
+            ],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    if not clusters:
+        out.print("No duplicate clusters.")
+    for cluster in clusters:
+        table = Table(
+            title=f"cluster {cluster.id} · {len(cluster.members) + 1} copies · {cluster.tier}",
+            title_justify="left",
+        )
+        table.add_column("role")
+        table.add_column("unit")
+        table.add_column("id", overflow="fold")
+        table.add_column("tier")
+        table.add_column("pHash", justify="right")
+        table.add_column("dHash", justify="right")
+        table.add_row("canonical", cluster.canonical.unit, cluster.canonical.asset_id, "", "", "")
+        for member in cluster.members:
+            table.add_row(
+                MARK_FOR_TIER[member.edge.tier],
+                member.asset.unit,
+                member.asset.asset_id,
+                member.edge.tier.value,
+                str(member.edge.phash_distance),
+                str(member.edge.dhash_distance),
+            )
+        out.print(table)
+        out.print(f"  canonical because: {cluster.reason}\n")
+    if similar and args.tier in (None, Tier.SIMILAR.value):
+        out.print(f"[bold]Other shots of the same scene[/] (related, never merged): {len(similar)}")
+        for relation in similar:
+            out.print(
+                f"  {relation.a.key}  ~  {relation.b.key}  "
+                f"(pHash {relation.edge.phash_distance}, dHash {relation.edge.dhash_distance})"
+            )
+    return EXIT_OK
+
+
+def _resolve(store: IndexStore, reference: str) -> Any:
+    asset = store.find_asset(reference)
+    if asset is None:
+        raise UsageError(
+            f"no asset {reference!r} in the index (give unit:id, an id, or a digest prefix)"
+        )
+    if asset.sha256 is None:
+        raise UsageError(f"{asset.key} could not be indexed: {asset.error}")
+    return asset
+
+
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        a, b = _resolve(store, args.a), _resolve(store, args.b)
+        fa, fb = store.fingerprint(a.sha256), store.fingerprint(b.sha256)
+        if fa is None or fb is None:
+            raise UsageError("fingerprint missing: scan again")
+        evidence, verdict = explain_pair(fa, fb, OriginalReader(store, {}), settings.max_pixels)
+        decision = store.decisions().get(tuple(sorted((fa.sha256, fb.sha256))))  # type: ignore[arg-type]
+    finally:
+        store.close()
+    report = {
+        "a": {"asset": a.key, **fa.as_dict()},
+        "b": {"asset": b.key, **fb.as_dict()},
+        "phash_distance": evidence.phash_distance,
+        "dhash_distance": evidence.dhash_distance,
+        "same_bytes": evidence.same_bytes,
+        "same_payload": evidence.same_payload,
+        "same_pixels": evidence.same_pixels,
+        "pixel_check": evidence.pixel_check,
+        "capture_contradictions": list(evidence.contradictions),
+        "tier": verdict.tier.value if verdict.tier else None,
+        "duplicate": verdict.tier in DUPLICATE_TIERS,
+        "reasons": verdict.reasons,
+        "decision": decision.__dict__ if decision else None,
+    }
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+        return EXIT_OK
+    out.print(f"[bold]{a.key}[/]  vs  [bold]{b.key}[/]")
+    out.print(
+        f"  sizes: {fa.width}x{fa.height} {fa.format}  vs  {fb.width}x{fb.height} {fb.format}"
+    )
+    out.print(
+        f"  pHash distance {evidence.phash_distance}, dHash distance {evidence.dhash_distance}"
+    )
+    out.print(f"  same bytes: {evidence.same_bytes}; same payload: {evidence.same_payload}; "
+              f"same decoded pixels: {_maybe(evidence.same_pixels)}")  # fmt: skip
+    if evidence.pixel_check:
+        check = evidence.pixel_check
+        out.print(
+            f"  pixel check: {'passed' if check.get('passed') else 'failed'}: {check.get('reason')}"
+        )
+    out.print(f"  capture facts A: {fa.capture.as_dict() or 'none'}")
+    out.print(f"  capture facts B: {fb.capture.as_dict() or 'none'}")
+    tier = verdict.tier.value if verdict.tier else "not related"
+    label = "duplicate" if verdict.tier in DUPLICATE_TIERS else "not a duplicate"
+    out.print(f"  [bold]tier: {tier}[/] ({label})")
+    for reason in verdict.reasons:
+        out.print(f"   - {reason}")
+    if decision:
+        out.print(
+            f"  reviewer decision: {decision.decision} by {decision.decided_by} "
+            f"at {decision.decided_at} (outranks the tier above)"
+        )
+    return EXIT_OK
+
+
+def _maybe(value: bool | None) -> str:
+    return "not needed" if value is None else str(value)
+
+
+def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        rows = store.errors(args.unit)
+    finally:
+        store.close()
+    if args.format == "json":
+        payload = [{"unit": r.unit, "id": r.asset_id, "reason": r.error} for r in rows]
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    elif not rows:
+        out.print("No errors.")
+    else:
+        table = Table(title=f"{len(rows)} asset(s) could not be indexed", title_justify="left")
+        table.add_column("unit")
+        table.add_column("id", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for row in rows:
+            table.add_row(row.unit, row.asset_id, row.error or "")
+        out.print(table)
+    return EXIT_SOME_FAILED if rows else EXIT_OK
+
+
+def relation_rows(relations: list[Relation]) -> Iterator[dict[str, Any]]:
+    for relation in relations:
+        cluster = relation.cluster
+        yield {
+            "unit_a": relation.a.unit,
+            "id_a": relation.a.asset_id,
+            "unit_b": relation.b.unit,
+            "id_b": relation.b.asset_id,
+            "tier": relation.edge.tier.value,
+            "phash_distance": relation.edge.phash_distance,
+            "dhash_distance": relation.edge.dhash_distance,
+            "cluster": cluster.id if cluster else "",
+            "canonical": cluster.canonical.key if cluster else "",
+        }
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        _clusters, relations = current_clusters(store, settings)
+    finally:
+        store.close()
+    target: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        if args.format == "csv":
+            writer = csv.DictWriter(target, fieldnames=RELATION_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(relation_rows(relations))
+        else:
+            for row in relation_rows(relations):
+                target.write(json.dumps(row, ensure_ascii=False) + "\n")
+    finally:
+        if target is not sys.stdout:
+            target.close()
+    return EXIT_OK
+
+
+def cmd_review_decide(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        a, b = _resolve(store, args.a), _resolve(store, args.b)
+        if a.sha256 == b.sha256 and args.decision != Decision.SAME.value:
+            raise UsageError("the two assets have identical bytes; only `same` applies")
+        store.save_decision(
+            DecisionRow(
+                sha_a=a.sha256,
+                sha_b=b.sha256,
+                decision=args.decision,
+                canonical_sha=a.sha256 if args.decision == Decision.CANONICAL.value else None,
+                decided_by=args.by,
+                decided_at=now_iso(),
+            )
+        )
+    finally:
+        store.close()
+    out.print(f"recorded: {a.key} / {b.key}: {args.decision} by {args.by}")
+    return EXIT_OK
+
+
+# -- parser ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="damdup", description="Find duplicate images across asset libraries."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress events")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
+        return sub
+
+    scan = command("scan", "index every image under a folder and match it")
+    scan.add_argument("path")
+    scan.add_argument("--unit", help="unit name the folder's assets are filed under (scan)")
+    scan.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    scan.add_argument("--format", choices=["text", "json"], default="text")
+    scan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    scan.set_defaults(handler=cmd_scan)
+
+    clusters = command("clusters", "duplicate clusters with canonical and reason")
+    clusters.add_argument("--tier", choices=[t.value for t in Tier])
+    clusters.add_argument("--format", choices=["table", "json"], default="table")
+    clusters.set_defaults(handler=cmd_clusters)
+
+    explain = command("explain", "why two assets are or are not duplicates")
+    explain.add_argument("a", help="unit:id, id or content digest prefix")
+    explain.add_argument("b")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.set_defaults(handler=cmd_explain)
+
+    errors = command("errors", "assets that could not be indexed, with the reason")
+    errors.add_argument("--unit")
+    errors.add_argument("--format", choices=["table", "json"], default="table")
+    errors.set_defaults(handler=cmd_errors)
+
+    export = command("export", "export what the index knows")
+    export.add_argument("what", choices=["relations"])
+    export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.set_defaults(handler=cmd_export)
+
+    review = commands.add_parser("review", help="reviewer decisions")
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    decide = review_commands.add_parser("decide", help="record a decision on two assets")
+    decide.add_argument("--db")
+    decide.add_argument("a")
+    decide.add_argument("b")
+    decide.add_argument("decision", choices=[d.value for d in Decision])
+    decide.add_argument("--by", required=True, help="who decides")
+    decide.set_defaults(handler=cmd_review_decide)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        settings = load_settings(args)
+        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+        return handler(args, settings)
+    except ValidationError as exc:
+        err.print(f"damdup: bad setting: {exc}", style="red")
+        return EXIT_USAGE
+    except (UsageError, SchemaError) as exc:
+        err.print(f"damdup: {exc}", style="red")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.print("damdup: interrupted; the index keeps every page saved so far")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Capture facts from EXIF: the only evidence that tells burst frames of a still
+scene apart from re-encodes of one frame."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image
+
+_EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_MAKE = 0x010F
+_MODEL = 0x0110
+_DATETIME_ORIGINAL = 0x9003
+_SUBSEC_ORIGINAL = 0x9291
+_BODY_SERIAL = 0xA431
+_IMAGE_UNIQUE_ID = 0xA420
+
+# Two GPS fixes further apart than this cannot be one exposure (phone GPS
+# jitter between re-saves is zero: the tag is copied, not re-measured).
+GPS_CONTRADICTION_METRES = 200.0
+
+
+@dataclass(frozen=True)
+class CaptureFacts:
+    taken_at: str | None = None  # "YYYY:MM:DD HH:MM:SS" as EXIF writes it
+    subsec: str | None = None
+    make: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    unique_id: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaptureFacts:
+        return cls(**{key: data.get(key) for key in cls.__dataclass_fields__})
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    cleaned = value.replace("\0", "").strip()
+    return cleaned or None
+
+
+def _degrees(value: object, ref: object) -> float | None:
+    try:
+        degrees, minutes, seconds = (float(part) for part in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    result = degrees + minutes / 60 + seconds / 3600
+    if not math.isfinite(result):
+        return None
+    return -result if _text(ref) in ("S", "W") else result
+
+
+def read_capture_facts(image: Image.Image) -> CaptureFacts:
+    """Never raises: a corrupt EXIF block gives no facts, not a lost asset."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we drop it
+            exif = image.getexif()
+            base = dict(exif)
+            detail = dict(exif.get_ifd(_EXIF_IFD))
+            gps = dict(exif.get_ifd(_GPS_IFD))
+    except Exception:
+        return CaptureFacts()
+    latitude = _degrees(gps.get(2), gps.get(1)) if gps else None
+    longitude = _degrees(gps.get(4), gps.get(3)) if gps else None
+    return CaptureFacts(
+        taken_at=_text(detail.get(_DATETIME_ORIGINAL)),
+        subsec=_text(detail.get(_SUBSEC_ORIGINAL)),
+        make=_text(base.get(_MAKE)),
+        model=_text(base.get(_MODEL)),
+        serial=_text(detail.get(_BODY_SERIAL)),
+        unique_id=_text(detail.get(_IMAGE_UNIQUE_ID)),
+        latitude=latitude,
+        longitude=longitude,
+    )
+
+
+def _metres_apart(a: CaptureFacts, b: CaptureFacts) -> float | None:
+    if None in (a.latitude, a.longitude, b.latitude, b.longitude):
+        return None
+    lat1, lon1, lat2, lon2 = (
+        math.radians(v)
+        for v in (a.latitude, a.longitude, b.latitude, b.longitude)  # type: ignore[arg-type]
+    )
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(
+        (lon2 - lon1) / 2
+    ) ** 2
+    return 6_371_000 * 2 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def contradictions(a: CaptureFacts, b: CaptureFacts) -> list[str]:
+    """Facts that cannot both hold for one exposure. A missing fact never
+    contradicts: re-encoders often strip EXIF."""
+    found: list[str] = []
+
+    def differ(name: str, left: str | None, right: str | None) -> None:
+        if left is not None and right is not None and left != right:
+            found.append(f"{name} differs ({left} vs {right})")
+
+    differ("capture time", a.taken_at, b.taken_at)
+    if a.taken_at is not None and a.taken_at == b.taken_at:
+        differ("sub-second capture time", a.subsec, b.subsec)
+    differ("camera make", a.make, b.make)
+    differ("camera model", a.model, b.model)
+    differ("camera serial", a.serial, b.serial)
+    differ("image unique id", a.unique_id, b.unique_id)
+    distance = _metres_apart(a, b)
+    if distance is not None and distance > GPS_CONTRADICTION_METRES:
+        found.append(f"GPS positions {distance:.0f} m apart")
+    return found

@@ -1,0 +1,575 @@
+"""The hash index: assets, their fingerprints, evaluated pairs, decisions, cursors.
+
+SQLite in WAL mode is the embedded default. Every write the engine makes for a
+page of assets (and that page's cursor) is one transaction, so a kill -9 at any
+moment leaves the last committed page intact and nothing half-written.
+The `IndexStore` interface is what the engine sees; PostgreSQL can serve it too.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from connector.core.capture import CaptureFacts
+from connector.core.fingerprint import Fingerprint
+
+SIGNED = 1 << 63
+
+
+def to_signed(code: int | None) -> int | None:
+    """SQLite integers are signed 64-bit; hashes are unsigned."""
+    return None if code is None else (code - (1 << 64) if code >= SIGNED else code)
+
+
+def to_unsigned(code: int | None) -> int | None:
+    return None if code is None else code & 0xFFFFFFFFFFFFFFFF
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class AssetRow:
+    unit: str
+    asset_id: str
+    version: str
+    url: str
+    size_bytes: int | None
+    modified: str | None
+    sha256: str | None
+    error: str | None
+    metadata: dict[str, str | None]
+    live: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.unit}:{self.asset_id}"
+
+
+@dataclass(frozen=True)
+class PairRow:
+    sha_a: str
+    sha_b: str
+    tier: str | None
+    phash_distance: int
+    dhash_distance: int
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    sha_a: str
+    sha_b: str
+    decision: str
+    canonical_sha: str | None
+    decided_by: str
+    decided_at: str
+
+
+def ordered(sha_a: str, sha_b: str) -> tuple[str, str]:
+    return (sha_a, sha_b) if sha_a <= sha_b else (sha_b, sha_a)
+
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE fingerprints (
+        sha256 TEXT PRIMARY KEY,
+        recipe INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        payload_digest TEXT,
+        pixel_digest TEXT,
+        phash INTEGER NOT NULL,
+        dhash INTEGER NOT NULL,
+        phash_trim INTEGER,
+        dhash_trim INTEGER,
+        flat INTEGER NOT NULL,
+        animated INTEGER NOT NULL,
+        capture TEXT NOT NULL,
+        thumb BLOB NOT NULL
+    );
+    CREATE INDEX fingerprints_payload ON fingerprints(payload_digest);
+    CREATE TABLE assets (
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        url TEXT NOT NULL,
+        size_bytes INTEGER,
+        modified TEXT,
+        sha256 TEXT,
+        error TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        live INTEGER NOT NULL DEFAULT 1,
+        seen_run INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (unit, asset_id)
+    );
+    CREATE INDEX assets_sha ON assets(sha256);
+    CREATE TABLE pairs (
+        sha_a TEXT NOT NULL,
+        sha_b TEXT NOT NULL,
+        recipe INTEGER NOT NULL,
+        tier TEXT,
+        phash_distance INTEGER NOT NULL,
+        dhash_distance INTEGER NOT NULL,
+        evidence TEXT NOT NULL,
+        PRIMARY KEY (sha_a, sha_b),
+        CHECK (sha_a < sha_b)
+    );
+    CREATE TABLE decisions (
+        sha_a TEXT NOT NULL,
+        sha_b TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('same', 'different', 'canonical')),
+        canonical_sha TEXT,
+        decided_by TEXT NOT NULL,
+        decided_at TEXT NOT NULL,
+        PRIMARY KEY (sha_a, sha_b)
+    );
+    CREATE TABLE cursors (
+        unit TEXT PRIMARY KEY,
+        cursor TEXT,
+        run INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        unit TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        complete INTEGER NOT NULL DEFAULT 0,
+        stats TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    pass
+
+
+class IndexStore(ABC):
+    """What the engine needs from an index, whatever database serves it."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def start_run(self, unit: str, kind: str) -> int: ...
+
+    @abstractmethod
+    def finish_run(self, run: int, complete: bool, stats: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def cursor(self, unit: str) -> tuple[str | None, int | None]:
+        """The saved cursor of an unfinished listing and the run it belongs to."""
+
+    @abstractmethod
+    def asset_versions(self, unit: str) -> dict[str, tuple[str, str | None, str | None]]:
+        """asset_id -> (version, sha256, error) for every asset of the unit."""
+
+    @abstractmethod
+    def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]: ...
+
+    @abstractmethod
+    def save_page(
+        self,
+        unit: str,
+        run: int,
+        assets: Sequence[AssetRow],
+        fingerprints: Sequence[Fingerprint],
+        touched: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        """One transaction: new and changed assets, their fingerprints, the
+        unchanged assets seen again (`touched`) and the cursor after the page."""
+
+    @abstractmethod
+    def retire_unseen(self, unit: str, run: int) -> int:
+        """After a complete listing: assets not seen in it leave the live set."""
+
+    @abstractmethod
+    def live_assets(self, unit: str | None = None) -> list[AssetRow]: ...
+
+    @abstractmethod
+    def find_asset(self, reference: str) -> AssetRow | None: ...
+
+    @abstractmethod
+    def fingerprint_rows(self, recipe: int) -> list[dict[str, Any]]:
+        """Codes of every live fingerprint of the recipe (no thumbnails)."""
+
+    @abstractmethod
+    def fingerprint(self, sha256: str) -> Fingerprint | None: ...
+
+    @abstractmethod
+    def pixel_digest(self, sha256: str) -> str | None: ...
+
+    @abstractmethod
+    def set_pixel_digest(self, sha256: str, digest: str) -> None: ...
+
+    @abstractmethod
+    def evaluated_pairs(self, recipe: int) -> set[tuple[str, str]]: ...
+
+    @abstractmethod
+    def save_pairs(self, pairs: Sequence[PairRow], recipe: int) -> None: ...
+
+    @abstractmethod
+    def pairs(self) -> list[PairRow]: ...
+
+    @abstractmethod
+    def decisions(self) -> dict[tuple[str, str], DecisionRow]: ...
+
+    @abstractmethod
+    def save_decision(self, row: DecisionRow) -> None: ...
+
+    @abstractmethod
+    def errors(self, unit: str | None = None) -> list[AssetRow]: ...
+
+
+class SQLiteStore(IndexStore):
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode is durable against a killed process (not a power cut).
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has schema version {version}, newer than this damdup "
+                f"({SCHEMA_VERSION}); upgrade damdup"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._transaction() as db:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    # -- runs and cursors ------------------------------------------------
+
+    def start_run(self, unit: str, kind: str) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs(unit, kind, started_at) VALUES (?, ?, ?)",
+                (unit, kind, now_iso()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run: int, complete: bool, stats: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, complete = ?, stats = ? WHERE id = ?",
+                (now_iso(), int(complete), json.dumps(stats, sort_keys=True), run),
+            )
+
+    def cursor(self, unit: str) -> tuple[str | None, int | None]:
+        row = self.db.execute("SELECT cursor, run FROM cursors WHERE unit = ?", (unit,)).fetchone()
+        return (row["cursor"], row["run"]) if row else (None, None)
+
+    # -- assets ----------------------------------------------------------
+
+    def asset_versions(self, unit: str) -> dict[str, tuple[str, str | None, str | None]]:
+        rows = self.db.execute(
+            "SELECT asset_id, version, sha256, error FROM assets WHERE unit = ?", (unit,)
+        )
+        return {row["asset_id"]: (row["version"], row["sha256"], row["error"]) for row in rows}
+
+    def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]:
+        wanted = list(set(sha256s))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT sha256 FROM fingerprints WHERE recipe = ? AND sha256 IN ({marks})",
+                (recipe, *chunk),
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def save_page(
+        self,
+        unit: str,
+        run: int,
+        assets: Sequence[AssetRow],
+        fingerprints: Sequence[Fingerprint],
+        touched: Sequence[str],
+        cursor: str | None,
+    ) -> None:
+        stamp = now_iso()
+        with self._transaction() as db:
+            db.executemany(
+                """INSERT OR REPLACE INTO fingerprints VALUES
+                   (?, ?, ?, ?, ?, ?, ?,
+                    (SELECT pixel_digest FROM fingerprints WHERE sha256 = ?),
+                    ?, ?, ?, ?, ?, ?, ?, ?)""",
+                [
+                    (
+                        fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
+                        fp.payload_digest, fp.sha256, to_signed(fp.phash), to_signed(fp.dhash),
+                        to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
+                        int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
+                        fp.thumb,
+                    )
+                    for fp in fingerprints
+                ],
+            )  # fmt: skip
+            db.executemany(
+                """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
+                       sha256, error, metadata, live, seen_run, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+                   ON CONFLICT(unit, asset_id) DO UPDATE SET
+                       version = excluded.version, url = excluded.url,
+                       size_bytes = excluded.size_bytes, modified = excluded.modified,
+                       sha256 = excluded.sha256, error = excluded.error,
+                       metadata = excluded.metadata, live = 1,
+                       seen_run = excluded.seen_run, updated_at = excluded.updated_at""",
+                [
+                    (
+                        unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
+                        row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), run,
+                        stamp,
+                    )
+                    for row in assets
+                ],
+            )  # fmt: skip
+            db.executemany(
+                "UPDATE assets SET seen_run = ?, live = 1 WHERE unit = ? AND asset_id = ?",
+                [(run, unit, asset_id) for asset_id in touched],
+            )
+            db.execute(
+                """INSERT INTO cursors(unit, cursor, run, updated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(unit) DO UPDATE SET cursor = excluded.cursor,
+                       run = excluded.run, updated_at = excluded.updated_at""",
+                (unit, cursor, run, stamp),
+            )
+
+    def retire_unseen(self, unit: str, run: int) -> int:
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE assets SET live = 0, updated_at = ? "
+                "WHERE unit = ? AND live = 1 AND seen_run != ?",
+                (now_iso(), unit, run),
+            ).rowcount
+            db.execute("UPDATE cursors SET cursor = NULL WHERE unit = ?", (unit,))
+            return int(changed)
+
+    @staticmethod
+    def _asset(row: sqlite3.Row) -> AssetRow:
+        return AssetRow(
+            unit=row["unit"],
+            asset_id=row["asset_id"],
+            version=row["version"],
+            url=row["url"],
+            size_bytes=row["size_bytes"],
+            modified=row["modified"],
+            sha256=row["sha256"],
+            error=row["error"],
+            metadata=json.loads(row["metadata"]),
+            live=bool(row["live"]),
+        )
+
+    def live_assets(self, unit: str | None = None) -> list[AssetRow]:
+        query = "SELECT * FROM assets WHERE live = 1"
+        params: tuple[str, ...] = ()
+        if unit is not None:
+            query += " AND unit = ?"
+            params = (unit,)
+        rows = self.db.execute(query + " ORDER BY unit, asset_id", params)
+        return [self._asset(row) for row in rows]
+
+    def find_asset(self, reference: str) -> AssetRow | None:
+        """By `unit:id`, by id alone when it is unique, or by a content digest prefix."""
+        unit, _, asset_id = reference.partition(":")
+        if asset_id:
+            row = self.db.execute(
+                "SELECT * FROM assets WHERE unit = ? AND asset_id = ?", (unit, asset_id)
+            ).fetchone()
+            if row:
+                return self._asset(row)
+        rows = self.db.execute(
+            "SELECT * FROM assets WHERE asset_id = ? AND live = 1 LIMIT 2", (reference,)
+        ).fetchall()
+        if len(rows) == 1:
+            return self._asset(rows[0])
+        if len(reference) >= 8:
+            rows = self.db.execute(
+                "SELECT * FROM assets WHERE sha256 LIKE ? AND live = 1 LIMIT 2",
+                (reference.lower() + "%",),
+            ).fetchall()
+            if len(rows) == 1:
+                return self._asset(rows[0])
+        return None
+
+    # -- fingerprints ----------------------------------------------------
+
+    def fingerprint_rows(self, recipe: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            """SELECT sha256, format, width, height, payload_digest, pixel_digest, phash, dhash,
+                      phash_trim, dhash_trim, flat
+               FROM fingerprints WHERE recipe = ? AND sha256 IN
+                   (SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL)
+               ORDER BY sha256""",
+            (recipe,),
+        )
+        out = []
+        for row in rows:
+            item = dict(row)
+            for key in ("phash", "dhash", "phash_trim", "dhash_trim"):
+                item[key] = to_unsigned(item[key])
+            item["flat"] = bool(item["flat"])
+            out.append(item)
+        return out
+
+    def fingerprint(self, sha256: str) -> Fingerprint | None:
+        row = self.db.execute("SELECT * FROM fingerprints WHERE sha256 = ?", (sha256,)).fetchone()
+        if row is None:
+            return None
+        return Fingerprint(
+            sha256=row["sha256"],
+            size_bytes=row["size_bytes"],
+            recipe=row["recipe"],
+            format=row["format"],
+            width=row["width"],
+            height=row["height"],
+            payload_digest=row["payload_digest"],
+            phash=to_unsigned(row["phash"]) or 0,
+            dhash=to_unsigned(row["dhash"]) or 0,
+            phash_trim=to_unsigned(row["phash_trim"]),
+            dhash_trim=to_unsigned(row["dhash_trim"]),
+            flat=bool(row["flat"]),
+            animated=bool(row["animated"]),
+            capture=CaptureFacts.from_dict(json.loads(row["capture"])),
+            thumb=bytes(row["thumb"]),
+        )
+
+    def pixel_digest(self, sha256: str) -> str | None:
+        row = self.db.execute(
+            "SELECT pixel_digest FROM fingerprints WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_pixel_digest(self, sha256: str, digest: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE fingerprints SET pixel_digest = ? WHERE sha256 = ?", (digest, sha256)
+            )
+
+    # -- pairs and decisions --------------------------------------------
+
+    def evaluated_pairs(self, recipe: int) -> set[tuple[str, str]]:
+        rows = self.db.execute("SELECT sha_a, sha_b FROM pairs WHERE recipe = ?", (recipe,))
+        return {(row[0], row[1]) for row in rows}
+
+    def save_pairs(self, pairs: Sequence[PairRow], recipe: int) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        pair.sha_a, pair.sha_b, recipe, pair.tier, pair.phash_distance,
+                        pair.dhash_distance, json.dumps(pair.evidence, sort_keys=True),
+                    )
+                    for pair in pairs
+                ],
+            )  # fmt: skip
+
+    def pairs(self) -> list[PairRow]:
+        rows = self.db.execute(
+            """SELECT * FROM pairs p WHERE tier IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM assets WHERE sha256 = p.sha_a AND live = 1)
+                 AND EXISTS (SELECT 1 FROM assets WHERE sha256 = p.sha_b AND live = 1)
+               ORDER BY sha_a, sha_b"""
+        )
+        return [
+            PairRow(
+                sha_a=row["sha_a"],
+                sha_b=row["sha_b"],
+                tier=row["tier"],
+                phash_distance=row["phash_distance"],
+                dhash_distance=row["dhash_distance"],
+                evidence=json.loads(row["evidence"]),
+            )
+            for row in rows
+        ]
+
+    def decisions(self) -> dict[tuple[str, str], DecisionRow]:
+        rows = self.db.execute("SELECT * FROM decisions")
+        return {
+            (row["sha_a"], row["sha_b"]): DecisionRow(
+                sha_a=row["sha_a"],
+                sha_b=row["sha_b"],
+                decision=row["decision"],
+                canonical_sha=row["canonical_sha"],
+                decided_by=row["decided_by"],
+                decided_at=row["decided_at"],
+            )
+            for row in rows
+        }
+
+    def save_decision(self, row: DecisionRow) -> None:
+        sha_a, sha_b = ordered(row.sha_a, row.sha_b)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                (sha_a, sha_b, row.decision, row.canonical_sha, row.decided_by, row.decided_at),
+            )
+
+    # -- reporting -------------------------------------------------------
+
+    def errors(self, unit: str | None = None) -> list[AssetRow]:
+        return [row for row in self.live_assets(unit) if row.error is not None]
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Content of every table without timestamps or run numbers: two indexes
+        that hold the same knowledge dump equal."""
+        return {
+            "assets": [
+                tuple(row)
+                for row in self.db.execute(
+                    "SELECT unit, asset_id, version, url, size_bytes, modified, sha256, error,"
+                    " metadata, live FROM assets ORDER BY unit, asset_id"
+                )
+            ],
+            "fingerprints": [
+                tuple(row)
+                for row in self.db.execute("SELECT * FROM fingerprints ORDER BY sha256")
+            ],
+            "pairs": [
+                tuple(row) for row in self.db.execute("SELECT * FROM pairs ORDER BY sha_a, sha_b")
+            ],
+        }

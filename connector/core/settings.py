@@ -1,0 +1,27 @@
+"""Process-wide settings: environment variables `DAMDUP_*`, each declared once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from connector.core.fingerprint import DEFAULT_MAX_PIXELS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DAMDUP_", extra="forbid")
+
+    db: Path = Field(Path("damdup.sqlite"), description="SQLite index file")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=64, description="worker processes"
+    )
+    file_timeout_s: float = Field(30.0, gt=0, le=3600, description="time limit per file")
+    worker_memory_mb: int = Field(4096, ge=256, description="address-space limit per worker")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images are refused")
+    max_file_mb: int = Field(512, ge=1, description="larger files are refused")
+    authoritative_units: list[str] = Field(
+        default_factory=list, description="units whose copy is canonical when present"
+    )

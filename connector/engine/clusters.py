@@ -1,0 +1,234 @@
+"""Clusters are stars: every member matches the canonical directly.
+
+No chaining: if A~B and B~C but A and C do not match, A and C are never put in
+one cluster through B. The canonical is chosen by an explained policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from connector.core.fingerprint import FORMATS_ORIGINAL
+from connector.core.index import AssetRow, DecisionRow, PairRow
+from connector.core.tiers import DUPLICATE_TIERS, TIER_ORDER, Decision, Tier, apply_decision
+
+MANDATORY = ("location", "date", "department")
+
+
+@dataclass(frozen=True)
+class Edge:
+    tier: Tier
+    phash_distance: int
+    dhash_distance: int
+    decision: str | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    asset: AssetRow
+    edge: Edge
+
+
+@dataclass(frozen=True)
+class Cluster:
+    id: str
+    canonical: AssetRow
+    reason: str
+    members: list[Member]  # every asset but the canonical, each with its edge to it
+
+    @property
+    def tier(self) -> Tier:
+        """The loosest tier in the cluster."""
+        return max((m.edge.tier for m in self.members), key=TIER_ORDER.__getitem__)
+
+
+@dataclass(frozen=True)
+class Relation:
+    a: AssetRow
+    b: AssetRow
+    edge: Edge
+    cluster: Cluster | None  # when both sit in one cluster
+
+
+@dataclass(frozen=True)
+class Shape:
+    width: int
+    height: int
+    format: str
+
+
+def cluster_id(canonical: AssetRow) -> str:
+    """Short, stable while the canonical stays; letters and digits only, so it
+    is a valid tag value on S3 and Azure (which reject ?&%#)."""
+    digest = hashlib.sha256(f"{canonical.unit}:{canonical.asset_id}".encode()).hexdigest()
+    return "dd" + digest[:10]
+
+
+class Policy:
+    """Canonical choice: a reviewer's choice; else the authoritative unit; else
+    complete mandatory metadata; else largest resolution, original format,
+    earliest upload; ties by unit and id."""
+
+    def __init__(
+        self,
+        shapes: dict[str, Shape],
+        authoritative_units: Iterable[str],
+        reviewer_choices: set[str],
+    ) -> None:
+        self.shapes = shapes
+        self.authoritative = set(authoritative_units)
+        self.reviewer_choices = reviewer_choices
+
+    def _pixels(self, asset: AssetRow) -> int:
+        shape = self.shapes.get(asset.sha256 or "")
+        return shape.width * shape.height if shape else 0
+
+    def _original(self, asset: AssetRow) -> bool:
+        shape = self.shapes.get(asset.sha256 or "")
+        return bool(shape and shape.format in FORMATS_ORIGINAL)
+
+    def _complete(self, asset: AssetRow) -> bool:
+        return all(asset.metadata.get(name) for name in MANDATORY)
+
+    def key(self, asset: AssetRow) -> tuple[Any, ...]:
+        return (
+            asset.sha256 not in self.reviewer_choices,
+            asset.unit not in self.authoritative,
+            not self._complete(asset),
+            -self._pixels(asset),
+            not self._original(asset),
+            asset.modified or "9999",
+            asset.unit,
+            asset.asset_id,
+        )
+
+    def reason(self, canonical: AssetRow, others: list[AssetRow]) -> str:
+        if not others:
+            return "only member"
+        runner = min(others, key=self.key)
+        mine, theirs = self.key(canonical), self.key(runner)
+        if mine[0] != theirs[0]:
+            return "a reviewer chose it as the canonical version"
+        if mine[1] != theirs[1]:
+            return f"unit {canonical.unit} is configured as authoritative"
+        if mine[2] != theirs[2]:
+            return "it has complete mandatory metadata (location, date, department)"
+        if mine[3] != theirs[3]:
+            return (
+                f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
+            )
+        if mine[4] != theirs[4]:
+            shape = self.shapes.get(canonical.sha256 or "")
+            return f"original format ({shape.format if shape else '?'})"
+        if mine[5] != theirs[5]:
+            return f"earliest upload ({canonical.modified})"
+        return "all else equal: first by unit and id"
+
+    def _describe(self, asset: AssetRow) -> str:
+        shape = self.shapes.get(asset.sha256 or "")
+        return f"{shape.width}x{shape.height}" if shape else "unknown size"
+
+
+def _edges(
+    assets: list[AssetRow],
+    pairs: list[PairRow],
+    decisions: dict[tuple[str, str], DecisionRow],
+) -> dict[str, dict[str, Edge]]:
+    """Asset key -> neighbour key -> edge, for every related pair of live assets."""
+    by_sha: dict[str, list[AssetRow]] = defaultdict(list)
+    for asset in assets:
+        if asset.sha256 is not None:
+            by_sha[asset.sha256].append(asset)
+    graph: dict[str, dict[str, Edge]] = defaultdict(dict)
+
+    def link(left: list[AssetRow], right: list[AssetRow], edge: Edge) -> None:
+        for x in left:
+            for y in right:
+                if x.key != y.key:
+                    graph[x.key][y.key] = edge
+                    graph[y.key][x.key] = edge
+
+    for group in by_sha.values():
+        link(group, group, Edge(Tier.EXACT, 0, 0))
+    for pair in pairs:
+        decision = decisions.get((pair.sha_a, pair.sha_b))
+        tier = apply_decision(
+            Tier(pair.tier) if pair.tier else None,
+            Decision(decision.decision) if decision else None,
+        )
+        if tier is not None:
+            edge = Edge(
+                tier, pair.phash_distance, pair.dhash_distance, decision and decision.decision
+            )
+            link(by_sha.get(pair.sha_a, []), by_sha.get(pair.sha_b, []), edge)
+    proposed = {(pair.sha_a, pair.sha_b) for pair in pairs}
+    for (sha_a, sha_b), decision in decisions.items():
+        # A reviewer may join two images that automation never proposed.
+        if (sha_a, sha_b) in proposed:
+            continue
+        tier = apply_decision(None, Decision(decision.decision))
+        if tier is not None:
+            edge = Edge(tier, -1, -1, decision.decision)
+            link(by_sha.get(sha_a, []), by_sha.get(sha_b, []), edge)
+    return graph
+
+
+def build_clusters(
+    assets: list[AssetRow],
+    shapes: dict[str, Shape],
+    pairs: list[PairRow],
+    decisions: dict[tuple[str, str], DecisionRow],
+    authoritative_units: Iterable[str] = (),
+) -> tuple[list[Cluster], list[Relation]]:
+    """Stars around canonicals, and every related pair (similar ones included)."""
+    live = [asset for asset in assets if asset.sha256 is not None and asset.live]
+    by_key = {asset.key: asset for asset in live}
+    graph = _edges(live, pairs, decisions)
+    choices = {d.canonical_sha for d in decisions.values() if d.canonical_sha}
+    policy = Policy(shapes, authoritative_units, choices)
+
+    def duplicates_of(key: str) -> list[str]:
+        return [k for k, e in graph.get(key, {}).items() if e.tier in DUPLICATE_TIERS]
+
+    # The best-ranked asset with any duplicate becomes a canonical and takes its
+    # direct matches; what is left forms further stars the same way.
+    assigned: set[str] = set()
+    clusters: list[Cluster] = []
+    for asset in sorted((by_key[k] for k in graph if duplicates_of(k)), key=policy.key):
+        if asset.key in assigned:
+            continue
+        members = [by_key[k] for k in duplicates_of(asset.key) if k not in assigned]
+        if not members:
+            continue
+        assigned.add(asset.key)
+        assigned.update(member.key for member in members)
+        members.sort(key=lambda m: (TIER_ORDER[graph[asset.key][m.key].tier], m.key))
+        clusters.append(
+            Cluster(
+                id=cluster_id(asset),
+                canonical=asset,
+                reason=policy.reason(asset, members),
+                members=[Member(m, graph[asset.key][m.key]) for m in members],
+            )
+        )
+    home: dict[str, Cluster] = {}
+    for cluster in clusters:
+        home[cluster.canonical.key] = cluster
+        for member in cluster.members:
+            home[member.asset.key] = cluster
+    relations: list[Relation] = []
+    for key_a in sorted(graph):
+        for key_b in sorted(graph[key_a]):
+            if key_a < key_b:
+                cluster_a, cluster_b = home.get(key_a), home.get(key_b)
+                shared = cluster_a if cluster_a is not None and cluster_a is cluster_b else None
+                relations.append(
+                    Relation(by_key[key_a], by_key[key_b], graph[key_a][key_b], shared)
+                )
+    clusters.sort(key=lambda c: (TIER_ORDER[c.tier], c.canonical.key))
+    return clusters, relations
+

@@ -1,0 +1,194 @@
+"""Worker processes for the CPU-heavy steps (fingerprints, pixel checks).
+
+Each job runs under a per-file time limit and a per-process memory limit, so a
+hostile file costs one recorded error, never a hung or swollen scan. A worker
+that dies (a decoder crash, the memory limit) takes only the job it was running
+with it: the other jobs in flight are re-run one at a time to find the culprit.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+KeyT = TypeVar("KeyT")
+
+
+class JobTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    seconds: float = 30.0
+    memory_bytes: int = 4 * 1024**3
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[KeyT]):
+    key: KeyT
+    value: Any = None
+    error: str | None = None
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise JobTimeout
+
+
+def _init_worker(limits: Limits) -> None:
+    # Threads inside a worker would only fight the other worker for the 2 cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGALRM, _alarm)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    except (ValueError, OSError):  # a lower hard limit already applies
+        pass
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - declared dependency
+        pass
+
+
+def _run(function: Callable[..., Any], args: tuple[Any, ...], seconds: float) -> Any:
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return function(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class WorkerPool:
+    """A bounded pipeline over a process pool: at most 2 jobs per worker in flight."""
+
+    def __init__(self, workers: int, limits: Limits | None = None) -> None:
+        self.workers = max(1, workers)
+        self.limits = limits or Limits()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("forkserver"),
+                initializer=_init_worker,
+                initargs=(self.limits,),
+            )
+        return self._executor
+
+    def _kill(self) -> None:
+        executor = self._executor
+        self._executor = None
+        if executor is None:
+            return
+        # The executor has no public way to stop a worker stuck inside C code.
+        processes = getattr(executor, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.kill()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        jobs: Iterable[tuple[KeyT, tuple[Any, ...]]],
+        describe_error: Callable[[BaseException], str],
+    ) -> Iterator[Outcome[KeyT]]:
+        """Run `function(*args)` for each job; yield outcomes as they finish.
+        `describe_error` turns a job's exception into a reason for a person."""
+        hard_limit = self.limits.seconds * 2 + 10
+        pending = iter(jobs)
+        in_flight: dict[Future[Any], tuple[KeyT, tuple[Any, ...], float]] = {}
+        suspects: list[tuple[KeyT, tuple[Any, ...]]] = []
+        exhausted = False
+        while True:
+            while not exhausted and len(in_flight) < 2 * self.workers:
+                try:
+                    key, args = next(pending)
+                except StopIteration:
+                    exhausted = True
+                    break
+                future = self._pool().submit(_run, function, args, self.limits.seconds)
+                in_flight[future] = (key, args, time.monotonic())
+            if not in_flight:
+                break
+            done, _ = wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                key, args, _started = in_flight.pop(future)
+                try:
+                    yield self._settle(key, future, None, describe_error)
+                except BrokenProcessPool:
+                    broken = True
+                    suspects.append((key, args))
+            now = time.monotonic()
+            stuck = [f for f, (_k, _a, started) in in_flight.items() if now - started > hard_limit]
+            if broken or stuck:
+                for future, (key, args, _started) in list(in_flight.items()):
+                    if future in stuck:
+                        yield Outcome(key, error=f"took longer than {hard_limit:g} s (killed)")
+                    else:
+                        suspects.append((key, args))
+                in_flight.clear()
+                self._kill()
+                yield from self._isolate(function, suspects, describe_error)
+                suspects = []
+
+    def _isolate(
+        self,
+        function: Callable[..., Any],
+        suspects: list[tuple[KeyT, tuple[Any, ...]]],
+        describe_error: Callable[[BaseException], str],
+    ) -> Iterator[Outcome[KeyT]]:
+        """Re-run jobs that were in flight when a worker died, one at a time."""
+        for key, args in suspects:
+            future = self._pool().submit(_run, function, args, self.limits.seconds)
+            try:
+                yield self._settle(key, future, self.limits.seconds * 2 + 10, describe_error)
+            except (BrokenProcessPool, TimeoutError):
+                log.warning("worker.died", job=str(key))
+                self._kill()
+                yield Outcome(key, error="crashed or hung the decoder (worker process died)")
+
+    def _settle(
+        self,
+        key: KeyT,
+        future: Future[Any],
+        timeout: float | None,
+        describe_error: Callable[[BaseException], str],
+    ) -> Outcome[KeyT]:
+        """The outcome of a finished job; a dead worker is left to the caller."""
+        try:
+            return Outcome(key, value=future.result(timeout=timeout))
+        except JobTimeout:
+            return Outcome(key, error=f"took longer than {self.limits.seconds:g} s")
+        except MemoryError:
+            return Outcome(key, error="needs more memory than the per-file limit")
+        except (BrokenProcessPool, TimeoutError):
+            raise
+        except Exception as exc:
+            return Outcome(key, error=describe_error(exc))

@@ -1,0 +1,123 @@
+"""One run over one or more units: sync their listings, then match the index."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import structlog
+
+from adapters.base import Adapter, AdapterError, AssetRef
+from connector.core.fingerprint import RECIPE
+from connector.core.index import IndexStore
+from connector.core.settings import Settings
+from connector.engine.clusters import Cluster, Relation, Shape, build_clusters
+from connector.engine.matcher import MatchStats, match
+from connector.engine.pool import Limits, WorkerPool
+from connector.engine.sync import SyncStats, sync_unit
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    syncs: list[SyncStats]
+    match: MatchStats
+    errors: int  # live assets of the synced units that could not be indexed
+
+
+class OriginalReader:
+    """Reads the original bytes of some live asset with a given content digest,
+    through the adapter of its unit (or its file:// address for folder scans)."""
+
+    def __init__(self, store: IndexStore, adapters: dict[str, Adapter[Any]]) -> None:
+        self.store = store
+        self.adapters = adapters
+        self._by_sha: dict[str, list[Any]] | None = None
+
+    def __call__(self, sha256: str) -> bytes | None:
+        if self._by_sha is None:
+            self._by_sha = {}
+            for asset in self.store.live_assets():
+                if asset.sha256 is not None:
+                    self._by_sha.setdefault(asset.sha256, []).append(asset)
+        for asset in self._by_sha.get(sha256, []):
+            try:
+                adapter = self.adapters.get(asset.unit)
+                if adapter is not None:
+                    ref = AssetRef(id=asset.asset_id, version=asset.version, url=asset.url)
+                    return adapter.fetch_original(ref)
+                if asset.url.startswith("file://"):
+                    return Path(unquote(urlparse(asset.url).path)).read_bytes()
+            except (AdapterError, OSError) as exc:
+                log.warning("original.unreadable", asset=asset.key, reason=str(exc))
+        return None
+
+
+def worker_pool(settings: Settings) -> WorkerPool:
+    limits = Limits(
+        seconds=settings.file_timeout_s, memory_bytes=settings.worker_memory_mb * 1024 * 1024
+    )
+    return WorkerPool(settings.workers, limits)
+
+
+def run(
+    store: IndexStore,
+    adapters: dict[str, Adapter[Any]],
+    settings: Settings,
+    *,
+    full: bool = False,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> RunResult:
+    syncs: list[SyncStats] = []
+    with worker_pool(settings) as pool:
+        for unit, adapter in adapters.items():
+
+            def report(done: int, total: int | None, unit: str = unit) -> None:
+                if progress is not None:
+                    progress(f"indexing {unit}", done, total)
+
+            syncs.append(
+                sync_unit(
+                    store,
+                    adapter,
+                    unit,
+                    pool,
+                    max_pixels=settings.max_pixels,
+                    full=full,
+                    progress=report,
+                )
+            )
+
+        def report_match(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress("matching", done, total)
+
+        stats = match(
+            store,
+            pool,
+            OriginalReader(store, adapters),
+            max_pixels=settings.max_pixels,
+            progress=report_match,
+        )
+    errors = sum(len(store.errors(unit)) for unit in adapters)
+    return RunResult(syncs=syncs, match=stats, errors=errors)
+
+
+def current_clusters(
+    store: IndexStore, settings: Settings
+) -> tuple[list[Cluster], list[Relation]]:
+    shapes = {
+        row["sha256"]: Shape(row["width"], row["height"], row["format"])
+        for row in store.fingerprint_rows(RECIPE)
+    }
+    return build_clusters(
+        store.live_assets(),
+        shapes,
+        store.pairs(),
+        store.decisions(),
+        settings.authoritative_units,
+    )

@@ -1,0 +1,226 @@
+"""Sync one unit's listing into the index: fetch only what changed, fingerprint
+in worker processes, save each page with its cursor in one transaction."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+from PIL import Image
+
+from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, Retryable
+from connector.core.fingerprint import (
+    DECODE_SIDE,
+    RECIPE,
+    Fingerprint,
+    ImageError,
+    fingerprint_bytes,
+    sha256_hex,
+)
+from connector.core.index import AssetRow, IndexStore
+from connector.engine.pool import WorkerPool
+
+log = structlog.get_logger(__name__)
+
+# A transient fetch failure is recorded with this version so that the next
+# sync tries the asset again instead of treating it as unchanged.
+RETRY_VERSION = ""
+FETCH_ATTEMPTS = 3
+
+
+@dataclass
+class SyncStats:
+    unit: str
+    listed: int = 0
+    unchanged: int = 0
+    fetched: int = 0
+    fetched_bytes: int = 0
+    fingerprinted: int = 0
+    reused: int = 0
+    errors: int = 0
+    retired: int = 0
+    resumed: bool = False
+    complete: bool = False
+    error_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ImageError):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"decompression bomb refused: {exc}"
+    if isinstance(exc, (OSError, ValueError, SyntaxError, struct.error, EOFError)):
+        return f"damaged image data: {exc}"
+    log.error("fingerprint.crashed", error=repr(exc), exc_info=exc)
+    return f"unexpected {type(exc).__name__} while decoding: {exc}"
+
+
+def fingerprint_job(data: bytes, max_pixels: int) -> Fingerprint:
+    return fingerprint_bytes(data, max_pixels=max_pixels)
+
+
+Progress = Callable[[int, int | None], None]
+
+
+def _fetch(adapter: Adapter[Any], ref: AssetRef) -> bytes:
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        try:
+            return adapter.fetch(ref, min_side=DECODE_SIDE)
+        except Retryable as exc:
+            if attempt == FETCH_ATTEMPTS:
+                raise
+            delay = getattr(exc, "retry_after", None) or 0.5 * 2**attempt
+            time.sleep(min(delay, 30.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def sync_unit(
+    store: IndexStore,
+    adapter: Adapter[Any],
+    unit: str,
+    pool: WorkerPool,
+    *,
+    max_pixels: int,
+    full: bool = False,
+    progress: Progress | None = None,
+) -> SyncStats:
+    """Bring the index up to date with one unit. Resumes an interrupted listing
+    from its saved cursor; a complete listing retires assets no longer there."""
+    stats = SyncStats(unit=unit)
+    saved_cursor, saved_run = store.cursor(unit)
+    cursor = None
+    if saved_cursor is not None and saved_run is not None and not full:
+        cursor = adapter.cursor_model.model_validate_json(saved_cursor)
+        run = saved_run
+        stats.resumed = True
+    else:
+        run = store.start_run(unit, "sync")
+    known = store.asset_versions(unit)
+    structlog.contextvars.bind_contextvars(unit=unit, adapter=adapter.kind)
+    try:
+        for page in adapter.iter_pages(cursor):
+            rows, fingerprints, touched = _sync_page(
+                store, unit, adapter, page.items, known, pool, max_pixels, stats
+            )
+            next_cursor = page.cursor.model_dump_json() if page.cursor else None
+            store.save_page(unit, run, rows, fingerprints, touched, next_cursor)
+            stats.listed += len(page.items)
+            if progress is not None:
+                progress(stats.listed, None)
+            log.info("page.saved", assets=len(page.items), changed=len(rows))
+            if page.complete:
+                stats.retired = store.retire_unseen(unit, run)
+                stats.complete = True
+    finally:
+        structlog.contextvars.unbind_contextvars("unit", "adapter")
+        store.finish_run(run, stats.complete, stats.as_dict())
+    return stats
+
+
+def _sync_page(
+    store: IndexStore,
+    unit: str,
+    adapter: Adapter[Any],
+    refs: list[AssetRef],
+    known: dict[str, tuple[str, str | None, str | None]],
+    pool: WorkerPool,
+    max_pixels: int,
+    stats: SyncStats,
+) -> tuple[list[AssetRow], list[Fingerprint], list[str]]:
+    rows: dict[str, AssetRow] = {}
+    touched: list[str] = []
+    fresh: dict[str, tuple[AssetRef, str]] = {}  # asset id -> (ref, sha256) to fingerprint
+    submitted: set[str] = set()
+    waiting: list[tuple[AssetRef, str]] = []
+    failed: dict[str, str] = {}  # sha256 -> why it could not be fingerprinted
+
+    def record(ref: AssetRef, sha: str | None, error: str | None, version: str) -> None:
+        if error is not None:
+            stats.errors += 1
+            stats.error_reasons[error.split(":")[0]] = (
+                stats.error_reasons.get(error.split(":")[0], 0) + 1
+            )
+            log.warning("asset.failed", asset_id=ref.id, reason=error)
+        rows[ref.id] = AssetRow(
+            unit=unit,
+            asset_id=ref.id,
+            version=version,
+            url=ref.url,
+            size_bytes=ref.size_bytes,
+            modified=ref.modified,
+            sha256=sha,
+            error=error,
+            metadata=asdict(ref.metadata),
+            live=True,
+        )
+
+    current = store.known_fingerprints(
+        [known[ref.id][1] or "" for ref in refs if ref.id in known], RECIPE
+    )
+
+    def jobs() -> Iterator[tuple[str, tuple[bytes, int]]]:
+        # A generator, so that the pool pulls one asset's bytes at a time and a
+        # page never holds more than the jobs in flight.
+        for ref in refs:
+            before = known.get(ref.id)
+            if ref.problem is not None:
+                if before is None or before[0] != ref.version or before[2] != ref.problem:
+                    record(ref, None, ref.problem, ref.version)
+                else:
+                    touched.append(ref.id)
+                continue
+            if before is not None and before[0] == ref.version != RETRY_VERSION:
+                if before[2] is not None or before[1] in current:
+                    touched.append(ref.id)  # unchanged: nothing fetched, nothing decoded
+                    stats.unchanged += 1
+                    continue
+            try:
+                data = _fetch(adapter, ref)
+            except AuthFailed:
+                raise
+            except Retryable as exc:
+                record(ref, None, f"fetch failed, will retry next sync: {exc}", RETRY_VERSION)
+                continue
+            except AdapterError as exc:
+                record(ref, None, str(exc), ref.version)
+                continue
+            stats.fetched += 1
+            stats.fetched_bytes += len(data)
+            sha = sha256_hex(data)
+            if sha in current or store.known_fingerprints([sha], RECIPE):
+                stats.reused += 1
+                record(ref, sha, None, ref.version)
+                continue
+            if sha in submitted:  # an exact copy within the page: decode once
+                waiting.append((ref, sha))
+                continue
+            submitted.add(sha)
+            fresh[ref.id] = (ref, sha)
+            yield ref.id, (data, max_pixels)
+
+    fingerprints: dict[str, Fingerprint] = {}
+    for outcome in pool.map(fingerprint_job, jobs(), describe_error):
+        ref, sha = fresh[outcome.key]
+        if outcome.error is not None:
+            failed[sha] = outcome.error
+            record(ref, None, outcome.error, ref.version)
+            continue
+        fingerprint: Fingerprint = outcome.value
+        fingerprints[fingerprint.sha256] = fingerprint
+        stats.fingerprinted += 1
+        record(ref, sha, None, ref.version)
+    for ref, sha in waiting:
+        stats.reused += 1
+        error = failed.get(sha)
+        record(ref, None if error else sha, error, ref.version)
+    for ref_id in rows:
+        known[ref_id] = (rows[ref_id].version, rows[ref_id].sha256, rows[ref_id].error)
+    return list(rows.values()), list(fingerprints.values()), touched
+

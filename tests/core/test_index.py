@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from connector.core.capture import CaptureFacts
+from connector.core.fingerprint import RECIPE, Fingerprint
+from connector.core.index import (
+    SCHEMA_VERSION,
+    AssetRow,
+    PairRow,
+    SchemaError,
+    SQLiteStore,
+    to_signed,
+    to_unsigned,
+)
+
+
+def fingerprint(sha: str, phash: int = 0xFFFF_0000_FFFF_0000) -> Fingerprint:
+    return Fingerprint(
+        sha256=sha, size_bytes=10, recipe=RECIPE, format="JPEG", width=40, height=30,
+        payload_digest=None, phash=phash, dhash=(1 << 64) - 1, phash_trim=None,
+        dhash_trim=None, flat=False, animated=False, capture=CaptureFacts(taken_at="x"),
+        thumb=b"thumb",
+    )  # fmt: skip
+
+
+def asset(asset_id: str, sha: str | None, error: str | None = None) -> AssetRow:
+    return AssetRow(
+        unit="u", asset_id=asset_id, version="v1", url=f"file:///{asset_id}", size_bytes=10,
+        modified=None, sha256=sha, error=error, metadata={}, live=True,
+    )  # fmt: skip
+
+
+def test_codes_round_trip_through_signed_integers() -> None:
+    for code in (0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1):
+        signed = to_signed(code)
+        assert signed is not None and -(1 << 63) <= signed < (1 << 63)
+        assert to_unsigned(signed) == code
+
+
+def test_new_index_is_wal_and_at_the_latest_schema(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "i.sqlite")
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "i.sqlite"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaError, match="newer"):
+        SQLiteStore(path)
+
+
+def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "i.sqlite")
+    run = store.start_run("u", "sync")
+    store.save_page(
+        "u", run, [asset("a", "s1"), asset("b", None, "broken")], [fingerprint("s1")], [], "c1"
+    )
+    assert store.cursor("u") == ("c1", run)
+    assert store.asset_versions("u")["b"] == ("v1", None, "broken")
+    stored = store.fingerprint("s1")
+    assert stored is not None and stored.phash == 0xFFFF_0000_FFFF_0000
+    assert stored.dhash == (1 << 64) - 1
+    assert [row.asset_id for row in store.errors()] == ["b"]
+
+    second = store.start_run("u", "sync")
+    store.save_page("u", second, [], [], ["a"], None)
+    assert store.retire_unseen("u", second) == 1
+    assert [row.asset_id for row in store.live_assets()] == ["a"]
+    assert store.cursor("u") == (None, second)
+    store.close()
+
+
+def test_pairs_of_retired_assets_are_not_reported(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "i.sqlite")
+    run = store.start_run("u", "sync")
+    store.save_page(
+        "u", run, [asset("a", "s1"), asset("b", "s2")],
+        [fingerprint("s1"), fingerprint("s2")], [], None,
+    )  # fmt: skip
+    store.save_pairs([PairRow("s1", "s2", "near_identical", 2, 3, {})], RECIPE)
+    assert len(store.pairs()) == 1
+    assert store.evaluated_pairs(RECIPE) == {("s1", "s2")}
+    later = store.start_run("u", "sync")
+    store.save_page("u", later, [], [], ["a"], None)
+    store.retire_unseen("u", later)
+    assert store.pairs() == []
+    store.close()
+
+
+def test_find_asset_by_unit_and_id_by_id_and_by_digest(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "i.sqlite")
+    run = store.start_run("u", "sync")
+    sha = "ab" * 32
+    store.save_page("u", run, [asset("dir/a.jpg", sha)], [fingerprint(sha)], [], None)
+    for reference in ("u:dir/a.jpg", "dir/a.jpg", sha[:12]):
+        found = store.find_asset(reference)
+        assert found is not None and found.asset_id == "dir/a.jpg"
+    assert store.find_asset("missing.jpg") is None
+    store.close()

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
+from connector.core.tiers import DUPLICATE_TIERS, Tier
+from connector.engine.clusters import Shape, build_clusters
+
+TIERS = [t.value for t in Tier]
+
+
+def asset(index: int, sha: str, unit: str = "u", **metadata: str) -> AssetRow:
+    return AssetRow(
+        unit=unit, asset_id=f"a{index}", version="1", url="", size_bytes=1, modified=None,
+        sha256=sha, error=None, metadata=dict(metadata), live=True,
+    )  # fmt: skip
+
+
+def shapes(count: int, big: int | None = None) -> dict[str, Shape]:
+    return {
+        f"s{i}": Shape(4000 if i == big else 100, 3000 if i == big else 100, "JPEG")
+        for i in range(count)
+    }
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[list[AssetRow], list[PairRow]]:
+    count = draw(st.integers(2, 9))
+    shas = [f"s{draw(st.integers(0, count - 1))}" for _ in range(count)]
+    assets = [asset(i, sha) for i, sha in enumerate(shas)]
+    distinct = sorted(set(shas))
+    pairs = {}
+    for _ in range(draw(st.integers(0, 12))):
+        a, b = draw(st.sampled_from(distinct)), draw(st.sampled_from(distinct))
+        if a != b:
+            pairs[ordered(a, b)] = draw(st.sampled_from(TIERS))
+    return assets, [PairRow(a, b, tier, 2, 2, {}) for (a, b), tier in pairs.items()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs())
+def test_clusters_are_stars_and_disjoint(graph: tuple[list[AssetRow], list[PairRow]]) -> None:
+    assets, pairs = graph
+    clusters, relations = build_clusters(assets, shapes(10), pairs, {})
+    tiers = {(p.sha_a, p.sha_b): Tier(p.tier) for p in pairs}
+    seen: set[str] = set()
+    for cluster in clusters:
+        keys = [cluster.canonical.key] + [m.asset.key for m in cluster.members]
+        assert not seen & set(keys), "an asset sits in two clusters"
+        seen.update(keys)
+        for member in cluster.members:
+            a, b = cluster.canonical.sha256, member.asset.sha256
+            assert a is not None and b is not None
+            direct = Tier.EXACT if a == b else tiers.get(ordered(a, b))
+            assert direct in DUPLICATE_TIERS, "member does not match the canonical directly"
+            assert member.edge.tier == direct
+    # Maximal: no two unclustered assets that match each other are left over.
+    loose = [a for a in assets if a.key not in seen]
+    for x in loose:
+        for y in loose:
+            if x.key < y.key and x.sha256 and y.sha256:
+                direct = Tier.EXACT if x.sha256 == y.sha256 else tiers.get(ordered(x.sha256, y.sha256))
+                assert direct not in DUPLICATE_TIERS
+    assert all(r.edge.tier is not None for r in relations)
+
+
+def test_no_chaining_through_a_middle_image() -> None:
+    assets = [asset(0, "s0"), asset(1, "s1"), asset(2, "s2")]
+    pairs = [
+        PairRow("s0", "s1", "near_identical", 4, 4, {}),
+        PairRow("s1", "s2", "near_identical", 4, 4, {}),
+    ]
+    clusters, _ = build_clusters(assets, shapes(3, big=1), pairs, {})
+    assert len(clusters) == 1
+    assert clusters[0].canonical.asset_id == "a1"  # largest resolution joins both
+    clusters, _ = build_clusters(assets, shapes(3, big=0), pairs, {})
+    members = {m.asset.asset_id for c in clusters for m in c.members}
+    canonicals = {c.canonical.asset_id for c in clusters}
+    assert canonicals == {"a0"} and members == {"a1"}, "a2 must not join a0 through a1"
+
+
+def test_similar_pairs_never_form_clusters() -> None:
+    assets = [asset(0, "s0"), asset(1, "s1")]
+    clusters, relations = build_clusters(
+        assets, shapes(2), [PairRow("s0", "s1", "similar", 2, 2, {})], {}
+    )
+    assert clusters == []
+    assert [r.edge.tier for r in relations] == [Tier.SIMILAR]
+
+
+def test_canonical_policy_order_and_reasons() -> None:
+    pairs = [PairRow("s0", "s1", "near_identical", 4, 4, {})]
+    plain = [asset(0, "s0"), asset(1, "s1")]
+    clusters, _ = build_clusters(plain, shapes(2, big=1), pairs, {})
+    assert clusters[0].canonical.asset_id == "a1"
+    assert "largest resolution" in clusters[0].reason
+
+    complete = [asset(0, "s0", location="Senaatintori", date="2020", department="KYMP"),
+                asset(1, "s1")]  # fmt: skip
+    clusters, _ = build_clusters(complete, shapes(2, big=1), pairs, {})
+    assert clusters[0].canonical.asset_id == "a0"
+    assert "metadata" in clusters[0].reason
+
+    units = [asset(0, "s0", unit="kuva"), asset(1, "s1", unit="hel")]
+    clusters, _ = build_clusters(units, shapes(2, big=1), pairs, {}, ["kuva"])
+    assert clusters[0].canonical.unit == "kuva" and "authoritative" in clusters[0].reason
+
+    chosen = {("s0", "s1"): DecisionRow("s0", "s1", "canonical", "s0", "archivist", "t")}
+    clusters, _ = build_clusters(plain, shapes(2, big=1), pairs, chosen)
+    assert clusters[0].canonical.asset_id == "a0" and "reviewer" in clusters[0].reason
+
+
+def test_reviewer_different_splits_and_same_joins() -> None:
+    assets = [asset(0, "s0"), asset(1, "s1")]
+    pairs = [PairRow("s0", "s1", "near_identical", 4, 4, {})]
+    different = {("s0", "s1"): DecisionRow("s0", "s1", "different", None, "r", "t")}
+    clusters, _ = build_clusters(assets, shapes(2), pairs, different)
+    assert clusters == []
+    same = {("s0", "s1"): DecisionRow("s0", "s1", "same", None, "r", "t")}
+    clusters, _ = build_clusters(assets, shapes(2), [], same)
+    assert len(clusters) == 1 and clusters[0].members[0].edge.decision == "same"
