@@ -89,15 +89,14 @@ def read_capture_facts(image: Image.Image) -> CaptureFacts:
 
 
 def _metres_apart(a: CaptureFacts, b: CaptureFacts) -> float | None:
-    if None in (a.latitude, a.longitude, b.latitude, b.longitude):
+    if a.latitude is None or a.longitude is None or b.latitude is None or b.longitude is None:
         return None
-    lat1, lon1, lat2, lon2 = (
-        math.radians(v)
-        for v in (a.latitude, a.longitude, b.latitude, b.longitude)  # type: ignore[arg-type]
+    lat1, lon1 = math.radians(a.latitude), math.radians(a.longitude)
+    lat2, lon2 = math.radians(b.latitude), math.radians(b.longitude)
+    h = (
+        math.sin((lat2 - lat1) / 2) ** 2
+        + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
     )
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(
-        (lon2 - lon1) / 2
-    ) ** 2
     return 6_371_000 * 2 * math.asin(min(1.0, math.sqrt(h)))
 
 

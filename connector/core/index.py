@@ -566,8 +566,7 @@ class SQLiteStore(IndexStore):
                 )
             ],
             "fingerprints": [
-                tuple(row)
-                for row in self.db.execute("SELECT * FROM fingerprints ORDER BY sha256")
+                tuple(row) for row in self.db.execute("SELECT * FROM fingerprints ORDER BY sha256")
             ],
             "pairs": [
                 tuple(row) for row in self.db.execute("SELECT * FROM pairs ORDER BY sha_a, sha_b")

@@ -118,9 +118,7 @@ class Policy:
         if mine[2] != theirs[2]:
             return "it has complete mandatory metadata (location, date, department)"
         if mine[3] != theirs[3]:
-            return (
-                f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
-            )
+            return f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
         if mine[4] != theirs[4]:
             shape = self.shapes.get(canonical.sha256 or "")
             return f"original format ({shape.format if shape else '?'})"
@@ -162,7 +160,10 @@ def _edges(
         )
         if tier is not None:
             edge = Edge(
-                tier, pair.phash_distance, pair.dhash_distance, decision and decision.decision
+                tier,
+                pair.phash_distance,
+                pair.dhash_distance,
+                decision.decision if decision else None,
             )
             link(by_sha.get(pair.sha_a, []), by_sha.get(pair.sha_b, []), edge)
     proposed = {(pair.sha_a, pair.sha_b) for pair in pairs}
@@ -231,4 +232,3 @@ def build_clusters(
                 )
     clusters.sort(key=lambda c: (TIER_ORDER[c.tier], c.canonical.key))
     return clusters, relations
-

@@ -301,5 +301,3 @@ def explain_pair(
         check = verify_pair(thumb_array(a), thumb_array(b)).as_dict()
         evidence = _with(evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check)
     return evidence, place(evidence)
-
-

@@ -8,6 +8,7 @@ with it: the other jobs in flight are re-run one at a time to find the culprit.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -52,10 +53,8 @@ def _init_worker(limits: Limits) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGALRM, _alarm)
-    try:
+    with contextlib.suppress(ValueError, OSError):  # a lower hard limit already applies
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    except (ValueError, OSError):  # a lower hard limit already applies
-        pass
     try:
         import cv2
 

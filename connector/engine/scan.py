@@ -107,9 +107,7 @@ def run(
     return RunResult(syncs=syncs, match=stats, errors=errors)
 
 
-def current_clusters(
-    store: IndexStore, settings: Settings
-) -> tuple[list[Cluster], list[Relation]]:
+def current_clusters(store: IndexStore, settings: Settings) -> tuple[list[Cluster], list[Relation]]:
     shapes = {
         row["sha256"]: Shape(row["width"], row["height"], row["format"])
         for row in store.fingerprint_rows(RECIPE)

@@ -176,11 +176,11 @@ def _sync_page(
                 else:
                     touched.append(ref.id)
                 continue
-            if before is not None and before[0] == ref.version != RETRY_VERSION:
-                if before[2] is not None or before[1] in current:
-                    touched.append(ref.id)  # unchanged: nothing fetched, nothing decoded
-                    stats.unchanged += 1
-                    continue
+            unchanged = before is not None and before[0] == ref.version != RETRY_VERSION
+            if unchanged and before is not None and (before[2] is not None or before[1] in current):
+                touched.append(ref.id)  # unchanged: nothing fetched, nothing decoded
+                stats.unchanged += 1
+                continue
             try:
                 data = _fetch(adapter, ref)
             except AuthFailed:
@@ -223,4 +223,3 @@ def _sync_page(
     for ref_id in rows:
         known[ref_id] = (rows[ref_id].version, rows[ref_id].sha256, rows[ref_id].error)
     return list(rows.values()), list(fingerprints.values()), touched
-

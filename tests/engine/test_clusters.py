@@ -60,7 +60,9 @@ def test_clusters_are_stars_and_disjoint(graph: tuple[list[AssetRow], list[PairR
     for x in loose:
         for y in loose:
             if x.key < y.key and x.sha256 and y.sha256:
-                direct = Tier.EXACT if x.sha256 == y.sha256 else tiers.get(ordered(x.sha256, y.sha256))
+                direct = (
+                    Tier.EXACT if x.sha256 == y.sha256 else tiers.get(ordered(x.sha256, y.sha256))
+                )
                 assert direct not in DUPLICATE_TIERS
     assert all(r.edge.tier is not None for r in relations)
 

@@ -1,0 +1,127 @@
+"""End to end on the labelled real photos in fixtures/: the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from subprocess import CompletedProcess
+
+from connector.core.tiers import DUPLICATE_TIERS, Tier
+from connector.report.accuracy import EDIT_KINDS, EXACT_KINDS, load_labels, score
+from tests.conftest import FIXTURES
+
+Run = Callable[..., CompletedProcess[str]]
+LABELS = load_labels(FIXTURES / "labels.json")
+
+
+def relations(run: Run, db: Path) -> list[dict[str, str]]:
+    result = run("export", "relations", "--format", "csv", "--db", str(db))
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_accuracy_on_labelled_photos(run_damdup: Run, scanned_fixtures: Path) -> None:
+    rows = relations(run_damdup, scanned_fixtures)
+    report = score(LABELS, ((r["id_a"], r["id_b"], Tier(r["tier"])) for r in rows))
+    assert report.merged_different_shots == [], "a different shot was called a duplicate"
+    assert report.precision >= 0.999, report.false_positives
+    assert report.recall_of(EXACT_KINDS) >= 0.99, report.recall
+    for kind in EDIT_KINDS:
+        found, total = report.recall[kind]
+        assert total >= 10 and found / total >= 0.9, (kind, found, total)
+
+
+def test_export_header_and_ids(run_damdup: Run, scanned_fixtures: Path) -> None:
+    result = run_damdup("export", "relations", "--format", "csv", "--db", str(scanned_fixtures))
+    header = result.stdout.splitlines()[0]
+    assert header == "unit_a,id_a,unit_b,id_b,tier,phash_distance,dhash_distance,cluster,canonical"
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows and all(r["unit_a"] == "scan" and r["id_a"] in LABELS for r in rows)
+    assert all("\\" not in r["id_a"] and not r["id_a"].startswith("/") for r in rows)
+    jsonl = run_damdup("export", "relations", "--format", "jsonl", "--db", str(scanned_fixtures))
+    assert [json.loads(line) for line in jsonl.stdout.splitlines()] == [
+        {
+            **r,
+            "phash_distance": int(r["phash_distance"]),
+            "dhash_distance": int(r["dhash_distance"]),
+        }
+        for r in rows
+    ]
+
+
+def test_clusters_are_stars_with_explained_canonicals(
+    run_damdup: Run, scanned_fixtures: Path
+) -> None:
+    result = run_damdup("clusters", "--format", "json", "--db", str(scanned_fixtures))
+    payload = json.loads(result.stdout)
+    clusters = payload["clusters"]
+    assert clusters
+    pair_tiers = {
+        frozenset((r["id_a"], r["id_b"])): r["tier"]
+        for r in relations(run_damdup, scanned_fixtures)
+    }
+    seen: set[str] = set()
+    for cluster in clusters:
+        canonical = cluster["canonical"]["id"]
+        assert cluster["reason"]
+        assert canonical not in seen
+        seen.add(canonical)
+        for member in cluster["members"]:
+            assert member["id"] not in seen
+            seen.add(member["id"])
+            assert member["tier"] in {t.value for t in DUPLICATE_TIERS}
+            assert pair_tiers[frozenset((canonical, member["id"]))] == member["tier"]
+            assert LABELS[member["id"]]["photo"] == LABELS[canonical]["photo"]
+    for similar in payload["similar"]:
+        assert similar["a"]["id"] in LABELS and similar["b"]["id"] in LABELS
+
+
+def test_stereo_pair_is_related_but_never_a_duplicate(
+    run_damdup: Run, scanned_fixtures: Path
+) -> None:
+    left = next(n for n, i in LABELS.items() if i["source"].startswith("motorcycle_left")
+                and i["variant"] == "original")  # fmt: skip
+    right = next(n for n, i in LABELS.items() if i["source"].startswith("motorcycle_right"))
+    result = run_damdup("explain", left, right, "--format", "json", "--db", str(scanned_fixtures))
+    report = json.loads(result.stdout)
+    assert report["duplicate"] is False
+    assert report["tier"] in (None, "similar")
+    assert report["reasons"]
+
+
+def test_rescan_of_an_unchanged_folder_decodes_nothing(
+    run_damdup: Run, photo_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "i.sqlite"
+    first = json.loads(
+        run_damdup("scan", str(photo_copy), "--db", str(db), "--format", "json", "-q").stdout
+    )
+    assert first["fingerprinted"] > 0
+    second = json.loads(
+        run_damdup("scan", str(photo_copy), "--db", str(db), "--format", "json", "-q").stdout
+    )
+    assert second["fingerprinted"] == 0
+    assert second["unchanged"] == second["listed"] == first["listed"]
+    assert second["pairs_checked"] == 0
+
+
+def test_deleted_and_changed_files_are_noticed(
+    run_damdup: Run, photo_copy: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "i.sqlite"
+    run_damdup("scan", str(photo_copy), "--db", str(db), "-q")
+    victim = sorted(photo_copy.rglob("*.jpg"))[0]
+    victim.unlink()
+    summary = json.loads(
+        run_damdup("scan", str(photo_copy), "--db", str(db), "--format", "json", "-q").stdout
+    )
+    assert summary["retired"] == 1
+    with sqlite3.connect(db) as connection:
+        live = connection.execute(
+            "SELECT live FROM assets WHERE asset_id = ?",
+            (victim.relative_to(photo_copy).as_posix(),),
+        ).fetchone()
+    assert live == (0,)
