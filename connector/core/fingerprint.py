@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - declared dependency, kept optional for
 
 # Bump when any bit of any code may change (Pillow or imagehash upgrades too):
 # fingerprints of an older recipe are re-made lazily, never compared with new ones.
-RECIPE = 1
+RECIPE = 2
 
 # Long side of the stored thumbnail that pixel verification and review work on.
 THUMB_SIDE = 384
@@ -44,6 +44,10 @@ FLAT_STD = 3.0
 # (padded / letterboxed copies); the tolerance absorbs JPEG ringing.
 BORDER_MIN_SHARE = 0.02
 BORDER_TOLERANCE = 12
+# Codes are also taken of the central part of the image, this share of each
+# side: a copy cropped by about 5 % on every side hashes like it (a 10 % smaller
+# frame otherwise moves pHash by 14-18 bits, out of the candidate radius).
+INNER_SHARE = 0.9
 
 DEFAULT_MAX_PIXELS = 150_000_000
 
@@ -67,20 +71,33 @@ class Fingerprint:
     dhash: int
     phash_trim: int | None
     dhash_trim: int | None
+    phash_inner: int
+    dhash_inner: int
     flat: bool
     animated: bool
     capture: CaptureFacts
     thumb: bytes = field(repr=False)
+
+    def codes(self, kind: str) -> tuple[int, ...]:
+        """Every variant of one code ("phash" or "dhash"): as oriented,
+        border-trimmed, central part."""
+        return codes_of(self.__dict__, kind)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("thumb")
         out["phash"] = f"{self.phash:016x}"
         out["dhash"] = f"{self.dhash:016x}"
-        for key in ("phash_trim", "dhash_trim"):
+        for key in ("phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
             value = getattr(self, key)
             out[key] = None if value is None else f"{value:016x}"
         return out
+
+
+def codes_of(row: dict[str, Any], kind: str) -> tuple[int, ...]:
+    """Variants of one code from a fingerprint's fields or an index row."""
+    values = (row[kind], row[f"{kind}_trim"], row[f"{kind}_inner"])
+    return tuple(value for value in values if value is not None)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -233,6 +250,9 @@ def fingerprint_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fing
         inner = rgb.crop(box)
         phash_trim = hash_to_int(imagehash.phash(inner))
         dhash_trim = hash_to_int(imagehash.dhash(inner))
+    margin_x = round(rgb.width * (1 - INNER_SHARE) / 2)
+    margin_y = round(rgb.height * (1 - INNER_SHARE) / 2)
+    centre = rgb.crop((margin_x, margin_y, rgb.width - margin_x, rgb.height - margin_y))
     return Fingerprint(
         sha256=digest,
         size_bytes=len(data),
@@ -245,6 +265,8 @@ def fingerprint_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fing
         dhash=dhash,
         phash_trim=phash_trim,
         dhash_trim=dhash_trim,
+        phash_inner=hash_to_int(imagehash.phash(centre)),
+        dhash_inner=hash_to_int(imagehash.dhash(centre)),
         flat=flat,
         animated=animated,
         capture=capture,

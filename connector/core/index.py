@@ -153,6 +153,11 @@ MIGRATIONS: list[str] = [
         stats TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: codes of the central part (recipe 2)
+    """
+    ALTER TABLE fingerprints ADD COLUMN phash_inner INTEGER;
+    ALTER TABLE fingerprints ADD COLUMN dhash_inner INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -333,17 +338,19 @@ class SQLiteStore(IndexStore):
         stamp = now_iso()
         with self._transaction() as db:
             db.executemany(
-                """INSERT OR REPLACE INTO fingerprints VALUES
-                   (?, ?, ?, ?, ?, ?, ?,
+                """INSERT OR REPLACE INTO fingerprints(sha256, recipe, size_bytes, format,
+                       width, height, payload_digest, pixel_digest, phash, dhash, phash_trim,
+                       dhash_trim, flat, animated, capture, thumb, phash_inner, dhash_inner)
+                   VALUES (?, ?, ?, ?, ?, ?, ?,
                     (SELECT pixel_digest FROM fingerprints WHERE sha256 = ?),
-                    ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 [
                     (
                         fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
                         fp.payload_digest, fp.sha256, to_signed(fp.phash), to_signed(fp.dhash),
                         to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
                         int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
-                        fp.thumb,
+                        fp.thumb, to_signed(fp.phash_inner), to_signed(fp.dhash_inner),
                     )
                     for fp in fingerprints
                 ],
@@ -440,7 +447,7 @@ class SQLiteStore(IndexStore):
     def fingerprint_rows(self, recipe: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
             """SELECT sha256, format, width, height, payload_digest, pixel_digest, phash, dhash,
-                      phash_trim, dhash_trim, flat
+                      phash_trim, dhash_trim, phash_inner, dhash_inner, flat
                FROM fingerprints WHERE recipe = ? AND sha256 IN
                    (SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL)
                ORDER BY sha256""",
@@ -449,7 +456,7 @@ class SQLiteStore(IndexStore):
         out = []
         for row in rows:
             item = dict(row)
-            for key in ("phash", "dhash", "phash_trim", "dhash_trim"):
+            for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
                 item[key] = to_unsigned(item[key])
             item["flat"] = bool(item["flat"])
             out.append(item)
@@ -471,6 +478,8 @@ class SQLiteStore(IndexStore):
             dhash=to_unsigned(row["dhash"]) or 0,
             phash_trim=to_unsigned(row["phash_trim"]),
             dhash_trim=to_unsigned(row["dhash_trim"]),
+            phash_inner=to_unsigned(row["phash_inner"]) or 0,
+            dhash_inner=to_unsigned(row["dhash_inner"]) or 0,
             flat=bool(row["flat"]),
             animated=bool(row["animated"]),
             capture=CaptureFacts.from_dict(json.loads(row["capture"])),

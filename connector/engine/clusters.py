@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from connector.core.fingerprint import FORMATS_ORIGINAL
-from connector.core.index import AssetRow, DecisionRow, PairRow
+from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
 from connector.core.tiers import DUPLICATE_TIERS, TIER_ORDER, Decision, Tier, apply_decision
 
 MANDATORY = ("location", "date", "department")
@@ -131,6 +131,72 @@ class Policy:
         return f"{shape.width}x{shape.height}" if shape else "unknown size"
 
 
+def _strength(pair: PairRow) -> tuple[float, ...]:
+    """How sure a duplicate link is: its tier, then how well the pixels agree."""
+    check = pair.evidence.get("pixel_check") or {}
+    correlation = check.get("correlation")
+    return (
+        -TIER_ORDER[Tier(pair.tier)] if pair.tier else -99.0,
+        float(correlation) if isinstance(correlation, int | float) else 0.0,
+        -float(pair.phash_distance + pair.dhash_distance),
+    )
+
+
+def resolve_conflicts(
+    pairs: list[PairRow], decisions: dict[tuple[str, str], DecisionRow]
+) -> list[PairRow]:
+    """An image cannot be a copy of two different exposures. When X matches both
+    Y and Z, but Y and Z are known to be different shots (their capture facts
+    contradict, or a reviewer said so), X keeps only its closer link; the other
+    becomes `similar`. This is how a copy stripped of EXIF is kept away from the
+    burst frame next to its original."""
+
+    def decided(a: str, b: str) -> str | None:
+        decision = decisions.get(ordered(a, b))
+        return decision.decision if decision else None
+
+    conflicts = {
+        (p.sha_a, p.sha_b)
+        for p in pairs
+        if p.tier == Tier.SIMILAR and p.evidence.get("contradictions")
+    }
+    conflicts.update(key for key, d in decisions.items() if d.decision == Decision.DIFFERENT)
+    if not conflicts:
+        return pairs
+    by_key = {(p.sha_a, p.sha_b): p for p in pairs}
+    links: dict[str, set[str]] = defaultdict(set)
+    for pair in pairs:
+        if pair.tier in DUPLICATE_TIERS and decided(pair.sha_a, pair.sha_b) != Decision.DIFFERENT:
+            links[pair.sha_a].add(pair.sha_b)
+            links[pair.sha_b].add(pair.sha_a)
+    demoted: dict[tuple[str, str], str] = {}
+    for y, z in sorted(conflicts):
+        for x in sorted(links[y] & links[z]):
+            to_y, to_z = by_key[ordered(x, y)], by_key[ordered(x, z)]
+            candidates = [p for p in (to_y, to_z) if decided(p.sha_a, p.sha_b) is None]
+            if not candidates:
+                continue
+            weaker = min(candidates, key=_strength)
+            other = to_z if weaker is to_y else to_y
+            kept = other.sha_b if other.sha_a == x else other.sha_a
+            demoted[(weaker.sha_a, weaker.sha_b)] = (
+                f"closer to {kept[:12]}, a different exposure of the same scene"
+            )
+            lost = weaker.sha_b if weaker.sha_a == x else weaker.sha_a
+            links[x].discard(lost)
+            links[lost].discard(x)
+    out = []
+    for pair in pairs:
+        reason = demoted.get((pair.sha_a, pair.sha_b))
+        if reason is None:
+            out.append(pair)
+            continue
+        evidence = dict(pair.evidence)
+        evidence["reasons"] = [*evidence.get("reasons", []), f"demoted: {reason}"]
+        out.append(replace(pair, tier=Tier.SIMILAR.value, evidence=evidence))
+    return out
+
+
 def _edges(
     assets: list[AssetRow],
     pairs: list[PairRow],
@@ -188,7 +254,7 @@ def build_clusters(
     """Stars around canonicals, and every related pair (similar ones included)."""
     live = [asset for asset in assets if asset.sha256 is not None and asset.live]
     by_key = {asset.key: asset for asset in live}
-    graph = _edges(live, pairs, decisions)
+    graph = _edges(live, resolve_conflicts(pairs, decisions), decisions)
     choices = {d.canonical_sha for d in decisions.values() if d.canonical_sha}
     policy = Policy(shapes, authoritative_units, choices)
 

@@ -22,7 +22,7 @@ import structlog
 from PIL import Image
 
 from connector.core.capture import contradictions
-from connector.core.fingerprint import RECIPE, Fingerprint, pixel_digest
+from connector.core.fingerprint import RECIPE, Fingerprint, codes_of, pixel_digest
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import (
@@ -56,16 +56,10 @@ class MatchStats:
     tiers: dict[str, int] = field(default_factory=dict)
 
 
-def _popcount(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-    return np.bitwise_count(values).astype(np.int64)
-
-
-def distance(codes_a: Iterable[int | None], codes_b: Iterable[int | None]) -> int:
-    """Smallest Hamming distance between any variant of A's code (as oriented,
-    border-trimmed) and any variant of B's."""
-    left = [code for code in codes_a if code is not None]
-    right = [code for code in codes_b if code is not None]
-    return min((x ^ y).bit_count() for x in left for y in right)
+def distance(codes_a: Iterable[int], codes_b: Iterable[int]) -> int:
+    """Smallest Hamming distance between any variant of A's code and any of B's."""
+    right = list(codes_b)
+    return min((x ^ y).bit_count() for x in codes_a for y in right)
 
 
 def _hash_pairs(rows: list[dict[str, Any]], key: str) -> set[tuple[int, int]]:
@@ -74,10 +68,9 @@ def _hash_pairs(rows: list[dict[str, Any]], key: str) -> set[tuple[int, int]]:
     for owner, row in enumerate(rows):
         if row["flat"]:  # flat images all hash alike
             continue
-        for variant in (row[key], row[f"{key}_trim"]):
-            if variant is not None:
-                codes.append(variant)
-                owners.append(owner)
+        for variant in codes_of(row, key):
+            codes.append(variant)
+            owners.append(owner)
     if len(codes) < 2:
         return set()
     found = pairs_within(np.array(codes, dtype=np.uint64), CANDIDATE_RADIUS)
@@ -107,8 +100,8 @@ def find_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[i
         a, b = rows[i], rows[j]
         pair = ordered(a["sha256"], b["sha256"])
         out[pair] = (
-            distance((a["phash"], a["phash_trim"]), (b["phash"], b["phash_trim"])),
-            distance((a["dhash"], a["dhash_trim"]), (b["dhash"], b["dhash_trim"])),
+            distance(codes_of(a, "phash"), codes_of(b, "phash")),
+            distance(codes_of(a, "dhash"), codes_of(b, "dhash")),
         )
     return out
 
@@ -289,8 +282,8 @@ def explain_pair(
     a: Fingerprint, b: Fingerprint, read_original: ReadOriginal, max_pixels: int
 ) -> tuple[Evidence, Verdict]:
     """Every piece of evidence for one pair, computed now, in this process."""
-    phash_distance = distance((a.phash, a.phash_trim), (b.phash, b.phash_trim))
-    dhash_distance = distance((a.dhash, a.dhash_trim), (b.dhash, b.dhash_trim))
+    phash_distance = distance(a.codes("phash"), b.codes("phash"))
+    dhash_distance = distance(a.codes("dhash"), b.codes("dhash"))
     evidence = basic_evidence(a, b, phash_distance, dhash_distance)
     if needs_pixel_digest(evidence, (a.width, a.height) == (b.width, b.height)):
         data_a, data_b = read_original(a.sha256), read_original(b.sha256)

@@ -22,8 +22,8 @@ def fingerprint(sha: str, phash: int = 0xFFFF_0000_FFFF_0000) -> Fingerprint:
     return Fingerprint(
         sha256=sha, size_bytes=10, recipe=RECIPE, format="JPEG", width=40, height=30,
         payload_digest=None, phash=phash, dhash=(1 << 64) - 1, phash_trim=None,
-        dhash_trim=None, flat=False, animated=False, capture=CaptureFacts(taken_at="x"),
-        thumb=b"thumb",
+        dhash_trim=None, phash_inner=phash, dhash_inner=0, flat=False, animated=False,
+        capture=CaptureFacts(taken_at="x"), thumb=b"thumb",
     )  # fmt: skip
 
 
