@@ -20,7 +20,14 @@ from rich.table import Table
 
 from adapters.base import AdapterError
 from adapters.filesystem import Filesystem, FilesystemSettings
-from connector.core.index import DecisionRow, IndexStore, SchemaError, SQLiteStore, now_iso
+from connector.core.index import (
+    DecisionRow,
+    IndexStore,
+    SchemaError,
+    SQLiteStore,
+    now_iso,
+    ordered,
+)
 from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
 from connector.engine.clusters import Cluster, Relation
@@ -36,7 +43,8 @@ RELATION_FIELDS = [
     "cluster", "canonical",
 ]  # fmt: skip
 
-out = Console()
+# Off a terminal, rich would wrap at 80 columns and break file paths apart.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
@@ -249,9 +257,11 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         if fa is None or fb is None:
             raise UsageError("fingerprint missing: scan again")
         evidence, verdict = explain_pair(fa, fb, OriginalReader(store, {}), settings.max_pixels)
-        decision = store.decisions().get(tuple(sorted((fa.sha256, fb.sha256))))  # type: ignore[arg-type]
+        decision = store.decisions().get(ordered(fa.sha256, fb.sha256))
+        _clusters, relations = current_clusters(store, settings)
     finally:
         store.close()
+    indexed = next((r for r in relations if {r.a.key, r.b.key} == {a.key, b.key}), None)
     report = {
         "a": {"asset": a.key, **fa.as_dict()},
         "b": {"asset": b.key, **fb.as_dict()},
@@ -266,6 +276,8 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         "duplicate": verdict.tier in DUPLICATE_TIERS,
         "reasons": verdict.reasons,
         "decision": decision.__dict__ if decision else None,
+        "index_tier": indexed.edge.tier.value if indexed else None,
+        "index_reasons": list(indexed.edge.reasons) if indexed else [],
     }
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -296,6 +308,10 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
             f"  reviewer decision: {decision.decision} by {decision.decided_by} "
             f"at {decision.decided_at} (outranks the tier above)"
         )
+    if indexed is not None and (indexed.edge.tier != verdict.tier or decision):
+        out.print(f"  [bold]in the index: {indexed.edge.tier.value}[/]")
+        for reason in indexed.edge.reasons[len(verdict.reasons) :]:
+            out.print(f"   - {reason}")
     return EXIT_OK
 
 

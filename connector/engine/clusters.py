@@ -25,6 +25,7 @@ class Edge:
     phash_distance: int
     dhash_distance: int
     decision: str | None = None
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def _edges(
                 pair.phash_distance,
                 pair.dhash_distance,
                 decision.decision if decision else None,
+                tuple(pair.evidence.get("reasons", ())),
             )
             link(by_sha.get(pair.sha_a, []), by_sha.get(pair.sha_b, []), edge)
     proposed = {(pair.sha_a, pair.sha_b) for pair in pairs}
