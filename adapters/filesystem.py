@@ -62,9 +62,9 @@ class Filesystem(Adapter[FilesystemCursor]):
             for name in files:
                 if name.startswith("._"):  # macOS AppleDouble sidecars, never images
                     continue
-                if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                refs.append(self._ref(Path(directory) / name))
+                path = Path(directory) / name
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path):
+                    refs.append(self._ref(path))
         refs.sort(key=lambda ref: ref.id)
         return refs
 
@@ -124,6 +124,29 @@ class Filesystem(Adapter[FilesystemCursor]):
         if len(data) > self.settings.max_file_bytes:
             raise BadAsset(f"file is over the {self.settings.max_file_bytes:,} byte limit")
         return data
+
+
+def _worth_a_look(path: Path) -> bool:
+    """A name without an image extension is still listed when it is a broken
+    link (reported, not silently skipped) or has no extension and starts like
+    an image (camera dumps, files renamed by a sync tool)."""
+    if path.is_symlink() and not path.exists():
+        return True
+    if path.suffix:
+        return False
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    return (
+        head[:3] == b"\xff\xd8\xff"
+        or head[:8] == b"\x89PNG\r\n\x1a\n"
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or head[4:8] == b"ftyp"
+        or head[:4] in (b"II*\x00", b"MM\x00*")
+        or head[:3] == b"GIF"
+    )
 
 
 def _bisect_after(listing: list[AssetRef], after: str) -> int:

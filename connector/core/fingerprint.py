@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - declared dependency, kept optional for
 
 # Bump when any bit of any code may change (Pillow or imagehash upgrades too):
 # fingerprints of an older recipe are re-made lazily, never compared with new ones.
-RECIPE = 2
+RECIPE = 3
 
 # Long side of the stored thumbnail that pixel verification and review work on.
 THUMB_SIDE = 384
@@ -132,10 +132,36 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
+def image_signature(data: bytes) -> str | None:
+    """The image format the first bytes announce, whatever the file is named."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif"):
+        return "HEIF/AVIF"
+    return None
+
+
 def _sniff(data: bytes) -> str:
     head = data[:512].lstrip()
     if not data:
         return "empty file"
+    announced = image_signature(data)
+    if announced is not None:
+        return f"{announced} signature, but the header is damaged or unsupported"
     if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in data[:4096]):
         return "SVG vector graphics are not raster images"
     if head[:1] == b"<":
@@ -162,14 +188,34 @@ def _reduced_rgb(image: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; we record facts below
         image.load()
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except Exception:  # a broken orientation tag must not lose the image
-        oriented = image
     orientation = _orientation(image)
+    # Formats without draft mode decode at full size; shrink before any copy so a
+    # 9000x9000 PNG costs one decode, not a decode plus full-size RGB and rotation.
+    factor = max(image.size) // (2 * DECODE_SIDE)
+    if factor >= 2:
+        if image.mode == "1":
+            image = image.convert("L")  # a byte a pixel, not the three of RGB
+        elif image.mode in ("P", "I;16", "I;16B", "I;16L"):  # reduce() refuses these
+            image = _to_rgb(image)
+        image = image.reduce(factor)
+    for step in _ORIENTATION_STEPS.get(orientation, ()):
+        image = image.transpose(step)
     if orientation in (5, 6, 7, 8):
         full_width, full_height = full_height, full_width
-    return _to_rgb(oriented), (full_width, full_height)
+    return _to_rgb(image), (full_width, full_height)
+
+
+# What exif_transpose does for each EXIF orientation value, applied here after
+# the reduction (a reduced image no longer carries the tag).
+_ORIENTATION_STEPS = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
 
 
 def _orientation(image: Image.Image) -> int:
