@@ -101,7 +101,8 @@ def test_kill_9_at_any_moment_then_rescan_gives_the_same_index(
         "-q",
     ]
     kills = 0
-    for delay in (0.8, 1.6, 2.4, 3.5, 5.0):
+    # Early kills land while pages are indexed, later ones while pairs are checked.
+    for delay in (0.8, 1.6, 2.4, 3.5, 5.0, 9.0):
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
