@@ -1,0 +1,356 @@
+"""Tests for connector.core.verify on pairs built from real photographs.
+
+The photos are the ones shipped inside the scikit-image wheel (read straight
+from its data folder with Pillow, no downloads). Each pair mimics what the
+caller hands over: both sides are Pillow thumbnails with a long side of at
+most VERIFY_SIDE, made after the edit.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+from connector.core.verify import VERIFY_SIDE, PixelCheck, verify_pair, verify_pair_detailed
+
+# A declared test dependency: its wheel ships the real photos these pairs are made of.
+DATA = Path(skimage.__file__).parent / "data"
+
+
+def photo(name: str) -> Image.Image:
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{name} not in this scikit-image wheel")
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def thumb(im: Image.Image) -> np.ndarray:
+    t = im.copy()
+    t.thumbnail((VERIFY_SIDE, VERIFY_SIDE))
+    return np.asarray(t.convert("RGB"))
+
+
+def reencode(im: Image.Image, fmt: str, **kw: object) -> Image.Image:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    buf.seek(0)
+    with Image.open(buf) as out:
+        return out.convert("RGB")
+
+
+def crop(im: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    w, h = im.size
+    return im.crop((round(w * left), round(h * top), w - round(w * right), h - round(h * bottom)))
+
+
+def scale(im: Image.Image, f: float) -> Image.Image:
+    w, h = im.size
+    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
+
+
+def gamma(im: Image.Image, g: float) -> Image.Image:
+    return im.point([min(255, round(255 * (i / 255) ** g)) for i in range(256)] * 3)
+
+
+def font(size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def watermark(im: Image.Image) -> Image.Image:
+    """Opaque light box with dark text, 12 % of the width, bottom-right corner."""
+    out = im.copy()
+    w, h = out.size
+    bw = round(0.12 * w)
+    bh = round(0.35 * bw)
+    x0, y0 = w - round(0.02 * w) - bw, h - round(0.02 * w) - bh
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((x0, y0, x0 + bw, y0 + bh), fill=(240, 240, 240))
+    draw.text((x0 + 2, y0 + 0.15 * bh), "(c) CM", fill=(20, 20, 20), font=font(0.6 * bh))
+    return out
+
+
+def viewpoint(im: Image.Image, deg: float) -> tuple[Image.Image, Image.Image]:
+    """The scene seen from ``deg`` further round (60-degree lens, centre kept).
+
+    The plane-induced homography of turning the camera about the vertical
+    axis, re-centred as when walking round the subject; both views cropped to
+    the central 80 % so that neither has invented borders.
+    """
+    arr = np.asarray(im)
+    h, w = arr.shape[:2]
+    f = (w / 2) / math.tan(math.radians(30))
+    k = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
+    t = math.radians(deg)
+    rot = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
+    hom = k @ rot @ np.linalg.inv(k)
+    c = hom @ np.array([w / 2, h / 2, 1.0])
+    shift = np.array([[1, 0, w / 2 - c[0] / c[2]], [0, 1, h / 2 - c[1] / c[2]], [0, 0, 1]])
+    warped = cv2.warpPerspective(
+        arr, shift @ hom, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT
+    )
+    box = (round(0.1 * w), round(0.1 * h), round(0.9 * w), round(0.9 * h))
+    return im.crop(box), Image.fromarray(warped).crop(box)
+
+
+def move_patch(im: Image.Image, src: tuple[float, float], dst: tuple[float, float]) -> Image.Image:
+    """Copy a patch of 15 % of each side from ``src`` to ``dst`` (fractions)."""
+    arr = np.asarray(im).copy()
+    h, w = arr.shape[:2]
+    ph, pw = round(0.15 * h), round(0.15 * w)
+    sy, sx = round(src[1] * h), round(src[0] * w)
+    dy, dx = round(dst[1] * h), round(dst[0] * w)
+    arr[dy : dy + ph, dx : dx + pw] = arr[sy : sy + ph, sx : sx + pw].copy()
+    return Image.fromarray(arr)
+
+
+# Colour, grey (camera, coins) and JPEG-sourced (rocket) photos of various sizes.
+PHOTOS = ["astronaut.png", "camera.png", "coffee.png", "rocket.jpg", "chelsea.png"]
+
+POSITIVE_EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg_q60": lambda im: reencode(im, "JPEG", quality=60),
+    "jpeg_q85": lambda im: reencode(im, "JPEG", quality=85),
+    "png": lambda im: reencode(im, "PNG"),
+    "webp_q75": lambda im: reencode(im, "WEBP", quality=75),
+    "resize_50": lambda im: scale(im, 0.5),
+    "resize_25": lambda im: scale(im, 0.25),
+    "crop5_right": lambda im: crop(im, 0, 0, 0.05, 0),
+    "crop5_top": lambda im: crop(im, 0, 0.05, 0, 0),
+    "crop5_all_sides": lambda im: crop(im, 0.05, 0.05, 0.05, 0.05),
+    "watermark": watermark,
+    "brightness+15": lambda im: ImageEnhance.Brightness(im).enhance(1.15),
+    "brightness-15": lambda im: ImageEnhance.Brightness(im).enhance(0.85),
+    "contrast+10": lambda im: ImageEnhance.Contrast(im).enhance(1.10),
+    "contrast-10": lambda im: ImageEnhance.Contrast(im).enhance(0.90),
+    "gamma_0.85": lambda im: gamma(im, 0.85),
+    "gamma_1.2": lambda im: gamma(im, 1.2),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(POSITIVE_EDITS))
+@pytest.mark.parametrize("name", PHOTOS)
+def test_same_photograph_passes(name: str, edit: str) -> None:
+    im = photo(name)
+    check = verify_pair(thumb(im), thumb(POSITIVE_EDITS[edit](im)))
+    assert check.passed is True, check.reason
+    assert check.correlation > 0.95
+
+
+def test_watermark_is_reported_as_corner_strip() -> None:
+    im = photo("astronaut.png")
+    check = verify_pair(thumb(im), thumb(watermark(im)))
+    assert check.passed is True, check.reason
+    assert check.edge_strip == "bottom-right"
+    assert 0 < check.differing_blocks <= 0.05 * check.total_blocks
+
+
+def test_resized_copy_reports_scale_and_coverage() -> None:
+    im = photo("coffee.png")
+    check = verify_pair(thumb(im), thumb(scale(im, 0.25)))
+    assert check.passed is True, check.reason
+    # coffee is 600 px wide: thumbnails of 384 and 150 px.
+    assert check.scale == pytest.approx(150 / 384, rel=0.02)
+    assert abs(check.rotation_deg) < 0.5
+    assert check.coverage_a > 0.98 and check.coverage_b > 0.98
+
+
+def test_crop_reports_partial_coverage() -> None:
+    im = photo("chelsea.png")
+    check = verify_pair(thumb(im), thumb(crop(im, 0, 0, 0.05, 0)))
+    assert check.passed is True, check.reason
+    assert check.coverage_a == pytest.approx(0.95, abs=0.02)
+    assert check.coverage_b > 0.98
+
+
+def test_grey_photo_given_as_plain_2d_array() -> None:
+    im = photo("camera.png")
+    a = thumb(im)[:, :, 0]
+    b = thumb(reencode(im, "JPEG", quality=70))
+    assert verify_pair(a, b).passed is True
+
+
+def test_low_texture_photo_aligns_without_features() -> None:
+    # A heavily blurred photo has no ORB corners: the plain-resize start plus
+    # ECC must still verify a resized copy, and still reject a moved patch.
+    soft = photo("coffee.png").filter(ImageFilter.GaussianBlur(16))
+    check, diag = verify_pair_detailed(thumb(soft), thumb(scale(soft, 0.5)))
+    assert diag.aligned_by == "resize"
+    assert check.passed is True, check.reason
+    moved = move_patch(soft, (0.1, 0.1), (0.45, 0.45))
+    assert verify_pair(thumb(soft), thumb(moved)).passed is False
+
+
+# --- negatives ------------------------------------------------------------------
+
+
+def test_real_stereo_pair_fails() -> None:
+    left, right = photo("motorcycle_left.png"), photo("motorcycle_right.png")
+    check = verify_pair(thumb(left), thumb(right))
+    assert check.passed is False
+    # Rejected for parallax/alignment, not for lack of overlap.
+    assert min(check.coverage_a, check.coverage_b) > 0.8
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_ten_degree_viewpoint_change_fails(name: str) -> None:
+    a, b = viewpoint(photo(name), 10.0)
+    check = verify_pair(thumb(a), thumb(b))
+    assert check.passed is False
+    assert min(check.coverage_a, check.coverage_b) > 0.9, "must fail on parallax, not coverage"
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_quarter_crop_fails(name: str) -> None:
+    im = photo(name)
+    check = verify_pair(thumb(im), thumb(crop(im, 0.25, 0, 0, 0)))
+    assert check.passed is False
+    assert "overlap" in check.reason
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("astronaut.png", "coffee.png"),
+        ("camera.png", "coins.png"),
+        ("rocket.jpg", "chelsea.png"),
+        ("motorcycle_left.png", "astronaut.png"),
+    ],
+)
+def test_different_photos_fail(a: str, b: str) -> None:
+    assert verify_pair(thumb(photo(a)), thumb(photo(b))).passed is False
+
+
+@pytest.mark.parametrize("name", ["hubble_deep_field.jpg", "astronaut.png", "coffee.png"])
+def test_non_overlapping_tiles_of_one_photo_fail(name: str) -> None:
+    im = photo(name)
+    w, h = im.size
+    left = im.crop((0, 0, w // 2, h))
+    right = im.crop((w // 2, 0, w, h))
+    assert verify_pair(thumb(left), thumb(right)).passed is False
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_moved_subject_fails(name: str) -> None:
+    im = photo(name)
+    moved = move_patch(im, (0.05, 0.55), (0.45, 0.35))
+    check = verify_pair(thumb(im), thumb(moved))
+    assert check.passed is False
+    assert check.differing_blocks > 0 and check.edge_strip is None
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_mirror_flip_fails(name: str) -> None:
+    im = photo(name)
+    flipped = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert verify_pair(thumb(im), thumb(flipped)).passed is False
+
+
+def test_moved_subject_in_a_recompressed_copy_fails() -> None:
+    im = photo("chelsea.png")
+    moved = reencode(move_patch(im, (0.05, 0.05), (0.45, 0.4)), "JPEG", quality=75)
+    assert verify_pair(thumb(im), thumb(moved)).passed is False
+
+
+# --- robustness -----------------------------------------------------------------
+
+
+def test_tiny_copy_is_refused_not_guessed() -> None:
+    im = photo("astronaut.png")
+    check = verify_pair(thumb(im), np.asarray(scale(im, 32 / 512)))
+    assert check.passed is False
+    assert "too small" in check.reason
+
+
+def test_flat_images_are_refused() -> None:
+    grey = np.full((200, 300, 3), 128, np.uint8)
+    blue = np.zeros((200, 300, 3), np.uint8)
+    blue[:, :, 2] = 200
+    assert verify_pair(grey, blue).passed is False
+    assert verify_pair(grey, grey.copy()).passed is False
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((4, 4, 3), np.uint8),
+        np.zeros((100, 100, 3), np.float32),
+        np.zeros((100, 100, 2), np.uint8),
+        np.zeros((10, 10, 10, 3), np.uint8),
+    ],
+)
+def test_unusable_input_returns_failure(bad: np.ndarray) -> None:
+    good = thumb(photo("camera.png"))
+    for a, b in ((bad, good), (good, bad)):
+        check = verify_pair(a, b)
+        assert isinstance(check, PixelCheck)
+        assert check.passed is False
+        assert check.reason
+
+
+def test_noise_images_do_not_raise() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    assert verify_pair(a, b).passed is False
+
+
+def test_rgba_input_is_accepted() -> None:
+    im = photo("coffee.png")
+    a = thumb(im)
+    b = np.dstack([thumb(reencode(im, "JPEG", quality=85)), np.full(a.shape[:2], 255, np.uint8)])
+    assert verify_pair(a, b).passed is True
+
+
+def test_deterministic() -> None:
+    im = photo("rocket.jpg")
+    pairs = [
+        (thumb(im), thumb(crop(reencode(im, "JPEG", quality=60), 0.05, 0, 0, 0.05))),
+        (thumb(photo("motorcycle_left.png")), thumb(photo("motorcycle_right.png"))),
+    ]
+    for a, b in pairs:
+        first = verify_pair(a, b).as_dict()
+        for _ in range(2):
+            assert verify_pair(a.copy(), b.copy()).as_dict() == first
+
+
+def test_as_dict_has_every_field() -> None:
+    im = photo("camera.png")
+    d = verify_pair(thumb(im), thumb(im)).as_dict()
+    assert set(d) == {
+        "passed",
+        "reason",
+        "coverage_a",
+        "coverage_b",
+        "correlation",
+        "differing_blocks",
+        "total_blocks",
+        "edge_strip",
+        "scale",
+        "rotation_deg",
+    }
+    assert d["passed"] is True
+    assert str(d["reason"]).startswith("aligned, 0 of")
+
+
+def test_typical_pair_is_fast() -> None:
+    # Budget is ~60 ms per pair on one core; allow slack for shared CI boxes.
+    im = photo("astronaut.png")
+    a, b = thumb(im), thumb(reencode(im, "JPEG", quality=70))
+    verify_pair(a, b)
+    t0 = time.thread_time()
+    for _ in range(5):
+        verify_pair(a, b)
+    assert (time.thread_time() - t0) / 5 < 0.25
