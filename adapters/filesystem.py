@@ -50,8 +50,12 @@ class Filesystem(Adapter[FilesystemCursor]):
 
     def __init__(self, settings: FilesystemSettings) -> None:
         self.settings = settings
-        self.root = settings.root.resolve()
-        if not self.root.is_dir():
+        try:
+            self.root = settings.root.resolve()
+            is_folder = self.root.is_dir()
+        except OSError as exc:
+            raise NotFound(f"folder {settings.root} cannot be opened: {exc.strerror}") from exc
+        if not is_folder:
             raise NotFound(f"folder {settings.root} does not exist or is not a folder")
         self._listing: list[AssetRef] | None = None
 

@@ -82,9 +82,9 @@ def test_clusters_are_stars_with_explained_canonicals(
 def test_stereo_pair_is_related_but_never_a_duplicate(
     run_damdup: Run, scanned_fixtures: Path
 ) -> None:
-    left = next(n for n, i in LABELS.items() if i["source"].startswith("motorcycle_left")
+    left = next(n for n, i in LABELS.items() if i["source"].endswith("motorcycle_left.png")
                 and i["variant"] == "original")  # fmt: skip
-    right = next(n for n, i in LABELS.items() if i["source"].startswith("motorcycle_right"))
+    right = next(n for n, i in LABELS.items() if i["source"].endswith("motorcycle_right.png"))
     result = run_damdup("explain", left, right, "--format", "json", "--db", str(scanned_fixtures))
     report = json.loads(result.stdout)
     assert report["duplicate"] is False
