@@ -1,0 +1,51 @@
+"""The worker pool keeps one bad job from costing more than its own result."""
+
+from __future__ import annotations
+
+from connector.engine.pool import Limits, WorkerPool
+from tests.engine import pool_jobs
+
+
+def run(
+    function: object, jobs: list[tuple[str, tuple[object, ...]]], **limits: float
+) -> dict[str, tuple[object, str | None]]:
+    with WorkerPool(2, Limits(**limits)) as pool:  # type: ignore[arg-type]
+        return {o.key: (o.value, o.error) for o in pool.map(function, jobs, str)}  # type: ignore[arg-type]
+
+
+def test_results_come_back_for_every_job() -> None:
+    out = run(pool_jobs.square, [(str(i), (i,)) for i in range(20)])
+    assert out == {str(i): (i * i, None) for i in range(20)}
+
+
+def test_a_job_over_its_time_limit_is_an_error_and_the_rest_go_on() -> None:
+    jobs = [("slow", (5.0,)), ("quick", (0.01,)), ("quick2", (0.02,))]
+    out = run(pool_jobs.sleep_then_return, jobs, seconds=0.5)
+    assert out["quick"] == (0.01, None) and out["quick2"] == (0.02, None)
+    assert out["slow"][0] is None and "longer than" in str(out["slow"][1])
+
+
+def test_a_crash_among_good_jobs_in_flight_loses_none_of_them() -> None:
+    values = [1, 2, -1, 3, 4, 5, 6]
+    with WorkerPool(2) as pool:
+        out = {
+            o.key: o
+            for o in pool.map(pool_jobs.square_or_die, [(str(v), (v,)) for v in values], str)
+        }
+        after = [o.value for o in pool.map(pool_jobs.square, [("again", (3,))], str)]
+    assert {k: o.value for k, o in out.items() if k != "-1"} == {
+        str(v): v * v for v in values if v > 0
+    }
+    assert out["-1"].value is None and "died" in str(out["-1"].error)
+    assert after == [9], "the pool must recover after a worker died"
+
+
+def test_memory_limit_turns_a_huge_allocation_into_an_error() -> None:
+    out = run(pool_jobs.allocate, [("huge", (3000,)), ("small", (1,))], memory_bytes=1536 * 1024**2)
+    assert out["small"] == (1024 * 1024, None)
+    assert out["huge"][0] is None and "memory" in str(out["huge"][1])
+
+
+def test_exceptions_become_reasons() -> None:
+    out = run(pool_jobs.fail, [("x", ("bad header",))])
+    assert out["x"] == (None, "bad header")
