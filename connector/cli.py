@@ -178,12 +178,16 @@ def _cluster_json(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
+def load_clusters(settings: Settings) -> tuple[list[Cluster], list[Relation]]:
     store = open_store(settings)
     try:
-        clusters, relations = current_clusters(store, settings)
+        return current_clusters(store, settings)
     finally:
         store.close()
+
+
+def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
+    clusters, relations = load_clusters(settings)
     if args.tier:
         wanted = Tier(args.tier)
         clusters = [c for c in clusters if any(m.edge.tier == wanted for m in c.members)]
@@ -358,11 +362,7 @@ def relation_rows(relations: list[Relation]) -> Iterator[dict[str, Any]]:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
-    try:
-        _clusters, relations = current_clusters(store, settings)
-    finally:
-        store.close()
+    _clusters, relations = load_clusters(settings)
     target: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
         if args.format == "csv":
