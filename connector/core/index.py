@@ -447,7 +447,8 @@ class SQLiteStore(IndexStore):
     def fingerprint_rows(self, recipe: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
             """SELECT sha256, format, width, height, payload_digest, pixel_digest, phash, dhash,
-                      phash_trim, dhash_trim, phash_inner, dhash_inner, flat
+                      phash_trim, dhash_trim, phash_inner, dhash_inner, flat, size_bytes,
+                      capture != '{}' AS has_capture
                FROM fingerprints WHERE recipe = ? AND sha256 IN
                    (SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL)
                ORDER BY sha256""",
@@ -459,6 +460,7 @@ class SQLiteStore(IndexStore):
             for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
                 item[key] = to_unsigned(item[key])
             item["flat"] = bool(item["flat"])
+            item["has_capture"] = bool(item["has_capture"])
             out.append(item)
         return out
 

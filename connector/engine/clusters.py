@@ -60,6 +60,8 @@ class Shape:
     width: int
     height: int
     format: str
+    has_capture: bool = False  # camera capture facts in its EXIF
+    size_bytes: int = 0
 
 
 def cluster_id(canonical: AssetRow) -> str:
@@ -72,7 +74,8 @@ def cluster_id(canonical: AssetRow) -> str:
 class Policy:
     """Canonical choice: a reviewer's choice; else the authoritative unit; else
     complete mandatory metadata; else largest resolution, original format,
-    earliest upload; ties by unit and id."""
+    camera capture facts kept, least compressed, earliest upload; ties by unit
+    and id."""
 
     def __init__(
         self,
@@ -84,13 +87,15 @@ class Policy:
         self.authoritative = set(authoritative_units)
         self.reviewer_choices = reviewer_choices
 
+    def _shape(self, asset: AssetRow) -> Shape:
+        return self.shapes.get(asset.sha256 or "") or Shape(0, 0, "")
+
     def _pixels(self, asset: AssetRow) -> int:
-        shape = self.shapes.get(asset.sha256 or "")
-        return shape.width * shape.height if shape else 0
+        shape = self._shape(asset)
+        return shape.width * shape.height
 
     def _original(self, asset: AssetRow) -> bool:
-        shape = self.shapes.get(asset.sha256 or "")
-        return bool(shape and shape.format in FORMATS_ORIGINAL)
+        return self._shape(asset).format in FORMATS_ORIGINAL
 
     def _complete(self, asset: AssetRow) -> bool:
         return all(asset.metadata.get(name) for name in MANDATORY)
@@ -102,6 +107,8 @@ class Policy:
             not self._complete(asset),
             -self._pixels(asset),
             not self._original(asset),
+            not self._shape(asset).has_capture,
+            -self._shape(asset).size_bytes,
             asset.modified or "9999",
             asset.unit,
             asset.asset_id,
@@ -121,15 +128,21 @@ class Policy:
         if mine[3] != theirs[3]:
             return f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
         if mine[4] != theirs[4]:
-            shape = self.shapes.get(canonical.sha256 or "")
-            return f"original format ({shape.format if shape else '?'})"
+            return f"original format ({self._shape(canonical).format})"
         if mine[5] != theirs[5]:
+            return "it keeps the camera's capture facts (EXIF); the others lost them"
+        if mine[6] != theirs[6]:
+            return (
+                f"least compressed ({self._shape(canonical).size_bytes:,} bytes vs "
+                f"{self._shape(runner).size_bytes:,})"
+            )
+        if mine[7] != theirs[7]:
             return f"earliest upload ({canonical.modified})"
         return "all else equal: first by unit and id"
 
     def _describe(self, asset: AssetRow) -> str:
-        shape = self.shapes.get(asset.sha256 or "")
-        return f"{shape.width}x{shape.height}" if shape else "unknown size"
+        shape = self._shape(asset)
+        return f"{shape.width}x{shape.height}"
 
 
 def _strength(pair: PairRow) -> tuple[float, ...]:

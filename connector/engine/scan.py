@@ -109,7 +109,9 @@ def run(
 
 def current_clusters(store: IndexStore, settings: Settings) -> tuple[list[Cluster], list[Relation]]:
     shapes = {
-        row["sha256"]: Shape(row["width"], row["height"], row["format"])
+        row["sha256"]: Shape(
+            row["width"], row["height"], row["format"], row["has_capture"], row["size_bytes"]
+        )
         for row in store.fingerprint_rows(RECIPE)
     }
     return build_clusters(

@@ -108,6 +108,13 @@ def test_canonical_policy_order_and_reasons() -> None:
     clusters, _ = build_clusters(units, shapes(2, big=1), pairs, {}, ["kuva"])
     assert clusters[0].canonical.unit == "kuva" and "authoritative" in clusters[0].reason
 
+    camera = {"s0": Shape(100, 100, "JPEG", True, 10), "s1": Shape(100, 100, "JPEG", False, 20)}
+    clusters, _ = build_clusters(plain, camera, pairs, {})
+    assert clusters[0].canonical.asset_id == "a0" and "capture facts" in clusters[0].reason
+    camera["s0"] = Shape(100, 100, "JPEG", False, 10)
+    clusters, _ = build_clusters(plain, camera, pairs, {})
+    assert clusters[0].canonical.asset_id == "a1" and "least compressed" in clusters[0].reason
+
     chosen = {("s0", "s1"): DecisionRow("s0", "s1", "canonical", "s0", "archivist", "t")}
     clusters, _ = build_clusters(plain, shapes(2, big=1), pairs, chosen)
     assert clusters[0].canonical.asset_id == "a0" and "reviewer" in clusters[0].reason
