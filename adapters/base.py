@@ -129,6 +129,11 @@ class Adapter(ABC, Generic[CursorT]):
     def fetch_original(self, asset: AssetRef) -> bytes:
         return self.fetch(asset, min_side=0)
 
+    def local_path(self, asset: AssetRef) -> str | None:
+        """A file this machine can read for the asset, when there is one: the
+        engine's workers then read it themselves instead of being sent its bytes."""
+        return None
+
     def iter_pages(self, cursor: CursorT | None = None) -> Iterator[Page[CursorT]]:
         seen: set[str] = set()
         while True:

@@ -116,6 +116,9 @@ class Filesystem(Adapter[FilesystemCursor]):
         next_cursor = None if complete or not items else FilesystemCursor(after=items[-1].id)
         return Page(items=items, cursor=next_cursor, complete=complete)
 
+    def local_path(self, asset: AssetRef) -> str | None:
+        return str(self.root / asset.id)
+
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         path = self.root / asset.id
         try:

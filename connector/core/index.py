@@ -191,6 +191,10 @@ class IndexStore(ABC):
     def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]: ...
 
     @abstractmethod
+    def fingerprint_sizes(self) -> set[int]:
+        """Byte sizes of every fingerprinted content."""
+
+    @abstractmethod
     def save_page(
         self,
         unit: str,
@@ -325,6 +329,9 @@ class SQLiteStore(IndexStore):
             )
             found.update(row[0] for row in rows)
         return found
+
+    def fingerprint_sizes(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT DISTINCT size_bytes FROM fingerprints")}
 
     def save_page(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,8 +63,18 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__} while decoding: {exc}"
 
 
-def fingerprint_job(data: bytes, max_pixels: int) -> Fingerprint:
-    return fingerprint_bytes(data, max_pixels=max_pixels)
+def fingerprint_job(source: bytes | str, max_pixels: int, max_bytes: int) -> Fingerprint:
+    """In a worker: fingerprint bytes, or a local file the worker reads itself
+    (no copy of the bytes through the pipe: 14 ms a 7 MB file)."""
+    if isinstance(source, str):
+        try:
+            with open(source, "rb") as handle:
+                source = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+        if len(source) > max_bytes:
+            raise ImageError(f"file is over the {max_bytes:,} byte limit")
+    return fingerprint_bytes(source, max_pixels=max_pixels)
 
 
 Progress = Callable[[int, int | None], None]
@@ -88,6 +99,7 @@ def sync_unit(
     pool: WorkerPool,
     *,
     max_pixels: int,
+    max_bytes: int,
     full: bool = False,
     progress: Progress | None = None,
 ) -> SyncStats:
@@ -103,11 +115,13 @@ def sync_unit(
     else:
         run = store.start_run(unit, "sync")
     known = store.asset_versions(unit)
+    limits = (max_pixels, max_bytes)
+    sizes = store.fingerprint_sizes()
     structlog.contextvars.bind_contextvars(unit=unit, adapter=adapter.kind)
     try:
         for page in adapter.iter_pages(cursor):
             rows, fingerprints, touched = _sync_page(
-                store, unit, adapter, page.items, known, pool, max_pixels, stats
+                store, unit, adapter, page.items, known, pool, limits, sizes, stats
             )
             next_cursor = page.cursor.model_dump_json() if page.cursor else None
             store.save_page(unit, run, rows, fingerprints, touched, next_cursor)
@@ -131,12 +145,18 @@ def _sync_page(
     refs: list[AssetRef],
     known: dict[str, tuple[str, str | None, str | None]],
     pool: WorkerPool,
-    max_pixels: int,
+    limits: tuple[int, int],
+    sizes: set[int],
     stats: SyncStats,
 ) -> tuple[list[AssetRow], list[Fingerprint], list[str]]:
+    """`sizes`: byte sizes of every content indexed or under way. A byte copy has
+    its original's size, so an asset of a size never seen cannot be one: its
+    worker may read it straight from a local path, unseen by this process."""
     rows: dict[str, AssetRow] = {}
     touched: list[str] = []
-    fresh: dict[str, tuple[AssetRef, str]] = {}  # asset id -> (ref, sha256) to fingerprint
+    # asset id -> (ref, sha256 when this process read the bytes) to fingerprint
+    fresh: dict[str, tuple[AssetRef, str | None]] = {}
+    page_sizes = Counter(ref.size_bytes for ref in refs)
     submitted: set[str] = set()
     waiting: list[tuple[AssetRef, str]] = []
     failed: dict[str, str] = {}  # sha256 -> why it could not be fingerprinted
@@ -165,7 +185,7 @@ def _sync_page(
         [known[ref.id][1] or "" for ref in refs if ref.id in known], RECIPE
     )
 
-    def jobs() -> Iterator[tuple[str, tuple[bytes, int]]]:
+    def jobs() -> Iterator[tuple[str, tuple[bytes | str, int, int]]]:
         # A generator, so that the pool pulls one asset's bytes at a time and a
         # page never holds more than the jobs in flight.
         for ref in refs:
@@ -181,6 +201,20 @@ def _sync_page(
                 touched.append(ref.id)  # unchanged: nothing fetched, nothing decoded
                 stats.unchanged += 1
                 continue
+            path = adapter.local_path(ref)
+            size = ref.size_bytes
+            if (
+                path is not None
+                and size is not None
+                and size not in sizes
+                and page_sizes[size] == 1
+            ):
+                sizes.add(size)
+                stats.fetched += 1
+                stats.fetched_bytes += size
+                fresh[ref.id] = (ref, None)
+                yield ref.id, (path, *limits)
+                continue
             try:
                 data = _fetch(adapter, ref)
             except AuthFailed:
@@ -193,6 +227,7 @@ def _sync_page(
                 continue
             stats.fetched += 1
             stats.fetched_bytes += len(data)
+            sizes.add(len(data))
             sha = sha256_hex(data)
             if sha in current or store.known_fingerprints([sha], RECIPE):
                 stats.reused += 1
@@ -203,19 +238,20 @@ def _sync_page(
                 continue
             submitted.add(sha)
             fresh[ref.id] = (ref, sha)
-            yield ref.id, (data, max_pixels)
+            yield ref.id, (data, *limits)
 
     fingerprints: dict[str, Fingerprint] = {}
     for outcome in pool.map(fingerprint_job, jobs(), describe_error):
         ref, sha = fresh[outcome.key]
         if outcome.error is not None:
-            failed[sha] = outcome.error
+            if sha is not None:
+                failed[sha] = outcome.error
             record(ref, None, outcome.error, ref.version)
             continue
         fingerprint: Fingerprint = outcome.value
         fingerprints[fingerprint.sha256] = fingerprint
         stats.fingerprinted += 1
-        record(ref, sha, None, ref.version)
+        record(ref, fingerprint.sha256, None, ref.version)
     for ref, sha in waiting:
         stats.reused += 1
         error = failed.get(sha)
