@@ -286,7 +286,7 @@ def fingerprint_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fing
         raise ImageError("image needs more memory than the per-file limit") from exc
     # Every code comes from the thumbnail that is stored for the pixel check:
     # the same input whatever scale draft mode decoded at, and half the work.
-    rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BICUBIC)
+    rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     grey = np.asarray(rgb.convert("L"))
     flat = float(grey.std()) < FLAT_STD
     phash = hash_to_int(imagehash.phash(rgb))
