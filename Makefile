@@ -31,8 +31,9 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
+	bench/install.sh $(VENV)
 	$(PY) bench/accuracy.py
+	$(PY) bench/verify.py
 	$(PY) bench/hashing.py
 	$(PY) bench/search.py
 
