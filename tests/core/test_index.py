@@ -106,3 +106,21 @@ def test_find_asset_by_unit_and_id_by_id_and_by_digest(tmp_path: Path) -> None:
         assert found is not None and found.asset_id == "dir/a.jpg"
     assert store.find_asset("missing.jpg") is None
     store.close()
+
+
+def test_an_index_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
+    from connector.core.index import MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("INSERT INTO cursors VALUES ('u', 'c', 1, 't')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SQLiteStore(path)
+    columns = {row[1] for row in store.db.execute("PRAGMA table_info(fingerprints)")}
+    assert {"phash_inner", "dhash_inner"} <= columns
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.cursor("u") == ("c", 1), "migration must keep what the index held"
+    store.close()
