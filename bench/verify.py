@@ -19,7 +19,6 @@ Run: ``.venv/bin/python bench/verify.py [--quick] [--verbose]``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import statistics
@@ -37,6 +36,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connector.core import verify as V
+from tests.edits import crop as crop_frac
+from tests.edits import gamma, reencode, thumb, viewpoint
+from tests.edits import scale as resize_frac
 
 # Photographs only: synthetic images (chessboard, color wheel, logo, phantom,
 # horse silhouette, tiny gifs/tifs) are not what an archive holds.
@@ -81,31 +83,6 @@ def load(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def thumb(im: Image.Image, side: int = V.VERIFY_SIDE) -> np.ndarray:
-    """What the caller stores: Pillow's thumbnail, long side <= side."""
-    t = im.copy()
-    t.thumbnail((side, side))
-    return np.asarray(t.convert("RGB"))
-
-
-def reencode(im: Image.Image, fmt: str, **kw: object) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    buf.seek(0)
-    with Image.open(buf) as out:
-        return out.convert("RGB")
-
-
-def crop_frac(im: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
-    w, h = im.size
-    return im.crop((round(w * left), round(h * top), w - round(w * right), h - round(h * bottom)))
-
-
-def resize_frac(im: Image.Image, f: float) -> Image.Image:
-    w, h = im.size
-    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
-
-
 CORNERS = ["bottom-right", "top-left", "bottom-left", "top-right"]
 
 
@@ -137,35 +114,6 @@ def caption(im: Image.Image, depth: float = 0.08) -> Image.Image:
         (round(w * 0.03), h - bh + bh * 0.15), "City Museum 1923", fill=(255, 255, 255), font=font
     )
     return out
-
-
-def gamma(im: Image.Image, g: float) -> Image.Image:
-    lut = [min(255, round(255 * (i / 255) ** g)) for i in range(256)]
-    return im.point(lut * 3)
-
-
-def viewpoint(im: Image.Image, deg: float) -> tuple[Image.Image, Image.Image]:
-    """A and B as seen from viewpoints ``deg`` apart (plane-induced homography).
-
-    Camera with a 60-degree horizontal field of view turns about the vertical
-    axis; a translation keeps the image centre fixed, as when orbiting the
-    subject. Both are cropped to the central 80 % so no border is invented.
-    """
-    arr = np.asarray(im)
-    h, w = arr.shape[:2]
-    f = (w / 2) / math.tan(math.radians(30))
-    k = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
-    t = math.radians(deg)
-    r = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
-    hm = k @ r @ np.linalg.inv(k)
-    c = hm @ np.array([w / 2, h / 2, 1.0])
-    c = c[:2] / c[2]
-    tr = np.array([[1, 0, w / 2 - c[0]], [0, 1, h / 2 - c[1]], [0, 0, 1]])
-    warped = cv2.warpPerspective(
-        arr, tr @ hm, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT
-    )
-    box = (round(w * 0.1), round(h * 0.1), round(w * 0.9), round(h * 0.9))
-    return im.crop(box), Image.fromarray(warped).crop(box)
 
 
 def move_subject(im: Image.Image, size: float = 0.15, seed: int = 0) -> Image.Image | None:

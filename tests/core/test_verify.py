@@ -8,19 +8,17 @@ most VERIFY_SIDE, made after the edit.
 
 from __future__ import annotations
 
-import io
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import skimage
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-from connector.core.verify import VERIFY_SIDE, PixelCheck, verify_pair, verify_pair_detailed
+from connector.core.verify import PixelCheck, verify_pair, verify_pair_detailed
+from tests.edits import crop, gamma, reencode, scale, thumb, viewpoint
 
 # A declared test dependency: its wheel ships the real photos these pairs are made of.
 DATA = Path(skimage.__file__).parent / "data"
@@ -32,34 +30,6 @@ def photo(name: str) -> Image.Image:
         pytest.skip(f"{name} not in this scikit-image wheel")
     with Image.open(path) as im:
         return im.convert("RGB")
-
-
-def thumb(im: Image.Image) -> np.ndarray:
-    t = im.copy()
-    t.thumbnail((VERIFY_SIDE, VERIFY_SIDE))
-    return np.asarray(t.convert("RGB"))
-
-
-def reencode(im: Image.Image, fmt: str, **kw: object) -> Image.Image:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    buf.seek(0)
-    with Image.open(buf) as out:
-        return out.convert("RGB")
-
-
-def crop(im: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
-    w, h = im.size
-    return im.crop((round(w * left), round(h * top), w - round(w * right), h - round(h * bottom)))
-
-
-def scale(im: Image.Image, f: float) -> Image.Image:
-    w, h = im.size
-    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.LANCZOS)
-
-
-def gamma(im: Image.Image, g: float) -> Image.Image:
-    return im.point([min(255, round(255 * (i / 255) ** g)) for i in range(256)] * 3)
 
 
 def font(size: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -80,29 +50,6 @@ def watermark(im: Image.Image) -> Image.Image:
     draw.rectangle((x0, y0, x0 + bw, y0 + bh), fill=(240, 240, 240))
     draw.text((x0 + 2, y0 + 0.15 * bh), "(c) CM", fill=(20, 20, 20), font=font(0.6 * bh))
     return out
-
-
-def viewpoint(im: Image.Image, deg: float) -> tuple[Image.Image, Image.Image]:
-    """The scene seen from ``deg`` further round (60-degree lens, centre kept).
-
-    The plane-induced homography of turning the camera about the vertical
-    axis, re-centred as when walking round the subject; both views cropped to
-    the central 80 % so that neither has invented borders.
-    """
-    arr = np.asarray(im)
-    h, w = arr.shape[:2]
-    f = (w / 2) / math.tan(math.radians(30))
-    k = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
-    t = math.radians(deg)
-    rot = np.array([[math.cos(t), 0, math.sin(t)], [0, 1, 0], [-math.sin(t), 0, math.cos(t)]])
-    hom = k @ rot @ np.linalg.inv(k)
-    c = hom @ np.array([w / 2, h / 2, 1.0])
-    shift = np.array([[1, 0, w / 2 - c[0] / c[2]], [0, 1, h / 2 - c[1] / c[2]], [0, 0, 1]])
-    warped = cv2.warpPerspective(
-        arr, shift @ hom, (w, h), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT
-    )
-    box = (round(0.1 * w), round(0.1 * h), round(0.9 * w), round(0.9 * h))
-    return im.crop(box), Image.fromarray(warped).crop(box)
 
 
 def move_patch(im: Image.Image, src: tuple[float, float], dst: tuple[float, float]) -> Image.Image:
