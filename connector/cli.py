@@ -45,7 +45,7 @@ RELATION_FIELDS = [
 
 # Off a terminal, rich would wrap at 80 columns and break file paths apart.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages are never broken mid-path
 
 
 class UsageError(Exception):
