@@ -108,9 +108,15 @@ def place(evidence: Evidence) -> Verdict:
     if not is_candidate(evidence.phash_distance, evidence.dhash_distance):
         return Verdict(None, [f"hashes differ beyond radius {CANDIDATE_RADIUS} ({distances})"])
     reasons = [f"hashes within radius {CANDIDATE_RADIUS} ({distances})"]
-    check_reason = (evidence.pixel_check or {}).get("reason", "not run")
+    check = evidence.pixel_check or {}
+    check_reason = check.get("reason", "not run")
     if not evidence.pixel_check_passed:
         reasons.append(f"pixel check failed: {check_reason}")
+        if check.get("coverage_a") == 0 and check.get("coverage_b") == 0:
+            # Nothing of one image could be laid over the other: not another shot
+            # of the same scene, only codes that agree by chance.
+            reasons.append("the images do not align at all: unrelated")
+            return Verdict(None, reasons)
         return Verdict(Tier.SIMILAR, reasons)
     reasons.append(f"pixel check passed: {check_reason}")
     if evidence.contradictions:

@@ -45,6 +45,14 @@ def test_near_identical_needs_the_pixel_check() -> None:
     assert any("parallax" in reason for reason in failed.reasons)
 
 
+def test_codes_that_agree_by_chance_on_images_that_do_not_align_are_unrelated() -> None:
+    unaligned = {"reason": "too few feature matches (2)", "coverage_a": 0.0, "coverage_b": 0.0}
+    verdict = place(evidence(pixel_check_passed=False, pixel_check=unaligned))
+    assert verdict.tier is None and "unrelated" in verdict.reasons[-1]
+    other_angle = {"reason": "parallax", "coverage_a": 0.93, "coverage_b": 0.9}
+    assert place(evidence(pixel_check_passed=False, pixel_check=other_angle)).tier is Tier.SIMILAR
+
+
 def test_contradicting_capture_facts_keep_a_pair_out_of_duplicates() -> None:
     verdict = place(
         evidence(
