@@ -16,6 +16,7 @@ from connector.core.fingerprint import (
     payload_digest,
     pixel_digest,
 )
+from connector.core.tiers import CANDIDATE_RADIUS
 
 
 def photo_like(width: int = 640, height: int = 480, seed: int = 1) -> Image.Image:
@@ -160,3 +161,19 @@ def test_non_images_get_a_clear_reason(data: bytes, message: str) -> None:
 def test_pixel_limit_refuses_huge_headers_before_decoding() -> None:
     with pytest.raises(ImageError, match="limit"):
         fingerprint_bytes(encode(photo_like(400, 300)), max_pixels=100_000)
+
+
+def test_heic_from_a_phone_is_read_and_hashes_like_its_jpeg() -> None:
+    import pillow_heif
+
+    image = photo_like(640, 480)
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=80)
+    heic = buffer.getvalue()
+    assert heic[4:12] == b"ftypheic"
+    from_heic = fingerprint_bytes(heic)
+    from_jpeg = fingerprint_bytes(encode(image, quality=90))
+    assert from_heic.format == "HEIF"
+    assert (from_heic.width, from_heic.height) == (640, 480)
+    # A candidate pair for the matcher (whose pixel check then decides).
+    assert distance(from_heic.phash, from_jpeg.phash) <= CANDIDATE_RADIUS
