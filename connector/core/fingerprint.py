@@ -287,19 +287,21 @@ def fingerprint_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fing
     # Every code comes from the thumbnail that is stored for the pixel check:
     # the same input whatever scale draft mode decoded at, and half the work.
     rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
-    grey = np.asarray(rgb.convert("L"))
+    # imagehash converts to grey first; converting once serves every code.
+    luma = rgb.convert("L")
+    grey = np.asarray(luma)
     flat = float(grey.std()) < FLAT_STD
-    phash = hash_to_int(imagehash.phash(rgb))
-    dhash = hash_to_int(imagehash.dhash(rgb))
+    phash = hash_to_int(imagehash.phash(luma))
+    dhash = hash_to_int(imagehash.dhash(luma))
     phash_trim = dhash_trim = None
     box = _trim_box(grey)
     if box is not None:
-        inner = rgb.crop(box)
+        inner = luma.crop(box)
         phash_trim = hash_to_int(imagehash.phash(inner))
         dhash_trim = hash_to_int(imagehash.dhash(inner))
-    margin_x = round(rgb.width * (1 - INNER_SHARE) / 2)
-    margin_y = round(rgb.height * (1 - INNER_SHARE) / 2)
-    centre = rgb.crop((margin_x, margin_y, rgb.width - margin_x, rgb.height - margin_y))
+    margin_x = round(luma.width * (1 - INNER_SHARE) / 2)
+    margin_y = round(luma.height * (1 - INNER_SHARE) / 2)
+    centre = luma.crop((margin_x, margin_y, luma.width - margin_x, luma.height - margin_y))
     return Fingerprint(
         sha256=digest,
         size_bytes=len(data),
