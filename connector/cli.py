@@ -116,9 +116,7 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     root = Path(args.path)
     unit = args.unit or "scan"
     try:
-        adapter = Filesystem(
-            FilesystemSettings(root=root, max_file_bytes=settings.max_file_mb * 1024 * 1024)
-        )
+        adapter = Filesystem(FilesystemSettings(root=root, max_file_bytes=settings.max_file_bytes))
     except AdapterError as exc:
         raise UsageError(str(exc)) from exc
     store = open_store(settings)

@@ -16,7 +16,7 @@ from typing import Any
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from connector.core.capture import CaptureFacts, read_capture_facts
 
@@ -185,9 +185,7 @@ def _reduced_rgb(image: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
                 image.mode if image.mode in ("L", "CMYK") else "RGB",
                 (int(full_width / scale * 1.01) + 1, int(full_height / scale * 1.01) + 1),
             )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; we record facts below
-        image.load()
+    _load(image)
     orientation = _orientation(image)
     # Formats without draft mode decode at full size; shrink before any copy so a
     # 9000x9000 PNG costs one decode, not a decode plus full-size RGB and rotation.
@@ -198,15 +196,26 @@ def _reduced_rgb(image: Image.Image) -> tuple[Image.Image, tuple[int, int]]:
         elif image.mode in ("P", "I;16", "I;16B", "I;16L"):  # reduce() refuses these
             image = _to_rgb(image)
         image = image.reduce(factor)
-    for step in _ORIENTATION_STEPS.get(orientation, ()):
-        image = image.transpose(step)
+    image = _orient(image, orientation)
     if orientation in (5, 6, 7, 8):
         full_width, full_height = full_height, full_width
     return _to_rgb(image), (full_width, full_height)
 
 
-# What exif_transpose does for each EXIF orientation value, applied here after
-# the reduction (a reduced image no longer carries the tag).
+def _load(image: Image.Image) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about odd EXIF; facts are read apart
+        image.load()
+
+
+def _orient(image: Image.Image, orientation: int) -> Image.Image:
+    """What exif_transpose does, from an orientation read beforehand: a reduced
+    image no longer carries the tag."""
+    for step in _ORIENTATION_STEPS.get(orientation, ()):
+        image = image.transpose(step)
+    return image
+
+
 _ORIENTATION_STEPS = {
     2: (Image.Transpose.FLIP_LEFT_RIGHT,),
     3: (Image.Transpose.ROTATE_180,),
@@ -328,13 +337,8 @@ def pixel_digest(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     same picture whatever the container, metadata or lossless encoding."""
     image = _open(data, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image.load()
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:
-            oriented = image
+        _load(image)
+        oriented = _orient(image, _orientation(image))
         if oriented.mode not in ("RGB", "RGBA", "L", "LA"):
             has_alpha = "A" in oriented.getbands() or "transparency" in oriented.info
             oriented = oriented.convert("RGBA" if has_alpha else "RGB")

@@ -25,3 +25,7 @@ class Settings(BaseSettings):
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )
+
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mb * 1024 * 1024

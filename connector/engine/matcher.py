@@ -106,17 +106,13 @@ def find_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[i
     return out
 
 
-def thumb_array(fingerprint: Fingerprint) -> npt.NDArray[np.uint8]:
-    with Image.open(io.BytesIO(fingerprint.thumb)) as image:
+def _thumb_array(thumb: bytes) -> npt.NDArray[np.uint8]:
+    with Image.open(io.BytesIO(thumb)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def pixel_check_job(thumb_a: bytes, thumb_b: bytes) -> dict[str, Any]:
-    arrays = []
-    for thumb in (thumb_a, thumb_b):
-        with Image.open(io.BytesIO(thumb)) as image:
-            arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    return verify_pair(arrays[0], arrays[1]).as_dict()
+    return verify_pair(_thumb_array(thumb_a), _thumb_array(thumb_b)).as_dict()
 
 
 def pixel_digest_job(data: bytes, max_pixels: int) -> str:
@@ -291,6 +287,6 @@ def explain_pair(
             same = pixel_digest(data_a, max_pixels) == pixel_digest(data_b, max_pixels)
             evidence = _with(evidence, same_pixels=same)
     if not evidence.either_flat and not evidence.same_bytes:
-        check = verify_pair(thumb_array(a), thumb_array(b)).as_dict()
+        check = pixel_check_job(a.thumb, b.thumb)
         evidence = _with(evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check)
     return evidence, place(evidence)

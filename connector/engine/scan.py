@@ -87,7 +87,7 @@ def run(
                     unit,
                     pool,
                     max_pixels=settings.max_pixels,
-                    max_bytes=settings.max_file_mb * 1024 * 1024,
+                    max_bytes=settings.max_file_bytes,
                     full=full,
                     progress=report,
                 )
