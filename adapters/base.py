@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic_settings import BaseSettings
 
 __all__ = [
@@ -23,12 +23,17 @@ __all__ = [
     "AuthFailed",
     "BadAsset",
     "Capabilities",
+    "MetadataMapping",
     "NotFound",
     "Page",
     "RateLimited",
+    "RemoteSettings",
+    "Rendition",
     "Retryable",
     "Unavailable",
     "Unsupported",
+    "choose_rendition",
+    "pick",
 ]
 
 
@@ -88,6 +93,74 @@ class AssetMetadata:
         return [name for name in ("location", "date", "department") if not getattr(self, name)]
 
 
+def pick(record: Any, path: str | None) -> str | None:
+    """The value at a dotted path of a platform record ("acf.location",
+    "field_tags.0.name"); a path starting with "=" is a literal (a unit whose
+    department is always the same). Lists of values are joined with ", "."""
+    if not path:
+        return None
+    if path.startswith("="):
+        return path[1:] or None
+    value: Any = record
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    if isinstance(value, dict):  # a rendered field such as WordPress {"rendered": "..."}
+        value = value.get("rendered", value.get("value", value.get("name")))
+    if isinstance(value, list):
+        parts = [pick(item, "") if isinstance(item, dict) else item for item in value]
+        value = ", ".join(str(part) for part in parts if part not in (None, ""))
+    if value is None or isinstance(value, (dict, bool)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+class MetadataMapping(BaseModel):
+    """Where a unit keeps the mandatory metadata in its platform's records:
+    dotted paths into the record as the API returns it, or "=literal"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    location: str | None = None
+    date: str | None = None
+    department: str | None = None
+
+    def apply(self, record: Any) -> AssetMetadata:
+        return AssetMetadata(
+            location=pick(record, self.location),
+            date=pick(record, self.date),
+            department=pick(record, self.department),
+        )
+
+
+class RemoteSettings(BaseSettings):
+    """Options every platform reached over HTTP shares; each adapter's settings
+    model extends it (and narrows `page_size` to its platform's limit)."""
+
+    base_url: HttpUrl
+    page_size: int = Field(100, ge=1)
+    timeout_s: float = Field(30.0, gt=0, le=600, description="read time-out per request")
+    attempts: int = Field(4, ge=1, le=10, description="tries per request on 429, 5xx, time-outs")
+    max_retry_after_s: float = Field(
+        60.0, ge=0, description="longer Retry-After waits end the request; the sync retries later"
+    )
+    metadata: MetadataMapping = MetadataMapping()
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """A smaller copy the platform already serves. Width and height as the
+    platform reports them; a rendition without them is never chosen."""
+
+    url: str
+    width: int
+    height: int
+
+
 @dataclass(frozen=True)
 class AssetRef:
     id: str  # stable within the unit
@@ -100,6 +173,41 @@ class AssetRef:
     # Set when the listing already knows the asset cannot be read (a dangling
     # link, a file too large): the engine records it without fetching.
     problem: str | None = None
+    original_url: str | None = None  # the original file, when it differs from `url`
+    width: int | None = None  # of the original, when the platform tells
+    height: int | None = None
+    renditions: tuple[Rendition, ...] = ()
+
+
+# A rendition whose aspect ratio differs from the original's by more than this
+# is a crop (square thumbnails, fixed-ratio teasers) and is never hashed.
+ASPECT_TOLERANCE = 0.02
+
+
+def choose_rendition(asset: AssetRef, min_side: int) -> str | None:
+    """The smallest rendition whose short side is >= min_side and whose aspect
+    ratio is the original's (rounding to whole pixels allowed); None when only
+    the original will do. With min_side 0 the answer is always None."""
+    if min_side <= 0 or not asset.width or not asset.height:
+        return None
+    if min(asset.width, asset.height) <= min_side:
+        return None  # the original is no larger than what is asked for
+    ratio = asset.width / asset.height
+    best: Rendition | None = None
+    for rendition in asset.renditions:
+        if rendition.width <= 0 or rendition.height <= 0:
+            continue
+        if min(rendition.width, rendition.height) < min_side:
+            continue
+        # One pixel of rounding on the short side is not a crop.
+        slack = 1.0 / min(rendition.width, rendition.height)
+        if abs(rendition.width / rendition.height - ratio) / ratio > ASPECT_TOLERANCE + slack:
+            continue
+        if rendition.width * rendition.height >= asset.width * asset.height:
+            continue
+        if best is None or rendition.width * rendition.height < best.width * best.height:
+            best = rendition
+    return best.url if best else None
 
 
 CursorT = TypeVar("CursorT", bound=BaseModel)
@@ -107,9 +215,20 @@ CursorT = TypeVar("CursorT", bound=BaseModel)
 
 @dataclass(frozen=True)
 class Page(Generic[CursorT]):
+    """One page of a listing.
+
+    `list_assets(None)` starts a full listing; a listing started from the cursor
+    that a completed listing returned is incremental (what changed since). While
+    a listing runs, `cursor` is the resume point after this page. On the last
+    page (`complete`), `cursor` is where the next incremental listing starts
+    (None for a platform without one); it never passes the time the listing
+    started, so nothing changed during a sync is missed.
+    """
+
     items: list[AssetRef]
-    cursor: CursorT | None  # resume point after this page; None when listing is over
-    complete: bool  # True on the last page of a full listing
+    cursor: CursorT | None
+    complete: bool
+    deleted: list[str] = field(default_factory=list)  # ids the platform reports gone
 
 
 class Adapter(ABC, Generic[CursorT]):
@@ -139,8 +258,10 @@ class Adapter(ABC, Generic[CursorT]):
         while True:
             page = self.list_assets(cursor)
             yield page
-            if page.cursor is None or page.complete:
+            if page.complete:
                 return
+            if page.cursor is None:
+                raise Unavailable(f"{self.kind}: listing ended without its last page")
             token = page.cursor.model_dump_json()
             if token in seen:  # a paginator that repeats would loop forever
                 raise Unavailable(f"{self.kind}: listing repeated cursor {token}")

@@ -1,0 +1,435 @@
+"""The one HTTP client every adapter uses: requests + tenacity.
+
+Time-outs always; retries with exponential backoff and jitter on 5xx, 429 and
+connection failures, honouring Retry-After (seconds or an HTTP date); no retry
+on other 4xx; response size caps; content-type checks; status codes turned into
+the typed errors of `adapters.base` here, once; secrets redacted from every
+logged URL and message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+import structlog
+import tenacity
+from requests.auth import AuthBase
+
+from adapters.base import (
+    AdapterError,
+    AuthFailed,
+    BadAsset,
+    NotFound,
+    RateLimited,
+    RemoteSettings,
+    Unavailable,
+)
+
+__all__ = ["HttpClient", "HttpError", "Reply", "redact_url"]
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = "damdup/0.3 (+duplicate-image connector)"
+MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_FILE_BYTES = 512 * 1024 * 1024
+CHUNK_BYTES = 256 * 1024
+
+# Query parameters whose values are credentials on some platform
+# (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
+SECRET_PARAMS = frozenset(
+    {"key", "apikey", "api_key", "sign", "signature", "token", "access_token", "password",
+     "pass", "secret", "client_secret", "sig", "code", "user_key", "auth"}
+)  # fmt: skip
+
+Expect = Literal["json", "bytes", "any"]
+JSON_TYPES = re.compile(r"^application/([\w.+-]+\+)?json$|^text/json$")
+
+
+class HttpError(AdapterError):
+    """A 4xx answer that is not about credentials, absence or rate: the request
+    itself was refused (a bad parameter, a platform rule)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    url: str
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def json(self) -> Any:
+        import json
+
+        try:
+            return json.loads(self.content)
+        except ValueError as exc:
+            raise Unavailable(f"{redact_url(self.url)} answered with invalid JSON: {exc}") from exc
+
+
+def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
+    """The URL without user info and with secret query values replaced."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    query = urlencode(
+        [
+            (name, "REDACTED" if name.lower() in SECRET_PARAMS else value)
+            for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+    )
+    text = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return redact_text(text, secrets)
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "REDACTED")
+    return text
+
+
+class _Transient(Exception):
+    """Inside the retry loop only: worth another attempt."""
+
+    def __init__(self, error: AdapterError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpClient:
+    """One session per adapter instance. Paths are resolved against `base_url`;
+    absolute URLs must be on the base URL's host or on `allowed_hosts` (an
+    adapter never fetches an address a platform's answer merely names)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: AuthBase | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 60.0,
+        allowed_hosts: Iterable[str] = (),
+        secrets: Iterable[str | None] = (),
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        base = urlsplit(self.base_url)
+        if base.scheme not in ("http", "https") or not base.hostname:
+            raise ValueError(f"base URL must be http(s)://host/...: {redact_url(base_url)}")
+        self.hosts = {_origin(self.base_url), *(_origin(h) for h in allowed_hosts)}
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        self.max_file_bytes = max_file_bytes
+        self.secrets = [s for s in secrets if s]
+        self.session = requests.Session()
+        self.session.auth = auth
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.headers.update(headers or {})
+        # Proxies from the environment never see the unit's credentials.
+        self.session.trust_env = False
+        self.requests_sent = 0
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: RemoteSettings,
+        *,
+        auth: AuthBase | None = None,
+        headers: Mapping[str, str] | None = None,
+        secrets: Iterable[str | None] = (),
+        allowed_hosts: Iterable[str] = (),
+    ) -> HttpClient:
+        return cls(
+            str(settings.base_url),
+            auth=auth,
+            headers=headers,
+            timeout=(min(5.0, settings.timeout_s), settings.timeout_s),
+            attempts=settings.attempts,
+            max_retry_after_s=settings.max_retry_after_s,
+            secrets=secrets,
+            allowed_hosts=allowed_hosts,
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+    def url(self, path_or_url: str) -> str:
+        url = urljoin(self.base_url, path_or_url)
+        if _origin(url) not in self.hosts:
+            raise BadAsset(
+                f"refusing to fetch {redact_url(url, self.secrets)}: "
+                f"its host is not the unit's configured base URL"
+            )
+        return url
+
+    def get_json(self, path_or_url: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self.request("GET", path_or_url, params=params, expect="json").json
+
+    def get_bytes(
+        self,
+        path_or_url: str,
+        params: Mapping[str, Any] | None = None,
+        max_bytes: int | None = None,
+    ) -> bytes:
+        return self.request(
+            "GET", path_or_url, params=params, expect="bytes", max_bytes=max_bytes
+        ).content
+
+    def get(
+        self, path_or_url: str, params: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> Reply:
+        return self.request("GET", path_or_url, params=params, **kwargs)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        expect: Expect = "json",
+        max_bytes: int | None = None,
+    ) -> Reply:
+        url = self.url(path_or_url)
+        limit = max_bytes or (MAX_JSON_BYTES if expect == "json" else self.max_file_bytes)
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Transient),
+            reraise=True,
+            sleep=time.sleep,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number
+                    return self._once(
+                        method, url, params, json, data, headers, expect, limit, number
+                    )
+        except _Transient as exc:
+            raise exc.error from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return exc.retry_after
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self.backoff_s, max=self.max_backoff_s
+        )
+        return float(backoff(state))
+
+    def _once(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        expect: Expect,
+        limit: int,
+        attempt: int,
+    ) -> Reply:
+        started = time.monotonic()
+        shown = redact_url(url, self.secrets)
+        self.requests_sent += 1
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                stream=True,
+                allow_redirects=True,
+            )
+        except requests.Timeout as exc:
+            self._log(method, shown, None, started, attempt, "timed out")
+            raise _Transient(
+                Unavailable(f"{method} {shown} timed out ({self.timeout[1]} s)")
+            ) from exc
+        except requests.RequestException as exc:
+            reason = redact_text(_short(exc), self.secrets)
+            self._log(method, shown, None, started, attempt, reason)
+            raise _Transient(Unavailable(f"{method} {shown} failed: {reason}")) from exc
+        with response:
+            shown = redact_url(response.url, self.secrets)
+            if _origin(response.url) not in self.hosts:
+                raise BadAsset(f"{method} {shown}: redirected to a host outside the unit")
+            status = response.status_code
+            try:
+                content = self._read(response, limit, method, shown)
+            except _Transient:
+                self._log(method, shown, status, started, attempt, "body cut short")
+                raise
+            self._log(method, shown, status, started, attempt, None, len(content))
+            reply = Reply(status, response.url, response.headers, content)
+        if status >= 400:
+            self._raise_for(method, shown, reply)
+        self._check_type(method, shown, reply, expect)
+        return reply
+
+    def _read(self, response: requests.Response, limit: int, method: str, shown: str) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadAsset(
+                f"{method} {shown}: answer of {int(declared):,} bytes "
+                f"is over the {limit:,} byte cap"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                total += len(chunk)
+                if total > limit:
+                    raise BadAsset(f"{method} {shown}: answer is over the {limit:,} byte cap")
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            # urllib3 enforces Content-Length: a body cut short lands here.
+            raise _Transient(
+                Unavailable(
+                    f"{method} {shown}: answer cut short ({total:,} bytes read): {_short(exc)}"
+                )
+            ) from exc
+        return b"".join(chunks)
+
+    def _raise_for(self, method: str, shown: str, reply: Reply) -> None:
+        status = reply.status
+        detail = _excerpt(reply)
+        if status in (401, 403):
+            raise AuthFailed(
+                f"{method} {shown} was refused with {status}"
+                f"{': ' + detail if detail else ''}; check the unit's credentials and their rights"
+            )
+        if status in (404, 410):
+            raise NotFound(f"{method} {shown}: {status} not found{': ' + detail if detail else ''}")
+        if status == 429 or status == 503:
+            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            error: AdapterError = (
+                RateLimited(retry_after, f"{method} {shown}: {status}")
+                if status == 429 or retry_after is not None
+                else Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
+            )
+            if retry_after is not None and retry_after > self.max_retry_after_s:
+                raise error  # too long to wait here: the engine comes back later
+            raise _Transient(error, retry_after)
+        if status >= 500:
+            raise _Transient(
+                Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
+            )
+        raise HttpError(f"{method} {shown}: {status}{': ' + detail if detail else ''}", status)
+
+    def _check_type(self, method: str, shown: str, reply: Reply, expect: Expect) -> None:
+        kind = reply.content_type
+        if expect == "json" and not JSON_TYPES.match(kind):
+            head = reply.content[:200].decode("utf-8", "replace").strip()
+            if kind == "text/html" or head.lower().startswith(("<!doctype", "<html")):
+                title = re.search(r"<title>(.*?)</title>", head, re.I | re.S)
+                raise Unavailable(
+                    f"{method} {shown}: expected JSON but got an HTML page"
+                    f"{' titled ' + repr(title.group(1).strip()) if title else ''}"
+                    " (a proxy, login or maintenance page?)"
+                )
+            raise Unavailable(
+                f"{method} {shown}: expected JSON but got {kind or 'no content type'}"
+            )
+        if expect == "bytes" and (kind.startswith("text/") or JSON_TYPES.match(kind)):
+            raise BadAsset(f"{method} {shown}: expected a file but got {kind}: {_excerpt(reply)}")
+
+    def _log(
+        self,
+        method: str,
+        shown: str,
+        status: int | None,
+        started: float,
+        attempt: int,
+        error: str | None,
+        size_bytes: int | None = None,
+    ) -> None:
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        event = log.warning if error or (status or 0) >= 400 else log.debug
+        event(
+            "http.request",
+            method=method,
+            url=shown,
+            status=status,
+            elapsed_ms=elapsed_ms,
+            attempt=attempt,
+            size_bytes=size_bytes,
+            error=error,
+        )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url if "//" in url else "//" + url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return f"{parts.hostname}:{port}"
+
+
+def _short(exc: BaseException | str) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _excerpt(reply: Reply) -> str:
+    """A platform's own error message, for the person reading the log."""
+    if JSON_TYPES.match(reply.content_type):
+        try:
+            body = reply.json
+        except Unavailable:
+            body = None
+        if isinstance(body, dict):
+            for key in ("message", "error", "detail", "errors", "title"):
+                value = body.get(key)
+                if isinstance(value, dict):
+                    value = value.get("message") or value.get("title") or value
+                if isinstance(value, list) and value and isinstance(value[0], dict):
+                    value = value[0].get("detail") or value[0].get("title")
+                if value:
+                    return _short(str(value))
+    text = reply.content[:300].decode("utf-8", "replace")
+    text = re.sub(r"<[^>]+>", " ", text)
+    return _short(" ".join(text.split()))

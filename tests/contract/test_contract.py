@@ -1,0 +1,319 @@
+"""The adapter contract, checked the same way for every platform.
+
+Each test runs once per adapter against its server (tests/contract/conftest.py).
+Abilities an adapter lacks are skipped by its declared `Capabilities`, never
+faked; fault tests need HTTP and skip the folder adapter.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adapters.base import Adapter, AssetRef, AuthFailed, NotFound, Unavailable
+from connector.core.fingerprint import DECODE_SIDE, fingerprint_bytes
+from connector.core.index import SQLiteStore
+from connector.core.tiers import CANDIDATE_RADIUS
+from connector.core.verify import verify_pair
+from connector.engine.pool import Limits, WorkerPool
+from connector.engine.sync import sync_unit
+from tests.contract.harness import Harness
+from tests.servers.common import photo_paths
+
+PHOTOS = photo_paths(variant="original")
+MAX_PIXELS = 100_000_000
+MAX_BYTES = 64 * 1024 * 1024
+
+
+def listing(adapter: Adapter[Any], cursor: Any = None) -> tuple[list[AssetRef], Any, int]:
+    """Every item of one listing, the cursor its last page returned, and the
+    number of pages."""
+    items: list[AssetRef] = []
+    pages = 0
+    last = None
+    for page in adapter.iter_pages(cursor):
+        pages += 1
+        items.extend(page.items)
+        last = page
+    assert last is not None and last.complete
+    return items, last.cursor, pages
+
+
+def add_photos(harness: Harness, count: int, metadata: bool = False) -> list[str]:
+    ids = []
+    for number, path in enumerate(PHOTOS[:count]):
+        facts = (
+            {
+                "location": f"Senaatintori {number}",
+                "date": f"2024-05-{number + 1:02d}",
+                "department": "Kaupunginmuseo",
+            }
+            if metadata
+            else None
+        )
+        ids.append(harness.add(f"photo-{number:02d}{path.suffix}", path.read_bytes(), facts))
+    return ids
+
+
+def big_photo(long_side: int = 1600) -> bytes:
+    """A large JPEG from a real photo, so that the platform makes renditions."""
+    with Image.open(PHOTOS[0]) as image:
+        rgb = image.convert("RGB")
+        scale = long_side / max(rgb.size)
+        rgb = rgb.resize(
+            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+        )
+        out = io.BytesIO()
+        rgb.save(out, "JPEG", quality=92)
+        return out.getvalue()
+
+
+@pytest.fixture
+def pool() -> Iterator[WorkerPool]:
+    with WorkerPool(2, Limits(seconds=60)) as workers:
+        yield workers
+
+
+def sync(store: SQLiteStore, adapter: Adapter[Any], pool: WorkerPool, full: bool = False) -> Any:
+    return sync_unit(
+        store,
+        adapter,
+        "unit",
+        pool,
+        max_pixels=MAX_PIXELS,
+        max_bytes=MAX_BYTES,
+        full=full,
+    )
+
+
+# -- listing -----------------------------------------------------------------
+
+
+def test_listing_pages_through_every_asset_once(harness: Harness) -> None:
+    ids = add_photos(harness, 7)
+    items, _, pages = listing(harness.adapter(page_size=3))
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    assert pages >= 3
+    for ref in items:
+        assert ref.version and ref.url and ref.problem is None
+
+
+def test_listing_resumes_from_a_saved_cursor(harness: Harness) -> None:
+    ids = add_photos(harness, 5)
+    adapter = harness.adapter(page_size=2)
+    first = adapter.list_assets(None)
+    assert not first.complete and first.cursor is not None
+    saved = first.cursor.model_dump_json()
+    # A new process: a fresh adapter, the cursor read back from its JSON.
+    fresh = harness.adapter(page_size=2)
+    rest, _, _ = listing(fresh, fresh.cursor_model.model_validate_json(saved))
+    assert sorted(ref.id for ref in first.items + rest) == sorted(ids)
+
+
+def test_metadata_is_mapped_to_common_fields(harness: Harness) -> None:
+    if not harness.metadata:
+        pytest.skip(f"{harness.kind} has no metadata fields")
+    [asset_id] = add_photos(harness, 1, metadata=True)
+    [ref], _, _ = listing(harness.adapter())
+    assert ref.id == asset_id
+    assert ref.metadata.location == "Senaatintori 0"
+    assert ref.metadata.department == "Kaupunginmuseo"
+    assert ref.metadata.date is not None and ref.metadata.date.startswith("2024-05-01")
+    assert ref.metadata.missing == []
+
+
+def test_incremental_listing_returns_only_what_changed(harness: Harness) -> None:
+    adapter = harness.adapter(page_size=2)
+    if not adapter.capabilities.incremental:
+        pytest.skip(f"{harness.kind} declares no incremental listing")
+    ids = add_photos(harness, 5)
+    _, watermark, _ = listing(adapter)
+    assert watermark is not None, "a completed listing returns where the next one starts"
+    nothing, watermark_again, _ = listing(harness.adapter(page_size=2), watermark)
+    assert nothing == []
+    harness.touch(ids[1])
+    added = harness.add("later.jpg", PHOTOS[6].read_bytes())
+    changed, _, _ = listing(harness.adapter(page_size=2), watermark_again or watermark)
+    assert sorted(ref.id for ref in changed) == sorted([ids[1], added])
+
+
+def test_missing_asset_raises_not_found(harness: Harness) -> None:
+    [asset_id] = add_photos(harness, 1)
+    adapter = harness.adapter()
+    [ref], _, _ = listing(adapter)
+    harness.remove(asset_id)
+    with pytest.raises(NotFound):
+        adapter.fetch(ref, DECODE_SIDE)
+
+
+# -- renditions ----------------------------------------------------------------
+
+
+def test_rendition_hashes_as_the_original(harness: Harness) -> None:
+    adapter = harness.adapter()
+    if not adapter.capabilities.renditions:
+        pytest.skip(f"{harness.kind} declares no renditions")
+    original = big_photo()
+    harness.add("big.jpg", original)
+    [ref], _, _ = listing(adapter)
+    small = adapter.fetch(ref, DECODE_SIDE)
+    assert len(small) < len(original) / 2, "a rendition was fetched, not the original"
+    with Image.open(io.BytesIO(small)) as image:
+        width, height = image.size
+    assert min(width, height) >= DECODE_SIDE
+    with Image.open(io.BytesIO(original)) as image:
+        assert abs(width / height - image.width / image.height) < 0.02, "never a crop"
+    a, b = fingerprint_bytes(original), fingerprint_bytes(small)
+    assert bin(a.phash ^ b.phash).count("1") <= CANDIDATE_RADIUS
+    assert bin(a.dhash ^ b.dhash).count("1") <= CANDIDATE_RADIUS
+    check = verify_pair(_array(a.thumb), _array(b.thumb))
+    assert check.passed, check.reason
+
+
+def test_fetch_with_no_minimum_returns_the_original(harness: Harness) -> None:
+    original = big_photo(1000)
+    harness.add("big.jpg", original)
+    [ref], _, _ = listing(harness.adapter())
+    assert harness.adapter().fetch_original(ref) == original
+
+
+def _array(thumb: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    with Image.open(io.BytesIO(thumb)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+# -- through the sync engine -------------------------------------------------
+
+
+def test_unchanged_resync_fetches_no_image_bytes(
+    harness: Harness, pool: WorkerPool, tmp_path: Path
+) -> None:
+    add_photos(harness, 4)
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    first = sync(store, harness.adapter(page_size=3), pool)
+    assert first.fingerprinted == 4 and first.errors == 0
+    downloads_before = _downloads(harness)
+    second = sync(store, harness.adapter(page_size=3), pool, full=True)
+    assert second.fetched_bytes == 0 and second.fetched == 0
+    assert second.unchanged == 4
+    assert _downloads(harness) == downloads_before
+
+
+def test_deleted_upstream_leaves_the_live_set_and_nothing_else(
+    harness: Harness, pool: WorkerPool, tmp_path: Path
+) -> None:
+    ids = add_photos(harness, 4)
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    sync(store, harness.adapter(page_size=3), pool)
+    before = {row.asset_id: row for row in store.live_assets("unit")}
+    harness.remove(ids[2])
+    adapter = harness.adapter(page_size=3)
+    # A platform that reports deletions shows them in an incremental listing;
+    # any other needs the full listing that `damdup sync --full` makes.
+    stats = sync(store, adapter, pool, full=not adapter.capabilities.deletions)
+    after = {row.asset_id: row for row in store.live_assets("unit")}
+    assert set(after) == set(before) - {ids[2]}
+    assert stats.retired == 1
+    for asset_id, row in after.items():
+        assert row.sha256 == before[asset_id].sha256
+    gone = store.find_asset(f"unit:{ids[2]}")
+    assert gone is not None and not gone.live and gone.sha256 == before[ids[2]].sha256
+
+
+def _downloads(harness: Harness) -> int:
+    if harness.proxy is None:
+        return 0
+    listing_path = harness.listing_path
+    return len([r for r in harness.proxy.requests("GET") if listing_path not in r.path])
+
+
+# -- faults ------------------------------------------------------------------
+
+
+def http_only(harness: Harness) -> Any:
+    if harness.proxy is None:
+        pytest.skip(f"{harness.kind} speaks no HTTP")
+    return harness.proxy
+
+
+def test_429_with_retry_after_is_waited_out(harness: Harness) -> None:
+    proxy = http_only(harness)
+    ids = add_photos(harness, 2)
+    proxy.inject("429", times=1, path_contains=harness.listing_path, retry_after=1)
+    items, _, _ = listing(harness.adapter())
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    faults = [r.fault for r in proxy.requests(path_contains=harness.listing_path)]
+    assert faults[:2] == ["429", None]
+
+
+def test_500_then_success(harness: Harness) -> None:
+    proxy = http_only(harness)
+    ids = add_photos(harness, 2)
+    proxy.inject("500", times=2, path_contains=harness.listing_path)
+    items, _, _ = listing(harness.adapter())
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    faults = [r.fault for r in proxy.requests(path_contains=harness.listing_path)]
+    assert faults[:3] == ["500", "500", None]
+
+
+def test_401_is_auth_failed_without_a_retry_storm(harness: Harness) -> None:
+    proxy = http_only(harness)
+    add_photos(harness, 1)
+    proxy.inject("401", times=50)
+    with pytest.raises(AuthFailed, match="credentials"):
+        listing(harness.adapter())
+    assert len(proxy.requests()) == 1
+
+
+def test_wrong_credentials_are_auth_failed(harness: Harness) -> None:
+    http_only(harness)
+    overrides = harness.bad_credentials()
+    if overrides is None:
+        pytest.skip(f"{harness.kind} lists without credentials")
+    add_photos(harness, 1)
+    with pytest.raises(AuthFailed, match="credentials"):
+        listing(harness.adapter(**overrides))
+    assert harness.proxy is not None and len(harness.proxy.requests()) <= 2
+
+
+def test_html_instead_of_json_is_a_clear_error(harness: Harness) -> None:
+    proxy = http_only(harness)
+    add_photos(harness, 1)
+    proxy.inject("html", times=50, path_contains=harness.listing_path)
+    with pytest.raises(Unavailable, match="HTML page"):
+        listing(harness.adapter())
+
+
+def test_timeout_is_retried(harness: Harness) -> None:
+    proxy = http_only(harness)
+    ids = add_photos(harness, 2)
+    proxy.inject("timeout", times=1, path_contains=harness.listing_path, delay_s=2.5)
+    items, _, _ = listing(harness.adapter(timeout_s=1))
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    assert proxy.requests(path_contains=harness.listing_path)[0].fault == "timeout"
+
+
+def test_truncated_download_is_retried_and_complete(harness: Harness) -> None:
+    proxy = http_only(harness)
+    original = PHOTOS[3].read_bytes()
+    harness.add("photo.jpg", original)
+    adapter = harness.adapter()
+    [ref], _, _ = listing(adapter)
+    clean = adapter.fetch_original(ref)
+    assert clean == original
+    path = _path_of(ref.original_url or ref.url)
+    proxy.inject("truncated", times=1, path_contains=path)
+    assert adapter.fetch_original(ref) == original
+    assert [r.fault for r in proxy.requests(path_contains=path)][-2:] == ["truncated", None]
+
+
+def _path_of(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path
