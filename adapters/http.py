@@ -40,6 +40,7 @@ USER_AGENT = "damdup/0.3 (+duplicate-image connector)"
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
+MAX_REDIRECTS = 5
 
 # Query parameters whose values are credentials on some platform
 # (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
@@ -275,17 +276,7 @@ class HttpClient:
         shown = redact_url(url, self.secrets)
         self.requests_sent += 1
         try:
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                data=data,
-                headers=headers,
-                timeout=self.timeout,
-                stream=True,
-                allow_redirects=True,
-            )
+            response = self._follow(method, url, params, json, data, headers)
         except requests.Timeout as exc:
             self._log(method, shown, None, started, attempt, "timed out")
             raise _Transient(
@@ -297,8 +288,6 @@ class HttpClient:
             raise _Transient(Unavailable(f"{method} {shown} failed: {reason}")) from exc
         with response:
             shown = redact_url(response.url, self.secrets)
-            if _origin(response.url) not in self.hosts:
-                raise BadAsset(f"{method} {shown}: redirected to a host outside the unit")
             status = response.status_code
             try:
                 content = self._read(response, limit, method, shown)
@@ -311,6 +300,44 @@ class HttpClient:
             self._raise_for(method, shown, reply)
         self._check_type(method, shown, reply, expect)
         return reply
+
+    def _follow(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """Redirects are followed here, not by requests, so that each hop is
+        checked against the unit's hosts before anything is sent there."""
+        for _hop in range(MAX_REDIRECTS + 1):
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=data,
+                headers=headers,
+                timeout=self.timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+            location = response.headers.get("Location")
+            if not response.is_redirect or not location:
+                return response
+            response.close()
+            url = urljoin(response.url, location)
+            if _origin(url) not in self.hosts:
+                raise BadAsset(
+                    f"{method} {redact_url(url, self.secrets)}: redirected to a host "
+                    "outside the unit's configured base URL"
+                )
+            params = None  # the Location carries its own query
+            if response.status_code in (301, 302, 303) and method != "HEAD":
+                method, json, data = "GET", None, None
+        raise Unavailable(f"{method} {redact_url(url, self.secrets)}: too many redirects")
 
     def _read(self, response: requests.Response, limit: int, method: str, shown: str) -> bytes:
         declared = response.headers.get("Content-Length")

@@ -1,0 +1,187 @@
+"""The shared HTTP client against a real local server behind the fault proxy."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from email.utils import formatdate
+
+import pytest
+from structlog.testing import capture_logs
+from werkzeug.routing import Map, Rule
+from werkzeug.utils import redirect
+from werkzeug.wrappers import Request, Response
+
+from adapters.base import AuthFailed, BadAsset, NotFound, RateLimited, Unavailable
+from adapters.http import HttpClient, HttpError, parse_retry_after, redact_url
+from tests.servers.common import Emulator, image_response, json_response
+from tests.servers.faults import FaultProxy
+
+JPEG = b"\xff\xd8\xff\xe0" + b"x" * 5000
+
+
+class Echo(Emulator):
+    url_map = Map(
+        [
+            Rule("/items", endpoint="items"),
+            Rule("/file.jpg", endpoint="file"),
+            Rule("/status/<int:code>", endpoint="status"),
+            Rule("/away", endpoint="away"),
+            Rule("/text", endpoint="text"),
+        ]
+    )
+
+    def items(self, request: Request) -> Response:
+        return json_response({"items": [1, 2, 3], "asked": dict(request.args)})
+
+    def file(self, request: Request) -> Response:
+        return image_response(JPEG)
+
+    def status(self, request: Request, code: int) -> Response:
+        return json_response({"message": f"platform says {code}"}, status=code)
+
+    def away(self, request: Request) -> Response:
+        return redirect("http://example.invalid/elsewhere")
+
+    def text(self, request: Request) -> Response:
+        return Response("plain words", content_type="text/plain")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FaultProxy]:
+    echo = Echo()
+    echo.start()
+    proxy = FaultProxy(echo.base_url)
+    yield proxy
+    proxy.close()
+    echo.stop()
+
+
+@pytest.fixture
+def proxy(server: FaultProxy) -> FaultProxy:
+    server.clear()
+    return server
+
+
+def client(proxy: FaultProxy, **options: object) -> HttpClient:
+    settings: dict[str, object] = {"attempts": 3, "backoff_s": 0.01, "timeout": (1.0, 1.0)}
+    settings.update(options)
+    return HttpClient(proxy.url, **settings)  # type: ignore[arg-type]
+
+
+def test_json_and_bytes(proxy: FaultProxy) -> None:
+    http = client(proxy)
+    assert http.get_json("items", {"page": 2})["asked"] == {"page": "2"}
+    assert http.get_bytes("file.jpg") == JPEG
+
+
+def test_retry_after_is_honoured(proxy: FaultProxy) -> None:
+    proxy.inject("429", times=1, retry_after=1)
+    started = time.monotonic()
+    assert client(proxy).get_json("items")["items"] == [1, 2, 3]
+    waited = time.monotonic() - started
+    assert [r.fault for r in proxy.requests()] == ["429", None]
+    assert waited >= 0.9, "the client waited the Retry-After it was given"
+
+
+def test_long_retry_after_is_left_to_the_engine(proxy: FaultProxy) -> None:
+    proxy.inject("429", times=1, retry_after=3600)
+    with pytest.raises(RateLimited) as caught:
+        client(proxy, max_retry_after_s=60).get_json("items")
+    assert caught.value.retry_after == 3600
+    assert len(proxy.requests()) == 1
+
+
+def test_server_errors_are_retried_then_reported(proxy: FaultProxy) -> None:
+    proxy.inject("500", times=10)
+    with pytest.raises(Unavailable, match="500"):
+        client(proxy, attempts=3).get_json("items")
+    assert len(proxy.requests()) == 3
+
+
+def test_503_without_retry_after_backs_off_and_recovers(proxy: FaultProxy) -> None:
+    proxy.inject("503", times=1, retry_after=0)
+    assert client(proxy).get_json("items")["items"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(401, AuthFailed), (403, AuthFailed), (404, NotFound), (400, HttpError)]
+)
+def test_client_errors_are_typed_and_not_retried(
+    proxy: FaultProxy, code: int, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=f"platform says {code}"):
+        client(proxy).get_json(f"status/{code}")
+    assert len(proxy.requests()) == 1
+
+
+def test_html_page_where_json_was_expected(proxy: FaultProxy) -> None:
+    proxy.inject("html", times=1)
+    with pytest.raises(Unavailable, match="HTML page titled 'Service temporarily in maintenance'"):
+        client(proxy).get_json("items")
+
+
+def test_text_where_a_file_was_expected(proxy: FaultProxy) -> None:
+    with pytest.raises(BadAsset, match="expected a file but got text/plain"):
+        client(proxy).get_bytes("text")
+
+
+def test_truncated_body_is_retried(proxy: FaultProxy) -> None:
+    proxy.inject("truncated", times=1, path_contains="file.jpg")
+    assert client(proxy).get_bytes("file.jpg") == JPEG
+    assert [r.fault for r in proxy.requests()] == ["truncated", None]
+
+
+def test_timeout_is_retried_then_reported(proxy: FaultProxy) -> None:
+    proxy.inject("timeout", times=5, delay_s=1.5)
+    with pytest.raises(Unavailable, match="timed out"):
+        client(proxy, attempts=2).get_json("items")
+
+
+def test_connection_reset_is_retried(proxy: FaultProxy) -> None:
+    proxy.inject("reset", times=1)
+    assert client(proxy).get_json("items")["items"] == [1, 2, 3]
+
+
+def test_size_cap(proxy: FaultProxy) -> None:
+    with pytest.raises(BadAsset, match="over the 100 byte cap"):
+        client(proxy).get_bytes("file.jpg", max_bytes=100)
+
+
+def test_other_hosts_are_refused(proxy: FaultProxy) -> None:
+    http = client(proxy)
+    with pytest.raises(BadAsset, match="not the unit's configured base URL"):
+        http.get_bytes("http://169.254.169.254/latest/meta-data")
+    with pytest.raises(BadAsset, match="redirected to a host outside the unit"):
+        http.get_json("away")
+
+
+def test_allowed_hosts_are_fetched(proxy: FaultProxy) -> None:
+    other = HttpClient("http://images.example.invalid/", allowed_hosts=[proxy.url])
+    assert other.get_bytes(proxy.url + "file.jpg") == JPEG
+
+
+def test_secrets_never_reach_the_log(proxy: FaultProxy) -> None:
+    proxy.inject("500", times=1)
+    with capture_logs() as logs:
+        http = client(proxy, secrets=["s3cr3t-token-value"])
+        http.get_json("items", {"apikey": "s3cr3t-token-value", "q": "x"})
+    text = repr(logs)
+    assert "s3cr3t-token-value" not in text
+    assert "apikey=REDACTED" in text
+
+
+def test_redact_url() -> None:
+    assert (
+        redact_url("https://user:pw@host.example/api/?function=x&sign=abc&user=u")
+        == "https://host.example/api/?function=x&sign=REDACTED&user=u"
+    )
+    assert redact_url("http://h/p?q=mysecret", ["mysecret"]) == "http://h/p?q=REDACTED"
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    in_ten = parse_retry_after(formatdate(time.time() + 10, usegmt=True))
+    assert in_ten is not None and 8 <= in_ten <= 10
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
