@@ -49,6 +49,9 @@ class AssetRow:
     error: str | None
     metadata: dict[str, str | None]
     live: bool
+    original_url: str | None = None  # the file, when `url` is a page about it
+    width: int | None = None  # of the original, as the platform reports it
+    height: int | None = None
 
     @property
     def key(self) -> str:
@@ -158,6 +161,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE fingerprints ADD COLUMN phash_inner INTEGER;
     ALTER TABLE fingerprints ADD COLUMN dhash_inner INTEGER;
     """,
+    # 3: platforms: original file address and size apart from the page link and
+    # from the rendition that was hashed; where the next incremental listing starts
+    """
+    ALTER TABLE assets ADD COLUMN original_url TEXT;
+    ALTER TABLE assets ADD COLUMN width INTEGER;
+    ALTER TABLE assets ADD COLUMN height INTEGER;
+    ALTER TABLE cursors ADD COLUMN watermark TEXT;
+    ALTER TABLE cursors ADD COLUMN full_listing INTEGER NOT NULL DEFAULT 1;
+    CREATE INDEX runs_unit ON runs(unit, id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -167,11 +180,27 @@ class SchemaError(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class ListingState:
+    """Where a unit's listing stands: `cursor` and `run` of a listing that was
+    interrupted (resume there), whether that listing was a full one, and the
+    watermark a completed listing left for the next incremental one."""
+
+    cursor: str | None
+    run: int | None
+    full_listing: bool
+    watermark: str | None
+
+
 class IndexStore(ABC):
     """What the engine needs from an index, whatever database serves it."""
 
     @abstractmethod
     def close(self) -> None: ...
+
+    @abstractmethod
+    def reopen(self) -> IndexStore:
+        """Another connection to the same index, for another thread."""
 
     @abstractmethod
     def start_run(self, unit: str, kind: str) -> int: ...
@@ -180,8 +209,7 @@ class IndexStore(ABC):
     def finish_run(self, run: int, complete: bool, stats: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def cursor(self, unit: str) -> tuple[str | None, int | None]:
-        """The saved cursor of an unfinished listing and the run it belongs to."""
+    def listing_state(self, unit: str) -> ListingState: ...
 
     @abstractmethod
     def asset_versions(self, unit: str) -> dict[str, tuple[str, str | None, str | None]]:
@@ -203,9 +231,14 @@ class IndexStore(ABC):
         fingerprints: Sequence[Fingerprint],
         touched: Sequence[str],
         cursor: str | None,
+        *,
+        full_listing: bool = True,
+        watermark: str | None = None,
+        deleted: Sequence[str] = (),
     ) -> None:
         """One transaction: new and changed assets, their fingerprints, the
-        unchanged assets seen again (`touched`) and the cursor after the page."""
+        unchanged assets seen again (`touched`), assets the platform reported
+        deleted, and the cursor after the page (see `ListingState`)."""
 
     @abstractmethod
     def retire_unseen(self, unit: str, run: int) -> int:
@@ -264,6 +297,9 @@ class SQLiteStore(IndexStore):
     def close(self) -> None:
         self.db.close()
 
+    def reopen(self) -> SQLiteStore:
+        return SQLiteStore(self.path)
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -305,9 +341,16 @@ class SQLiteStore(IndexStore):
                 (now_iso(), int(complete), json.dumps(stats, sort_keys=True), run),
             )
 
-    def cursor(self, unit: str) -> tuple[str | None, int | None]:
-        row = self.db.execute("SELECT cursor, run FROM cursors WHERE unit = ?", (unit,)).fetchone()
-        return (row["cursor"], row["run"]) if row else (None, None)
+    def listing_state(self, unit: str) -> ListingState:
+        row = self.db.execute(
+            "SELECT cursor, run, full_listing, watermark FROM cursors WHERE unit = ?", (unit,)
+        ).fetchone()
+        if row is None:
+            return ListingState(None, None, True, None)
+        return ListingState(
+            row["cursor"], row["run"] if row["cursor"] else None, bool(row["full_listing"]),
+            row["watermark"],
+        )  # fmt: skip
 
     # -- assets ----------------------------------------------------------
 
@@ -341,7 +384,14 @@ class SQLiteStore(IndexStore):
         fingerprints: Sequence[Fingerprint],
         touched: Sequence[str],
         cursor: str | None,
+        *,
+        full_listing: bool = True,
+        watermark: str | None = None,
+        deleted: Sequence[str] = (),
     ) -> None:
+        """One page in one transaction: its assets, their fingerprints, and
+        where the listing resumes. On a listing's last page `cursor` is None and
+        `watermark` is where the next incremental listing starts."""
         stamp = now_iso()
         with self._transaction() as db:
             db.executemany(
@@ -364,19 +414,22 @@ class SQLiteStore(IndexStore):
             )  # fmt: skip
             db.executemany(
                 """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
-                       sha256, error, metadata, live, seen_run, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+                       sha256, error, metadata, live, seen_run, updated_at, original_url,
+                       width, height)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
                    ON CONFLICT(unit, asset_id) DO UPDATE SET
                        version = excluded.version, url = excluded.url,
                        size_bytes = excluded.size_bytes, modified = excluded.modified,
                        sha256 = excluded.sha256, error = excluded.error,
                        metadata = excluded.metadata, live = 1,
-                       seen_run = excluded.seen_run, updated_at = excluded.updated_at""",
+                       seen_run = excluded.seen_run, updated_at = excluded.updated_at,
+                       original_url = excluded.original_url, width = excluded.width,
+                       height = excluded.height""",
                 [
                     (
                         unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
                         row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), run,
-                        stamp,
+                        stamp, row.original_url, row.width, row.height,
                     )
                     for row in assets
                 ],
@@ -385,12 +438,30 @@ class SQLiteStore(IndexStore):
                 "UPDATE assets SET seen_run = ?, live = 1 WHERE unit = ? AND asset_id = ?",
                 [(run, unit, asset_id) for asset_id in touched],
             )
-            db.execute(
-                """INSERT INTO cursors(unit, cursor, run, updated_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT(unit) DO UPDATE SET cursor = excluded.cursor,
-                       run = excluded.run, updated_at = excluded.updated_at""",
-                (unit, cursor, run, stamp),
+            db.executemany(
+                "UPDATE assets SET live = 0, updated_at = ? "
+                "WHERE unit = ? AND asset_id = ? AND live = 1",
+                [(stamp, unit, asset_id) for asset_id in deleted],
             )
+            if cursor is None:  # the listing is over: keep the previous watermark if none
+                db.execute(
+                    """INSERT INTO cursors(unit, cursor, run, updated_at, full_listing, watermark)
+                       VALUES (?, NULL, ?, ?, ?, ?)
+                       ON CONFLICT(unit) DO UPDATE SET cursor = NULL, run = excluded.run,
+                           updated_at = excluded.updated_at,
+                           full_listing = excluded.full_listing,
+                           watermark = COALESCE(excluded.watermark, cursors.watermark)""",
+                    (unit, run, stamp, int(full_listing), watermark),
+                )
+            else:
+                db.execute(
+                    """INSERT INTO cursors(unit, cursor, run, updated_at, full_listing)
+                       VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT(unit) DO UPDATE SET cursor = excluded.cursor,
+                           run = excluded.run, updated_at = excluded.updated_at,
+                           full_listing = excluded.full_listing""",
+                    (unit, cursor, run, stamp, int(full_listing)),
+                )
 
     def retire_unseen(self, unit: str, run: int) -> int:
         with self._transaction() as db:
@@ -415,6 +486,9 @@ class SQLiteStore(IndexStore):
             error=row["error"],
             metadata=json.loads(row["metadata"]),
             live=bool(row["live"]),
+            original_url=row["original_url"],
+            width=row["width"],
+            height=row["height"],
         )
 
     def live_assets(self, unit: str | None = None) -> list[AssetRow]:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(4096, ge=256, description="address-space limit per worker")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images are refused")
     max_file_mb: int = Field(512, ge=1, description="larger files are refused")
+    fetch_concurrency: int = Field(4, ge=1, le=64, description="fetches in flight per unit")
+    max_requests: int = Field(8, ge=1, le=256, description="fetches in flight over all units")
+    units_at_once: int = Field(2, ge=1, le=32, description="units synced at the same time")
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )

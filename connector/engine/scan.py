@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Relation, Shape, build_clusters
 from connector.engine.matcher import MatchStats, match
 from connector.engine.pool import Limits, WorkerPool
-from connector.engine.sync import SyncStats, sync_unit
+from connector.engine.sync import Concurrency, SyncStats, sync_unit
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +29,7 @@ class RunResult:
     syncs: list[SyncStats]
     match: MatchStats
     errors: int  # live assets of the synced units that could not be indexed
+    failed_units: dict[str, str]  # unit -> why its sync stopped (credentials, outage)
 
 
 class OriginalReader:
@@ -48,7 +51,12 @@ class OriginalReader:
             try:
                 adapter = self.adapters.get(asset.unit)
                 if adapter is not None:
-                    ref = AssetRef(id=asset.asset_id, version=asset.version, url=asset.url)
+                    ref = AssetRef(
+                        id=asset.asset_id,
+                        version=asset.version,
+                        url=asset.url,
+                        original_url=asset.original_url,
+                    )
                     return adapter.fetch_original(ref)
                 if asset.url.startswith("file://"):
                     return Path(unquote(urlparse(asset.url).path)).read_bytes()
@@ -72,17 +80,25 @@ def run(
     full: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
 ) -> RunResult:
-    syncs: list[SyncStats] = []
-    with worker_pool(settings) as pool:
-        for unit, adapter in adapters.items():
+    """Sync every unit (several at once, each in its own thread with its own
+    index connection and workers), then match the whole index once. A unit whose
+    sync stops (refused credentials, an outage) is reported; the others go on."""
+    overall = threading.BoundedSemaphore(settings.max_requests)
+    concurrency = Concurrency(settings.fetch_concurrency, overall)
+    failed: dict[str, str] = {}
 
-            def report(done: int, total: int | None, unit: str = unit) -> None:
-                if progress is not None:
-                    progress(f"indexing {unit}", done, total)
+    def sync_one(unit: str, adapter: Adapter[Any], in_thread: bool) -> SyncStats:
+        # An SQLite connection belongs to the thread that opened it.
+        own_store = store.reopen() if in_thread else store
 
-            syncs.append(
-                sync_unit(
-                    store,
+        def report(done: int, total: int | None) -> None:
+            if progress is not None:
+                progress(f"indexing {unit}", done, total)
+
+        try:
+            with worker_pool(settings) as pool:
+                return sync_unit(
+                    own_store,
                     adapter,
                     unit,
                     pool,
@@ -90,13 +106,29 @@ def run(
                     max_bytes=settings.max_file_bytes,
                     full=full,
                     progress=report,
+                    concurrency=concurrency,
                 )
-            )
+        except AdapterError as exc:
+            log.error("unit.failed", unit=unit, reason=str(exc))
+            failed[unit] = f"{type(exc).__name__}: {exc}"
+            return SyncStats(unit=unit)
+        finally:
+            if own_store is not store:
+                own_store.close()
 
-        def report_match(done: int, total: int | None) -> None:
-            if progress is not None:
-                progress("matching", done, total)
+    units = list(adapters.items())
+    if len(units) > 1 and settings.units_at_once > 1:
+        with ThreadPoolExecutor(settings.units_at_once, thread_name_prefix="unit") as executor:
+            futures = [executor.submit(sync_one, unit, adapter, True) for unit, adapter in units]
+            syncs = [future.result() for future in futures]
+    else:
+        syncs = [sync_one(unit, adapter, False) for unit, adapter in units]
 
+    def report_match(done: int, total: int | None) -> None:
+        if progress is not None:
+            progress("matching", done, total)
+
+    with worker_pool(settings) as pool:
         stats = match(
             store,
             pool,
@@ -105,7 +137,7 @@ def run(
             progress=report_match,
         )
     errors = sum(len(store.errors(unit)) for unit in adapters)
-    return RunResult(syncs=syncs, match=stats, errors=errors)
+    return RunResult(syncs=syncs, match=stats, errors=errors, failed_units=failed)
 
 
 def current_clusters(store: IndexStore, settings: Settings) -> tuple[list[Cluster], list[Relation]]:

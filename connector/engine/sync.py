@@ -4,9 +4,12 @@ in worker processes, save each page with its cursor in one transaction."""
 from __future__ import annotations
 
 import struct
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +48,7 @@ class SyncStats:
     errors: int = 0
     retired: int = 0
     resumed: bool = False
+    incremental: bool = False
     complete: bool = False
     error_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -80,16 +84,63 @@ def fingerprint_job(source: bytes | str, max_pixels: int, max_bytes: int) -> Fin
 Progress = Callable[[int, int | None], None]
 
 
-def _fetch(adapter: Adapter[Any], ref: AssetRef) -> bytes:
+@dataclass(frozen=True)
+class Concurrency:
+    """Fetches in flight: at most `per_unit` for one unit, and at most what
+    `overall` (shared by every unit synced at once) lets through."""
+
+    per_unit: int = 4
+    overall: threading.BoundedSemaphore | None = None
+
+    def gate(self) -> AbstractContextManager[Any]:
+        return self.overall if self.overall is not None else nullcontext()
+
+
+def _fetch(adapter: Adapter[Any], ref: AssetRef, concurrency: Concurrency) -> bytes:
     for attempt in range(1, FETCH_ATTEMPTS + 1):
         try:
-            return adapter.fetch(ref, min_side=DECODE_SIDE)
+            with concurrency.gate():
+                return adapter.fetch(ref, min_side=DECODE_SIDE)
         except Retryable as exc:
             if attempt == FETCH_ATTEMPTS:
                 raise
             delay = getattr(exc, "retry_after", None) or 0.5 * 2**attempt
             time.sleep(min(delay, 30.0))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _prefetch(
+    adapter: Adapter[Any], refs: list[AssetRef], concurrency: Concurrency
+) -> Iterator[tuple[AssetRef, bytes | None, AdapterError | None]]:
+    """Fetch in a few threads, in listing order, holding at most twice the
+    concurrency in memory. An AuthFailed stops the unit at once."""
+    if not refs:
+        return
+    width = max(1, concurrency.per_unit)
+    with ThreadPoolExecutor(width, thread_name_prefix="fetch") as executor:
+        pending = iter(refs)
+        window: deque[tuple[AssetRef, Future[bytes]]] = deque()
+
+        def submit_next() -> None:
+            ref = next(pending, None)
+            if ref is not None:
+                window.append((ref, executor.submit(_fetch, adapter, ref, concurrency)))
+
+        for _ in range(2 * width):
+            submit_next()
+        try:
+            while window:
+                ref, future = window.popleft()
+                try:
+                    yield ref, future.result(), None
+                except AuthFailed:
+                    raise
+                except AdapterError as exc:
+                    yield ref, None, exc
+                submit_next()
+        finally:
+            for _ref, future in window:
+                future.cancel()
 
 
 def sync_unit(
@@ -102,18 +153,27 @@ def sync_unit(
     max_bytes: int,
     full: bool = False,
     progress: Progress | None = None,
+    concurrency: Concurrency | None = None,
 ) -> SyncStats:
     """Bring the index up to date with one unit. Resumes an interrupted listing
-    from its saved cursor; a complete listing retires assets no longer there."""
+    from its saved cursor; else lists what changed since the last completed
+    listing when the platform can (`full` lists everything). Assets that a full
+    listing no longer shows, or that the platform reports deleted, leave the
+    live set; nothing else is dropped."""
+    concurrency = concurrency or Concurrency()
     stats = SyncStats(unit=unit)
-    saved_cursor, saved_run = store.cursor(unit)
+    state = store.listing_state(unit)
     cursor = None
-    if saved_cursor is not None and saved_run is not None and not full:
-        cursor = adapter.cursor_model.model_validate_json(saved_cursor)
-        run = saved_run
+    if state.cursor is not None and state.run is not None and not full:
+        cursor = adapter.cursor_model.model_validate_json(state.cursor)
+        run, full_listing = state.run, state.full_listing
         stats.resumed = True
     else:
         run = store.start_run(unit, "sync")
+        full_listing = full or state.watermark is None or not adapter.capabilities.incremental
+        if not full_listing and state.watermark is not None:
+            cursor = adapter.cursor_model.model_validate_json(state.watermark)
+    stats.incremental = not full_listing
     known = store.asset_versions(unit)
     limits = (max_pixels, max_bytes)
     sizes = store.fingerprint_sizes()
@@ -121,16 +181,29 @@ def sync_unit(
     try:
         for page in adapter.iter_pages(cursor):
             rows, fingerprints, touched = _sync_page(
-                store, unit, adapter, page.items, known, pool, limits, sizes, stats
+                store, unit, adapter, page.items, known, pool, limits, sizes, stats, concurrency
             )
             next_cursor = page.cursor.model_dump_json() if page.cursor else None
-            store.save_page(unit, run, rows, fingerprints, touched, next_cursor)
+            deleted = [asset_id for asset_id in page.deleted if asset_id in known]
+            store.save_page(
+                unit,
+                run,
+                rows,
+                fingerprints,
+                touched,
+                None if page.complete else next_cursor,
+                full_listing=full_listing,
+                watermark=next_cursor if page.complete else None,
+                deleted=deleted,
+            )
+            stats.retired += len(deleted)
             stats.listed += len(page.items)
             if progress is not None:
                 progress(stats.listed, None)
             log.info("page.saved", assets=len(page.items), changed=len(rows))
             if page.complete:
-                stats.retired = store.retire_unseen(unit, run)
+                if full_listing:
+                    stats.retired += store.retire_unseen(unit, run)
                 stats.complete = True
     finally:
         structlog.contextvars.unbind_contextvars("unit", "adapter")
@@ -148,6 +221,7 @@ def _sync_page(
     limits: tuple[int, int],
     sizes: set[int],
     stats: SyncStats,
+    concurrency: Concurrency,
 ) -> tuple[list[AssetRow], list[Fingerprint], list[str]]:
     """`sizes`: byte sizes of every content indexed or under way. A byte copy has
     its original's size, so an asset of a size never seen cannot be one: its
@@ -179,6 +253,9 @@ def _sync_page(
             error=error,
             metadata=asdict(ref.metadata),
             live=True,
+            original_url=ref.original_url,
+            width=ref.width,
+            height=ref.height,
         )
 
     current = store.known_fingerprints(
@@ -187,7 +264,8 @@ def _sync_page(
 
     def jobs() -> Iterator[tuple[str, tuple[bytes | str, int, int]]]:
         # A generator, so that the pool pulls one asset's bytes at a time and a
-        # page never holds more than the jobs in flight.
+        # page never holds more than the jobs and fetches in flight.
+        remote: list[AssetRef] = []
         for ref in refs:
             before = known.get(ref.id)
             if ref.problem is not None:
@@ -215,15 +293,14 @@ def _sync_page(
                 fresh[ref.id] = (ref, None)
                 yield ref.id, (path, *limits)
                 continue
-            try:
-                data = _fetch(adapter, ref)
-            except AuthFailed:
-                raise
-            except Retryable as exc:
-                record(ref, None, f"fetch failed, will retry next sync: {exc}", RETRY_VERSION)
-                continue
-            except AdapterError as exc:
-                record(ref, None, str(exc), ref.version)
+            remote.append(ref)
+        for ref, data, error in _prefetch(adapter, remote, concurrency):
+            if error is not None or data is None:
+                if isinstance(error, Retryable):
+                    reason = f"fetch failed, will retry next sync: {error}"
+                    record(ref, None, reason, RETRY_VERSION)
+                else:
+                    record(ref, None, str(error), ref.version)
                 continue
             stats.fetched += 1
             stats.fetched_bytes += len(data)

@@ -10,6 +10,7 @@ from connector.core.fingerprint import RECIPE, Fingerprint
 from connector.core.index import (
     SCHEMA_VERSION,
     AssetRow,
+    ListingState,
     PairRow,
     SchemaError,
     SQLiteStore,
@@ -64,7 +65,7 @@ def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(tmp_path: P
     store.save_page(
         "u", run, [asset("a", "s1"), asset("b", None, "broken")], [fingerprint("s1")], [], "c1"
     )
-    assert store.cursor("u") == ("c1", run)
+    assert store.listing_state("u") == ListingState("c1", run, True, None)
     assert store.asset_versions("u")["b"] == ("v1", None, "broken")
     stored = store.fingerprint("s1")
     assert stored is not None and stored.phash == 0xFFFF_0000_FFFF_0000
@@ -75,7 +76,23 @@ def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(tmp_path: P
     store.save_page("u", second, [], [], ["a"], None)
     assert store.retire_unseen("u", second) == 1
     assert [row.asset_id for row in store.live_assets()] == ["a"]
-    assert store.cursor("u") == (None, second)
+    assert store.listing_state("u") == ListingState(None, None, True, None)
+    store.close()
+
+
+def test_watermark_of_a_completed_listing_outlives_the_next_listing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "i.sqlite")
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset("a", "s1"), asset("b", "s2")], [], [], None, watermark="w1")
+    assert store.listing_state("u").watermark == "w1"
+    # An incremental listing interrupted after one page resumes as incremental...
+    later = store.start_run("u", "sync")
+    store.save_page("u", later, [], [], [], "c2", full_listing=False, deleted=["b"])
+    assert store.listing_state("u") == ListingState("c2", later, False, "w1")
+    assert [row.asset_id for row in store.live_assets("u")] == ["a"]
+    # ...and a listing that ends without a new watermark keeps the old one.
+    store.save_page("u", later, [], [], [], None, full_listing=False)
+    assert store.listing_state("u") == ListingState(None, None, False, "w1")
     store.close()
 
 
@@ -122,5 +139,9 @@ def test_an_index_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
     columns = {row[1] for row in store.db.execute("PRAGMA table_info(fingerprints)")}
     assert {"phash_inner", "dhash_inner"} <= columns
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert store.cursor("u") == ("c", 1), "migration must keep what the index held"
+    assert store.listing_state("u") == ListingState("c", 1, True, None), (
+        "migration must keep what the index held"
+    )
+    asset_columns = {row[1] for row in store.db.execute("PRAGMA table_info(assets)")}
+    assert {"original_url", "width", "height"} <= asset_columns
     store.close()
