@@ -130,8 +130,10 @@ class FaultProxy:
         method, path = handler.command, handler.path
         fault = self._take_fault(path)
         if fault is not None and fault.kind != "truncated":
-            self._answer_fault(handler, fault)
+            # Logged before answering: a time-out answers only after its delay,
+            # when the client's retry may already be logged.
             self._record(method, path, _FAULT_STATUS.get(fault.kind, 0), fault.kind, 0)
+            self._answer_fault(handler, fault)
             return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in HOP_HEADERS}
         upstream = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=120)
