@@ -57,9 +57,10 @@ class HttpError(AdapterError):
     """A 4xx answer that is not about credentials, absence or rate: the request
     itself was refused (a bad parameter, a platform rule)."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail  # the platform's own words, when it gave any
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,11 @@ class HttpClient:
         base = urlsplit(self.base_url)
         if base.scheme not in ("http", "https") or not base.hostname:
             raise ValueError(f"base URL must be http(s)://host/...: {redact_url(base_url)}")
-        self.hosts = {_origin(self.base_url), *(_origin(h) for h in allowed_hosts)}
+        self.hosts = {_origin(self.base_url)}
+        for host in allowed_hosts:
+            # A bare host[:port] is allowed over either scheme.
+            forms = [host] if "//" in host else [f"http://{host}", f"https://{host}"]
+            self.hosts.update(_origin(form) for form in forms)
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
@@ -387,7 +392,9 @@ class HttpClient:
             raise _Transient(
                 Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
             )
-        raise HttpError(f"{method} {shown}: {status}{': ' + detail if detail else ''}", status)
+        raise HttpError(
+            f"{method} {shown}: {status}{': ' + detail if detail else ''}", status, detail
+        )
 
     def _check_type(self, method: str, shown: str, reply: Reply, expect: Expect) -> None:
         kind = reply.content_type
@@ -449,7 +456,9 @@ def _excerpt(reply: Reply) -> str:
         except Unavailable:
             body = None
         if isinstance(body, dict):
-            for key in ("message", "error", "detail", "errors", "title"):
+            # WordPress and most: message; CKAN: error; JSON:API: errors;
+            # VuFind (Finna): statusMessage.
+            for key in ("message", "error", "detail", "errors", "title", "statusMessage"):
                 value = body.get(key)
                 if isinstance(value, dict):
                     value = value.get("message") or value.get("title") or value

@@ -185,3 +185,9 @@ def test_parse_retry_after() -> None:
     assert in_ten is not None and 8 <= in_ten <= 10
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_a_bare_allowed_host_matches_either_scheme(proxy: FaultProxy) -> None:
+    bare = proxy.url.removeprefix("http://").rstrip("/")
+    other = HttpClient("https://images.example.invalid/", allowed_hosts=[bare])
+    assert other.get_bytes(proxy.url + "file.jpg") == JPEG

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -151,15 +152,15 @@ class Library:
 
 @lru_cache(maxsize=512)
 def _rendition(data: bytes, width: int, height: int, crop: bool, quality: int) -> bytes:
-    with Image.open(io.BytesIO(data)) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        if crop:
-            image = ImageOps.fit(image, (width, height), Image.Resampling.LANCZOS)
-        else:
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=quality)
-        return out.getvalue()
+    with Image.open(io.BytesIO(data)) as opened:
+        rgb = ImageOps.exif_transpose(opened).convert("RGB")
+    if crop:
+        rgb = ImageOps.fit(rgb, (width, height), Image.Resampling.LANCZOS)
+    else:
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def fit_within(asset: StoredAsset, box_width: int, box_height: int) -> tuple[int, int]:
@@ -233,6 +234,8 @@ class Emulator:
     # -- serving ---------------------------------------------------------
 
     def start(self, port: int = 0) -> str:
+        # The request log is ours (`self.log`); werkzeug's access lines are noise.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server = make_server("127.0.0.1", port, self, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -154,6 +154,8 @@ class FaultProxy:
         finally:
             upstream.close()
         if fault is not None:  # truncated: promise the whole body, send half, hang up
+            # Logged first: the client's retry may arrive before the hang-up ends.
+            self._record(method, path, status, "truncated", len(payload) // 2)
             handler.send_response(status)
             for key, value in reply_headers:
                 handler.send_header(key, value)
@@ -164,7 +166,6 @@ class FaultProxy:
             handler.wfile.flush()
             handler.close_connection = True
             _hang_up(handler)
-            self._record(method, path, status, "truncated", len(payload) // 2)
             return
         self._send(handler, status, reply_headers, payload)
         self._record(method, path, status, None, len(payload))
