@@ -1,0 +1,295 @@
+"""The WordPress adapter against the real WordPress (Debian's package on
+MariaDB, `php -S` on 127.0.0.1) behind the fault proxy: what the contract
+suite cannot say about WordPress in particular."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from adapters.base import AssetRef, AuthFailed, MetadataMapping
+from adapters.wordpress import WordPress, WordPressCursor, WordPressSettings
+from tests.servers.common import photo_paths
+from tests.servers.wordpress import WordPressHarness
+
+PHOTOS = photo_paths(variant="original")
+MEDIA_PATH = "/wp-json/wp/v2/media"
+
+
+@pytest.fixture(scope="session")
+def wordpress() -> Iterator[WordPressHarness]:
+    harness = WordPressHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def wp(wordpress: WordPressHarness) -> WordPressHarness:
+    wordpress.reset()
+    return wordpress
+
+
+def adapter(wp: WordPressHarness, **overrides: Any) -> WordPress:
+    made = wp.adapter(**overrides)
+    assert isinstance(made, WordPress)
+    return made
+
+
+def listing(
+    made: WordPress, cursor: WordPressCursor | None = None
+) -> tuple[list[AssetRef], WordPressCursor | None, int]:
+    items: list[AssetRef] = []
+    pages = 0
+    for page in made.iter_pages(cursor):
+        pages += 1
+        items += page.items
+        cursor = page.cursor
+    return items, cursor, pages
+
+
+def add_photos(wp: WordPressHarness, count: int) -> list[str]:
+    return [
+        wp.add(f"photo-{number:02d}.jpg", path.read_bytes())
+        for number, path in enumerate(PHOTOS[:count])
+    ]
+
+
+def set_modified(wp: WordPressHarness, asset_id: str, local: str, gmt: str | None = None) -> None:
+    """Give an attachment a modification time, local and UTC, as WordPress
+    stores them (whole seconds, two columns)."""
+    wp.server.sql(
+        f"UPDATE wp_posts SET post_modified = '{local}', post_modified_gmt = '{gmt or local}' "
+        f"WHERE ID = {int(asset_id)}"
+    )
+
+
+def upscaled(long_side: int) -> bytes:
+    """A real photo made large enough for WordPress to cut every size it knows."""
+    with Image.open(PHOTOS[0]) as image:
+        rgb = image.convert("RGB")
+    scale = long_side / max(rgb.size)
+    rgb = rgb.resize(
+        (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BICUBIC
+    )
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def listing_requests(wp: WordPressHarness) -> list[str]:
+    assert wp.proxy is not None
+    return [r.path for r in wp.proxy.requests("GET", path_contains=MEDIA_PATH)]
+
+
+# -- the server ----------------------------------------------------------------
+
+
+def test_the_real_wordpress_starts_quickly_and_prints_the_proxy_url(wp: WordPressHarness) -> None:
+    assert wp.server.startup_s < 15
+    index = wp.server.api("GET", "wp-json/")
+    assert index["url"] == wp.url.rstrip("/")
+    assert "wp/v2" in index["namespaces"]
+    [asset_id] = add_photos(wp, 1)
+    record = wp.server.api("GET", f"wp-json/wp/v2/media/{asset_id}")
+    assert record["source_url"].startswith(wp.url + "wp-content/uploads/")
+
+
+# -- listing -------------------------------------------------------------------
+
+
+def test_pages_of_two_walk_every_image_once_across_shared_seconds(wp: WordPressHarness) -> None:
+    ids = add_photos(wp, 5)
+    for asset_id, second in zip(ids, (10, 10, 10, 11, 12), strict=True):
+        set_modified(wp, asset_id, f"2026-01-05 08:00:{second}")
+    items, cursor, pages = listing(adapter(wp, page_size=2))
+    listed = [ref.id for ref in items]
+    # Oldest change first; WordPress orders assets of one second as it likes.
+    assert sorted(listed[:3]) == sorted(ids[:3]) and listed[3:] == ids[3:]
+    assert pages >= 3
+    assert len(listing_requests(wp)) == pages
+    assert cursor is not None and cursor.after == datetime(2026, 1, 5, 8, 0, 12)
+
+
+def test_a_second_holding_more_than_a_page_is_paged_by_number(wp: WordPressHarness) -> None:
+    ids = add_photos(wp, 5)
+    for asset_id in ids:
+        set_modified(wp, asset_id, "2026-01-05 08:00:00")
+    items, _, _ = listing(adapter(wp, page_size=2))
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    assert len(items) == len(ids)
+    assert any("orderby=id" in path for path in listing_requests(wp))
+
+
+def test_edits_and_deletions_during_a_listing_skip_nothing(wp: WordPressHarness) -> None:
+    ids = add_photos(wp, 6)
+    for number, asset_id in enumerate(ids):
+        set_modified(wp, asset_id, f"2026-01-05 08:00:{number:02d}")
+    made = adapter(wp, page_size=2)
+    first = made.list_assets(None)
+    assert [ref.id for ref in first.items] == ids[:2]
+    # Page numbers would now skip ids[2]: two assets before it left their places.
+    wp.remove(ids[0])
+    wp.touch(ids[1])
+    rest, _, _ = listing(made, first.cursor)
+    listed = [ref.id for ref in rest]
+    assert sorted(set(listed)) == sorted(ids[1:])
+    assert listed[-1] == ids[1]  # the edit moved it to the end
+
+
+def test_incremental_listing_asks_for_changes_only(wp: WordPressHarness) -> None:
+    ids = add_photos(wp, 3)
+    made = adapter(wp)
+    before, cursor, _ = listing(made)
+    again, cursor_again, _ = listing(made, cursor)
+    assert again == [] and cursor_again == cursor
+    wp.touch(ids[0])
+    added = wp.add("later.jpg", PHOTOS[3].read_bytes())
+    changed, _, _ = listing(adapter(wp), cursor)
+    assert sorted(ref.id for ref in changed) == sorted([ids[0], added])
+    old_version = next(ref.version for ref in before if ref.id == ids[0])
+    assert next(ref.version for ref in changed if ref.id == ids[0]) != old_version
+    assert "modified_after=" in listing_requests(wp)[-1]
+
+
+def test_clocks_going_back_an_hour_reread_the_repeated_hour(wp: WordPressHarness) -> None:
+    a, b, c, d = add_photos(wp, 4)
+    # Helsinki, 26 Oct 2025: 04:00 summer time (UTC+3) became 03:00 (UTC+2).
+    set_modified(wp, a, "2025-10-26 03:10:00", "2025-10-26 00:10:00")
+    set_modified(wp, b, "2025-10-26 03:40:00", "2025-10-26 00:40:00")
+    set_modified(wp, c, "2025-10-20 12:00:00")
+    set_modified(wp, d, "2025-10-20 12:00:00")
+    made = adapter(wp)
+    first, cursor, _ = listing(made)
+    assert sorted(ref.id for ref in first) == sorted([a, b, c, d])
+    # Edits after the sync, in the second pass of the repeated hour and later.
+    set_modified(wp, c, "2025-10-26 03:20:00", "2025-10-26 01:20:00")
+    set_modified(wp, d, "2025-10-26 04:05:00", "2025-10-26 02:05:00")
+    changed, _, _ = listing(made, cursor)
+    assert {c, d} <= {ref.id for ref in changed}
+
+
+def test_only_images_are_listed(wp: WordPressHarness) -> None:
+    [photo] = add_photos(wp, 1)
+    wp.server.upload("notes.txt", b"minutes of the editorial meeting\n")
+    items, _, _ = listing(adapter(wp))
+    assert [ref.id for ref in items] == [photo]
+
+
+# -- renditions ----------------------------------------------------------------
+
+
+def test_renditions_are_the_smallest_large_enough_and_never_the_square_crop(
+    wp: WordPressHarness,
+) -> None:
+    original = upscaled(1920)
+    width, height = size_of(original)
+    wp.add("big.jpg", original)
+    made = adapter(wp)
+    [ref] = listing(made)[0]
+    assert (ref.width, ref.height) == (width, height)
+    sizes = {(r.width, r.height) for r in ref.renditions}
+    assert (150, 150) in sizes  # WordPress's thumbnail: a centre crop
+    fetched = {}
+    for min_side in (100, 150, 300, 600, 1000):
+        data = made.fetch(ref, min_side)
+        got_w, got_h = size_of(data)
+        fetched[min_side] = (got_w, got_h)
+        assert min(got_w, got_h) >= min_side
+        assert abs(got_w / got_h - width / height) < 0.01, "never a crop"
+        eligible = [
+            (w, h) for w, h in sizes if min(w, h) >= min_side and abs(w / h - width / height) < 0.01
+        ]
+        assert (got_w, got_h) == min(eligible, key=lambda size: size[0] * size[1])
+        assert len(data) < len(original)
+    assert fetched[100] == fetched[150] == (300, round(300 * height / width))
+    assert fetched[300][0] == 768 and fetched[600][0] == 1024 and fetched[1000][0] == 1536
+    # Nothing smaller is large enough: the original, byte for byte.
+    assert made.fetch(ref, min(width, height) - 50) == original
+    assert made.fetch_original(ref) == original
+
+
+def test_a_small_photo_is_fetched_as_uploaded(wp: WordPressHarness) -> None:
+    data = PHOTOS[0].read_bytes()
+    wp.add("small.jpg", data)
+    made = adapter(wp)
+    [ref] = listing(made)[0]
+    width, height = size_of(data)
+    medium = (300, round(300 * height / width))  # WordPress's "medium" size
+    assert size_of(made.fetch(ref, medium[1])) == medium
+    assert made.fetch(ref, medium[1] + 1) == data
+
+
+def test_a_big_upload_serves_the_scaled_copy_and_keeps_the_original(wp: WordPressHarness) -> None:
+    original = upscaled(3000)
+    width, height = size_of(original)
+    wp.add("huge.jpg", original)
+    made = adapter(wp)
+    [ref] = listing(made)[0]
+    # WordPress serves uploads over 2560 px as a "-scaled" copy.
+    assert ref.original_url is not None and ref.original_url.endswith("/huge.jpg")
+    assert made.fetch_original(ref) == original
+    scaled_short = round(2560 * min(width, height) / max(width, height))
+    scaled = made.fetch(ref, scaled_short - 100)
+    assert max(size_of(scaled)) == 2560
+    assert made.fetch(ref, scaled_short + 1) == original
+
+
+# -- metadata ------------------------------------------------------------------
+
+
+def test_metadata_default_mapping_and_a_unit_of_its_own(wp: WordPressHarness) -> None:
+    facts = {"location": "Temppeliaukio", "date": "2024-05-01", "department": "Kaupunginmuseo"}
+    asset_id = wp.add("kirkko.jpg", PHOTOS[0].read_bytes(), facts)
+    [ref] = listing(adapter(wp))[0]
+    assert ref.id == asset_id
+    assert ref.metadata.location == "Temppeliaukio"
+    assert ref.metadata.department == "Kaupunginmuseo"
+    assert ref.metadata.date == "2024-05-01T00:00:00"
+    mapping = MetadataMapping(location="title", date="media_details.image_meta.camera")
+    [custom] = listing(adapter(wp, metadata=mapping))[0]
+    assert custom.metadata.location == "kirkko"  # the title WordPress gave the upload
+    assert custom.metadata.date is not None  # camera model from the photo's EXIF
+    assert custom.metadata.missing == ["department"]
+    assert "title" in listing_requests(wp)[-1]  # asked for in `_fields`
+
+
+# -- credentials ---------------------------------------------------------------
+
+
+def test_a_wrong_application_password_is_auth_failed_at_once(wp: WordPressHarness) -> None:
+    add_photos(wp, 1)
+    wrong = "abcd efgh ijkl mnop qrst uvwx"
+    with pytest.raises(AuthFailed) as caught:
+        listing(adapter(wp, app_password=wrong))
+    message = str(caught.value)
+    assert wp.server.admin_user in message and "Application Passwords" in message
+    assert wrong not in message
+    assert wp.proxy is not None and len(wp.proxy.requests()) == 1
+
+
+def test_a_public_site_lists_without_credentials(wp: WordPressHarness) -> None:
+    ids = add_photos(wp, 2)
+    items, _, _ = listing(adapter(wp, username=None, app_password=None))
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    assert wp.proxy is not None
+    assert all("context=edit" not in r.path for r in wp.proxy.requests())
+
+
+def test_settings_limits() -> None:
+    with pytest.raises(ValidationError, match="go together"):
+        WordPressSettings(base_url="https://example.invalid/", username="someone")
+    with pytest.raises(ValidationError, match="less than or equal to 100"):
+        WordPressSettings(base_url="https://example.invalid/", page_size=101)
+    defaults = WordPressSettings(base_url="https://example.invalid/")
+    assert defaults.metadata.date == "date_gmt"
