@@ -1,0 +1,400 @@
+"""ResourceSpace specifics the contract suite does not cover: request signing,
+paging and ordering requirements, older servers, renditions from
+get_resource_all_image_sizes, metadata from joined fields or field data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import pytest
+import requests
+from PIL import Image
+from pydantic import ValidationError
+from structlog.testing import capture_logs
+
+from adapters.base import AssetRef, AuthFailed, NotFound, Unsupported
+from adapters.resourcespace import ResourceSpace, ResourceSpaceCursor, ResourceSpaceSettings
+from tests.servers.common import photo_paths
+from tests.servers.resourcespace import (
+    PRIVATE_KEY,
+    USERNAME,
+    ResourceSpaceEmulator,
+    ResourceSpaceHarness,
+)
+
+PHOTOS = photo_paths(variant="original")
+
+MakeHarness = Callable[..., ResourceSpaceHarness]
+
+
+@pytest.fixture
+def make_harness() -> Iterator[MakeHarness]:
+    made: list[ResourceSpaceHarness] = []
+
+    def make(**options: Any) -> ResourceSpaceHarness:
+        options.setdefault("data_joins", (10,))
+        harness = ResourceSpaceHarness(ResourceSpaceEmulator(**options))
+        made.append(harness)
+        return harness
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+@pytest.fixture(scope="module")
+def shared_harness() -> Iterator[ResourceSpaceHarness]:
+    harness = ResourceSpaceHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def harness(shared_harness: ResourceSpaceHarness) -> ResourceSpaceHarness:
+    """The contract's configuration, emptied for each test."""
+    shared_harness.reset()
+    shared_harness.emulator.log.clear()
+    return shared_harness
+
+
+def adapter(harness: ResourceSpaceHarness, **overrides: Any) -> ResourceSpace:
+    made = harness.adapter(**overrides)
+    assert isinstance(made, ResourceSpace)
+    return made
+
+
+def listing(
+    source: ResourceSpace, cursor: ResourceSpaceCursor | None = None
+) -> tuple[list[AssetRef], ResourceSpaceCursor | None]:
+    items: list[AssetRef] = []
+    last = None
+    for page in source.iter_pages(cursor):
+        items.extend(page.items)
+        last = page
+    assert last is not None and last.complete
+    return items, last.cursor
+
+
+def add_photos(harness: ResourceSpaceHarness, count: int) -> list[str]:
+    return [
+        harness.add(f"photo-{number}.jpg", path.read_bytes())
+        for number, path in enumerate(PHOTOS[:count])
+    ]
+
+
+def landscape_jpeg(long_side: int = 1600) -> bytes:
+    with Image.open(PHOTOS[0]) as image:
+        rgb = image.convert("RGB")
+    if rgb.height > rgb.width:
+        rgb = rgb.transpose(Image.Transpose.ROTATE_90)
+    scale = long_side / rgb.width
+    rgb = rgb.resize((long_side, round(rgb.height * scale)), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def size_of(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def fit(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """A ResourceSpace preview size: scaled to fit its box."""
+    scale = min(box[0] / size[0], box[1] / size[1], 1.0)
+    return round(size[0] * scale), round(size[1] * scale)
+
+
+def api_queries(harness: ResourceSpaceHarness, function: str | None = None) -> list[str]:
+    return [
+        entry.query
+        for entry in harness.emulator.requests_for("GET", "/api/")
+        if function is None or parse_qs(entry.query).get("function") == [function]
+    ]
+
+
+# -- signing -----------------------------------------------------------------
+
+
+def test_every_call_is_signed_and_the_private_key_never_travels(
+    harness: ResourceSpaceHarness,
+) -> None:
+    add_photos(harness, 2)
+    source = adapter(harness)
+    [ref, _], _ = listing(source)
+    source.fetch(ref, 384)
+    queries = api_queries(harness)
+    assert len(queries) == 3  # do_search, get_resource_path, get_resource_all_image_sizes
+    for query in queries:
+        unsigned, sign = query.rsplit("&sign=", 1)
+        assert sign == hashlib.sha256((PRIVATE_KEY + unsigned).encode()).hexdigest()
+        assert unsigned.startswith(f"user={USERNAME}&function=")
+        assert PRIVATE_KEY not in query
+
+
+def test_a_wrong_key_is_auth_failed_with_the_servers_words_and_nothing_secret(
+    harness: ResourceSpaceHarness,
+) -> None:
+    add_photos(harness, 1)
+    wrong_key = "wrong-private-key-0000"
+    with capture_logs() as logs, pytest.raises(AuthFailed) as caught:
+        listing(adapter(harness, private_key=wrong_key))
+    message = str(caught.value)
+    assert "401" in message and "Invalid signature" in message
+    [query] = api_queries(harness)
+    sign = parse_qs(query)["sign"][0]
+    shown = message + repr(logs)
+    assert wrong_key not in shown and sign not in shown
+    assert "sign=REDACTED" in message
+
+
+def test_the_emulator_checks_signatures_as_resourcespace_does(
+    harness: ResourceSpaceHarness,
+) -> None:
+    """401 with a bare "Invalid signature" under a JSON content type; `pretty`
+    and `authmode` are not part of what was signed."""
+    add_photos(harness, 1)
+    query = urlencode({"user": USERNAME, "function": "do_search", "search": "", "fetchrows": "0,1"})
+    sign = hashlib.sha256((PRIVATE_KEY + query).encode()).hexdigest()
+    refused = requests.get(f"{harness.url}api/?{query}&sign={'0' * 64}", timeout=5)
+    assert refused.status_code == 401
+    assert refused.text == "Invalid signature"
+    assert refused.headers["Content-Type"] == "application/json"
+    accepted = requests.get(f"{harness.url}api/?{query}&sign={sign}&pretty=true", timeout=5)
+    assert accepted.status_code == 200
+    assert accepted.json()["total"] == 1 and "\n    " in accepted.text
+
+
+def test_a_server_with_the_api_turned_off_is_auth_failed(make_harness: MakeHarness) -> None:
+    harness = make_harness(enable_remote_apis=False)
+    with pytest.raises(AuthFailed, match="API not enabled"):
+        listing(adapter(harness))
+
+
+# -- listing -------------------------------------------------------------------
+
+
+def test_pages_are_read_newest_first_with_offset_fetchrows_and_one_path_call_each(
+    harness: ResourceSpaceHarness,
+) -> None:
+    ids = add_photos(harness, 5)
+    harness.touch(ids[0])
+    items, _ = listing(adapter(harness, page_size=2))
+    assert [ref.id for ref in items] == [ids[0], ids[4], ids[3], ids[2], ids[1]]
+    searches = [parse_qs(query) for query in api_queries(harness, "do_search")]
+    assert [search["fetchrows"] for search in searches] == [["0,2"], ["2,2"], ["4,2"]]
+    assert all(s["order_by"] == ["modified"] and s["sort"] == ["desc"] for s in searches)
+    # Originals' URLs come one call per page, never one per resource.
+    assert len(api_queries(harness, "get_resource_path")) == 3
+    assert api_queries(harness, "get_resource_all_image_sizes") == []
+
+
+def test_page_size_is_limited(harness: ResourceSpaceHarness) -> None:
+    with pytest.raises(ValidationError):
+        ResourceSpaceSettings(**harness.settings(page_size=1001))
+
+
+def test_refs_point_at_the_view_page_and_the_scrambled_filestore(
+    harness: ResourceSpaceHarness,
+) -> None:
+    [asset_id] = add_photos(harness, 1)
+    [ref], _ = listing(adapter(harness))
+    assert ref.url == f"{harness.url}pages/view.php?ref={asset_id}"
+    assert ref.original_url is not None
+    # One folder per digit of the ref, the last one scrambled (get_resource_path).
+    folders = "".join(f"{digit}/" for digit in asset_id[:-1]) + asset_id[-1]
+    assert re.search(
+        rf"/filestore/{folders}_[0-9a-f]{{15}}/{asset_id}_[0-9a-f]{{15}}\.jpg\?v=\d+$",
+        ref.original_url,
+    )
+    stored = harness.emulator.library.assets[asset_id]
+    assert ref.modified == stored.modified.strftime("%Y-%m-%dT%H:%M:%S")
+    assert ref.size_bytes == len(PHOTOS[0].read_bytes())
+    assert requests.get(ref.url, timeout=5).status_code == 200
+
+
+def test_a_server_before_10_3_is_unsupported(make_harness: MakeHarness) -> None:
+    harness = make_harness(structured_fetchrows=False)
+    add_photos(harness, 2)
+    with pytest.raises(Unsupported, match=r"10\.3"):
+        listing(adapter(harness))
+
+
+def test_a_server_that_ignores_order_by_modified_is_unsupported(
+    make_harness: MakeHarness,
+) -> None:
+    harness = make_harness(order_by_modified=False)
+    ids = add_photos(harness, 3)
+    harness.touch(ids[0])  # newest by modified, last by relevance (ref descending)
+    with pytest.raises(Unsupported, match="order_by=modified"):
+        listing(adapter(harness))
+
+
+def test_an_unknown_function_is_unsupported(harness: ResourceSpaceHarness) -> None:
+    with pytest.raises(Unsupported, match="no_such_function"):
+        adapter(harness).call("no_such_function")
+
+
+def test_only_images_are_listed(harness: ResourceSpaceHarness) -> None:
+    ids = add_photos(harness, 3)
+    harness.emulator.extensions[ids[1]] = "pdf"
+    items, _ = listing(adapter(harness))
+    assert sorted(ref.id for ref in items) == sorted([ids[0], ids[2]])
+
+
+def test_a_resource_without_download_access_is_listed_with_a_problem(
+    harness: ResourceSpaceHarness,
+) -> None:
+    ids = add_photos(harness, 2)
+    harness.emulator.download_denied.add(ids[1])
+    items = {ref.id: ref for ref in listing(adapter(harness))[0]}
+    assert items[ids[0]].problem is None
+    assert items[ids[1]].original_url is None
+    assert "download" in (items[ids[1]].problem or "")
+
+
+def test_version_follows_the_file_not_metadata_edits(harness: ResourceSpaceHarness) -> None:
+    [asset_id] = add_photos(harness, 1)
+    [before], _ = listing(adapter(harness))
+    assert adapter(harness).call("update_field", resource=asset_id, field=8, value="Uusi") is True
+    [edited], _ = listing(adapter(harness))
+    assert edited.version == before.version and edited.modified != before.modified
+    harness.emulator.library.replace(asset_id, PHOTOS[1].read_bytes())
+    [replaced], _ = listing(adapter(harness))
+    assert replaced.version != before.version
+
+
+def test_resources_sharing_the_boundary_second_are_neither_lost_nor_repeated(
+    harness: ResourceSpaceHarness,
+) -> None:
+    ids = add_photos(harness, 4)
+    library = harness.emulator.library
+    second = library.assets[ids[3]].modified
+    for asset_id in ids[1:3]:
+        library.assets[asset_id].modified = second
+    first, cursor = listing(adapter(harness, page_size=1))
+    assert len(first) == 4
+    assert cursor is not None and cursor.seen_at_since == frozenset(ids[1:])
+    late = harness.add("late.jpg", PHOTOS[5].read_bytes())
+    library.assets[late].modified = second  # the same second, after the listing
+    changed, cursor = listing(adapter(harness, page_size=1), cursor)
+    assert [ref.id for ref in changed] == [late]
+    nothing, _ = listing(adapter(harness, page_size=1), cursor)
+    assert nothing == []
+
+
+def test_a_change_during_a_listing_is_caught_by_the_next_listing(
+    harness: ResourceSpaceHarness,
+) -> None:
+    ids = add_photos(harness, 4)
+    source = adapter(harness, page_size=2)
+    first = source.list_assets(None)
+    assert [ref.id for ref in first.items] == [ids[3], ids[2]]
+    harness.touch(ids[0])  # jumps ahead of the offset: this listing cannot see it again
+    rest, cursor = listing(source, first.cursor)
+    # Newest-first offset paging reads one row twice and loses none.
+    assert [ref.id for ref in rest] == [ids[2], ids[1]]
+    changed, _ = listing(adapter(harness, page_size=2), cursor)
+    assert [ref.id for ref in changed] == [ids[0]]
+
+
+# -- metadata ------------------------------------------------------------------
+
+
+def test_fields_outside_the_joins_need_field_data(make_harness: MakeHarness) -> None:
+    harness = make_harness(data_joins=())  # a default installation
+    harness.emulator.add_field(88, "location", "Location")
+    asset_id = harness.add(
+        "photo.jpg",
+        PHOTOS[0].read_bytes(),
+        {"location": "Senaatintori", "date": "2024-05-01", "department": "Kaupunginmuseo"},
+    )
+    harness.emulator.library.touch(asset_id, **{"88": "Senaatintori, Helsinki"})
+    [plain], _ = listing(adapter(harness))
+    assert plain.metadata.date == "2024-05-01"
+    assert plain.metadata.department is None  # field 10 is not joined by default
+    mapping = {"location": "fields.location", "date": "field12", "department": "fields.credit"}
+    source = adapter(harness, field_data=True, metadata=mapping)
+    [full], _ = listing(source)
+    assert full.metadata.location == "Senaatintori, Helsinki"
+    assert full.metadata.department == "Kaupunginmuseo"
+    assert len(api_queries(harness, "get_resource_field_data")) == 1
+
+
+def test_full_checksums_give_a_content_hash(make_harness: MakeHarness) -> None:
+    harness = make_harness(file_checksums_50k=False)
+    [asset_id] = add_photos(harness, 1)
+    [default], _ = listing(adapter(harness))
+    assert default.content_hash is None  # a 50 kB checksum is not the file's
+    [ref], _ = listing(adapter(harness, full_checksums=True))
+    data = harness.emulator.library.assets[asset_id].data
+    assert ref.content_hash == "md5:" + hashlib.md5(data).hexdigest()
+
+
+def test_write_back_functions_are_emulated(harness: ResourceSpaceHarness) -> None:
+    ids = add_photos(harness, 2)
+    source = adapter(harness)
+    _, cursor = listing(source)
+    assert source.call("update_field", resource=ids[0], field="credit", value="Kaupunginmuseo")
+    assert source.call("update_field", resource=ids[0], field="nonexistent", value="x") is False
+    assert source.call("update_related_resource", ref=ids[0], related=ids[1]) is True
+    assert frozenset(ids) in harness.emulator.related
+    [changed], _ = listing(adapter(harness), cursor)
+    assert changed.id == ids[0] and changed.metadata.department == "Kaupunginmuseo"
+
+
+# -- renditions ----------------------------------------------------------------
+
+
+def test_the_smallest_preview_with_the_short_side_is_fetched(
+    harness: ResourceSpaceHarness,
+) -> None:
+    original = landscape_jpeg()
+    harness.add("big.jpg", original)
+    source = adapter(harness)
+    [ref], _ = listing(source)
+    assert ref.renditions == ()  # looked up only when fetching
+    assert size_of(source.fetch(ref, 384)) == fit(size_of(original), (900, 480))  # pre
+    assert len(api_queries(harness, "get_resource_all_image_sizes")) == 1
+    assert size_of(source.fetch(ref, 600)) == fit(size_of(original), (1400, 800))  # scr
+
+
+def test_a_padded_preview_is_never_fetched(make_harness: MakeHarness) -> None:
+    harness = make_harness(padded=("pre",))
+    original = landscape_jpeg()
+    harness.add("big.jpg", original)
+    source = adapter(harness)
+    [ref], _ = listing(source)
+    sizes = source.call("get_resource_all_image_sizes", resource=ref.id)
+    pre = next(size for size in sizes if size["size_code"] == "pre")
+    assert (pre["width"], pre["height"]) == (900, 480)
+    # scr, not the 900x480 padded pre
+    assert size_of(source.fetch(ref, 384)) == fit(size_of(original), (1400, 800))
+
+
+def test_fetch_works_from_a_ref_rebuilt_from_the_index(harness: ResourceSpaceHarness) -> None:
+    original = landscape_jpeg()
+    harness.add("big.jpg", original)
+    [listed], _ = listing(adapter(harness))
+    rebuilt = AssetRef(
+        id=listed.id, version=listed.version, url=listed.url, original_url=listed.original_url
+    )
+    fresh = adapter(harness)
+    assert fresh.fetch_original(rebuilt) == original
+    assert min(size_of(fresh.fetch(rebuilt, 384))) == 480
+
+
+def test_a_deleted_resource_is_not_found_before_any_download(
+    harness: ResourceSpaceHarness,
+) -> None:
+    [asset_id] = add_photos(harness, 1)
+    [ref], _ = listing(adapter(harness))
+    harness.remove(asset_id)
+    with pytest.raises(NotFound, match="no files"):
+        adapter(harness).fetch(ref, 384)
+    assert harness.emulator.requests_for("GET", "/filestore/") == []

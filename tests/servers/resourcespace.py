@@ -1,0 +1,639 @@
+"""A ResourceSpace emulator, written from the published API documentation and
+the API entry point's source:
+
+- https://www.resourcespace.com/knowledge-base/api/ (signing: `sign` is the
+  sha256 hex of the user's private key followed by the query string without
+  `sign`; a wrong one is answered 401 with the text "Invalid signature")
+- https://www.resourcespace.com/knowledge-base/api/do_search (structured
+  `fetchrows` "offset,rows" since 10.3 answers {"total", "data"})
+- https://www.resourcespace.com/knowledge-base/api/get_resource_path (an array
+  of refs answers {ref: url}; a resource the user may not download gets "")
+- https://www.resourcespace.com/knowledge-base/api/get_resource_all_image_sizes
+- https://www.resourcespace.com/knowledge-base/api/get_resource_field_data
+- https://www.resourcespace.com/knowledge-base/api/get_resource_data
+- https://www.resourcespace.com/knowledge-base/api/update_field
+- https://www.resourcespace.com/knowledge-base/api/update_related_resource
+- api/index.php and include/api_functions.php (montala-ltd/ResourceSpace_Trunk):
+  parameters come as param1..paramN or by name, missing ones take the PHP
+  default; an unknown function echoes PHP `false`, i.e. an empty body; `sign`,
+  `authmode` and `pretty` are cut from the query before it is checked.
+- dbstruct/data_preview_size.txt: the default preview sizes, every one a
+  scale-to-fit box (thm 175x175, pre 900x480, scr 1400x800, lpr 2000x2000,
+  hpr full size for non-JPEG originals, col 100x75); `padtosize` pads a size to
+  its whole box, which some installations turn on for even thumbnail grids.
+- dbstruct/data_resource_type_field.txt: the default fields (3 country, 8 title,
+  10 credit, 12 date, ...). Search results carry `field<N>` only for the
+  "resource table joins": the display fields 8, 3, 12 plus `$data_joins`.
+
+ResourceSpace answers values from MySQL as strings, dates as "YYYY-MM-DD
+HH:MM:SS" in the server's time zone, and escapes "/" in JSON as PHP does. It has
+no API rate limit and rejects no parameter: an unknown `order_by` falls back to
+relevance, an invalid `sort` to ascending. Files are static files under
+/filestore/ in scrambled folders, as Apache serves them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl
+
+from PIL import Image, ImageOps
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from adapters.base import Adapter
+from adapters.resourcespace import ResourceSpace, ResourceSpaceSettings
+from tests.contract.harness import EmulatorHarness
+from tests.servers.common import Emulator, Library, StoredAsset, fit_within, image_response, scaled
+
+# Obviously fake credentials for the emulator only.
+USERNAME = "damdup"
+PRIVATE_KEY = "fake-resourcespace-private-key-for-tests-0123456789"
+SCRAMBLE_KEY = "fake-scramble-key"
+
+# The display fields every installation joins into search results
+# ($thumbs_display_fields, $list_display_fields, $sort_fields by default).
+DEFAULT_JOINS = (8, 3, 12)
+
+
+@dataclass(frozen=True)
+class Field:
+    ref: int
+    name: str
+    title: str
+    type: int
+    order_by: int
+
+
+DEFAULT_FIELDS = (
+    Field(8, "title", "Title", 0, 10),
+    Field(18, "caption", "Caption", 1, 20),
+    Field(1, "keywords", "Keywords - Other", 9, 60),
+    Field(29, "person", "Named person(s)", 9, 70),
+    Field(3, "country", "Country", 9, 80),
+    Field(12, "date", "Date", 4, 90),
+    Field(51, "originalfilename", "Original filename", 0, 100),
+    Field(10, "credit", "Credit", 0, 120),
+)
+
+
+@dataclass(frozen=True)
+class PreviewSize:
+    code: str
+    width: int
+    height: int
+    name: str
+
+
+PREVIEW_SIZES = (
+    PreviewSize("thm", 175, 175, "Thumbnail"),
+    PreviewSize("pre", 900, 480, "Preview"),
+    PreviewSize("scr", 1400, 800, "Screen"),
+    PreviewSize("lpr", 2000, 2000, "Low resolution print"),
+    PreviewSize("hpr", 999999, 999999, "High resolution print"),
+    PreviewSize("col", 100, 75, "Collection"),
+)
+
+EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp",
+              "image/tiff": "tif", "image/bmp": "bmp"}  # fmt: skip
+
+REQUIRED = object()  # a PHP parameter without default: missing means ""
+
+# The API functions emulated, with their parameters in PHP order (param1 is the
+# first) and defaults, as api_bindings.php declares them.
+FUNCTIONS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "do_search": (
+        ("search", REQUIRED), ("restypes", ""), ("order_by", "relevance"), ("archive", 0),
+        ("fetchrows", -1), ("sort", "desc"), ("offset", 0),
+    ),
+    "get_resource_path": (
+        ("ref", REQUIRED), ("not_used", None), ("size", ""), ("generate", True),
+        ("extension", "jpg"), ("page", 1), ("watermarked", False), ("alternative", -1),
+    ),
+    "get_resource_all_image_sizes": (("resource", REQUIRED),),
+    "get_resource_field_data": (("resource", REQUIRED),),
+    "get_resource_data": (("resource", REQUIRED),),
+    "update_field": (
+        ("resource", REQUIRED), ("field", REQUIRED), ("value", REQUIRED), ("nodevalues", False),
+    ),
+    "update_related_resource": (("ref", REQUIRED), ("related", REQUIRED), ("add", 1)),
+}  # fmt: skip
+FILE_NAME = re.compile(r"^(\d+)([a-z]*)_([0-9a-f]{15})\.([a-z0-9]+)$")
+
+
+def mysql_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def php_json(value: Any) -> bytes:
+    # PHP's json_encode escapes "/" and non-ASCII characters.
+    return json.dumps(value).replace("/", "\\/").encode()
+
+
+def php_int(value: Any) -> int:
+    match = re.match(r"\s*(-?\d+)", str(value))
+    return int(match.group(1)) if match else 0
+
+
+def file_size_text(size_bytes: int) -> str:
+    """formatfilesize(): what get_resource_all_image_sizes reports, for people."""
+    if size_bytes < 1024 * 1024:
+        return f"{round(size_bytes / 1024)}&nbsp;KB"
+    return f"{size_bytes / 1024 / 1024:.1f}&nbsp;MB"
+
+
+@lru_cache(maxsize=128)
+def _padded(data: bytes, width: int, height: int, box_width: int, box_height: int) -> bytes:
+    with Image.open(io.BytesIO(data)) as source:
+        image = ImageOps.exif_transpose(source).convert("RGB")
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (box_width, box_height), (255, 255, 255))
+        canvas.paste(image, ((box_width - width) // 2, (box_height - height) // 2))
+        out = io.BytesIO()
+        canvas.save(out, "JPEG", quality=82)
+        return out.getvalue()
+
+
+class ResourceSpaceEmulator(Emulator):
+    url_map = Map(
+        [
+            Rule("/api/", endpoint="api", methods=["GET", "POST"]),
+            Rule("/api/index.php", endpoint="api", methods=["GET", "POST"]),
+            Rule("/filestore/<path:path>", endpoint="filestore", methods=["GET", "HEAD"]),
+            Rule("/pages/view.php", endpoint="view", methods=["GET"]),
+        ]
+    )
+
+    def __init__(
+        self,
+        library: Library | None = None,
+        *,
+        users: dict[str, str] | None = None,
+        data_joins: tuple[int, ...] = (),
+        padded: tuple[str, ...] = (),
+        file_checksums: bool = True,
+        file_checksums_50k: bool = True,
+        structured_fetchrows: bool = True,
+        order_by_modified: bool = True,
+        enable_remote_apis: bool = True,
+    ) -> None:
+        super().__init__(library)
+        self.users = users if users is not None else {USERNAME: PRIVATE_KEY}
+        self.fields: dict[int, Field] = {field.ref: field for field in DEFAULT_FIELDS}
+        self.data_joins = data_joins
+        self.padded = set(padded)
+        self.file_checksums = file_checksums
+        self.file_checksums_50k = file_checksums_50k
+        # Versions before 10.3 take `fetchrows` as one number; `modified` is a
+        # newer order_by: older servers answer these as described in the docs.
+        self.structured_fetchrows = structured_fetchrows
+        self.order_by_modified = order_by_modified
+        self.enable_remote_apis = enable_remote_apis
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget per-resource state kept beside the library."""
+        self.extensions: dict[str, str] = {}  # a resource's file_extension, when not its image's
+        self.download_denied: set[str] = set()
+        self.related: set[frozenset[str]] = set()
+        self._file_seen: dict[str, tuple[bytes, datetime]] = {}
+
+    def add_field(self, ref: int, name: str, title: str, type: int = 0) -> None:
+        """A field an administrator added (Helsinki units add location, department...)."""
+        self.fields[ref] = Field(ref, name, title, type, 200 + ref)
+
+    # -- the API entry point -------------------------------------------------
+
+    def api(self, request: Request) -> Response:
+        query = request.query_string.decode("latin-1")
+        if request.method == "POST" and request.form.get("query"):
+            query = request.form["query"]  # a POSTed 'query' replaces the URL's
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        for name, value in request.form.items():
+            params.setdefault(name, value)
+        authmode = params.get("authmode", "userkey")
+        if not self.enable_remote_apis and authmode != "native":
+            return self._text(403, "API not enabled.")
+        signed = _unsigned_part(query, params)
+        function = params.get("function", "")
+        if function != "login" and not self._signature_valid(
+            params.get("user", ""), signed, params.get("sign", "")
+        ):
+            return self._text(401, "Invalid signature")
+        if function not in FUNCTIONS:
+            return self._text(200, "")  # execute_api_call() returns false, echoed as ""
+        signature = FUNCTIONS[function]
+        arguments: dict[str, Any] = {}
+        for number, (name, default) in enumerate(signature, start=1):
+            if f"param{number}" in params:
+                arguments[name] = params[f"param{number}"]
+            elif name in params:
+                arguments[name] = params[name]
+            else:
+                arguments[name] = "" if default is REQUIRED else default
+        body = php_json(getattr(self, function)(request, **arguments))
+        if params.get("pretty", "").lower() in ("1", "true", "on", "yes"):
+            body = json.dumps(json.loads(body), indent=4).encode()
+        return Response(body, content_type="application/json")
+
+    def _signature_valid(self, user: str, query: str, sign: str) -> bool:
+        key = self.users.get(user)
+        if key is None:
+            return False
+        ajax = query.find("&ajax=")
+        if ajax >= 0:
+            query = query[:ajax]
+        return hashlib.sha256((key + query).encode()).hexdigest() == sign
+
+    @staticmethod
+    def _text(status: int, text: str) -> Response:
+        # api/index.php sends its JSON content type before any check, so even
+        # its plain-text refusals carry it.
+        return Response(text, status=status, content_type="application/json")
+
+    # -- functions -------------------------------------------------------------
+
+    def do_search(
+        self,
+        request: Request,
+        search: str,
+        restypes: str,
+        order_by: str,
+        archive: Any,
+        fetchrows: Any,
+        sort: str,
+        offset: Any,
+    ) -> Any:
+        offset_rows = php_int(offset)
+        parts = [php_int(part) for part in str(fetchrows).strip(" []").split(",")]
+        structured = len(parts) == 2 and self.structured_fetchrows
+        found = self._search(str(search), str(restypes), str(order_by), str(archive), str(sort))
+        if structured:
+            start, count = max(parts[0], 0), max(parts[1], 0)
+            chunk = found[start : start + count]
+            return {"total": len(found), "data": [self._row(a) for a in chunk[offset_rows:]]}
+        limit = php_int(fetchrows)  # "0,50" on an old server is intval("0,50") = 0: all rows
+        limit = limit if limit > 0 else -1
+        if offset_rows > 0 and limit != -1:
+            limit += offset_rows
+        chosen = found if limit == -1 else found[:limit]
+        return [self._row(asset) for asset in chosen[offset_rows:]]
+
+    def get_resource_path(
+        self,
+        request: Request,
+        ref: Any,
+        not_used: Any,
+        size: str,
+        generate: Any,
+        extension: str,
+        page: Any,
+        watermarked: Any,
+        alternative: Any,
+    ) -> Any:
+        try:
+            refs = json.loads(str(ref))
+        except ValueError:
+            refs = None
+        if not isinstance(refs, list):
+            refs = [refs]
+        answer: dict[str, str] = {}
+        for item in refs:
+            key = str(item)
+            asset = self.library.get(key) if isinstance(item, int | str) else None
+            if asset is None or key in self.download_denied:
+                answer[key] = ""
+                continue
+            answer[key] = self._file_url(request, asset, str(size), str(extension or "jpg"))
+        # count($return) > 1 ? $return : reset($return)
+        return answer if len(answer) > 1 else next(iter(answer.values()), False)
+
+    def get_resource_all_image_sizes(self, request: Request, resource: Any) -> Any:
+        asset = self.library.get(str(resource))
+        if asset is None:
+            return []
+        extension = self._extension(asset)
+        sizes = [
+            {
+                "size_code": "original",
+                "extension": extension,
+                "url": self._file_url(request, asset, "", extension),
+                "width": asset.width,
+                "height": asset.height,
+                "filesize": file_size_text(len(asset.data)),
+            }
+        ]
+        for code, (width, height, _) in self._previews(asset).items():
+            sizes.append(
+                {
+                    "size_code": code,
+                    "extension": "jpg",
+                    "url": self._file_url(request, asset, code, "jpg"),
+                    "width": width,
+                    "height": height,
+                    "filesize": file_size_text(len(self._preview_bytes(asset, code))),
+                }
+            )
+        return sizes
+
+    def get_resource_field_data(self, request: Request, resource: Any) -> Any:
+        asset = self.library.get(str(resource))
+        if asset is None:
+            return False
+        return [
+            {
+                "value": self._value(asset, field.ref) or "",
+                "resource_type_field": str(field.ref),
+                "ref": str(field.ref),
+                "fref": str(field.ref),
+                "name": field.name,
+                "title": field.title,
+                "type": str(field.type),
+                "order_by": str(field.order_by),
+                "required": "0",
+                "display_field": "1",
+                "tab_name": "",
+            }
+            for field in sorted(self.fields.values(), key=lambda field: field.order_by)
+        ]
+
+    def get_resource_data(self, request: Request, resource: Any) -> Any:
+        asset = self.library.get(str(resource))
+        if asset is None:
+            return False
+        row = self._row(asset)
+        row.pop("score", None)
+        return row
+
+    def update_field(
+        self, request: Request, resource: Any, field: Any, value: Any, nodevalues: Any
+    ) -> bool:
+        asset = self.library.get(str(resource))
+        if asset is None:
+            return False
+        text = str(field)
+        target = next(
+            (f for f in self.fields.values() if str(f.ref) == text or f.name == text), None
+        )
+        if target is None:
+            return False
+        self.library.touch(asset.id, **{str(target.ref): str(value)})
+        return True
+
+    def update_related_resource(self, request: Request, ref: Any, related: Any, add: Any) -> bool:
+        if self.library.get(str(ref)) is None:
+            return False
+        for other in str(related).split(","):
+            pair = frozenset({str(ref), other.strip()})
+            if php_int(add):
+                self.related.add(pair)
+            else:
+                self.related.discard(pair)
+        return True
+
+    # -- files and pages -------------------------------------------------------
+
+    def filestore(self, request: Request, path: str) -> Response:
+        match = FILE_NAME.match(path.rsplit("/", 1)[-1])
+        asset = self.library.get(match.group(1)) if match else None
+        if match is None or asset is None:
+            return self._not_found(request)
+        _, size, _, extension = match.groups()
+        if path != self._file_path(asset.id, size, extension):
+            return self._not_found(request)
+        if size == "":
+            if extension != self._extension(asset):
+                return self._not_found(request)
+            return image_response(asset.data, asset.mime_type)
+        if size not in self._previews(asset) or extension != "jpg":
+            return self._not_found(request)
+        return image_response(self._preview_bytes(asset, size))
+
+    def view(self, request: Request) -> Response:
+        asset = self.library.get(request.args.get("ref", ""))
+        if asset is None:
+            return self._not_found(request)
+        return Response(
+            f"<!DOCTYPE html><html><head><title>{asset.name} - ResourceSpace</title></head>"
+            f"<body><h1>Resource {asset.id}</h1></body></html>",
+            content_type="text/html; charset=utf-8",
+        )
+
+    def http_error(self, request: Request, exc: Any) -> Response:
+        return self._not_found(request, exc.code or 404)
+
+    @staticmethod
+    def _not_found(request: Request, status: int = 404) -> Response:
+        # Apache's own page, as for any missing static file.
+        return Response(
+            '<!DOCTYPE HTML PUBLIC "-//IETF//DTD HTML 2.0//EN"><html><head>'
+            "<title>404 Not Found</title></head><body><h1>Not Found</h1>"
+            f"<p>The requested URL {request.path} was not found on this server.</p>"
+            "</body></html>",
+            status=status,
+            content_type="text/html; charset=iso-8859-1",
+        )
+
+    # -- the library as ResourceSpace stores it --------------------------------
+
+    def _search(
+        self, search: str, restypes: str, order_by: str, archive: str, sort: str
+    ) -> list[StoredAsset]:
+        if "0" not in [state.strip() for state in archive.split(",")]:
+            return []  # every emulated resource is live (archive state 0)
+        if restypes.strip() and "1" not in [kind.strip() for kind in restypes.split(",")]:
+            return []  # every emulated resource is a Photo (resource type 1)
+        found = self.library.live()
+        search = search.strip()
+        if search.startswith("!list"):
+            wanted = set(search[5:].split(" ")[0].split(",")[0].split(":"))
+            found = [asset for asset in found if asset.id in wanted]
+        elif search and search != "*":
+            words = [w.lower() for w in re.split(r"[,\s]+", search) if w]
+            found = [asset for asset in found if all(self._matches(asset, w) for w in words)]
+        sort = sort.lower() if sort.lower() in ("asc", "desc") else "asc"
+
+        def key(asset: StoredAsset) -> tuple[Any, ...]:
+            ref = int(asset.id)
+            if order_by == "modified" and self.order_by_modified:
+                return (mysql_time(asset.modified), ref)
+            if order_by == "resourceid":
+                return (ref,)
+            if order_by == "title":
+                return (self._value(asset, 8) or "", ref)
+            # relevance (also the fallback): without keywords every score ties,
+            # then user rating and hits tie, then the date field, then ref.
+            return (self._value(asset, 12) or "", ref)
+
+        return sorted(found, key=key, reverse=sort == "desc")
+
+    def _matches(self, asset: StoredAsset, word: str) -> bool:
+        values = [self._value(asset, ref) or "" for ref in self.fields]
+        return any(word in value.lower() for value in values)
+
+    def _value(self, asset: StoredAsset, field: int) -> str | None:
+        value = asset.metadata.get(str(field))
+        if value is None and field == 8:
+            return asset.name.rsplit(".", 1)[0]
+        if value is None and field == 51:
+            return asset.name
+        return None if value is None else str(value)
+
+    def _extension(self, asset: StoredAsset) -> str:
+        return self.extensions.get(asset.id, EXTENSIONS.get(asset.mime_type, "jpg"))
+
+    def _file_modified(self, asset: StoredAsset) -> datetime:
+        """When the file last changed: set on upload and replace, not on edits."""
+        seen = self._file_seen.get(asset.id)
+        if seen is None or seen[0] is not asset.data:
+            seen = (asset.data, asset.created if seen is None else asset.modified)
+            self._file_seen[asset.id] = seen
+        return seen[1]
+
+    def _checksum(self, asset: StoredAsset) -> str | None:
+        if not self.file_checksums:
+            return None
+        if self.file_checksums_50k:  # the default: size and the first 50 kB
+            return hashlib.md5(f"{len(asset.data)}_".encode() + asset.data[:50000]).hexdigest()
+        return hashlib.md5(asset.data).hexdigest()
+
+    def _previews(self, asset: StoredAsset) -> dict[str, tuple[int, int, bool]]:
+        """The preview files create_previews() leaves: never enlarged; lpr only
+        when the original is larger; hpr only for originals that are no JPEG."""
+        sizes: dict[str, tuple[int, int, bool]] = {}
+        for size in PREVIEW_SIZES:
+            if size.code == "hpr":
+                if asset.mime_type == "image/jpeg":
+                    continue
+                width, height = asset.width, asset.height
+            else:
+                width, height = fit_within(asset, size.width, size.height)
+                if size.code == "lpr" and (width, height) == (asset.width, asset.height):
+                    continue
+            if size.code in self.padded:
+                sizes[size.code] = (size.width, size.height, True)
+            else:
+                sizes[size.code] = (width, height, False)
+        return sizes
+
+    def _preview_bytes(self, asset: StoredAsset, code: str) -> bytes:
+        width, height, padded = self._previews(asset)[code]
+        if padded:
+            box = next(size for size in PREVIEW_SIZES if size.code == code)
+            inner = fit_within(asset, box.width, box.height)
+            return _padded(asset.data, *inner, box.width, box.height)
+        return scaled(asset, width, height)
+
+    def _row(self, asset: StoredAsset) -> dict[str, Any]:
+        thumb = self._previews(asset).get("thm", (0, 0, False))
+        checksum = self._checksum(asset)
+        row: dict[str, Any] = {
+            "score": "0",
+            "ref": asset.id,
+            "resource_type": "1",
+            "has_image": "1",
+            "is_transcoding": "0",
+            "creation_date": mysql_time(asset.created),
+            "rating": None,
+            "user_rating": None,
+            "user_rating_count": None,
+            "user_rating_total": None,
+            "file_extension": self._extension(asset),
+            "preview_extension": "jpg",
+            "image_red": None,
+            "image_green": None,
+            "image_blue": None,
+            "thumb_width": str(thumb[0]),
+            "thumb_height": str(thumb[1]),
+            "archive": "0",
+            "access": "0",
+            "colour_key": "",
+            "created_by": "1",
+            "file_modified": mysql_time(self._file_modified(asset)),
+            "file_checksum": checksum,
+            "request_count": "0",
+            "new_hit_count": "0",
+            "expiry_notification_sent": "0",
+            "preview_tweaks": "0|1",
+            "file_path": None,
+            "modified": mysql_time(asset.modified),
+            "file_size": str(len(asset.data)),
+            "group_access": None,
+            "user_access": None,
+            "resultant_access": "0",
+        }
+        for field in sorted(set(DEFAULT_JOINS) | set(self.data_joins)):
+            row[f"field{field}"] = self._value(asset, field)
+        row["order_by"] = "1"
+        row["total_hit_count"] = "0"
+        return row
+
+    def _file_path(self, asset_id: str, size: str, extension: str) -> str:
+        """get_resource_path(): one folder per digit, the last one scrambled,
+        and a scrambled file name."""
+        scramble = hashlib.md5(f"{asset_id}_{SCRAMBLE_KEY}".encode()).hexdigest()[:15]
+        folders = "/".join(asset_id[:-1]) + ("/" if len(asset_id) > 1 else "")
+        folders += f"{asset_id[-1]}_{scramble}/"
+        name_hash = hashlib.md5(f"{asset_id}{size}{SCRAMBLE_KEY}".encode()).hexdigest()[:15]
+        return f"{folders}{asset_id}{size}_{name_hash}.{extension}"
+
+    def _file_url(self, request: Request, asset: StoredAsset, size: str, extension: str) -> str:
+        url = self.public_url(request, "filestore/" + self._file_path(asset.id, size, extension))
+        exists = (size == "" and extension == self._extension(asset)) or (
+            size in self._previews(asset) and extension == "jpg"
+        )
+        if exists:  # ?v= is the file's mtime, added only for files on disk
+            url += f"?v={int(self._file_modified(asset).timestamp())}"
+        return url
+
+
+def _unsigned_part(query: str, params: dict[str, str]) -> str:
+    """What api/index.php checks the signature against: the query string with
+    `sign`, `authmode` and `pretty` cut out."""
+    for name in ("sign", "authmode", "pretty"):
+        if name in params:
+            pattern = re.escape(f"{name}={params[name]}")
+            query = re.sub(pattern, "!|!|", query, flags=re.IGNORECASE)
+    return query.lstrip("!|&").replace("&!|!|", "")
+
+
+class ResourceSpaceHarness(EmulatorHarness):
+    kind = "resourcespace"
+    listing_path = "/api/"  # every API call; files are under /filestore/
+
+    # Where the default mapping (field3, field12, field10) reads them. Credit
+    # (10) is no display field, so this unit joins it into search results with
+    # `$data_joins = [10];` in its config.php.
+    FIELD_OF: ClassVar[dict[str, str]] = {"location": "3", "date": "12", "department": "10"}
+
+    def __init__(self, emulator: ResourceSpaceEmulator | None = None) -> None:
+        self.emulator: ResourceSpaceEmulator
+        super().__init__(emulator or ResourceSpaceEmulator(data_joins=(10,)))
+
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "base_url": self.url,
+            "username": USERNAME,
+            "private_key": PRIVATE_KEY,
+            **overrides,
+        }
+
+    def adapter(self, **overrides: Any) -> Adapter[Any]:
+        return ResourceSpace(ResourceSpaceSettings(**self.settings(**overrides)))
+
+    def place_metadata(self, metadata: dict[str, str]) -> dict[str, Any]:
+        return {self.FIELD_OF.get(name, name): value for name, value in metadata.items()}
+
+    def bad_credentials(self) -> dict[str, Any] | None:
+        return {"private_key": "not-the-private-key-of-this-user"}
+
+    def reset(self) -> None:
+        super().reset()
+        self.emulator.reset_state()
