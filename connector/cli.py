@@ -1,4 +1,4 @@
-"""`damdup` command line: scan, clusters, explain, errors, export, review."""
+"""`damdup` command line: scan, sync, status, clusters, explain, errors, export, review."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from rich.table import Table
 
 from adapters.base import AdapterError
 from adapters.filesystem import Filesystem, FilesystemSettings
+from connector.core.config import Config, ConfigError, load_config
 from connector.core.index import (
     DecisionRow,
     IndexStore,
@@ -32,11 +34,13 @@ from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.matcher import explain_pair
-from connector.engine.scan import OriginalReader, current_clusters, run
+from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.units import build_adapters
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_SOME_FAILED = 3  # the run finished, but some assets could not be indexed
+EXIT_SOME_FAILED = 3  # the run finished, but some assets or units could not be indexed
+DEFAULT_CONFIG = Path("config/damdup.toml")
 
 RELATION_FIELDS = [
     "unit_a", "id_a", "unit_b", "id_b", "tier", "phash_distance", "dhash_distance",
@@ -155,6 +159,166 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("DAMDUP_CONFIG") or DEFAULT_CONFIG)
+
+
+def read_config(args: argparse.Namespace, settings: Settings) -> Config:
+    path = config_path(args)
+    if not path.exists() and not args.config:
+        raise UsageError(
+            f"no configuration at {path}: copy config/damdup.example.toml there, "
+            "or give --config FILE (or $DAMDUP_CONFIG)"
+        )
+    return load_config(path, settings)
+
+
+def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
+    config = read_config(args, settings)
+    settings = config.settings
+    adapters = build_adapters(config, args.unit)
+    store = open_store(settings)
+    try:
+        with progress_bar(err.is_terminal and not args.quiet) as progress:
+            result = run(store, adapters, settings, full=args.full, progress=progress)
+        clusters, _relations = current_clusters(store, settings)
+    finally:
+        store.close()
+    cross_unit = [
+        c for c in clusters if len({c.canonical.unit, *(m.asset.unit for m in c.members)}) > 1
+    ]
+    if args.format == "json":
+        payload = {
+            "units": [sync.as_dict() for sync in result.syncs],
+            "failed_units": result.failed_units,
+            "errors": result.errors,
+            "candidates": result.match.candidates,
+            "pairs_checked": result.match.evaluated,
+            "clusters": len(clusters),
+            "cross_unit_clusters": len(cross_unit),
+            "db": str(settings.db),
+        }
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_sync(result, settings, len(clusters), len(cross_unit))
+    return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
+
+
+def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit: int) -> None:
+    table = Table(title="sync", title_justify="left")
+    for column in ("unit", "listing", "listed", "unchanged", "fetched", "image bytes",
+                   "fingerprinted", "gone", "errors"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("unit", "listing") else "right")
+    for sync in result.syncs:
+        if sync.unit in result.failed_units:
+            kind = "failed"
+        elif sync.incremental:
+            kind = "changes"
+        else:
+            kind = "full"
+        if sync.resumed:
+            kind += " (resumed)"
+        table.add_row(
+            sync.unit, kind, str(sync.listed), str(sync.unchanged), str(sync.fetched),
+            f"{sync.fetched_bytes:,}", str(sync.fingerprinted), str(sync.retired),
+            str(sync.errors),
+        )  # fmt: skip
+    out.print(table)
+    for unit, reason in result.failed_units.items():
+        err.print(f"{unit}: sync stopped: {reason}", style="red")
+    out.print(
+        f"{result.match.candidates} candidate pairs, {result.match.evaluated} newly checked; "
+        f"{clusters} duplicate clusters, {cross_unit} across units; index {settings.db}"
+    )
+    if result.errors:
+        err.print(
+            f"{result.errors} asset(s) could not be indexed: see `damdup errors`", style="yellow"
+        )
+
+
+def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
+    """Per unit: copies that duplicate a canonical (confirmed, and awaiting
+    review); the canonical itself is never counted as redundant."""
+    clusters, _relations = current_clusters(store, settings)
+    figures: dict[str, dict[str, int]] = {}
+    for cluster in clusters:
+        for member in cluster.members:
+            entry = figures.setdefault(member.asset.unit, {"duplicates": 0, "candidates": 0})
+            if member.edge.tier in (Tier.EXACT, Tier.SAME_PIXELS):
+                entry["duplicates"] += 1
+            else:
+                entry["candidates"] += 1
+    return figures
+
+
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return ""
+    from datetime import UTC, datetime
+
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    configured: dict[str, str] = {}
+    path = config_path(args)
+    if path.exists():
+        config = load_config(path, settings)
+        settings = config.settings
+        configured = {name: unit.platform for name, unit in config.units.items()}
+    store = open_store(settings)
+    try:
+        status = store.unit_status()
+        figures = unit_figures(store, settings)
+    finally:
+        store.close()
+    rows: list[dict[str, Any]] = []
+    for unit in list(configured) + sorted(set(status) - set(configured)):
+        state = status.get(unit)
+        counts = figures.get(unit, {"duplicates": 0, "candidates": 0})
+        live = state.live_assets if state else 0
+        redundant = counts["duplicates"] + counts["candidates"]
+        rows.append(
+            {
+                "unit": unit,
+                "platform": configured.get(unit, ""),
+                "last_sync": state.last_sync_finished or state.last_sync_started if state else None,
+                "last_sync_complete": state.last_sync_complete if state else False,
+                "last_complete_sync": state.last_complete_sync if state else None,
+                "assets": live,
+                "errors": state.errors if state else 0,
+                "cursor_age": _age(state.cursor_updated) if state else "",
+                "duplicates": counts["duplicates"],
+                "candidates": counts["candidates"],
+                "redundancy_pct": round(100.0 * redundant / live, 1) if live else 0.0,
+            }
+        )
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    table = Table(title=f"index {settings.db}", title_justify="left")
+    for column in ("unit", "platform", "last sync", "assets", "errors", "cursor age",
+                   "duplicates", "to review", "redundancy"):  # fmt: skip
+        table.add_column(
+            column, justify="right" if column not in ("unit", "platform", "last sync") else "left"
+        )
+    for row in rows:
+        last = row["last_sync"] or "never"
+        if row["last_sync"] and not row["last_sync_complete"]:
+            last += " (unfinished)"
+        table.add_row(
+            row["unit"], row["platform"], last, str(row["assets"]), str(row["errors"]),
+            row["cursor_age"], str(row["duplicates"]), str(row["candidates"]),
+            f"{row['redundancy_pct']:.1f} %",
+        )  # fmt: skip
+    out.print(table)
+    return EXIT_OK
+
+
 def _cluster_json(cluster: Cluster) -> dict[str, Any]:
     return {
         "cluster": cluster.id,
@@ -189,6 +353,11 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
     if args.tier:
         wanted = Tier(args.tier)
         clusters = [c for c in clusters if any(m.edge.tier == wanted for m in c.members)]
+    if args.cross_unit:
+        clusters = [
+            c for c in clusters if len({c.canonical.unit, *(m.asset.unit for m in c.members)}) > 1
+        ]
+        relations = [r for r in relations if r.a.unit != r.b.unit]
     similar = [r for r in relations if r.edge.tier == Tier.SIMILAR]
     if args.format == "json":
         payload = {
@@ -421,8 +590,27 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     scan.set_defaults(handler=cmd_scan)
 
+    sync = command("sync", "bring the index up to date with the configured units, then match")
+    sync.add_argument(
+        "--config", help=f"configuration file (default $DAMDUP_CONFIG or {DEFAULT_CONFIG})"
+    )
+    sync.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    sync.add_argument("--full", action="store_true", help="list everything, not only changes")
+    sync.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    sync.add_argument("--format", choices=["text", "json"], default="text")
+    sync.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sync.set_defaults(handler=cmd_sync)
+
+    status = command("status", "per unit: last sync, assets, errors, duplicates, redundancy")
+    status.add_argument("--config", help="configuration file (for the list of units)")
+    status.add_argument("--format", choices=["table", "json"], default="table")
+    status.set_defaults(handler=cmd_status)
+
     clusters = command("clusters", "duplicate clusters with canonical and reason")
     clusters.add_argument("--tier", choices=[t.value for t in Tier])
+    clusters.add_argument(
+        "--cross-unit", action="store_true", help="only clusters that span several units"
+    )
     clusters.add_argument("--format", choices=["table", "json"], default="table")
     clusters.set_defaults(handler=cmd_clusters)
 
@@ -466,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         err.print(f"damdup: bad setting: {exc}", style="red")
         return EXIT_USAGE
-    except (UsageError, SchemaError) as exc:
+    except (UsageError, SchemaError, ConfigError) as exc:
         err.print(f"damdup: {exc}", style="red")
         return EXIT_USAGE
     except KeyboardInterrupt:

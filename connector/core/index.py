@@ -181,6 +181,19 @@ class SchemaError(Exception):
 
 
 @dataclass(frozen=True)
+class UnitStatus:
+    unit: str
+    live_assets: int
+    errors: int
+    last_sync_started: str | None
+    last_sync_finished: str | None
+    last_sync_complete: bool
+    last_sync_stats: dict[str, Any]
+    last_complete_sync: str | None  # when the last listing that ran to its end finished
+    cursor_updated: str | None  # when a page was last saved
+
+
+@dataclass(frozen=True)
 class ListingState:
     """Where a unit's listing stands: `cursor` and `run` of a listing that was
     interrupted (resume there), whether that listing was a full one, and the
@@ -280,6 +293,10 @@ class IndexStore(ABC):
 
     @abstractmethod
     def errors(self, unit: str | None = None) -> list[AssetRow]: ...
+
+    @abstractmethod
+    def unit_status(self) -> dict[str, UnitStatus]:
+        """Per unit: assets, errors and how its syncs went."""
 
 
 class SQLiteStore(IndexStore):
@@ -645,6 +662,49 @@ class SQLiteStore(IndexStore):
 
     def errors(self, unit: str | None = None) -> list[AssetRow]:
         return [row for row in self.live_assets(unit) if row.error is not None]
+
+    def unit_status(self) -> dict[str, UnitStatus]:
+        counts = {
+            row["unit"]: (row["live"], row["errors"])
+            for row in self.db.execute(
+                "SELECT unit, COUNT(*) AS live, COUNT(error) AS errors "
+                "FROM assets WHERE live = 1 GROUP BY unit"
+            )
+        }
+        last = {
+            row["unit"]: row
+            for row in self.db.execute(
+                "SELECT r.* FROM runs r JOIN (SELECT unit, MAX(id) AS id FROM runs "
+                "WHERE kind = 'sync' GROUP BY unit) m ON r.id = m.id"
+            )
+        }
+        complete = {
+            row["unit"]: row["finished"]
+            for row in self.db.execute(
+                "SELECT unit, MAX(finished_at) AS finished FROM runs "
+                "WHERE kind = 'sync' AND complete = 1 GROUP BY unit"
+            )
+        }
+        cursors = {
+            row["unit"]: row["updated_at"]
+            for row in self.db.execute("SELECT unit, updated_at FROM cursors")
+        }
+        result: dict[str, UnitStatus] = {}
+        for unit in sorted(set(counts) | set(last) | set(cursors)):
+            run = last.get(unit)
+            live, errors = counts.get(unit, (0, 0))
+            result[unit] = UnitStatus(
+                unit=unit,
+                live_assets=live,
+                errors=errors,
+                last_sync_started=run["started_at"] if run else None,
+                last_sync_finished=run["finished_at"] if run else None,
+                last_sync_complete=bool(run["complete"]) if run else False,
+                last_sync_stats=json.loads(run["stats"]) if run else {},
+                last_complete_sync=complete.get(unit),
+                cursor_updated=cursors.get(unit),
+            )
+        return result
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Content of every table without timestamps or run numbers: two indexes

@@ -10,6 +10,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from connector.core.fingerprint import FORMATS_ORIGINAL
@@ -91,8 +92,15 @@ class Policy:
         return self.shapes.get(asset.sha256 or "") or Shape(0, 0, "")
 
     def _pixels(self, asset: AssetRow) -> int:
+        # The platform's own figure for the original: the fingerprint may have
+        # been taken from a smaller rendition.
+        if asset.width and asset.height:
+            return asset.width * asset.height
         shape = self._shape(asset)
         return shape.width * shape.height
+
+    def _bytes(self, asset: AssetRow) -> int:
+        return asset.size_bytes or self._shape(asset).size_bytes
 
     def _original(self, asset: AssetRow) -> bool:
         return self._shape(asset).format in FORMATS_ORIGINAL
@@ -108,8 +116,8 @@ class Policy:
             -self._pixels(asset),
             not self._original(asset),
             not self._shape(asset).has_capture,
-            -self._shape(asset).size_bytes,
-            asset.modified or "9999",
+            -self._bytes(asset),
+            _instant(asset.modified),
             asset.unit,
             asset.asset_id,
         )
@@ -132,17 +140,30 @@ class Policy:
         if mine[5] != theirs[5]:
             return "it keeps the camera's capture facts (EXIF); the others lost them"
         if mine[6] != theirs[6]:
-            return (
-                f"least compressed ({self._shape(canonical).size_bytes:,} bytes vs "
-                f"{self._shape(runner).size_bytes:,})"
-            )
+            return f"least compressed ({self._bytes(canonical):,} bytes vs {self._bytes(runner):,})"
         if mine[7] != theirs[7]:
             return f"earliest upload ({canonical.modified})"
         return "all else equal: first by unit and id"
 
     def _describe(self, asset: AssetRow) -> str:
+        if asset.width and asset.height:
+            return f"{asset.width}x{asset.height}"
         shape = self._shape(asset)
         return f"{shape.width}x{shape.height}"
+
+
+def _instant(stamp: str | None) -> str:
+    """A modification time comparable across platforms: UTC, or last when
+    unknown. Platforms print local time with an offset, or UTC with a Z."""
+    if not stamp:
+        return "9999"
+    try:
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
 
 
 def _strength(pair: PairRow) -> tuple[float, ...]:

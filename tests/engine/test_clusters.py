@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +14,7 @@ TIERS = [t.value for t in Tier]
 
 def asset(index: int, sha: str, unit: str = "u", **metadata: str) -> AssetRow:
     return AssetRow(
-        unit=unit, asset_id=f"a{index}", version="1", url="", size_bytes=1, modified=None,
+        unit=unit, asset_id=f"a{index}", version="1", url="", size_bytes=None, modified=None,
         sha256=sha, error=None, metadata=dict(metadata), live=True,
     )  # fmt: skip
 
@@ -118,6 +120,25 @@ def test_canonical_policy_order_and_reasons() -> None:
     chosen = {("s0", "s1"): DecisionRow("s0", "s1", "canonical", "s0", "archivist", "t")}
     clusters, _ = build_clusters(plain, shapes(2, big=1), pairs, chosen)
     assert clusters[0].canonical.asset_id == "a0" and "reviewer" in clusters[0].reason
+
+
+def test_platform_figures_of_the_original_outrank_the_hashed_rendition() -> None:
+    """A platform's asset is hashed from a rendition: its resolution, size and
+    upload time come from the platform, compared across time zones."""
+    pairs = [PairRow("s0", "s1", "near_identical", 4, 4, {})]
+    rendition = {"s0": Shape(480, 360, "JPEG"), "s1": Shape(800, 600, "JPEG")}
+    big_original = replace(asset(0, "s0", unit="wp"), width=4000, height=3000)
+    clusters, _ = build_clusters([big_original, asset(1, "s1")], rendition, pairs, {})
+    assert clusters[0].canonical.asset_id == "a0"
+    assert "4000x3000" in clusters[0].reason
+
+    same = {"s0": Shape(100, 100, "JPEG"), "s1": Shape(100, 100, "JPEG")}
+    # 10:00 in Helsinki (UTC+2) is 08:00 UTC: earlier than 09:00 UTC.
+    helsinki = replace(asset(0, "s0"), modified="2026-01-05T10:00:00+02:00")
+    utc = replace(asset(1, "s1"), modified="2026-01-05T09:00:00Z")
+    clusters, _ = build_clusters([utc, helsinki], same, pairs, {})
+    assert clusters[0].canonical.asset_id == "a0"
+    assert "earliest upload" in clusters[0].reason
 
 
 def test_reviewer_different_splits_and_same_joins() -> None:

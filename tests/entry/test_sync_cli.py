@@ -1,0 +1,127 @@
+"""`damdup sync` and `damdup status` as a user runs them, on folder units."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters.registry import adapter_class
+from connector.core.config import env_prefix, load_config
+from connector.units import secret_fields, unit_settings
+from tests.conftest import PHOTOS, ROOT, damdup
+
+FOLDERS = sorted(path.name for path in PHOTOS.iterdir() if path.is_dir())
+
+
+def config(tmp_path: Path, extra: str = "") -> Path:
+    units = "".join(
+        f'\n[units.{name}]\nplatform = "filesystem"\nroot = "{PHOTOS / name}"\n' for name in FOLDERS
+    )
+    path = tmp_path / "damdup.toml"
+    path.write_text(f'[damdup]\ndb = "{tmp_path / "index.sqlite"}"\n{units}{extra}')
+    return path
+
+
+def test_sync_then_resync_then_status(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    first = damdup("sync", "--config", str(path), "--format", "json", "-q")
+    report = json.loads(first.stdout)
+    assert [unit["unit"] for unit in report["units"]] == FOLDERS
+    assert sum(unit["fingerprinted"] for unit in report["units"]) > 100
+    assert report["cross_unit_clusters"] >= 1
+    assert report["failed_units"] == {}
+
+    again = json.loads(damdup("sync", "--config", str(path), "--format", "json", "-q").stdout)
+    assert all(unit["fetched_bytes"] == 0 for unit in again["units"])
+    assert all(unit["fetched"] == 0 for unit in again["units"])
+
+    status = json.loads(damdup("status", "--config", str(path), "--format", "json").stdout)
+    assert [row["unit"] for row in status] == FOLDERS
+    listed = {unit["unit"]: unit["listed"] for unit in report["units"]}
+    for row in status:
+        assert row["assets"] == listed[row["unit"]]
+        assert row["last_sync_complete"] is True
+        redundant = row["duplicates"] + row["candidates"]
+        assert row["redundancy_pct"] == round(100.0 * redundant / row["assets"], 1)
+    assert sum(row["duplicates"] + row["candidates"] for row in status) > 0
+
+    table = damdup("clusters", "--db", str(tmp_path / "index.sqlite"), "--cross-unit")
+    assert "canonical because" in table.stdout
+
+
+def test_one_unit_only(tmp_path: Path) -> None:
+    path = config(tmp_path)
+    result = damdup("sync", "--config", str(path), "--unit", FOLDERS[0], "--format", "json", "-q")
+    assert [unit["unit"] for unit in json.loads(result.stdout)["units"]] == [FOLDERS[0]]
+
+
+def test_unknown_unit_is_a_usage_error(tmp_path: Path) -> None:
+    result = damdup("sync", "--config", str(config(tmp_path)), "--unit", "nope", check=False)
+    assert result.returncode == 2
+    assert "unknown unit(s) nope" in result.stderr
+
+
+def test_bad_unit_settings_name_unit_and_key(tmp_path: Path) -> None:
+    path = config(tmp_path, '\n[units.broken]\nplatform = "wordpress"\nbase_url = "not a url"\n')
+    result = damdup("sync", "--config", str(path), check=False)
+    assert result.returncode == 2
+    assert "unit broken: base_url" in result.stderr
+
+
+def test_unknown_platform(tmp_path: Path) -> None:
+    path = config(tmp_path, '\n[units.odd]\nplatform = "myspace"\n')
+    result = damdup("sync", "--config", str(path), check=False)
+    assert result.returncode == 2
+    assert "unit odd: platform: unknown platform 'myspace'" in result.stderr
+
+
+def test_a_secret_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        '\n[units.rs]\nplatform = "resourcespace"\nbase_url = "http://127.0.0.1:9/"\n'
+        'username = "u"\nprivate_key = "hunter2hunter2"\n',
+    )
+    result = damdup("sync", "--config", str(path), check=False)
+    assert result.returncode == 2
+    assert "unit rs: private_key: a secret must not be written" in result.stderr
+    assert "DAMDUP_RS_PRIVATE_KEY" in result.stderr
+    assert "hunter2hunter2" not in result.stderr + result.stdout
+
+
+def test_a_unit_that_cannot_be_reached_is_reported_and_the_others_sync(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        '\n[units.down]\nplatform = "wordpress"\nbase_url = "http://127.0.0.1:9/"\nattempts = 1\n',
+    )
+    result = damdup("sync", "--config", str(path), "--format", "json", "-q", check=False)
+    assert result.returncode == 3
+    report = json.loads(result.stdout)
+    assert "Unavailable" in report["failed_units"]["down"]
+    assert sum(unit["fingerprinted"] for unit in report["units"]) > 100
+
+
+def test_no_configuration(tmp_path: Path) -> None:
+    result = damdup(
+        "sync", "--db", str(tmp_path / "x.sqlite"), check=False, env={"DAMDUP_CONFIG": ""}
+    )
+    assert result.returncode == 2
+    assert "no configuration at config/damdup.toml" in result.stderr
+
+
+def test_the_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All eleven units, each checked by its own adapter's settings model, with
+    the secrets the file's comments name set in the environment."""
+    example = ROOT / "config" / "damdup.example.toml"
+    config = load_config(example)
+    assert len(config.units) == 11
+    assert all(not unit.writes for unit in config.units.values()), "writes start off"
+    platforms = {unit.platform for unit in config.units.values()}
+    assert {"wordpress", "drupal", "resourcespace", "ckan", "linked_events", "finna"} <= platforms
+    for name, unit in config.units.items():
+        cls = adapter_class(unit.platform)
+        for key in secret_fields(cls.settings_model):
+            monkeypatch.setenv(f"{env_prefix(name)}{key.upper()}", "example-secret")
+        _cls, settings = unit_settings(name, unit.platform, unit.adapter_options)
+        assert settings.model_dump()  # every key was accepted by the platform's model
