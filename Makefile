@@ -3,9 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEMO_DB ?= .damdup/demo.sqlite
 
-.PHONY: demo test lint bench fixtures clean
+.PHONY: demo test servers lint bench fixtures clean
 
 $(STAMP): pyproject.toml
 	@command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3; }
@@ -15,13 +14,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-demo: $(STAMP)
-	@mkdir -p $(dir $(DEMO_DB))
-	rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
-	$(VENV)/bin/damdup scan fixtures/photos --db $(DEMO_DB) --unit fixtures
-	$(VENV)/bin/damdup clusters --db $(DEMO_DB)
+# Six platforms on 127.0.0.1 (the real WordPress, five emulators) and a folder,
+# the same photos across units: sync them all, then status and the clusters
+# that span units. Index and configuration in .damdup/demo/.
+demo: $(STAMP) servers
+	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
-test: $(STAMP)
+# The real servers the tests run against (WordPress, PHP, MariaDB), from Debian's
+# packages: a no-op once they are there. The tests start them themselves.
+servers:
+	tests/servers/install-debian.sh
+
+test: $(STAMP) servers
 	$(PY) -m pytest
 
 lint: $(STAMP)

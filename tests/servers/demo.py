@@ -1,0 +1,177 @@
+"""`make demo`: six platforms on this machine, the same photos across units.
+
+Starts the real WordPress (when its Debian packages are installed: `make
+servers`) and the emulators of Drupal, ResourceSpace, CKAN, Linked Events and
+Finna on 127.0.0.1, fills them with the labelled fixture photos so that copies
+and edits of one photograph sit in several units, writes a configuration for
+them (secrets in the environment, never in the file), then runs what a user
+runs: `damdup sync`, `damdup status` and `damdup clusters --cross-unit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from adapters.registry import adapter_class
+from connector.core.config import env_prefix
+from connector.units import secret_fields
+from tests.contract.filesystem import FilesystemHarness
+from tests.contract.harness import Harness
+from tests.servers.common import FIXTURES, PHOTOS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Fixture folder -> the demo unit that holds it, and the unit's platform.
+HOMES = {
+    "hel-fi": ("hel-fi", "drupal"),
+    "kasvatus": ("kasvatus", "wordpress"),
+    "kaupunginmuseo": ("kaupunginmuseo", "finna"),
+    "kuva": ("kuvapankki", "resourcespace"),
+}
+# Units that receive copies of photos homed elsewhere: (unit, platform, variants).
+BORROWERS = [
+    ("hri", "ckan", {"original", "byte_copy", "png"}),
+    ("tapahtumat", "linked_events", {"resize_50", "reencode_q85", "webp"}),
+    ("verkkolevy", "filesystem", {"metadata_only", "exif_rotated", "different_shot"}),
+]
+HARNESS_OF = {
+    "ckan": "tests.servers.ckan:CkanHarness",
+    "drupal": "tests.servers.drupal:DrupalHarness",
+    "filesystem": "tests.contract.filesystem:FilesystemHarness",
+    "finna": "tests.servers.finna:FinnaHarness",
+    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
+    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    "wordpress": "tests.servers.wordpress:WordPressHarness",
+}
+DEPARTMENTS = {
+    "hel-fi": "Kaupunginkanslia",
+    "kasvatus": "Kasvatuksen ja koulutuksen toimiala",
+    "kaupunginmuseo": "Helsingin kaupunginmuseo",
+    "kuvapankki": "Kaupunkiympäristön toimiala",
+    "hri": "Helsingin kaupunki",
+    "tapahtumat": "Kulttuurin ja vapaa-ajan toimiala",
+    "verkkolevy": "Viestintä",
+}
+
+
+def start(platform: str) -> Harness:
+    import importlib
+
+    module, name = HARNESS_OF[platform].split(":")
+    harness: Harness = getattr(importlib.import_module(module), name)()
+    return harness
+
+
+def wordpress_available() -> bool:
+    return shutil.which("php") is not None and Path("/usr/share/wordpress").is_dir()
+
+
+def plan() -> dict[str, list[tuple[str, Path]]]:
+    """Unit -> (name, photo) to upload. Every fixture photo lives in its home
+    unit; the borrowers get the variants they are listed with."""
+    labels: dict[str, dict[str, str]] = json.loads((FIXTURES / "labels.json").read_text())["files"]
+    content: dict[str, list[tuple[str, Path]]] = {}
+    for relative in sorted(labels):
+        folder = relative.split("/")[0]
+        unit = HOMES[folder][0]
+        content.setdefault(unit, []).append((Path(relative).name, PHOTOS / relative))
+        for borrower, _platform, variants in BORROWERS:
+            if labels[relative]["variant"] in variants:
+                content.setdefault(borrower, []).append((Path(relative).name, PHOTOS / relative))
+    return content
+
+
+def metadata(unit: str, number: int) -> dict[str, str] | None:
+    """Two assets in three carry the mandatory metadata; the rest lack some."""
+    if number % 3 == 2:
+        return None
+    facts = {"location": "Senaatintori, Helsinki", "date": f"2024-0{number % 9 + 1}-15"}
+    if number % 3 == 0:
+        facts["department"] = DEPARTMENTS[unit]
+    return facts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", default=".damdup/demo", help="index and configuration")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir).resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    platforms = {unit: platform for unit, platform in HOMES.values()}
+    platforms.update({unit: platform for unit, platform, _v in BORROWERS})
+    if not wordpress_available():
+        print("WordPress is not installed (`make servers`): its unit goes to Drupal.")
+        platforms["kasvatus"] = "drupal"
+    harnesses: dict[str, Harness] = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAMDUP_")}
+    lines = [f'[damdup]\ndb = "{workdir / "index.sqlite"}"\nworkers = 2\n']
+    try:
+        for unit, files in plan().items():
+            harness = start(platforms[unit])
+            harnesses[unit] = harness
+            for number, (name, path) in enumerate(files):
+                harness.add(name, path.read_bytes(), metadata(unit, number))
+            settings = harness.settings()
+            if isinstance(harness, FilesystemHarness):
+                settings = {"root": settings["root"]}
+            secrets = secret_fields(adapter_class(platforms[unit]).settings_model)
+            for key in secrets:
+                if settings.get(key) is not None:
+                    env[f"{env_prefix(unit)}{key.upper()}"] = str(settings.pop(key))
+            lines.append(_unit_table(unit, platforms[unit], settings))
+            print(f"{unit:>15}: {platforms[unit]:<14} {len(files):>3} photos")
+        config = workdir / "damdup.toml"
+        config.write_text("\n".join(lines))
+        code = 0
+        for command in (
+            ["sync", "--config", str(config), "-q"],
+            ["status", "--config", str(config)],
+            ["clusters", "--db", str(workdir / "index.sqlite"), "--cross-unit"],
+        ):
+            print(f"\n$ damdup {' '.join(command)}", flush=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "connector.cli", *command], env=env, cwd=ROOT
+            )
+            code = code or (done.returncode if done.returncode not in (0, 3) else 0)
+        return code
+    finally:
+        for harness in harnesses.values():
+            harness.close()
+
+
+def _unit_table(unit: str, platform: str, settings: dict[str, Any]) -> str:
+    body = [f"[units.{unit}]", f'platform = "{platform}"']
+    nested: list[str] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            nested.append(f"[units.{unit}.{key}]")
+            nested.extend(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
+        elif value is not None:
+            body.append(f"{key} = {toml_value(value)}")
+    return "\n".join(body + nested) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + inner + " }"
+    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
+
+
+if __name__ == "__main__":
+    sys.exit(main())
