@@ -19,12 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from adapters.registry import adapter_class
-from connector.core.config import env_prefix
-from connector.units import secret_fields
-from tests.contract.filesystem import FilesystemHarness
 from tests.contract.harness import Harness
 from tests.servers.common import FIXTURES, PHOTOS
+from tests.servers.config import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,25 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         print("WordPress is not installed (`make servers`): its unit goes to Drupal.")
         platforms["kasvatus"] = "drupal"
     harnesses: dict[str, Harness] = {}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAMDUP_")}
-    lines = [f'[damdup]\ndb = "{workdir / "index.sqlite"}"\nworkers = 2\n']
+    units: dict[str, tuple[str, dict[str, Any]]] = {}
     try:
         for unit, files in plan().items():
             harness = start(platforms[unit])
             harnesses[unit] = harness
             for number, (name, path) in enumerate(files):
                 harness.add(name, path.read_bytes(), metadata(unit, number))
-            settings = harness.settings()
-            if isinstance(harness, FilesystemHarness):
-                settings = {"root": settings["root"]}
-            secrets = secret_fields(adapter_class(platforms[unit]).settings_model)
-            for key in secrets:
-                if settings.get(key) is not None:
-                    env[f"{env_prefix(unit)}{key.upper()}"] = str(settings.pop(key))
-            lines.append(_unit_table(unit, platforms[unit], settings))
+            units[unit] = (platforms[unit], harness.settings())
             print(f"{unit:>15}: {platforms[unit]:<14} {len(files):>3} photos")
         config = workdir / "damdup.toml"
-        config.write_text("\n".join(lines))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DAMDUP_")}
+        env.update(write_config(config, workdir / "index.sqlite", units, workers=2))
         code = 0
         for command in (
             ["sync", "--config", str(config), "-q"],
@@ -146,31 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for harness in harnesses.values():
             harness.close()
-
-
-def _unit_table(unit: str, platform: str, settings: dict[str, Any]) -> str:
-    body = [f"[units.{unit}]", f'platform = "{platform}"']
-    nested: list[str] = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            nested.append(f"[units.{unit}.{key}]")
-            nested.extend(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
-        elif value is not None:
-            body.append(f"{key} = {toml_value(value)}")
-    return "\n".join(body + nested) + "\n"
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None)
-        return "{ " + inner + " }"
-    return json.dumps(str(value), ensure_ascii=False)  # a TOML basic string
 
 
 if __name__ == "__main__":

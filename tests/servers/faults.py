@@ -30,7 +30,7 @@ HOP_HEADERS = frozenset(
     }
 )
 
-FAULTS = ("429", "500", "503", "401", "html", "timeout", "truncated", "reset")
+FAULTS = ("429", "500", "503", "401", "html", "timeout", "truncated", "reset", "slow")
 
 
 @dataclass
@@ -59,6 +59,8 @@ class FaultProxy:
         self.faults: list[Fault] = []
         self.log: list[Forwarded] = []
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests handled at once since clear()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -101,6 +103,7 @@ class FaultProxy:
         with self.lock:
             self.faults.clear()
             self.log.clear()
+            self.max_in_flight = 0
 
     def requests(self, method: str | None = None, path_contains: str = "") -> list[Forwarded]:
         with self.lock:
@@ -125,10 +128,23 @@ class FaultProxy:
             self.log.append(Forwarded(method, path, status, fault, size))
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._forward(handler)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _forward(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         method, path = handler.command, handler.path
         fault = self._take_fault(path)
+        if fault is not None and fault.kind == "slow":  # the real answer, late
+            time.sleep(fault.delay_s)
+            fault = None
         if fault is not None and fault.kind != "truncated":
             # Logged before answering: a time-out answers only after its delay,
             # when the client's retry may already be logged.

@@ -1,0 +1,157 @@
+"""Image bytes a sync fetches, per platform: a first sync, an unchanged re-sync
+(incremental where the platform can, and a full listing), and the first sync's
+bytes as a share of the originals' total (target <= 10 % where renditions exist).
+
+The peer is what a folder-based tool must do with a platform: download every
+original, on every run (imagededup and plain imagehash read local files).
+
+    .venv/bin/python bench/sync.py [--photos 10] [--long-side 4000] [--grain 3]
+
+Servers: the real WordPress (needs `make servers`) and the emulators of
+tests/servers/, all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from connector.core.index import SQLiteStore
+from connector.engine.pool import Limits, WorkerPool
+from connector.engine.sync import SyncStats, sync_unit
+from tests.contract.harness import Harness
+from tests.servers.common import photo_paths
+
+HARNESSES = {
+    "wordpress": "tests.servers.wordpress:WordPressHarness",
+    "drupal": "tests.servers.drupal:DrupalHarness",
+    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    "finna": "tests.servers.finna:FinnaHarness",
+    "ckan": "tests.servers.ckan:CkanHarness",
+    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
+    "filesystem": "tests.contract.filesystem:FilesystemHarness",
+}
+
+
+def camera_size(path: Path, long_side: int, grain: float) -> bytes:
+    """A real photo at a camera's size. The fixtures are small, and an upscaled
+    photo is smoother than a camera's: without sensor grain its JPEG is a third
+    of a camera JPEG's size, which would flatter nothing but the originals'
+    total. `grain` is the standard deviation of the noise added, in levels."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    scale = long_side / max(rgb.size)
+    rgb = rgb.resize(
+        (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
+    )
+    if grain > 0:
+        pixels = np.asarray(rgb, dtype=np.float32)
+        noise = np.random.default_rng(len(pixels)).normal(0, grain, pixels.shape)
+        rgb = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=92)
+    return out.getvalue()
+
+
+def harness(platform: str) -> Harness:
+    module, name = HARNESSES[platform].split(":")
+    made: Harness = getattr(importlib.import_module(module), name)()
+    return made
+
+
+def sync(store: SQLiteStore, adapter: Any, pool: WorkerPool, full: bool) -> SyncStats:
+    return sync_unit(
+        store, adapter, "bench", pool, max_pixels=200_000_000, max_bytes=256 * 2**20, full=full
+    )
+
+
+def measure(platform: str, photos: list[bytes]) -> dict[str, Any]:
+    server = harness(platform)
+    try:
+        for number, data in enumerate(photos):
+            server.add(f"photo-{number:02d}.jpg", data)
+        with tempfile.TemporaryDirectory() as folder, WorkerPool(2, Limits(seconds=120)) as pool:
+            store = SQLiteStore(Path(folder) / "index.sqlite")
+            first = sync(store, server.adapter(), pool, full=False)
+            again = sync(store, server.adapter(), pool, full=False)
+            full = sync(store, server.adapter(), pool, full=True)
+            store.close()
+        capabilities = server.adapter().capabilities
+    finally:
+        server.close()
+    total = sum(len(data) for data in photos)
+    return {
+        "platform": platform,
+        "renditions": capabilities.renditions,
+        "incremental": capabilities.incremental,
+        "assets": first.listed,
+        "originals": total,
+        "first": first.fetched_bytes,
+        "share": first.fetched_bytes / total,
+        "again": again.fetched_bytes,
+        "again_listed": again.listed,
+        "full": full.fetched_bytes,
+        "errors": first.errors + again.errors + full.errors,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--long-side", type=int, default=4000, help="12 MP at 4000x3000")
+    parser.add_argument("--grain", type=float, default=3.0, help="sensor-like noise (0: none)")
+    parser.add_argument("--platform", action="append", choices=sorted(HARNESSES))
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    photos = [
+        camera_size(p, args.long_side, args.grain)
+        for p in photo_paths(variant="original")[: args.photos]
+    ]
+    mb = 1024 * 1024
+    print(
+        f"{len(photos)} photos, long side {args.long_side} px, grain {args.grain}: "
+        f"{sum(map(len, photos)) / mb:.1f} MB of originals per platform, "
+        f"{sum(map(len, photos)) / len(photos) / mb:.2f} MB each on average\n"
+    )
+    header = (
+        f"{'platform':<14} {'renditions':>10} {'first sync':>11} {'share':>7} "
+        f"{'re-sync':>8} {'listed':>6} {'full re-sync':>12} {'naive/run':>10} {'ratio':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    worst = 0.0
+    for platform in args.platform or list(HARNESSES):
+        row = measure(platform, photos)
+        ratio = row["originals"] / row["first"] if row["first"] else float("inf")
+        print(
+            f"{platform:<14} {row['renditions']!s:>10} {row['first'] / mb:>9.2f}MB "
+            f"{row['share']:>6.1%} {row['again']:>7,}B {row['again_listed']:>6} "
+            f"{row['full']:>11,}B {row['originals'] / mb:>8.2f}MB {ratio:>6.1f}x"
+            + (f"  ({row['errors']} errors)" if row["errors"] else "")
+        )
+        if row["renditions"]:
+            worst = max(worst, row["share"])
+    print(
+        "\nshare: first sync's image bytes / originals' bytes (target <= 10 % with renditions);"
+        "\nre-sync and full re-sync: image bytes of an unchanged re-sync (target 0);"
+        "\nnaive/run: a folder-based peer downloads every original on every run;"
+        "\nratio: naive bytes / damdup's first-sync bytes."
+    )
+    print(f"\nworst share where renditions exist: {worst:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Syncing a platform through `damdup sync`: a kill -9 mid-sync loses nothing
+and refetches at most one page; fetches in flight stay within their bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connector.core.index import SQLiteStore
+from connector.engine.pool import Limits, WorkerPool
+from connector.engine.sync import Concurrency, sync_unit
+from tests.conftest import ROOT, damdup
+from tests.servers.common import photo_paths
+from tests.servers.config import write_config
+from tests.servers.drupal import DrupalHarness
+
+PAGE = 3
+PHOTOS = photo_paths(variant="original")[:12]
+FILES = "/sites/default/files"
+
+
+@pytest.fixture(scope="module")
+def drupal() -> Iterator[DrupalHarness]:
+    harness = DrupalHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def library(drupal: DrupalHarness) -> DrupalHarness:
+    drupal.reset()
+    for number, path in enumerate(PHOTOS):
+        drupal.add(f"photo-{number:02d}{path.suffix}", path.read_bytes())
+    return drupal
+
+
+def downloads(harness: DrupalHarness) -> int:
+    assert harness.proxy is not None
+    return len([r for r in harness.proxy.requests("GET") if r.path.startswith(FILES)])
+
+
+def saved_assets(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=1) as connection:
+            return int(connection.execute("SELECT COUNT(*) FROM assets").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_mid_sync_loses_nothing_and_refetches_at_most_a_page(
+    library: DrupalHarness, tmp_path: Path
+) -> None:
+    db = tmp_path / "index.sqlite"
+    config = tmp_path / "damdup.toml"
+    env = write_config(config, db, {"hel-fi": ("drupal", library.settings(page_size=PAGE))})
+    assert library.proxy is not None
+    library.proxy.inject("slow", times=1000, path_contains="/jsonapi/media", delay_s=0.5)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "sync", "--config", str(config), "-q"],
+        cwd=ROOT,
+        env={**os.environ, **env, "DAMDUP_WORKERS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while saved_assets(db) < 2 * PAGE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    saved_before = saved_assets(db)
+    assert 2 * PAGE <= saved_before < len(PHOTOS), "killed after some pages, before the end"
+    fetched_before = downloads(library)
+
+    library.proxy.clear()
+    resumed = damdup("sync", "--config", str(config), "--format", "json", "-q", env=env)
+    report = json.loads(resumed.stdout)["units"][0]
+    assert report["resumed"] is True and report["complete"] is True
+    store = SQLiteStore(db)
+    live = store.live_assets("hel-fi")
+    store.close()
+    assert len(live) == len(PHOTOS) and all(row.sha256 for row in live)
+    # What the killed run saved is not fetched again; what it fetched but had not
+    # saved yet (at most the page in progress) is.
+    assert downloads(library) <= len(PHOTOS) - saved_before + PAGE
+    assert fetched_before + downloads(library) <= len(PHOTOS) + PAGE
+
+
+def sync_with(harness: DrupalHarness, concurrency: Concurrency, db: Path) -> int:
+    assert harness.proxy is not None
+    harness.proxy.clear()
+    harness.proxy.inject("slow", times=1000, path_contains=FILES, delay_s=0.3)
+    store = SQLiteStore(db)
+    try:
+        with WorkerPool(2, Limits(seconds=60)) as pool:
+            stats = sync_unit(
+                store,
+                harness.adapter(page_size=6),
+                "hel-fi",
+                pool,
+                max_pixels=100_000_000,
+                max_bytes=64 * 1024 * 1024,
+                concurrency=concurrency,
+            )
+    finally:
+        store.close()
+    assert stats.fetched == len(PHOTOS) and stats.errors == 0
+    return harness.proxy.max_in_flight
+
+
+def test_fetches_in_flight_per_unit_are_bounded(library: DrupalHarness, tmp_path: Path) -> None:
+    assert sync_with(library, Concurrency(per_unit=3), tmp_path / "a.sqlite") == 3
+
+
+def test_fetches_in_flight_overall_are_bounded(library: DrupalHarness, tmp_path: Path) -> None:
+    overall = threading.BoundedSemaphore(1)
+    assert sync_with(library, Concurrency(per_unit=4, overall=overall), tmp_path / "b.sqlite") == 1
