@@ -64,7 +64,8 @@ def proxy(server: FaultProxy) -> FaultProxy:
 
 
 def client(proxy: FaultProxy, **options: object) -> HttpClient:
-    settings: dict[str, object] = {"attempts": 3, "backoff_s": 0.01, "timeout": (1.0, 1.0)}
+    # Generous time-outs: a loaded machine must not turn a test into a retry.
+    settings: dict[str, object] = {"attempts": 3, "backoff_s": 0.01, "timeout": (10.0, 10.0)}
     settings.update(options)
     return HttpClient(proxy.url, **settings)  # type: ignore[arg-type]
 
@@ -135,7 +136,7 @@ def test_truncated_body_is_retried(proxy: FaultProxy) -> None:
 def test_timeout_is_retried_then_reported(proxy: FaultProxy) -> None:
     proxy.inject("timeout", times=5, delay_s=1.5)
     with pytest.raises(Unavailable, match="timed out"):
-        client(proxy, attempts=2).get_json("items")
+        client(proxy, attempts=2, timeout=(1.0, 1.0)).get_json("items")
 
 
 def test_connection_reset_is_retried(proxy: FaultProxy) -> None:
