@@ -14,7 +14,6 @@ tests/servers/, all on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import logging
 import sys
@@ -31,18 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from connector.core.index import SQLiteStore
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import SyncStats, sync_unit
-from tests.contract.harness import Harness
+from tests.contract.harness import HARNESSES, start_harness
 from tests.servers.common import photo_paths
-
-HARNESSES = {
-    "wordpress": "tests.servers.wordpress:WordPressHarness",
-    "drupal": "tests.servers.drupal:DrupalHarness",
-    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
-    "finna": "tests.servers.finna:FinnaHarness",
-    "ckan": "tests.servers.ckan:CkanHarness",
-    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
-    "filesystem": "tests.contract.filesystem:FilesystemHarness",
-}
 
 
 def camera_size(path: Path, long_side: int, grain: float) -> bytes:
@@ -65,12 +54,6 @@ def camera_size(path: Path, long_side: int, grain: float) -> bytes:
     return out.getvalue()
 
 
-def harness(platform: str) -> Harness:
-    module, name = HARNESSES[platform].split(":")
-    made: Harness = getattr(importlib.import_module(module), name)()
-    return made
-
-
 def sync(store: SQLiteStore, adapter: Any, pool: WorkerPool, full: bool) -> SyncStats:
     return sync_unit(
         store, adapter, "bench", pool, max_pixels=200_000_000, max_bytes=256 * 2**20, full=full
@@ -78,7 +61,7 @@ def sync(store: SQLiteStore, adapter: Any, pool: WorkerPool, full: bool) -> Sync
 
 
 def measure(platform: str, photos: list[bytes]) -> dict[str, Any]:
-    server = harness(platform)
+    server = start_harness(platform)
     try:
         for number, data in enumerate(photos):
             server.add(f"photo-{number:02d}.jpg", data)
@@ -132,7 +115,9 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     worst = 0.0
-    for platform in args.platform or list(HARNESSES):
+    order = ["wordpress", "drupal", "resourcespace", "finna", "ckan", "linked_events", "filesystem"]
+    assert sorted(order) == sorted(HARNESSES), "every adapter is measured"
+    for platform in args.platform or order:
         row = measure(platform, photos)
         ratio = row["originals"] / row["first"] if row["first"] else float("inf")
         print(

@@ -4,31 +4,18 @@ and emptied before each test."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 
 import pytest
 
-from tests.contract.harness import Harness
-
-# kind -> "module:HarnessClass". Every adapter in adapters/registry.py is here.
-HARNESSES = {
-    "ckan": "tests.servers.ckan:CkanHarness",
-    "drupal": "tests.servers.drupal:DrupalHarness",
-    "filesystem": "tests.contract.filesystem:FilesystemHarness",
-    "finna": "tests.servers.finna:FinnaHarness",
-    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
-    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
-    "wordpress": "tests.servers.wordpress:WordPressHarness",
-}
+from tests.contract.harness import HARNESSES, Harness, start_harness
 
 _started: dict[str, Harness] = {}
 
 
 def _harness(kind: str) -> Harness:
     if kind not in _started:
-        module, name = HARNESSES[kind].split(":")
-        _started[kind] = getattr(importlib.import_module(module), name)()
+        _started[kind] = start_harness(kind)
     return _started[kind]
 
 

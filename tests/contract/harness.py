@@ -8,12 +8,31 @@ emulator's library where it is ours.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from adapters.base import Adapter
 from tests.servers.common import Emulator
 from tests.servers.faults import FaultProxy
+
+# Every adapter kind and its test server's harness, "module:Class".
+HARNESSES = {
+    "ckan": "tests.servers.ckan:CkanHarness",
+    "drupal": "tests.servers.drupal:DrupalHarness",
+    "filesystem": "tests.contract.filesystem:FilesystemHarness",
+    "finna": "tests.servers.finna:FinnaHarness",
+    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
+    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    "wordpress": "tests.servers.wordpress:WordPressHarness",
+}
+
+
+def start_harness(kind: str) -> Harness:
+    """Start the server of one adapter kind (and its fault proxy)."""
+    module, name = HARNESSES[kind].split(":")
+    harness: Harness = getattr(importlib.import_module(module), name)()
+    return harness
 
 
 class Harness(ABC):

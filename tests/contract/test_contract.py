@@ -317,3 +317,10 @@ def _path_of(url: str) -> str:
     from urllib.parse import urlsplit
 
     return urlsplit(url).path
+
+
+def test_every_registered_adapter_is_under_the_contract() -> None:
+    from adapters.registry import ADAPTERS
+    from tests.contract.harness import HARNESSES
+
+    assert sorted(HARNESSES) == sorted(ADAPTERS)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.contract.harness import Harness
+from tests.contract.harness import Harness, start_harness
 from tests.servers.common import FIXTURES, PHOTOS
 from tests.servers.config import write_config
 
@@ -38,15 +38,6 @@ BORROWERS = [
     ("tapahtumat", "linked_events", {"resize_50", "reencode_q85", "webp"}),
     ("verkkolevy", "filesystem", {"metadata_only", "exif_rotated", "different_shot"}),
 ]
-HARNESS_OF = {
-    "ckan": "tests.servers.ckan:CkanHarness",
-    "drupal": "tests.servers.drupal:DrupalHarness",
-    "filesystem": "tests.contract.filesystem:FilesystemHarness",
-    "finna": "tests.servers.finna:FinnaHarness",
-    "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
-    "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
-    "wordpress": "tests.servers.wordpress:WordPressHarness",
-}
 DEPARTMENTS = {
     "hel-fi": "Kaupunginkanslia",
     "kasvatus": "Kasvatuksen ja koulutuksen toimiala",
@@ -56,14 +47,6 @@ DEPARTMENTS = {
     "tapahtumat": "Kulttuurin ja vapaa-ajan toimiala",
     "verkkolevy": "Viestintä",
 }
-
-
-def start(platform: str) -> Harness:
-    import importlib
-
-    module, name = HARNESS_OF[platform].split(":")
-    harness: Harness = getattr(importlib.import_module(module), name)()
-    return harness
 
 
 def wordpress_available() -> bool:
@@ -112,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     units: dict[str, tuple[str, dict[str, Any]]] = {}
     try:
         for unit, files in plan().items():
-            harness = start(platforms[unit])
+            harness = start_harness(platforms[unit])
             harnesses[unit] = harness
             for number, (name, path) in enumerate(files):
                 harness.add(name, path.read_bytes(), metadata(unit, number))
