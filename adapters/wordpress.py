@@ -82,6 +82,10 @@ class WordPressCursor(BaseModel):
     seen_at_after: frozenset[int] = frozenset()  # already handed out at `after`
     # > 0 while paging by number through a second holding more than a page.
     tie_page: int = 0
+    # That crowded second has been paged through: ask for what is later. Only
+    # within a listing; the cursor a listing ends with looks at `after` again,
+    # because the second may not have been over when it was paged.
+    beyond: bool = False
     # The newest modification seen (UTC) and the site's UTC offset then: when
     # a newer one has a smaller offset, the site's clocks went back (end of
     # summer time) and the hour just past repeats in local time.
@@ -129,7 +133,9 @@ class WordPress(Adapter[WordPressCursor]):
         if cursor.after is not None:
             # `modified_after` is exclusive and whole seconds: one second less
             # includes the second `after` itself.
-            params["modified_after"] = _local(cursor.after - SECOND)
+            params["modified_after"] = _local(
+                cursor.after if cursor.beyond and not cursor.tie_page else cursor.after - SECOND
+            )
             if cursor.tie_page:
                 params.update(
                     orderby="id",
@@ -140,7 +146,7 @@ class WordPress(Adapter[WordPressCursor]):
             reply = self._get(MEDIA, params)
         except HttpError as exc:
             if cursor.tie_page and exc.status == 400:  # rest_post_invalid_page_number
-                return Page(items=[], cursor=_past_tie(cursor), complete=False)
+                return Page(items=[], cursor=_past_tie(cursor, []), complete=False)
             raise
         records = reply.json
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -163,7 +169,7 @@ class WordPress(Adapter[WordPressCursor]):
         items = [self._ref(record) for record in fresh if _is_image(record)]
         if cursor.tie_page:
             if last_page:
-                return Page(items=items, cursor=_past_tie(cursor), complete=False)
+                return Page(items=items, cursor=_past_tie(cursor, fresh), complete=False)
             seen = cursor.seen_at_after | {int(record["id"]) for record in fresh}
             following = cursor.model_copy(
                 update={"tie_page": cursor.tie_page + 1, "seen_at_after": frozenset(seen)}
@@ -171,7 +177,9 @@ class WordPress(Adapter[WordPressCursor]):
             return Page(items=items, cursor=following, complete=False)
         if not fresh:
             if last_page:
-                return Page(items=[], cursor=cursor, complete=True)
+                return Page(
+                    items=[], cursor=cursor.model_copy(update={"beyond": False}), complete=True
+                )
             # A whole page of one second, all handed out: page through that
             # second by number.
             return Page(items=[], cursor=cursor.model_copy(update={"tie_page": 1}), complete=False)
@@ -212,7 +220,9 @@ class WordPress(Adapter[WordPressCursor]):
         }
         if last == cursor.after:
             seen |= cursor.seen_at_after
-        return cursor.model_copy(update={"after": last, "seen_at_after": frozenset(seen)})
+        return cursor.model_copy(
+            update={"after": last, "seen_at_after": frozenset(seen), "beyond": False}
+        )
 
     def _ref(self, record: dict[str, Any]) -> AssetRef:
         details = record.get("media_details") or {}
@@ -310,11 +320,15 @@ class WordPress(Adapter[WordPressCursor]):
         self.http.close()
 
 
-def _past_tie(cursor: WordPressCursor) -> WordPressCursor:
-    """After paging a crowded second by number: everything later than it."""
+def _past_tie(cursor: WordPressCursor, fresh: list[dict[str, Any]]) -> WordPressCursor:
+    """After paging a crowded second by number: what is later than it. The
+    second's ids are kept, so that a listing that looks at it again (the next
+    incremental one: the second may still have been running) hands out only
+    what changed in it since."""
     assert cursor.after is not None
+    seen = cursor.seen_at_after | {int(record["id"]) for record in fresh}
     return cursor.model_copy(
-        update={"after": cursor.after + SECOND, "tie_page": 0, "seen_at_after": frozenset()}
+        update={"tie_page": 0, "beyond": True, "seen_at_after": frozenset(seen)}
     )
 
 

@@ -131,6 +131,25 @@ def test_a_second_holding_more_than_a_page_is_paged_by_number(wp: WordPressHarne
     assert any("orderby=id" in path for path in listing_requests(wp))
 
 
+def test_a_crowded_second_that_was_still_running_is_looked_at_again(
+    wp: WordPressHarness,
+) -> None:
+    """A second holding more than a page, paged by number, may not have been
+    over: what changes in it later comes with the next incremental listing."""
+    ids = add_photos(wp, 5)
+    for asset_id in ids[:4]:
+        set_modified(wp, asset_id, "2026-01-05 08:00:00")
+    set_modified(wp, ids[4], "2026-01-05 07:00:00")
+    items, watermark, _ = listing(adapter(wp, page_size=2))
+    assert sorted(ref.id for ref in items) == sorted(ids)
+    # Later in that same second: one more change, and one new upload.
+    set_modified(wp, ids[4], "2026-01-05 08:00:00")
+    added = wp.add("later.jpg", PHOTOS[5].read_bytes())
+    set_modified(wp, added, "2026-01-05 08:00:00")
+    changed, _, _ = listing(adapter(wp, page_size=2), watermark)
+    assert sorted(ref.id for ref in changed) == sorted([ids[4], added])
+
+
 def test_edits_and_deletions_during_a_listing_skip_nothing(wp: WordPressHarness) -> None:
     ids = add_photos(wp, 6)
     for number, asset_id in enumerate(ids):
