@@ -164,8 +164,8 @@ class FaultProxy:
                 if k.lower() not in HOP_HEADERS and k.lower() != "content-length"
             ]
         except OSError as exc:
-            self._send(handler, 502, [("Content-Type", "text/plain")], f"upstream: {exc}".encode())
             self._record(method, path, 502, None, 0)
+            self._send(handler, 502, [("Content-Type", "text/plain")], f"upstream: {exc}".encode())
             return
         finally:
             upstream.close()
@@ -183,8 +183,10 @@ class FaultProxy:
             handler.close_connection = True
             _hang_up(handler)
             return
-        self._send(handler, status, reply_headers, payload)
+        # Logged before answering: the client may read the log the moment it
+        # has its answer.
         self._record(method, path, status, None, len(payload))
+        self._send(handler, status, reply_headers, payload)
 
     @staticmethod
     def _send(
