@@ -73,6 +73,16 @@ class BadAsset(AdapterError):
 
 @dataclass(frozen=True)
 class Capabilities:
+    """What an adapter really does; the engine and the contract suite read it.
+
+    incremental: a listing can start from where the last one ended and list
+        only what changed since.
+    deletions: an incremental listing reports assets deleted upstream
+        (`Page.deleted`); without it, only a full listing notices them.
+    renditions: `fetch` can return a smaller, aspect-preserving copy.
+    annotate: marks can be written back. webhooks: the platform can call us.
+    """
+
     incremental: bool = False
     deletions: bool = False
     renditions: bool = False
@@ -109,12 +119,16 @@ def pick(record: Any, path: str | None) -> str | None:
             value = value[int(part)]
         else:
             return None
+    if isinstance(value, list):  # taxonomy terms, subjects: their names joined
+        parts = [_scalar(item) for item in value]
+        value = ", ".join(part for part in parts if part)
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str | None:
     if isinstance(value, dict):  # a rendered field such as WordPress {"rendered": "..."}
         value = value.get("rendered", value.get("value", value.get("name")))
-    if isinstance(value, list):
-        parts = [pick(item, "") if isinstance(item, dict) else item for item in value]
-        value = ", ".join(str(part) for part in parts if part not in (None, ""))
-    if value is None or isinstance(value, (dict, bool)):
+    if value is None or isinstance(value, (dict, list, bool)):
         return None
     text = str(value).strip()
     return text or None

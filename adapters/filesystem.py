@@ -46,7 +46,7 @@ class Filesystem(Adapter[FilesystemCursor]):
     kind: ClassVar[str] = "filesystem"
     settings_model = FilesystemSettings
     cursor_model = FilesystemCursor
-    capabilities = Capabilities(incremental=False, deletions=True)
+    capabilities = Capabilities(incremental=False, deletions=False)  # every listing is full
 
     def __init__(self, settings: FilesystemSettings) -> None:
         self.settings = settings

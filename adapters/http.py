@@ -370,7 +370,7 @@ class HttpClient:
 
     def _raise_for(self, method: str, shown: str, reply: Reply) -> None:
         status = reply.status
-        detail = _excerpt(reply)
+        detail = redact_text(_excerpt(reply), self.secrets)
         if status in (401, 403):
             raise AuthFailed(
                 f"{method} {shown} was refused with {status}"
@@ -411,7 +411,8 @@ class HttpClient:
                 f"{method} {shown}: expected JSON but got {kind or 'no content type'}"
             )
         if expect == "bytes" and (kind.startswith("text/") or JSON_TYPES.match(kind)):
-            raise BadAsset(f"{method} {shown}: expected a file but got {kind}: {_excerpt(reply)}")
+            detail = redact_text(_excerpt(reply), self.secrets)
+            raise BadAsset(f"{method} {shown}: expected a file but got {kind}: {detail}")
 
     def _log(
         self,

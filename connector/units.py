@@ -4,6 +4,7 @@ come from the environment only."""
 
 from __future__ import annotations
 
+import os
 import typing
 from typing import Any
 
@@ -65,8 +66,10 @@ def unit_settings(
                 f"unit {name}: {key}: a secret must not be written in the configuration "
                 f"file; set the environment variable {prefix}{key.upper()} instead"
             )
+    # As for the process settings, the environment wins over the file.
+    given = {key: value for key, value in options.items() if prefix + key.upper() not in os.environ}
     try:
-        settings = model(_env_prefix=prefix, **options)
+        settings = model(_env_prefix=prefix, **given)
     except ValidationError as exc:
         raise ConfigError(describe(exc, f"unit {name}: ")) from exc
     return cls, settings

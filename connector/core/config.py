@@ -14,7 +14,8 @@ location = "field3"
 ```
 
 Secrets never live in the file: each unit reads them from the environment as
-`DAMDUP_<UNIT>_<KEY>` (the unit name upper-cased, `-` as `_`).
+`DAMDUP_<UNIT>_<KEY>` (the unit name upper-cased, `-` as `_`). Any other key
+may come from there too, and the environment wins over the file.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class UnitConfig(BaseModel):
 
     platform: str
     title: str | None = None
+    # Read by the scheduled daemon and by write-back, which later releases add;
+    # checked now so that a configuration written today stays valid.
     schedule: str = Field("6h", description="sync interval: minutes, hours or days (15m, 6h, 1d)")
     writes: bool = Field(False, description="write marks back to the platform (else dry run)")
 
@@ -125,6 +128,12 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: units.{name} must be a table")
+        clash = next((other for other in units if env_prefix(other) == env_prefix(name)), None)
+        if clash is not None:
+            raise ConfigError(
+                f"{path}: units {clash!r} and {name!r} would read the same environment "
+                f"variables ({env_prefix(name)}*); rename one"
+            )
         try:
             units[name] = UnitConfig(**table)
         except ValidationError as exc:

@@ -75,3 +75,9 @@ def test_bad_files_name_unit_and_key(tmp_path: Path, text: str, message: str) ->
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_two_units_that_would_share_environment_variables(tmp_path: Path) -> None:
+    text = "[units.hel-fi]\nplatform = 'filesystem'\n[units.hel_fi]\nplatform = 'filesystem'"
+    with pytest.raises(ConfigError, match="'hel-fi' and 'hel_fi' would read the same"):
+        load_config(write(tmp_path, text))

@@ -128,3 +128,13 @@ def test_the_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> 
                 monkeypatch.setenv(f"{env_prefix(name)}{key.upper()}", "example-secret")
         _cls, settings = unit_settings(name, unit.platform, unit.adapter_options)
         assert settings.model_dump()  # every key was accepted by the platform's model
+
+
+def test_the_environment_wins_over_the_file_for_unit_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DAMDUP_HEL_FI_PAGE_SIZE", "7")
+    _cls, settings = unit_settings(
+        "hel-fi", "wordpress", {"base_url": "http://h/", "page_size": 50}
+    )
+    assert settings.page_size == 7  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""The contract's shared pieces: metadata paths and the choice of rendition."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from adapters.base import AssetRef, MetadataMapping, Rendition, choose_rendition, pick
+
+RECORD = {
+    "acf": {"location": " Senaatintori ", "department": ""},
+    "title": {"rendered": "Tuomiokirkko"},
+    "year": 1952,
+    "subjects": [{"name": "kirkot"}, {"name": "torit"}, "aukiot"],
+    "buildings": [{"value": "0/HKM/", "translated": "Kaupunginmuseo"}],
+    "flag": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("acf.location", "Senaatintori"),
+        ("acf.department", None),  # empty is missing
+        ("title", "Tuomiokirkko"),
+        ("year", "1952"),
+        ("subjects", "kirkot, torit, aukiot"),
+        ("subjects.1.name", "torit"),
+        ("buildings.0.translated", "Kaupunginmuseo"),
+        ("buildings", "0/HKM/"),
+        ("buildings.5.translated", None),
+        ("acf.location.deeper", None),
+        ("flag", None),
+        ("absent", None),
+        ("=Kaupunkiympäristö", "Kaupunkiympäristö"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_pick(path: str | None, value: str | None) -> None:
+    assert pick(RECORD, path) == value
+
+
+def test_mapping_applies_and_names_what_is_missing() -> None:
+    mapping = MetadataMapping(location="acf.location", date="year", department="acf.department")
+    metadata = mapping.apply(RECORD)
+    assert (metadata.location, metadata.date, metadata.department) == ("Senaatintori", "1952", None)
+    assert metadata.missing == ["department"]
+
+
+def asset(width: int, height: int, *renditions: tuple[int, int]) -> AssetRef:
+    return AssetRef(
+        id="1",
+        version="v",
+        url="u",
+        original_url="original",
+        width=width,
+        height=height,
+        renditions=tuple(Rendition(f"{w}x{h}", w, h) for w, h in renditions),
+    )
+
+
+def test_the_smallest_aspect_preserving_rendition_large_enough() -> None:
+    photo = asset(4000, 3000, (150, 150), (300, 225), (768, 576), (1024, 768), (1536, 1152))
+    assert choose_rendition(photo, 384) == "768x576"
+    assert choose_rendition(photo, 1000) == "1536x1152"
+    assert choose_rendition(photo, 1200) is None  # only the original is large enough
+    assert choose_rendition(photo, 0) is None  # the original was asked for
+
+
+def test_square_crops_and_off_ratio_sizes_are_never_chosen() -> None:
+    photo = asset(4000, 3000, (600, 600), (800, 450), (801, 601))
+    assert choose_rendition(photo, 384) == "801x601"  # one pixel of rounding is no crop
+    assert choose_rendition(asset(4000, 3000, (600, 600), (800, 450)), 384) is None
+
+
+def test_no_rendition_without_the_originals_size_or_when_it_is_small() -> None:
+    unknown = AssetRef(id="1", version="v", url="u", renditions=(Rendition("r", 800, 600),))
+    assert choose_rendition(unknown, 384) is None
+    assert choose_rendition(asset(500, 380, (480, 365)), 384) is None
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "adapters.base", "adapters.http", "adapters.registry", "adapters.wordpress",
+        "adapters.drupal", "adapters.resourcespace", "adapters.ckan", "adapters.linked_events",
+        "adapters.finna",
+    ],
+)  # fmt: skip
+def test_exported_names_are_sorted_and_exist(module: str) -> None:
+    loaded = importlib.import_module(module)
+    exported = getattr(loaded, "__all__", None)
+    if exported is None:
+        pytest.skip(f"{module} exports nothing by name")
+    assert list(exported) == sorted(exported)
+    assert all(hasattr(loaded, name) for name in exported)
