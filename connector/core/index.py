@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from connector.core.capture import CaptureFacts
 from connector.core.fingerprint import Fingerprint
@@ -180,6 +180,19 @@ class SchemaError(Exception):
     pass
 
 
+class Known(NamedTuple):
+    """What the index holds of an asset, to tell what a listing changed."""
+
+    version: str
+    sha256: str | None
+    error: str | None
+    listed: str  # the listing's facts besides the bytes: addresses and metadata
+
+
+def listed_facts(url: str, original_url: str | None, metadata: dict[str, Any]) -> str:
+    return json.dumps([url, original_url, metadata], sort_keys=True, ensure_ascii=False)
+
+
 @dataclass(frozen=True)
 class UnitStatus:
     unit: str
@@ -225,8 +238,8 @@ class IndexStore(ABC):
     def listing_state(self, unit: str) -> ListingState: ...
 
     @abstractmethod
-    def asset_versions(self, unit: str) -> dict[str, tuple[str, str | None, str | None]]:
-        """asset_id -> (version, sha256, error) for every asset of the unit."""
+    def asset_versions(self, unit: str) -> dict[str, Known]:
+        """Every asset of the unit by id."""
 
     @abstractmethod
     def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]: ...
@@ -371,11 +384,21 @@ class SQLiteStore(IndexStore):
 
     # -- assets ----------------------------------------------------------
 
-    def asset_versions(self, unit: str) -> dict[str, tuple[str, str | None, str | None]]:
+    def asset_versions(self, unit: str) -> dict[str, Known]:
         rows = self.db.execute(
-            "SELECT asset_id, version, sha256, error FROM assets WHERE unit = ?", (unit,)
+            "SELECT asset_id, version, sha256, error, url, original_url, metadata "
+            "FROM assets WHERE unit = ?",
+            (unit,),
         )
-        return {row["asset_id"]: (row["version"], row["sha256"], row["error"]) for row in rows}
+        return {
+            row["asset_id"]: Known(
+                row["version"],
+                row["sha256"],
+                row["error"],
+                listed_facts(row["url"], row["original_url"], json.loads(row["metadata"])),
+            )
+            for row in rows
+        }
 
     def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]:
         wanted = list(set(sha256s))

@@ -25,7 +25,7 @@ from connector.core.fingerprint import (
     fingerprint_bytes,
     sha256_hex,
 )
-from connector.core.index import AssetRow, IndexStore
+from connector.core.index import AssetRow, IndexStore, Known, listed_facts
 from connector.engine.pool import WorkerPool
 
 log = structlog.get_logger(__name__)
@@ -216,7 +216,7 @@ def _sync_page(
     unit: str,
     adapter: Adapter[Any],
     refs: list[AssetRef],
-    known: dict[str, tuple[str, str | None, str | None]],
+    known: dict[str, Known],
     pool: WorkerPool,
     limits: tuple[int, int],
     sizes: set[int],
@@ -276,8 +276,14 @@ def _sync_page(
                 continue
             unchanged = before is not None and before[0] == ref.version != RETRY_VERSION
             if unchanged and before is not None and (before[2] is not None or before[1] in current):
-                touched.append(ref.id)  # unchanged: nothing fetched, nothing decoded
+                # Unchanged bytes: nothing fetched, nothing decoded. Metadata
+                # edited on the platform (or a new mapping) is still taken in.
                 stats.unchanged += 1
+                facts = listed_facts(ref.url, ref.original_url, asdict(ref.metadata))
+                if before.error is None and facts != before.listed:
+                    record(ref, before.sha256, None, ref.version)
+                else:
+                    touched.append(ref.id)
                 continue
             path = adapter.local_path(ref)
             size = ref.size_bytes
@@ -334,5 +340,11 @@ def _sync_page(
         error = failed.get(sha)
         record(ref, None if error else sha, error, ref.version)
     for ref_id in rows:
-        known[ref_id] = (rows[ref_id].version, rows[ref_id].sha256, rows[ref_id].error)
+        row = rows[ref_id]
+        known[ref_id] = Known(
+            row.version,
+            row.sha256,
+            row.error,
+            listed_facts(row.url, row.original_url, row.metadata),
+        )
     return list(rows.values()), list(fingerprints.values()), touched

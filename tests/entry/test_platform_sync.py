@@ -124,3 +124,37 @@ def test_fetches_in_flight_per_unit_are_bounded(library: DrupalHarness, tmp_path
 def test_fetches_in_flight_overall_are_bounded(library: DrupalHarness, tmp_path: Path) -> None:
     overall = threading.BoundedSemaphore(1)
     assert sync_with(library, Concurrency(per_unit=4, overall=overall), tmp_path / "b.sqlite") == 1
+
+
+def test_metadata_edited_upstream_is_taken_in_without_fetching(
+    library: DrupalHarness, tmp_path: Path
+) -> None:
+    db = tmp_path / "meta.sqlite"
+    sync_with(library, Concurrency(per_unit=2), db)
+    store = SQLiteStore(db)
+    target = store.live_assets("hel-fi")[0]
+    store.close()
+    assert target.metadata["location"] is None
+    placed = library.place_metadata({"location": "Temppeliaukio", "department": "KUVA"})
+    library.emulator.library.touch(library.drupal.library_id(target.asset_id), **placed)
+    assert library.proxy is not None
+    library.proxy.clear()
+    store = SQLiteStore(db)
+    try:
+        with WorkerPool(1, Limits(seconds=60)) as pool:
+            stats = sync_unit(
+                store,
+                library.adapter(page_size=6),
+                "hel-fi",
+                pool,
+                max_pixels=100_000_000,
+                max_bytes=64 * 1024 * 1024,
+            )
+        refreshed = store.find_asset(f"hel-fi:{target.asset_id}")
+    finally:
+        store.close()
+    assert stats.fetched == 0 and stats.fetched_bytes == 0
+    assert downloads(library) == 0
+    assert refreshed is not None and refreshed.sha256 == target.sha256
+    assert refreshed.metadata["location"] == "Temppeliaukio"
+    assert refreshed.metadata["department"] == "KUVA"
