@@ -262,6 +262,13 @@ class Adapter(ABC, Generic[CursorT]):
     def fetch_original(self, asset: AssetRef) -> bytes:
         return self.fetch(asset, min_side=0)
 
+    def exists(self, asset: AssetRef) -> bool | None:
+        """Whether the asset is still on the platform, asked one by one; None
+        when the adapter cannot tell outside a listing. The engine asks before
+        it retires an asset that a full listing did not show: a listing paged
+        by offsets skips a live asset when one before it is deleted meanwhile."""
+        return None
+
     def local_path(self, asset: AssetRef) -> str | None:
         """A file this machine can read for the asset, when there is one: the
         engine's workers then read it themselves instead of being sent its bytes."""

@@ -239,6 +239,18 @@ class Finna(Adapter[FinnaCursor]):
     def _cover(self, action: str, query: dict[str, Any]) -> str:
         return urljoin(self.image_base, f"/Cover/{action}?{urlencode(query)}")
 
+    def exists(self, asset: AssetRef) -> bool:
+        """The record still holds the image (`<id>#<n>` is its n-th image)."""
+        record_id, _, index = asset.id.partition("#")
+        body = self.http.get_json(
+            "record?" + urlencode([("id[]", record_id), ("field[]", "id"), ("field[]", "images")])
+        )
+        records = body.get("records") if isinstance(body, dict) else None
+        if not records:
+            return False
+        images = records[0].get("images") if isinstance(records[0], dict) else None
+        return not index or (isinstance(images, list) and int(index) < len(images))
+
     # -- files -----------------------------------------------------------
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:

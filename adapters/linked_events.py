@@ -208,6 +208,13 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
 
     # -- files -----------------------------------------------------------
 
+    def exists(self, asset: AssetRef) -> bool:
+        try:
+            self.http.get_json(f"image/{asset.id}/")
+        except NotFound:
+            return False
+        return True
+
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         # Linked Events keeps one file per image: there is no smaller size.
         url = choose_rendition(asset, min_side) or asset.original_url

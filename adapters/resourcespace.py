@@ -247,6 +247,14 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
             if isinstance(field, dict) and field.get("name")
         }
 
+    def exists(self, asset: AssetRef) -> bool:
+        # PHP false (an empty answer) for a resource that is gone or hidden.
+        try:
+            answer = self.call("get_resource_data", resource=asset.id)
+        except Unsupported:
+            return False
+        return isinstance(answer, dict) and bool(answer)
+
     # -- fetching ----------------------------------------------------------------
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:

@@ -267,8 +267,13 @@ class IndexStore(ABC):
         deleted, and the cursor after the page (see `ListingState`)."""
 
     @abstractmethod
-    def retire_unseen(self, unit: str, run: int) -> int:
-        """After a complete listing: assets not seen in it leave the live set."""
+    def unseen_assets(self, unit: str, run: int) -> list[AssetRow]:
+        """Live assets of the unit that the run's listing did not show."""
+
+    @abstractmethod
+    def retire_unseen(self, unit: str, run: int, keep: Sequence[str] = ()) -> int:
+        """After a complete listing: assets not seen in it leave the live set,
+        but for `keep` (the platform says they are still there)."""
 
     @abstractmethod
     def live_assets(self, unit: str | None = None) -> list[AssetRow]: ...
@@ -503,8 +508,19 @@ class SQLiteStore(IndexStore):
                     (unit, cursor, run, stamp, int(full_listing)),
                 )
 
-    def retire_unseen(self, unit: str, run: int) -> int:
+    def unseen_assets(self, unit: str, run: int) -> list[AssetRow]:
+        rows = self.db.execute(
+            "SELECT * FROM assets WHERE unit = ? AND live = 1 AND seen_run != ? ORDER BY asset_id",
+            (unit, run),
+        )
+        return [self._asset(row) for row in rows]
+
+    def retire_unseen(self, unit: str, run: int, keep: Sequence[str] = ()) -> int:
         with self._transaction() as db:
+            db.executemany(
+                "UPDATE assets SET seen_run = ? WHERE unit = ? AND asset_id = ?",
+                [(run, unit, asset_id) for asset_id in keep],
+            )
             changed = db.execute(
                 "UPDATE assets SET live = 0, updated_at = ? "
                 "WHERE unit = ? AND live = 1 AND seen_run != ?",

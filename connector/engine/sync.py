@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from PIL import Image
 
-from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, Retryable
+from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, NotFound, Retryable
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -107,6 +107,30 @@ def _fetch(adapter: Adapter[Any], ref: AssetRef, concurrency: Concurrency) -> by
             delay = getattr(exc, "retry_after", None) or 0.5 * 2**attempt
             time.sleep(min(delay, 30.0))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) -> list[str]:
+    """Assets a full listing did not show that the platform still has (asked
+    one by one, where the adapter can tell): they stay live. An asset whose
+    answer fails stays live too, until a listing decides."""
+    keep: list[str] = []
+    for row in store.unseen_assets(unit, run):
+        ref = AssetRef(
+            id=row.asset_id, version=row.version, url=row.url, original_url=row.original_url
+        )
+        try:
+            there = adapter.exists(ref)
+        except NotFound:
+            there = False
+        except AdapterError as exc:
+            log.warning("asset.unconfirmed", asset_id=row.asset_id, reason=str(exc))
+            there = True
+        if there is None:
+            return keep  # the adapter cannot tell: the listing decides
+        if there:
+            log.warning("asset.missed_by_listing", asset_id=row.asset_id)
+            keep.append(row.asset_id)
+    return keep
 
 
 def _prefetch(
@@ -203,7 +227,9 @@ def sync_unit(
             log.info("page.saved", assets=len(page.items), changed=len(rows))
             if page.complete:
                 if full_listing:
-                    stats.retired += store.retire_unseen(unit, run)
+                    stats.retired += store.retire_unseen(
+                        unit, run, _still_there(store, adapter, unit, run)
+                    )
                 stats.complete = True
     finally:
         structlog.contextvars.unbind_contextvars("unit", "adapter")

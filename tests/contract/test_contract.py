@@ -324,3 +324,15 @@ def test_every_registered_adapter_is_under_the_contract() -> None:
     from tests.contract.harness import HARNESSES
 
     assert sorted(HARNESSES) == sorted(ADAPTERS)
+
+
+def test_exists_answers_for_a_live_and_a_removed_asset(harness: Harness) -> None:
+    ids = add_photos(harness, 2)
+    adapter = harness.adapter()
+    items, _, _ = listing(adapter)
+    refs = {ref.id: ref for ref in items}
+    if adapter.exists(refs[ids[0]]) is None:
+        pytest.skip(f"{harness.kind} tells what is gone by its listing only")
+    harness.remove(ids[1])
+    assert adapter.exists(refs[ids[0]]) is True
+    assert adapter.exists(refs[ids[1]]) is False

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,3 +159,44 @@ def test_metadata_edited_upstream_is_taken_in_without_fetching(
     assert refreshed is not None and refreshed.sha256 == target.sha256
     assert refreshed.metadata["location"] == "Temppeliaukio"
     assert refreshed.metadata["department"] == "KUVA"
+
+
+def test_an_asset_a_paged_listing_skips_is_not_retired(tmp_path: Path) -> None:
+    """Linked Events pages by number: deleting an image already listed shifts
+    the rest, and the next page starts one too far. The skipped image is still
+    on the platform, so it stays live. The deleted one was listed before it
+    went; the next full listing retires it, and only it."""
+    from adapters.linked_events import LinkedEvents
+    from tests.servers.linked_events import LinkedEventsHarness
+
+    harness = LinkedEventsHarness()
+    try:
+        ids = [harness.add(f"p{n}.jpg", path.read_bytes()) for n, path in enumerate(PHOTOS[:6])]
+        store = SQLiteStore(tmp_path / "le.sqlite")
+        with WorkerPool(1, Limits(seconds=60)) as pool:
+            sync_unit(store, harness.adapter(page_size=2), "le", pool,
+                      max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+            first_page: list[str] = []
+
+            class DeletingMidListing(LinkedEvents):
+                def list_assets(self, cursor: Any) -> Any:
+                    page = super().list_assets(cursor)
+                    if not first_page:
+                        first_page.extend(ref.id for ref in page.items)
+                        harness.remove(page.items[0].id)
+                    return page
+
+            adapter = DeletingMidListing(harness.adapter(page_size=2).settings)
+            stats = sync_unit(store, adapter, "le", pool, full=True,
+                              max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+            live = {row.asset_id for row in store.live_assets("le")}
+            after = sync_unit(store, harness.adapter(page_size=2), "le", pool, full=True,
+                              max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+        live_after = {row.asset_id for row in store.live_assets("le")}
+        store.close()
+    finally:
+        harness.close()
+    # Listed: the deleted image (on the first page) and all but one of the rest.
+    assert stats.listed == len(ids) - 1, "the listing did skip a live asset"
+    assert live == set(ids) and stats.retired == 0
+    assert live_after == set(ids) - {first_page[0]} and after.retired == 1

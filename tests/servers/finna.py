@@ -85,6 +85,8 @@ class FinnaEmulator(Emulator):
     url_map = Map(
         [
             Rule("/api/v1/search", endpoint="search", methods=["GET"]),
+            Rule("/api/v1/record", endpoint="record", methods=["GET"]),
+            Rule("/v1/record", endpoint="record", methods=["GET"]),
             Rule("/v1/search", endpoint="search", methods=["GET"]),
             Rule("/Cover/Show", endpoint="cover_show", methods=["GET"]),
             Rule("/Cover/Download", endpoint="cover_download", methods=["GET"]),
@@ -127,6 +129,20 @@ class FinnaEmulator(Emulator):
         answer: dict[str, Any] = {"resultCount": len(records)}
         if chunk:
             answer["records"] = [self._record(asset, fields) for asset in chunk]
+        answer["status"] = "OK"
+        return json_response(answer)
+
+    def record(self, request: Request) -> Response:
+        """GET /record?id[]=...: the records asked for that exist, in the
+        search answer's shape (https://api.finna.fi/swagger-ui/ "record")."""
+        ids = request.args.getlist("id[]") or request.args.getlist("id")
+        if not ids:
+            return self._error("Missing id")
+        fields = request.args.getlist("field[]") or ["id", "title", "buildings", "images"]
+        found = [asset for asset in (self.library.get(i) for i in ids) if asset is not None]
+        answer: dict[str, Any] = {"resultCount": len(found)}
+        if found:
+            answer["records"] = [self._record(asset, fields) for asset in found]
         answer["status"] = "OK"
         return json_response(answer)
 
