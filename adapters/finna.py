@@ -95,7 +95,9 @@ class Finna(Adapter[FinnaCursor]):
     def __init__(self, settings: FinnaSettings) -> None:
         self.settings = settings
         base = str(settings.base_url)
-        self.image_base = str(settings.image_base_url or urljoin(base, "/"))
+        image_base = str(settings.image_base_url or urljoin(base, "/"))
+        # Image paths are joined below it, so that a base with a path keeps it.
+        self.image_base = image_base if image_base.endswith("/") else image_base + "/"
         self.http = HttpClient.for_settings(
             settings,
             headers={"Accept": "application/json"},
@@ -205,7 +207,7 @@ class Finna(Adapter[FinnaCursor]):
         else:
             # No file to download: the museum's largest size is the best there is.
             largest = urls.get("master") or urls.get("large")
-            original_url = urljoin(self.image_base, str(largest)) if largest else None
+            original_url = urljoin(self.image_base, str(largest).lstrip("/")) if largest else None
         renditions: list[Rendition] = []
         source = "master" if "master" in urls else "large" if "large" in urls else None
         if width and height and source and original is not None:
@@ -237,7 +239,7 @@ class Finna(Adapter[FinnaCursor]):
         )
 
     def _cover(self, action: str, query: dict[str, Any]) -> str:
-        return urljoin(self.image_base, f"/Cover/{action}?{urlencode(query)}")
+        return urljoin(self.image_base, f"Cover/{action}?{urlencode(query)}")
 
     def exists(self, asset: AssetRef) -> bool:
         """The record still holds the image (`<id>#<n>` is its n-th image)."""

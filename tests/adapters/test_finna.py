@@ -245,3 +245,11 @@ def test_jpeg_size_reads_the_frame_header() -> None:
     assert jpeg_size(jpeg(321, 123)) == (321, 123)
     assert jpeg_size(b"\x89PNG\r\n\x1a\n" + b"\0" * 32) is None
     assert jpeg_size(b"\xff\xd8\xff") is None
+
+
+def test_an_image_base_with_a_path_keeps_it(harness: FinnaHarness) -> None:
+    add(harness, jpeg(1600, 1200))
+    base = harness.url + "finna-kuvat/"
+    [ref] = list_all(harness.adapter(image_base_url=base))
+    assert ref.original_url is not None and ref.original_url.startswith(base + "Cover/")
+    assert ref.renditions and all(r.url.startswith(base + "Cover/Show?") for r in ref.renditions)
