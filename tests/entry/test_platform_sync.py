@@ -21,7 +21,7 @@ from connector.core.index import SQLiteStore
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import Concurrency, sync_unit
 from tests.conftest import ROOT, damdup
-from tests.servers.common import photo_paths
+from tests.servers.common import TokenBucket, photo_paths
 from tests.servers.config import write_config
 from tests.servers.drupal import DrupalHarness
 
@@ -200,3 +200,17 @@ def test_an_asset_a_paged_listing_skips_is_not_retired(tmp_path: Path) -> None:
     assert stats.listed == len(ids) - 1, "the listing did skip a live asset"
     assert live == set(ids) and stats.retired == 0
     assert live_after == set(ids) - {first_page[0]} and after.retired == 1
+
+
+def test_a_rate_limited_platform_syncs_completely(library: DrupalHarness, tmp_path: Path) -> None:
+    """The emulator's own limit (a token bucket answering 429 with
+    Retry-After) against fetches in flight: every asset arrives, none fails."""
+    library.emulator.rate = TokenBucket(rate=8, burst=2)
+    try:
+        sync_with(library, Concurrency(per_unit=4), tmp_path / "rate.sqlite")
+    finally:
+        library.emulator.rate = None
+    limited = [entry for entry in library.emulator.log if entry.status == 429]
+    assert limited, "the platform did answer 429"
+    assert library.proxy is not None
+    assert downloads(library) >= len(PHOTOS)
