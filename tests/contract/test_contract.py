@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapters.base import Adapter, AssetRef, AuthFailed, NotFound, Unavailable
+from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, NotFound, Unavailable
 from connector.core.fingerprint import DECODE_SIDE, fingerprint_bytes
 from connector.core.index import SQLiteStore
 from connector.core.tiers import CANDIDATE_RADIUS
@@ -336,3 +336,15 @@ def test_exists_answers_for_a_live_and_a_removed_asset(harness: Harness) -> None
     harness.remove(ids[1])
     assert adapter.exists(refs[ids[0]]) is True
     assert adapter.exists(refs[ids[1]]) is False
+
+
+def test_an_answer_of_the_wrong_shape_is_a_clear_error(harness: Harness) -> None:
+    """Valid JSON that is not what the platform says (a misrouted proxy, an
+    API change) stops the listing with an adapter error, never a crash and
+    never an empty listing that would retire every asset."""
+    proxy = http_only(harness)
+    add_photos(harness, 2)
+    proxy.inject("shape", times=50, path_contains=harness.listing_path)
+    with pytest.raises(AdapterError) as caught:
+        listing(harness.adapter())
+    assert str(caught.value)

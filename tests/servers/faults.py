@@ -30,7 +30,9 @@ HOP_HEADERS = frozenset(
     }
 )
 
-FAULTS = ("429", "500", "503", "401", "html", "timeout", "truncated", "reset", "slow")
+FAULTS = (
+    "429", "500", "503", "401", "html", "timeout", "truncated", "reset", "slow", "shape",
+)  # fmt: skip
 
 
 @dataclass
@@ -211,6 +213,10 @@ class FaultProxy:
             handler.close_connection = True
             _hang_up(handler)
             return
+        if kind == "shape":  # valid JSON, 200, but nothing the platform would say
+            body = b'{"unexpected": ["shape"], "data": "not a list", "result": 3}'
+            self._send(handler, 200, [("Content-Type", "application/json")], body)
+            return
         if kind == "html":
             page = (
                 b"<!DOCTYPE html><html><head><title>Service temporarily in maintenance"
@@ -231,7 +237,7 @@ class FaultProxy:
         self._send(handler, status, headers, message)
 
 
-_FAULT_STATUS = {"429": 429, "500": 500, "503": 503, "401": 401, "html": 200}
+_FAULT_STATUS = {"429": 429, "500": 500, "503": 503, "401": 401, "html": 200, "shape": 200}
 
 
 def _hang_up(handler: BaseHTTPRequestHandler) -> None:
