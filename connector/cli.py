@@ -41,6 +41,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_SOME_FAILED = 3  # the run finished, but some assets or units could not be indexed
 DEFAULT_CONFIG = Path("config/damdup.toml")
+SIMILAR_SHOWN = 20  # related pairs listed under the clusters unless --all
 
 RELATION_FIELDS = [
     "unit_a", "id_a", "unit_b", "id_b", "tier", "phash_distance", "dhash_distance",
@@ -401,10 +402,15 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"  canonical because: {cluster.reason}\n")
     if similar and args.tier in (None, Tier.SIMILAR.value):
         out.print(f"[bold]Other shots of the same scene[/] (related, never merged): {len(similar)}")
-        for relation in similar:
+        shown = similar if args.all else similar[:SIMILAR_SHOWN]
+        for relation in shown:
             out.print(
                 f"  {relation.a.key}  ~  {relation.b.key}  "
                 f"(pHash {relation.edge.phash_distance}, dHash {relation.edge.dhash_distance})"
+            )
+        if len(shown) < len(similar):
+            out.print(
+                f"  ... and {len(similar) - len(shown)} more (--all, or `damdup export relations`)"
             )
     return EXIT_OK
 
@@ -610,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     clusters.add_argument("--tier", choices=[t.value for t in Tier])
     clusters.add_argument(
         "--cross-unit", action="store_true", help="only clusters that span several units"
+    )
+    clusters.add_argument(
+        "--all", action="store_true", help=f"every related pair, not the first {SIMILAR_SHOWN}"
     )
     clusters.add_argument("--format", choices=["table", "json"], default="table")
     clusters.set_defaults(handler=cmd_clusters)

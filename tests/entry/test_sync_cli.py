@@ -47,8 +47,16 @@ def test_sync_then_resync_then_status(tmp_path: Path) -> None:
         assert row["redundancy_pct"] == round(100.0 * redundant / row["assets"], 1)
     assert sum(row["duplicates"] + row["candidates"] for row in status) > 0
 
-    table = damdup("clusters", "--db", str(tmp_path / "index.sqlite"), "--cross-unit")
+    db = str(tmp_path / "index.sqlite")
+    table = damdup("clusters", "--db", db, "--cross-unit")
     assert "canonical because" in table.stdout
+    similar = json.loads(damdup("clusters", "--db", db, "--cross-unit", "--format", "json").stdout)
+    related = len(similar["similar"])
+    assert related > 20, "the fixtures hold burst frames and other angles across folders"
+    assert f"... and {related - 20} more" in table.stdout
+    every = damdup("clusters", "--db", db, "--cross-unit", "--all").stdout
+    assert "more (--all" not in every
+    assert every.count("  ~  ") == related
 
 
 def test_one_unit_only(tmp_path: Path) -> None:
