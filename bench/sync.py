@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import imagehash
-import numpy as np
 import structlog
 from PIL import Image
 
@@ -34,27 +33,7 @@ from connector.core.index import SQLiteStore
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import SyncStats, sync_unit
 from tests.contract.harness import HARNESSES, start_harness
-from tests.servers.common import photo_paths
-
-
-def camera_size(path: Path, long_side: int, grain: float) -> bytes:
-    """A real photo at a camera's size. The fixtures are small, and an upscaled
-    photo is smoother than a camera's: without sensor grain its JPEG is a third
-    of a camera JPEG's size, which would flatter nothing but the originals'
-    total. `grain` is the standard deviation of the noise added, in levels."""
-    with Image.open(path) as image:
-        rgb = image.convert("RGB")
-    scale = long_side / max(rgb.size)
-    rgb = rgb.resize(
-        (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
-    )
-    if grain > 0:
-        pixels = np.asarray(rgb, dtype=np.float32)
-        noise = np.random.default_rng(len(pixels)).normal(0, grain, pixels.shape)
-        rgb = Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8))
-    out = io.BytesIO()
-    rgb.save(out, "JPEG", quality=92)
-    return out.getvalue()
+from tests.servers.common import photo_paths, upscaled
 
 
 def sync(store: SQLiteStore, adapter: Any, pool: WorkerPool, full: bool) -> SyncStats:
@@ -132,7 +111,7 @@ def main() -> int:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     photos = [
-        camera_size(p, args.long_side, args.grain)
+        upscaled(p, args.long_side, quality=92, grain=args.grain)
         for p in photo_paths(variant="original")[: args.photos]
     ]
     mb = 1024 * 1024

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from adapters.base import AssetRef, AuthFailed, MetadataMapping
 from adapters.wordpress import WordPress, WordPressCursor, WordPressSettings
-from tests.servers.common import photo_paths
+from tests.servers.common import photo_paths, upscaled
 from tests.servers.wordpress import WordPressHarness
 
 PHOTOS = photo_paths(variant="original")
@@ -67,19 +67,6 @@ def set_modified(wp: WordPressHarness, asset_id: str, local: str, gmt: str | Non
         f"UPDATE wp_posts SET post_modified = '{local}', post_modified_gmt = '{gmt or local}' "
         f"WHERE ID = {int(asset_id)}"
     )
-
-
-def upscaled(long_side: int) -> bytes:
-    """A real photo made large enough for WordPress to cut every size it knows."""
-    with Image.open(PHOTOS[0]) as image:
-        rgb = image.convert("RGB")
-    scale = long_side / max(rgb.size)
-    rgb = rgb.resize(
-        (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BICUBIC
-    )
-    out = io.BytesIO()
-    rgb.save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 def size_of(data: bytes) -> tuple[int, int]:
@@ -211,7 +198,7 @@ def test_only_images_are_listed(wp: WordPressHarness) -> None:
 def test_renditions_are_the_smallest_large_enough_and_never_the_square_crop(
     wp: WordPressHarness,
 ) -> None:
-    original = upscaled(1920)
+    original = upscaled(PHOTOS[0], 1920)
     width, height = size_of(original)
     wp.add("big.jpg", original)
     made = adapter(wp)
@@ -250,7 +237,7 @@ def test_a_small_photo_is_fetched_as_uploaded(wp: WordPressHarness) -> None:
 
 
 def test_a_big_upload_serves_the_scaled_copy_and_keeps_the_original(wp: WordPressHarness) -> None:
-    original = upscaled(3000)
+    original = upscaled(PHOTOS[0], 3000)
     width, height = size_of(original)
     wp.add("huge.jpg", original)
     made = adapter(wp)

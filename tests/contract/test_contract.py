@@ -24,7 +24,7 @@ from connector.core.verify import verify_pair
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import sync_unit
 from tests.contract.harness import Harness
-from tests.servers.common import photo_paths
+from tests.servers.common import photo_paths, upscaled
 
 PHOTOS = photo_paths(variant="original")
 MAX_PIXELS = 100_000_000
@@ -63,15 +63,7 @@ def add_photos(harness: Harness, count: int, metadata: bool = False) -> list[str
 
 def big_photo(long_side: int = 1600) -> bytes:
     """A large JPEG from a real photo, so that the platform makes renditions."""
-    with Image.open(PHOTOS[0]) as image:
-        rgb = image.convert("RGB")
-        scale = long_side / max(rgb.size)
-        rgb = rgb.resize(
-            (round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.LANCZOS
-        )
-        out = io.BytesIO()
-        rgb.save(out, "JPEG", quality=92)
-        return out.getvalue()
+    return upscaled(PHOTOS[0], long_side, quality=92)
 
 
 @pytest.fixture

@@ -96,6 +96,12 @@ def test_kill_9_mid_sync_loses_nothing_and_refetches_at_most_a_page(
     assert fetched_before + downloads(library) <= len(PHOTOS) + PAGE
 
 
+def sync_once(store: SQLiteStore, adapter: Any, unit: str, pool: WorkerPool, **options: Any) -> Any:
+    return sync_unit(
+        store, adapter, unit, pool, max_pixels=100_000_000, max_bytes=64 * 2**20, **options
+    )
+
+
 def sync_with(harness: DrupalHarness, concurrency: Concurrency, db: Path) -> int:
     assert harness.proxy is not None
     harness.proxy.clear()
@@ -103,14 +109,8 @@ def sync_with(harness: DrupalHarness, concurrency: Concurrency, db: Path) -> int
     store = SQLiteStore(db)
     try:
         with WorkerPool(2, Limits(seconds=60)) as pool:
-            stats = sync_unit(
-                store,
-                harness.adapter(page_size=6),
-                "hel-fi",
-                pool,
-                max_pixels=100_000_000,
-                max_bytes=64 * 1024 * 1024,
-                concurrency=concurrency,
+            stats = sync_once(
+                store, harness.adapter(page_size=6), "hel-fi", pool, concurrency=concurrency
             )
     finally:
         store.close()
@@ -143,14 +143,7 @@ def test_metadata_edited_upstream_is_taken_in_without_fetching(
     store = SQLiteStore(db)
     try:
         with WorkerPool(1, Limits(seconds=60)) as pool:
-            stats = sync_unit(
-                store,
-                library.adapter(page_size=6),
-                "hel-fi",
-                pool,
-                max_pixels=100_000_000,
-                max_bytes=64 * 1024 * 1024,
-            )
+            stats = sync_once(store, library.adapter(page_size=6), "hel-fi", pool)
         refreshed = store.find_asset(f"hel-fi:{target.asset_id}")
     finally:
         store.close()
@@ -174,8 +167,7 @@ def test_an_asset_a_paged_listing_skips_is_not_retired(tmp_path: Path) -> None:
         ids = [harness.add(f"p{n}.jpg", path.read_bytes()) for n, path in enumerate(PHOTOS[:6])]
         store = SQLiteStore(tmp_path / "le.sqlite")
         with WorkerPool(1, Limits(seconds=60)) as pool:
-            sync_unit(store, harness.adapter(page_size=2), "le", pool,
-                      max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+            sync_once(store, harness.adapter(page_size=2), "le", pool)
             first_page: list[str] = []
 
             class DeletingMidListing(LinkedEvents):
@@ -187,11 +179,9 @@ def test_an_asset_a_paged_listing_skips_is_not_retired(tmp_path: Path) -> None:
                     return page
 
             adapter = DeletingMidListing(harness.adapter(page_size=2).settings)
-            stats = sync_unit(store, adapter, "le", pool, full=True,
-                              max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+            stats = sync_once(store, adapter, "le", pool, full=True)
             live = {row.asset_id for row in store.live_assets("le")}
-            after = sync_unit(store, harness.adapter(page_size=2), "le", pool, full=True,
-                              max_pixels=100_000_000, max_bytes=64 * 2**20)  # fmt: skip
+            after = sync_once(store, harness.adapter(page_size=2), "le", pool, full=True)
         live_after = {row.asset_id for row in store.live_assets("le")}
         store.close()
     finally:
