@@ -112,6 +112,10 @@ def run(
             log.error("unit.failed", unit=unit, reason=str(exc))
             failed[unit] = f"{type(exc).__name__}: {exc}"
             return SyncStats(unit=unit)
+        except Exception as exc:  # a defect in one adapter must not stop the others
+            log.exception("unit.crashed", unit=unit)
+            failed[unit] = f"unexpected {type(exc).__name__}: {exc}"
+            return SyncStats(unit=unit)
         finally:
             if own_store is not store:
                 own_store.close()

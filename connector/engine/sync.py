@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from PIL import Image
+from pydantic import ValidationError
 
 from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, NotFound, Retryable
 from connector.core.fingerprint import (
@@ -109,6 +110,19 @@ def _fetch(adapter: Adapter[Any], ref: AssetRef, concurrency: Concurrency) -> by
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _cursor(adapter: Adapter[Any], saved: str | None) -> Any:
+    """A saved cursor, or None when there is none or it no longer fits the
+    adapter's cursor (an upgrade changed it): then the listing starts over in
+    full, which loses nothing and fetches nothing unchanged."""
+    if saved is None:
+        return None
+    try:
+        return adapter.cursor_model.model_validate_json(saved)
+    except ValidationError as exc:
+        log.warning("cursor.unusable", reason=str(exc).splitlines()[0], cursor=saved[:200])
+        return None
+
+
 def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) -> list[str]:
     """Assets a full listing did not show that the platform still has (asked
     one by one, where the adapter can tell): they stay live. An asset whose
@@ -188,15 +202,16 @@ def sync_unit(
     stats = SyncStats(unit=unit)
     state = store.listing_state(unit)
     cursor = None
-    if state.cursor is not None and state.run is not None and not full:
-        cursor = adapter.cursor_model.model_validate_json(state.cursor)
-        run, full_listing = state.run, state.full_listing
+    saved = _cursor(adapter, state.cursor) if state.run is not None and not full else None
+    if saved is not None and state.run is not None:
+        cursor, run, full_listing = saved, state.run, state.full_listing
         stats.resumed = True
     else:
         run = store.start_run(unit, "sync")
-        full_listing = full or state.watermark is None or not adapter.capabilities.incremental
-        if not full_listing and state.watermark is not None:
-            cursor = adapter.cursor_model.model_validate_json(state.watermark)
+        watermark = _cursor(adapter, state.watermark)
+        full_listing = full or watermark is None or not adapter.capabilities.incremental
+        if not full_listing:
+            cursor = watermark
     stats.incremental = not full_listing
     known = store.asset_versions(unit)
     limits = (max_pixels, max_bytes)

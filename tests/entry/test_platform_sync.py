@@ -204,3 +204,27 @@ def test_a_rate_limited_platform_syncs_completely(library: DrupalHarness, tmp_pa
     assert limited, "the platform did answer 429"
     assert library.proxy is not None
     assert downloads(library) >= len(PHOTOS)
+
+
+def test_a_saved_cursor_that_no_longer_fits_starts_a_full_listing(
+    library: DrupalHarness, tmp_path: Path
+) -> None:
+    """After an upgrade that changed an adapter's cursor, the saved one is
+    dropped with a warning: a full listing, nothing refetched, nothing lost."""
+    db = tmp_path / "cursor.sqlite"
+    sync_with(library, Concurrency(per_unit=2), db)
+    with sqlite3.connect(db) as connection:
+        connection.execute(
+            "UPDATE cursors SET cursor = ?, watermark = ?",
+            ('{"page": "x"', '{"changed_since": "yesterday"}'),
+        )
+    store = SQLiteStore(db)
+    try:
+        with WorkerPool(1, Limits(seconds=60)) as pool:
+            stats = sync_once(store, library.adapter(page_size=6), "hel-fi", pool)
+        live = store.live_assets("hel-fi")
+    finally:
+        store.close()
+    assert stats.complete and not stats.incremental
+    assert stats.listed == len(PHOTOS) and stats.fetched == 0 and stats.retired == 0
+    assert len(live) == len(PHOTOS)
