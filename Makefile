@@ -34,12 +34,13 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP)
+bench: $(STAMP) servers
 	bench/install.sh $(VENV)
 	$(PY) bench/accuracy.py
 	$(PY) bench/verify.py
 	$(PY) bench/hashing.py
 	$(PY) bench/search.py
+	$(PY) bench/sync.py
 
 fixtures: $(STAMP)
 	$(PY) fixtures/build.py
