@@ -251,6 +251,11 @@ class Adapter(ABC, Generic[CursorT]):
     cursor_model: ClassVar[type[BaseModel]]
     capabilities: ClassVar[Capabilities] = Capabilities()
 
+    def __init__(self, settings: Any) -> None:
+        """Every adapter is built from its `settings_model`; none contacts
+        the platform here."""
+        self.settings = settings
+
     @abstractmethod
     def list_assets(self, cursor: CursorT | None) -> Page[CursorT]: ...
 

@@ -44,7 +44,7 @@ def build_adapters(config: Config, only: list[str] | None = None) -> dict[str, A
 def build_adapter(name: str, platform: str, options: dict[str, Any]) -> Adapter[Any]:
     cls, settings = unit_settings(name, platform, options)
     try:
-        return cls(settings)  # type: ignore[call-arg]
+        return cls(settings)
     except AdapterError as exc:
         raise ConfigError(f"unit {name}: {exc}") from exc
 
