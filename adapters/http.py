@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -148,6 +148,7 @@ class HttpClient:
         allowed_hosts: Iterable[str] = (),
         secrets: Iterable[str | None] = (),
         max_file_bytes: int = MAX_FILE_BYTES,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         base = urlsplit(self.base_url)
@@ -164,6 +165,7 @@ class HttpClient:
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self.max_file_bytes = max_file_bytes
+        self.sleep = sleep  # how waits between attempts are spent
         self.secrets = [s for s in secrets if s]
         self.session = requests.Session()
         self.session.auth = auth
@@ -243,7 +245,7 @@ class HttpClient:
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(_Transient),
             reraise=True,
-            sleep=time.sleep,
+            sleep=self.sleep,
         )
         try:
             for attempt in retrying:

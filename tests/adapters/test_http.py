@@ -77,12 +77,22 @@ def test_json_and_bytes(proxy: FaultProxy) -> None:
 
 
 def test_retry_after_is_honoured(proxy: FaultProxy) -> None:
-    proxy.inject("429", times=1, retry_after=1)
-    started = time.monotonic()
-    assert client(proxy).get_json("items")["items"] == [1, 2, 3]
-    waited = time.monotonic() - started
+    waits: list[float] = []
+    proxy.inject("429", times=1, retry_after=7)
+    assert client(proxy, sleep=waits.append).get_json("items")["items"] == [1, 2, 3]
     assert [r.fault for r in proxy.requests()] == ["429", None]
-    assert waited >= 0.9, "the client waited the Retry-After it was given"
+    assert waits == [7.0], "the client waited exactly the Retry-After it was given"
+
+
+def test_server_errors_back_off_with_jitter_within_bounds(proxy: FaultProxy) -> None:
+    waits: list[float] = []
+    proxy.inject("500", times=3)
+    http = client(proxy, attempts=4, backoff_s=0.5, max_backoff_s=30.0, sleep=waits.append)
+    assert http.get_json("items")["items"] == [1, 2, 3]
+    assert len(waits) == 3
+    # Full jitter: each wait lies between 0 and the exponential bound of its attempt.
+    for attempt, wait in enumerate(waits, start=1):
+        assert 0 <= wait <= 0.5 * 2 ** (attempt - 1)
 
 
 def test_long_retry_after_is_left_to_the_engine(proxy: FaultProxy) -> None:
