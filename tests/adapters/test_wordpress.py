@@ -82,8 +82,7 @@ def listing_requests(wp: WordPressHarness) -> list[str]:
 # -- the server ----------------------------------------------------------------
 
 
-def test_the_real_wordpress_starts_quickly_and_prints_the_proxy_url(wp: WordPressHarness) -> None:
-    assert wp.server.startup_s < 15
+def test_the_real_wordpress_prints_the_proxy_url(wp: WordPressHarness) -> None:
     index = wp.server.api("GET", "wp-json/")
     assert index["url"] == wp.url.rstrip("/")
     assert "wp/v2" in index["namespaces"]
