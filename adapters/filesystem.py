@@ -17,6 +17,7 @@ from adapters.base import (
     AssetRef,
     BadAsset,
     Capabilities,
+    MetadataMapping,
     NotFound,
     Page,
 )
@@ -36,6 +37,10 @@ class FilesystemSettings(BaseSettings):
     root: Path
     page_size: int = Field(500, ge=1, le=100_000)
     max_file_bytes: int = Field(512 * 1024 * 1024, ge=1)
+    # A folder has no metadata fields; what it has is a file's `path`, its
+    # `folder` (often a place or an event), `name` and `modified` time, and
+    # literals for what a whole share has in common (`department = "=..."`).
+    metadata: MetadataMapping = MetadataMapping()
 
 
 class FilesystemCursor(BaseModel):
@@ -95,6 +100,12 @@ class Filesystem(Adapter[FilesystemCursor]):
             version = f"{info.st_size}:{info.st_mtime_ns}"
         except OSError as exc:
             problem = _describe(exc, path)
+        facts = {
+            "path": relative,
+            "folder": path.parent.name if path.parent != self.root else "",
+            "name": path.name,
+            "modified": modified,
+        }
         return AssetRef(
             id=relative,
             version=version,
@@ -102,6 +113,7 @@ class Filesystem(Adapter[FilesystemCursor]):
             size_bytes=size,
             modified=modified,
             problem=problem,
+            metadata=self.settings.metadata.apply(facts),
         )
 
     def list_assets(self, cursor: FilesystemCursor | None) -> Page[FilesystemCursor]:

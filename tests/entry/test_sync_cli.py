@@ -136,6 +136,8 @@ def test_the_example_configuration_is_valid(monkeypatch: pytest.MonkeyPatch) -> 
                 monkeypatch.setenv(f"{env_prefix(name)}{key.upper()}", "example-secret")
         _cls, settings = unit_settings(name, unit.platform, unit.adapter_options)
         assert settings.model_dump()  # every key was accepted by the platform's model
+        mapping = unit.adapter_options.get("metadata", {})
+        assert set(mapping) == {"location", "date", "department"}, f"{name} maps all three"
 
 
 def test_the_environment_wins_over_the_file_for_unit_settings(
