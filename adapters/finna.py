@@ -29,11 +29,13 @@ date from `year` (the main year: taken or made), department from the first
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode, urljoin
 
+from PIL import Image
 from pydantic import BaseModel, Field, HttpUrl
 from pydantic_settings import SettingsConfigDict
 
@@ -259,7 +261,7 @@ class Finna(Adapter[FinnaCursor]):
         url = choose_rendition(asset, min_side)
         if url is not None:
             data = self.http.get_bytes(url)
-            size = jpeg_size(data)
+            size = image_size(data)
             # The museum's master (or large) may be smaller than the box asked
             # for: Finna then sends it as it is, smaller than promised.
             if size is None or min(size) >= min_side:
@@ -304,29 +306,11 @@ def finna_fit(width: int, height: int, box_width: int, box_height: int) -> tuple
     return new_width, new_height
 
 
-# JPEG start-of-frame markers (baseline, progressive, ...): not DHT, JPG, DAC.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a JPEG's frame header; None for anything else."""
-    if data[:2] != b"\xff\xd8":
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from an image's header (Pillow reads no pixels for
+    this); None for anything that is not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
-    position = 2
-    while position + 9 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            position += 2
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker in _SOF_MARKERS:
-            height = int.from_bytes(data[position + 5 : position + 7], "big")
-            width = int.from_bytes(data[position + 7 : position + 9], "big")
-            return (width, height) if width and height else None
-        position += 2 + length
-    return None

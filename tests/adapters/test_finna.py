@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from adapters.base import Adapter, AssetRef, NotFound, choose_rendition
-from adapters.finna import Finna, FinnaSettings, finna_fit, jpeg_size
+from adapters.finna import Finna, FinnaSettings, finna_fit, image_size
 from adapters.http import HttpError
 from tests.servers.common import photo_paths
 from tests.servers.finna import FinnaHarness
@@ -241,10 +241,10 @@ def test_every_image_of_a_record_is_an_asset() -> None:
     assert first.metadata.department == "Helsingin kaupunginmuseo"
 
 
-def test_jpeg_size_reads_the_frame_header() -> None:
-    assert jpeg_size(jpeg(321, 123)) == (321, 123)
-    assert jpeg_size(b"\x89PNG\r\n\x1a\n" + b"\0" * 32) is None
-    assert jpeg_size(b"\xff\xd8\xff") is None
+def test_image_size_reads_the_header() -> None:
+    assert image_size(jpeg(321, 123)) == (321, 123)
+    assert image_size(b"\x89PNG\r\n\x1a\n" + b"\0" * 32) is None
+    assert image_size(b"\xff\xd8\xff") is None
 
 
 def test_an_image_base_with_a_path_keeps_it(harness: FinnaHarness) -> None:
