@@ -173,7 +173,6 @@ class HttpClient:
         self.session.headers.update(headers or {})
         # Proxies from the environment never see the unit's credentials.
         self.session.trust_env = False
-        self.requests_sent = 0
 
     @classmethod
     def for_settings(
@@ -281,7 +280,6 @@ class HttpClient:
     ) -> Reply:
         started = time.monotonic()
         shown = redact_url(url, self.secrets)
-        self.requests_sent += 1
         try:
             response = self._follow(method, url, params, json, data, headers)
         except requests.Timeout as exc:

@@ -149,7 +149,6 @@ class WordPressServer:
         self.url = ""  # where php -S listens
         self.public_url = ""
         self.app_password = ""
-        self.startup_s = 0.0
         self._process: subprocess.Popen[bytes] | None = None
         self._suffix = secrets.token_hex(4)
         self.db_name = f"damdup_wp_{self._suffix}"
@@ -200,7 +199,6 @@ class WordPressServer:
         )
         log.close()
         self._wait_ready(began + timeout_s)
-        self.startup_s = time.monotonic() - began
         return self.url
 
     def _env(self) -> dict[str, str]:
