@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +16,15 @@ import structlog
 from PIL import Image
 from pydantic import ValidationError
 
-from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, NotFound, Retryable
+from adapters.base import (
+    Adapter,
+    AdapterError,
+    AssetMetadata,
+    AssetRef,
+    AuthFailed,
+    NotFound,
+    Retryable,
+)
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -31,10 +38,34 @@ from connector.engine.pool import WorkerPool
 
 log = structlog.get_logger(__name__)
 
-# A transient fetch failure is recorded with this version so that the next
-# sync tries the asset again instead of treating it as unchanged.
-RETRY_VERSION = ""
-FETCH_ATTEMPTS = 3
+# A transient fetch failure is recorded with this reason; the next sync tries
+# the asset again, even when its listing would not show it (an incremental
+# listing shows only what changed upstream).
+RETRY_REASON = "fetch failed, will retry next sync"
+
+
+def awaits_retry(error: str | None) -> bool:
+    return error is not None and error.startswith(RETRY_REASON)
+
+
+def _retry_refs(store: IndexStore, unit: str, listed: set[str]) -> list[AssetRef]:
+    """Assets whose last fetch failed transiently, as the index knows them, for
+    a listing that did not show them."""
+    return [
+        AssetRef(
+            id=row.asset_id,
+            version=row.version,
+            url=row.url,
+            size_bytes=row.size_bytes,
+            modified=row.modified,
+            metadata=AssetMetadata(**row.metadata),
+            original_url=row.original_url,
+            width=row.width,
+            height=row.height,
+        )
+        for row in store.errors(unit)
+        if awaits_retry(row.error) and row.asset_id not in listed
+    ]
 
 
 @dataclass
@@ -98,16 +129,10 @@ class Concurrency:
 
 
 def _fetch(adapter: Adapter[Any], ref: AssetRef, concurrency: Concurrency) -> bytes:
-    for attempt in range(1, FETCH_ATTEMPTS + 1):
-        try:
-            with concurrency.gate():
-                return adapter.fetch(ref, min_side=DECODE_SIDE)
-        except Retryable as exc:
-            if attempt == FETCH_ATTEMPTS:
-                raise
-            delay = getattr(exc, "retry_after", None) or 0.5 * 2**attempt
-            time.sleep(min(delay, 30.0))
-    raise AssertionError("unreachable")  # pragma: no cover
+    # Retries belong to the shared HTTP client, which already waited out what
+    # it could; a Retryable that still arrives is recorded for the next sync.
+    with concurrency.gate():
+        return adapter.fetch(ref, min_side=DECODE_SIDE)
 
 
 def _cursor(adapter: Adapter[Any], saved: str | None) -> Any:
@@ -219,8 +244,11 @@ def sync_unit(
     structlog.contextvars.bind_contextvars(unit=unit, adapter=adapter.kind)
     try:
         for page in adapter.iter_pages(cursor):
+            refs = page.items
+            if page.complete and not full_listing:
+                refs = refs + _retry_refs(store, unit, {ref.id for ref in refs})
             rows, fingerprints, touched = _sync_page(
-                store, unit, adapter, page.items, known, pool, limits, sizes, stats, concurrency
+                store, unit, adapter, refs, known, pool, limits, sizes, stats, concurrency
             )
             next_cursor = page.cursor.model_dump_json() if page.cursor else None
             deleted = [asset_id for asset_id in page.deleted if asset_id in known]
@@ -315,7 +343,11 @@ def _sync_page(
                 else:
                     touched.append(ref.id)
                 continue
-            unchanged = before is not None and before[0] == ref.version != RETRY_VERSION
+            unchanged = (
+                before is not None
+                and before.version == ref.version
+                and not awaits_retry(before.error)
+            )
             if unchanged and before is not None and (before[2] is not None or before[1] in current):
                 # Unchanged bytes: nothing fetched, nothing decoded. Metadata
                 # edited on the platform (or a new mapping) is still taken in.
@@ -344,8 +376,7 @@ def _sync_page(
         for ref, data, error in _prefetch(adapter, remote, concurrency):
             if error is not None or data is None:
                 if isinstance(error, Retryable):
-                    reason = f"fetch failed, will retry next sync: {error}"
-                    record(ref, None, reason, RETRY_VERSION)
+                    record(ref, None, f"{RETRY_REASON}: {error}", ref.version)
                 else:
                     record(ref, None, str(error), ref.version)
                 continue

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -228,3 +229,31 @@ def test_a_saved_cursor_that_no_longer_fits_starts_a_full_listing(
     assert stats.complete and not stats.incremental
     assert stats.listed == len(PHOTOS) and stats.fetched == 0 and stats.retired == 0
     assert len(live) == len(PHOTOS)
+
+
+def test_a_fetch_that_keeps_failing_is_recorded_and_retried_next_sync(
+    library: DrupalHarness, tmp_path: Path
+) -> None:
+    """The shared client's retries run out on one file: that asset is recorded
+    with the reason, the others are indexed, and the next sync fetches it."""
+    assert library.proxy is not None
+    store = SQLiteStore(tmp_path / "retry.sqlite")
+    adapter = library.adapter(page_size=6, attempts=2)
+    [victim] = [ref for ref in adapter.list_assets(None).items][:1]
+    path = urlsplit(victim.original_url or "").path
+    try:
+        with WorkerPool(1, Limits(seconds=60)) as pool:
+            library.proxy.clear()
+            library.proxy.inject("500", times=1000, path_contains=path)
+            first = sync_once(store, adapter, "hel-fi", pool)
+            failed = store.find_asset(f"hel-fi:{victim.id}")
+            library.proxy.clear()
+            second = sync_once(store, library.adapter(page_size=6), "hel-fi", pool)
+            healed = store.find_asset(f"hel-fi:{victim.id}")
+    finally:
+        store.close()
+    assert first.errors == 1 and first.fingerprinted == len(PHOTOS) - 1
+    assert failed is not None and failed.error is not None
+    assert "will retry next sync" in failed.error and "500" in failed.error
+    assert second.fetched == 1 and second.errors == 0
+    assert healed is not None and healed.error is None and healed.sha256
