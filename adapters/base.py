@@ -7,6 +7,8 @@ optional abilities are declared in `Capabilities` and the base raises
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +25,9 @@ __all__ = [
     "AuthFailed",
     "BadAsset",
     "Capabilities",
+    "MARK_LABELS",
+    "Marks",
+    "MarksDoNotFit",
     "MetadataMapping",
     "NotFound",
     "Page",
@@ -69,6 +74,12 @@ class Unsupported(AdapterError):
 
 class BadAsset(AdapterError):
     """Skip this asset and record why."""
+
+
+class MarksDoNotFit(AdapterError):
+    """The store has no room for damdup's marks on this asset without dropping
+    someone else's (S3 allows 10 tags an object, Azure 10 index tags a blob).
+    Nothing was written; the engine records the reason and tries again later."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +235,84 @@ def choose_rendition(asset: AssetRef, min_side: int) -> str | None:
     return best.url if best else None
 
 
+# Every mark damdup writes. `metadata-missing` flags an asset without location,
+# date or contributing department.
+MARK_LABELS = ("canonical", "duplicate", "duplicate-candidate", "related", "metadata-missing")
+_CLUSTER_ID = re.compile(r"^dd[0-9a-f]{10}$")
+
+
+@dataclass(frozen=True)
+class Marks:
+    """damdup's marks on one asset: what `annotate` writes and `read_marks` reads.
+
+    labels: a sorted, duplicate-free subset of MARK_LABELS.
+    cluster: the short cluster id ("dd" + 10 hex digits, valid as an S3 or
+        Azure tag value) on the canonical and every member of its cluster.
+    canonical_url: the canonical's URL on its own platform, on duplicates and
+        candidates (never on the canonical itself).
+    `Marks()` means nothing of damdup's on the asset: annotating with it removes
+    damdup's earlier marks and leaves everything else as it is.
+    """
+
+    labels: tuple[str, ...] = ()
+    cluster: str | None = None
+    canonical_url: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [label for label in self.labels if label not in MARK_LABELS]
+        if unknown:
+            raise ValueError(f"unknown marks {unknown}; damdup writes only {MARK_LABELS}")
+        object.__setattr__(self, "labels", tuple(sorted(set(self.labels))))
+        if self.cluster is not None and not _CLUSTER_ID.match(self.cluster):
+            raise ValueError(f"cluster id {self.cluster!r} is not dd + 10 hex digits")
+
+    @property
+    def empty(self) -> bool:
+        return not self.labels and self.cluster is None and self.canonical_url is None
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat text fields, for stores that keep key/value pairs: only the
+        fields that have a value. Labels are joined by single spaces."""
+        fields = {"damdup-marks": " ".join(self.labels)} if self.labels else {}
+        if self.cluster:
+            fields["damdup-cluster"] = self.cluster
+        if self.canonical_url:
+            fields["damdup-canonical"] = self.canonical_url
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str | None]) -> Marks:
+        """The inverse of `to_fields`; keys that are not damdup's are ignored
+        and empty values count as absent."""
+        labels = (fields.get("damdup-marks") or "").split()
+        return cls(
+            labels=tuple(labels),
+            cluster=fields.get("damdup-cluster") or None,
+            canonical_url=fields.get("damdup-canonical") or None,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "labels": list(self.labels),
+                "cluster": self.cluster,
+                "canonical_url": self.canonical_url,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Marks:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(
+            labels=tuple(data.get("labels") or ()),
+            cluster=data.get("cluster"),
+            canonical_url=data.get("canonical_url"),
+        )
+
+
 CursorT = TypeVar("CursorT", bound=BaseModel)
 
 
@@ -294,7 +383,20 @@ class Adapter(ABC, Generic[CursorT]):
             seen.add(token)
             cursor = page.cursor
 
-    def annotate(self, asset: AssetRef, marks: dict[str, Any]) -> None:
+    def read_marks(self, asset: AssetRef) -> Marks:
+        """damdup's marks on the asset as the platform holds them now."""
+        raise Unsupported(f"{self.kind} cannot store marks")
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        """Make damdup's marks on the asset exactly `marks` (`Marks()` removes
+        them), replacing only damdup's own earlier marks: every other field,
+        tag or property stays as it was. Returns False when the platform
+        already held exactly these marks and no changing request was sent.
+
+        Never deletes an asset, and never sends an HTTP DELETE. Writing marks
+        must not change the asset's `version` (its bytes did not change).
+        Raises NotFound for an asset gone upstream and MarksDoNotFit when the
+        store's limits leave no room without dropping someone else's data."""
         raise Unsupported(f"{self.kind} cannot store marks")
 
     def parse_webhook(self, headers: dict[str, str], body: bytes) -> list[str]:

@@ -12,9 +12,12 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Marks
 from tests.servers.common import Emulator
-from tests.servers.faults import FaultProxy
+from tests.servers.faults import FaultProxy, Forwarded
+
+# Methods that read; any other request the proxy forwards changes something.
+READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "SEARCH", "REPORT"})
 
 # Every adapter kind and its test server's harness, "module:Class".
 HARNESSES = {
@@ -76,6 +79,31 @@ class Harness(ABC):
         """Settings overrides that the server refuses with 401/403, or None
         when the platform can be listed without credentials."""
         return None
+
+    # -- marks (adapters whose Capabilities say annotate) ------------------
+
+    def stored_marks(self, asset_id: str) -> Marks:
+        """damdup's marks on the asset, read through the platform's own API
+        or storage (never through the adapter under test)."""
+        raise NotImplementedError(f"{self.kind}: the harness cannot read marks")
+
+    def set_foreign(self, asset_id: str) -> None:
+        """Give the asset a value that is not damdup's (a caption, someone
+        else's tag or property), through the platform's own API, so that the
+        suite can check damdup leaves it alone."""
+        raise NotImplementedError(f"{self.kind}: the harness cannot set foreign fields")
+
+    def foreign_state(self, asset_id: str) -> Any:
+        """Everything about the asset that damdup must never change (its
+        other fields, tags, properties and bytes), read through the
+        platform's own API; compared before and after annotating."""
+        raise NotImplementedError(f"{self.kind}: the harness cannot read foreign fields")
+
+    def changing(self, entry: Forwarded) -> bool:
+        """Whether a request the proxy forwarded changes something upstream.
+        Platforms whose API changes things through GET (ResourceSpace's
+        function calls) override this."""
+        return entry.method not in READING_METHODS
 
     def close(self) -> None:
         if self.proxy is not None:

@@ -18,7 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from adapters.base import Adapter, AdapterError, AssetRef, AuthFailed, NotFound, Unavailable
+from adapters.base import (
+    Adapter,
+    AdapterError,
+    AssetRef,
+    AuthFailed,
+    Marks,
+    NotFound,
+    Unavailable,
+)
 from connector.core.fingerprint import DECODE_SIDE, fingerprint_bytes
 from connector.core.index import SQLiteStore
 from connector.core.tiers import CANDIDATE_RADIUS
@@ -372,3 +380,118 @@ def test_a_listing_resumed_anywhere_equals_the_whole_listing(harness: Harness) -
         assert sorted(seen) == sorted(ids)
 
     resumed_equals_whole()
+
+
+# -- marks (write-back) ------------------------------------------------------
+
+# A canonical link as hostile as real ones get: query, fragment, percent
+# escapes, spaces and letters outside ASCII. Stores with restricted character
+# sets (S3 and Azure tags) must still give it back exactly.
+NASTY_URL = "https://www.hel.fi/kuvat/Temppeliaukion kirkko ä.jpg?size=full&v=2%20x#top"
+
+
+def annotating(harness: Harness) -> Adapter[Any]:
+    adapter = harness.adapter()
+    if not adapter.capabilities.annotate:
+        pytest.skip(f"{harness.kind} is read-only: its marks go into the report")
+    return adapter
+
+
+def _changing(harness: Harness) -> int:
+    if harness.proxy is None:
+        return 0
+    return len([entry for entry in harness.proxy.log if harness.changing(entry)])
+
+
+def _deletes(harness: Harness) -> list[str]:
+    if harness.proxy is None:
+        return []
+    return [entry.path for entry in harness.proxy.requests("DELETE")]
+
+
+def test_marks_round_trip_through_the_platform(harness: Harness) -> None:
+    adapter = annotating(harness)
+    ids = add_photos(harness, 2)
+    items, _, _ = listing(adapter)
+    refs = {ref.id: ref for ref in items}
+    target = refs[ids[0]]
+    harness.set_foreign(target.id)
+    foreign = harness.foreign_state(target.id)
+    assert adapter.read_marks(target) == Marks()
+    marks = Marks(labels=("duplicate",), cluster="dd0123456789", canonical_url=NASTY_URL)
+
+    assert adapter.annotate(target, marks) is True
+    assert harness.stored_marks(target.id) == marks
+    assert harness.adapter().read_marks(target) == marks
+    assert harness.foreign_state(target.id) == foreign
+    # The other asset is untouched.
+    assert harness.stored_marks(ids[1]) == Marks()
+    assert _deletes(harness) == []
+
+
+def test_annotating_again_sends_no_changing_request(harness: Harness) -> None:
+    adapter = annotating(harness)
+    [asset_id] = add_photos(harness, 1)
+    [ref], _, _ = listing(adapter)
+    marks = Marks(labels=("canonical", "related"), cluster="dd00000000ff")
+    assert adapter.annotate(ref, marks) is True
+    before = _changing(harness)
+    assert harness.adapter().annotate(ref, marks) is False
+    assert _changing(harness) == before
+    assert harness.stored_marks(asset_id) == marks
+
+
+def test_changed_marks_replace_stale_ones_and_empty_marks_remove_them(harness: Harness) -> None:
+    adapter = annotating(harness)
+    [asset_id] = add_photos(harness, 1)
+    [ref], _, _ = listing(adapter)
+    harness.set_foreign(asset_id)
+    foreign = harness.foreign_state(asset_id)
+    adapter.annotate(
+        ref, Marks(labels=("duplicate",), cluster="dd0123456789", canonical_url=NASTY_URL)
+    )
+    moved = Marks(
+        labels=("duplicate-candidate",), cluster="ddabcdefabcd", canonical_url="https://a.example/b"
+    )
+    assert adapter.annotate(ref, moved) is True
+    assert harness.stored_marks(asset_id) == moved
+    assert adapter.annotate(ref, Marks()) is True
+    assert harness.stored_marks(asset_id) == Marks()
+    assert adapter.read_marks(ref) == Marks()
+    assert harness.foreign_state(asset_id) == foreign
+    assert _deletes(harness) == []
+
+
+def test_marks_leave_the_version_alone(harness: Harness) -> None:
+    """Marks are not content: an asset marked upstream lists with the same
+    version, so the next sync fetches no image bytes for it."""
+    adapter = annotating(harness)
+    add_photos(harness, 2)
+    before, _, _ = listing(adapter)
+    for ref in before:
+        adapter.annotate(ref, Marks(labels=("related",), cluster="dd0123456789"))
+    after, _, _ = listing(harness.adapter())
+    assert {ref.id: ref.version for ref in after} == {ref.id: ref.version for ref in before}
+
+
+def test_marks_on_a_removed_asset_raise_not_found(harness: Harness) -> None:
+    adapter = annotating(harness)
+    [asset_id] = add_photos(harness, 1)
+    [ref], _, _ = listing(adapter)
+    harness.remove(asset_id)
+    with pytest.raises(NotFound):
+        adapter.annotate(ref, Marks(labels=("duplicate",), cluster="dd0123456789"))
+    assert _deletes(harness) == []
+
+
+def test_a_server_error_while_annotating_is_retried(harness: Harness) -> None:
+    adapter = annotating(harness)
+    proxy = http_only(harness)
+    [asset_id] = add_photos(harness, 1)
+    [ref], _, _ = listing(adapter)
+    proxy.clear()
+    proxy.inject("503", times=1, retry_after=0)
+    marks = Marks(labels=("duplicate",), cluster="dd0123456789", canonical_url=NASTY_URL)
+    assert adapter.annotate(ref, marks) is True
+    assert proxy.log[0].fault == "503"
+    assert harness.stored_marks(asset_id) == marks
