@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, Marks
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
 from connector.core.index import (
@@ -34,6 +34,7 @@ from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.matcher import explain_pair
+from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
 from connector.units import build_adapters
 
@@ -551,6 +552,105 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _marks_text(marks: Marks) -> str:
+    if marks.empty:
+        return "(none)"
+    parts = [" ".join(marks.labels) or "-"]
+    if marks.cluster:
+        parts.append(marks.cluster)
+    if marks.canonical_url:
+        parts.append(f"canonical {marks.canonical_url}")
+    return " · ".join(parts)
+
+
+PUSH_COLUMNS = [o for o in Outcome]
+
+
+def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
+    config = read_config(args, settings)
+    settings = config.settings
+    adapters = build_adapters(config, args.unit)
+    writes = {name: unit.writes for name, unit in config.units.items()}
+    store = open_store(settings)
+    try:
+        if args.history:
+            return _print_push_history(store)
+        if args.revert is not None:
+            try:
+                report = revert(store, adapters, writes, args.revert, dry_run=args.dry_run)
+            except UnknownRun as exc:
+                raise UsageError(str(exc)) from exc
+        else:
+            clusters, relations = current_clusters(store, settings)
+            plan(store, list(adapters), clusters, relations)
+            report = push(store, adapters, writes, dry_run=args.dry_run)
+    finally:
+        store.close()
+    if args.format == "json":
+        payload = {
+            "run": report.run,
+            "revert_of": args.revert,
+            "dry_run_units": report.dry_run_units,
+            "report_only_units": report.report_only_units,
+            "failed_units": report.failed_units,
+            "changes": [change.as_dict() for change in report.changes],
+        }
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_push(report, list(adapters), args.revert)
+    return EXIT_SOME_FAILED if report.failed_units or report.count(Outcome.FAILED) else EXIT_OK
+
+
+def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> None:
+    what = f"revert of push run {revert_of}" if revert_of is not None else "push"
+    out.print(f"[bold]{what}[/]: run {report.run}")
+    table = Table(title_justify="left")
+    table.add_column("unit")
+    table.add_column("mode")
+    for outcome in PUSH_COLUMNS:
+        table.add_column(outcome.value, justify="right")
+    for unit in units:
+        if unit in report.report_only_units:
+            mode = "read-only: marks in report"
+        elif unit in report.dry_run_units:
+            mode = "dry run"
+        else:
+            mode = "writes"
+        table.add_row(unit, mode, *(str(report.count(o, unit)) for o in PUSH_COLUMNS))
+    out.print(table)
+    shown = [c for c in report.changes if c.outcome not in (Outcome.ALREADY, Outcome.APPLIED)]
+    for change in shown:
+        line = (
+            f"  {change.outcome.value:>12}  {change.unit}:{change.asset_id}  "
+            f"{_marks_text(change.before)}  →  {_marks_text(change.after)}"
+        )
+        if change.error:
+            line += f"  ({change.error})"
+        out.print(line, markup=False, highlight=False)
+    for unit, reason in report.failed_units.items():
+        err.print(f"{unit}: push stopped: {reason}", style="red")
+    if report.dry_run_units and any(c.outcome == Outcome.WOULD_CHANGE for c in report.changes):
+        out.print(
+            "Dry run: nothing was sent to "
+            + ", ".join(u for u in report.dry_run_units if u not in report.report_only_units)
+            + ". Set `writes = true` in a unit's configuration to write its marks."
+        )
+
+
+def _print_push_history(store: IndexStore) -> int:
+    table = Table(title="push runs", title_justify="left")
+    for column in ("run", "started", "mode", "units", "outcomes"):
+        table.add_column(column)
+    for entry in store.push_runs():
+        mode = "dry run" if entry.dry_run else "writes"
+        if entry.revert_of is not None:
+            mode += f", revert of {entry.revert_of}"
+        outcomes = ", ".join(f"{k} {v}" for k, v in entry.stats.get("outcomes", {}).items())
+        table.add_row(str(entry.id), entry.started_at, mode, " ".join(entry.units), outcomes)
+    out.print(table)
+    return EXIT_OK
+
+
 def cmd_review_decide(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
@@ -639,6 +739,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.set_defaults(handler=cmd_export)
+
+    push_cmd = command("push", "write duplicate marks and canonical links back to the platforms")
+    push_cmd.add_argument("--config", help="configuration file")
+    push_cmd.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    push_cmd.add_argument(
+        "--dry-run", action="store_true", help="show what would change, even where writes are on"
+    )
+    push_cmd.add_argument(
+        "--revert", type=int, metavar="RUN", help="put back what push run RUN changed"
+    )
+    push_cmd.add_argument("--history", action="store_true", help="list earlier push runs")
+    push_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    push_cmd.set_defaults(handler=cmd_push)
 
     review = commands.add_parser("review", help="reviewer decisions")
     review_commands = review.add_subparsers(dest="review_command", required=True)

@@ -78,6 +78,43 @@ class DecisionRow:
     decided_at: str
 
 
+@dataclass(frozen=True)
+class OutboxRow:
+    """The marks an asset should carry (`intended`) and what damdup last wrote
+    (`applied`, None before the first write), both as the engine's JSON text.
+    `held`: intended marks a revert took back; push leaves them until the
+    intended marks change. `error`: why the last attempt did not write."""
+
+    unit: str
+    asset_id: str
+    intended: str
+    applied: str | None
+    held: str | None
+    error: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    run: int
+    unit: str
+    asset_id: str
+    before: str
+    after: str
+    at: str
+
+
+@dataclass(frozen=True)
+class PushRun:
+    id: int
+    started_at: str
+    finished_at: str | None
+    dry_run: bool
+    revert_of: int | None
+    units: list[str]
+    stats: dict[str, Any]
+
+
 def ordered(sha_a: str, sha_b: str) -> tuple[str, str]:
     return (sha_a, sha_b) if sha_a <= sha_b else (sha_b, sha_a)
 
@@ -170,6 +207,38 @@ MIGRATIONS: list[str] = [
     ALTER TABLE cursors ADD COLUMN watermark TEXT;
     ALTER TABLE cursors ADD COLUMN full_listing INTEGER NOT NULL DEFAULT 1;
     CREATE INDEX runs_unit ON runs(unit, id);
+    """,
+    # 4: write-back: the marks each asset should carry (outbox), what was last
+    # written, and a journal of every applied change per push run
+    """
+    CREATE TABLE outbox (
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        intended TEXT NOT NULL,
+        applied TEXT,
+        held TEXT,
+        error TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (unit, asset_id)
+    );
+    CREATE TABLE push_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        dry_run INTEGER NOT NULL,
+        revert_of INTEGER,
+        units TEXT NOT NULL,
+        stats TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE journal (
+        run INTEGER NOT NULL REFERENCES push_runs(id),
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        before TEXT NOT NULL,
+        after TEXT NOT NULL,
+        at TEXT NOT NULL,
+        PRIMARY KEY (run, unit, asset_id)
+    );
     """,
 ]
 
@@ -308,6 +377,46 @@ class IndexStore(ABC):
 
     @abstractmethod
     def save_decision(self, row: DecisionRow) -> None: ...
+
+    @abstractmethod
+    def save_decisions(self, rows: Sequence[DecisionRow]) -> None:
+        """Several decisions in one transaction: a reviewer's import lands whole or not at all."""
+
+    # -- write-back ------------------------------------------------------
+
+    @abstractmethod
+    def set_intended(self, units: Sequence[str], intended: dict[tuple[str, str], str]) -> None:
+        """The marks every asset of `units` should carry; an asset left out
+        should carry none (marks are opaque text here, "" meaning none)."""
+
+    @abstractmethod
+    def outbox(self, units: Sequence[str], pending_only: bool = True) -> list[OutboxRow]:
+        """Rows of live assets; pending ones differ from what was last written
+        and are not held back by a revert."""
+
+    @abstractmethod
+    def start_push(
+        self, units: Sequence[str], dry_run: bool, revert_of: int | None = None
+    ) -> int: ...
+
+    @abstractmethod
+    def finish_push(self, run: int, stats: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def record_written(
+        self, run: int, unit: str, asset_id: str, before: str, after: str, held: str | None = None
+    ) -> None:
+        """After a successful write: journal it (when something changed) and
+        remember `after` as applied, in one transaction."""
+
+    @abstractmethod
+    def record_outbox_error(self, unit: str, asset_id: str, error: str) -> None: ...
+
+    @abstractmethod
+    def journal(self, run: int) -> list[JournalRow]: ...
+
+    @abstractmethod
+    def push_runs(self) -> list[PushRun]: ...
 
     @abstractmethod
     def errors(self, unit: str | None = None) -> list[AssetRow]: ...
@@ -696,6 +805,135 @@ class SQLiteStore(IndexStore):
                 "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
                 (sha_a, sha_b, row.decision, row.canonical_sha, row.decided_by, row.decided_at),
             )
+
+    def save_decisions(self, rows: Sequence[DecisionRow]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO decisions VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (*ordered(row.sha_a, row.sha_b), row.decision, row.canonical_sha,
+                     row.decided_by, row.decided_at)
+                    for row in rows
+                ],
+            )  # fmt: skip
+
+    # -- write-back ------------------------------------------------------
+
+    def set_intended(self, units: Sequence[str], intended: dict[tuple[str, str], str]) -> None:
+        stamp = now_iso()
+        with self._transaction() as db:
+            for unit in units:
+                db.execute(
+                    "UPDATE outbox SET intended = '', updated_at = ? "
+                    "WHERE unit = ? AND intended != ''",
+                    (stamp, unit),
+                )
+            db.executemany(
+                """INSERT INTO outbox(unit, asset_id, intended, updated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(unit, asset_id) DO UPDATE SET intended = excluded.intended,
+                       updated_at = CASE WHEN outbox.intended = excluded.intended
+                                         THEN outbox.updated_at ELSE excluded.updated_at END""",
+                [
+                    (unit, asset_id, marks, stamp)
+                    for (unit, asset_id), marks in intended.items()
+                    if unit in units and marks
+                ],
+            )
+            # Rows that never carried anything and should carry nothing are noise.
+            db.execute("DELETE FROM outbox WHERE intended = '' AND applied IS NULL")
+            db.execute("UPDATE outbox SET held = NULL WHERE held IS NOT NULL AND held != intended")
+
+    def outbox(self, units: Sequence[str], pending_only: bool = True) -> list[OutboxRow]:
+        marks = ",".join("?" for _ in units)
+        query = f"""SELECT o.* FROM outbox o JOIN assets a USING (unit, asset_id)
+                    WHERE a.live = 1 AND o.unit IN ({marks})"""
+        if pending_only:
+            query += """ AND o.intended != COALESCE(o.applied, '')
+                         AND (o.held IS NULL OR o.held != o.intended)"""
+        rows = self.db.execute(query + " ORDER BY o.unit, o.asset_id", tuple(units))
+        return [
+            OutboxRow(
+                unit=row["unit"],
+                asset_id=row["asset_id"],
+                intended=row["intended"],
+                applied=row["applied"],
+                held=row["held"],
+                error=row["error"],
+                updated_at=row["updated_at"],
+            )
+            for row in rows
+        ]
+
+    def start_push(self, units: Sequence[str], dry_run: bool, revert_of: int | None = None) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO push_runs(started_at, dry_run, revert_of, units) VALUES (?, ?, ?, ?)",
+                (now_iso(), int(dry_run), revert_of, json.dumps(list(units))),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_push(self, run: int, stats: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE push_runs SET finished_at = ?, stats = ? WHERE id = ?",
+                (now_iso(), json.dumps(stats, sort_keys=True), run),
+            )
+
+    def record_written(
+        self, run: int, unit: str, asset_id: str, before: str, after: str, held: str | None = None
+    ) -> None:
+        stamp = now_iso()
+        with self._transaction() as db:
+            if before != after:
+                db.execute(
+                    "INSERT OR REPLACE INTO journal VALUES (?, ?, ?, ?, ?, ?)",
+                    (run, unit, asset_id, before, after, stamp),
+                )
+            db.execute(
+                """INSERT INTO outbox(unit, asset_id, intended, applied, held, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT(unit, asset_id) DO UPDATE SET applied = excluded.applied,
+                       held = excluded.held, error = NULL, updated_at = excluded.updated_at""",
+                (unit, asset_id, after, after, held, stamp),
+            )
+
+    def record_outbox_error(self, unit: str, asset_id: str, error: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET error = ?, updated_at = ? WHERE unit = ? AND asset_id = ?",
+                (error, now_iso(), unit, asset_id),
+            )
+
+    def journal(self, run: int) -> list[JournalRow]:
+        rows = self.db.execute(
+            "SELECT * FROM journal WHERE run = ? ORDER BY unit, asset_id", (run,)
+        )
+        return [
+            JournalRow(
+                run=row["run"],
+                unit=row["unit"],
+                asset_id=row["asset_id"],
+                before=row["before"],
+                after=row["after"],
+                at=row["at"],
+            )
+            for row in rows
+        ]
+
+    def push_runs(self) -> list[PushRun]:
+        rows = self.db.execute("SELECT * FROM push_runs ORDER BY id")
+        return [
+            PushRun(
+                id=row["id"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                dry_run=bool(row["dry_run"]),
+                revert_of=row["revert_of"],
+                units=json.loads(row["units"]),
+                stats=json.loads(row["stats"]),
+            )
+            for row in rows
+        ]
 
     # -- reporting -------------------------------------------------------
 

@@ -145,3 +145,69 @@ def test_an_index_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
     asset_columns = {row[1] for row in store.db.execute("PRAGMA table_info(assets)")}
     assert {"original_url", "width", "height"} <= asset_columns
     store.close()
+
+
+# -- write-back outbox -------------------------------------------------------
+
+
+def outbox_store(tmp_path: Path) -> SQLiteStore:
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    run = store.start_run("u", "sync")
+    rows = [asset(name, f"s{name}") for name in ("a", "b", "c")]
+    store.save_page("u", run, rows, [], [], None)
+    return store
+
+
+def pending(store: SQLiteStore) -> dict[str, str]:
+    return {row.asset_id: row.intended for row in store.outbox(["u"])}
+
+
+def test_outbox_holds_only_differences_from_what_was_written(tmp_path: Path) -> None:
+    store = outbox_store(tmp_path)
+    store.set_intended(["u"], {("u", "a"): "dup", ("u", "b"): "canon"})
+    assert pending(store) == {"a": "dup", "b": "canon"}
+    run = store.start_push(["u"], dry_run=False)
+    store.record_written(run, "u", "a", "", "dup")
+    assert pending(store) == {"b": "canon"}
+    # Marks that no longer hold become a pending removal ("" means none)...
+    store.set_intended(["u"], {("u", "b"): "canon"})
+    assert pending(store) == {"a": "", "b": "canon"}
+    store.record_written(run, "u", "a", "dup", "")
+    # ... and an asset that never carried marks and should carry none is no row.
+    assert pending(store) == {"b": "canon"}
+    assert [(j.asset_id, j.before, j.after) for j in store.journal(run)] == [("a", "dup", "")]
+
+
+def test_journal_skips_writes_that_changed_nothing_and_keeps_units_apart(tmp_path: Path) -> None:
+    store = outbox_store(tmp_path)
+    store.set_intended(["u"], {("u", "a"): "dup"})
+    store.set_intended(["other"], {("u", "b"): "canon"})  # not a unit of this push: ignored
+    assert pending(store) == {"a": "dup"}
+    run = store.start_push(["u"], dry_run=False)
+    store.record_written(run, "u", "a", "dup", "dup")  # the platform held them already
+    assert store.journal(run) == []
+    assert pending(store) == {}
+
+
+def test_a_hold_lasts_until_the_intended_marks_change(tmp_path: Path) -> None:
+    store = outbox_store(tmp_path)
+    store.set_intended(["u"], {("u", "a"): "dup"})
+    run = store.start_push(["u"], dry_run=False)
+    store.record_written(run, "u", "a", "", "dup")
+    revert = store.start_push(["u"], dry_run=False, revert_of=run)
+    store.record_written(revert, "u", "a", "dup", "", held="dup")
+    store.set_intended(["u"], {("u", "a"): "dup"})
+    assert pending(store) == {}, "a reverted run is not redone by the next push"
+    store.set_intended(["u"], {("u", "a"): "candidate"})
+    assert pending(store) == {"a": "candidate"}
+    runs = store.push_runs()
+    assert [(r.id, r.revert_of) for r in runs] == [(run, None), (revert, run)]
+
+
+def test_outbox_leaves_out_retired_assets(tmp_path: Path) -> None:
+    store = outbox_store(tmp_path)
+    store.set_intended(["u"], {("u", "a"): "dup", ("u", "c"): "canon"})
+    later = store.start_run("u", "sync")
+    store.save_page("u", later, [], [], ["a"], None)
+    store.retire_unseen("u", later)
+    assert pending(store) == {"a": "dup"}

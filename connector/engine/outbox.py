@@ -1,0 +1,309 @@
+"""Write-back: the marks each asset should carry, pushed as differences.
+
+`plan` turns the current clusters into intended marks per asset (the outbox).
+`push` writes, per unit, only what differs from what damdup last wrote, asks the
+platform what it holds before each write (so the journal and a revert know the
+real earlier state), and journals every applied change. A unit whose
+configuration does not enable writes gets a dry run: the same reads, the same
+differences, nothing sent. Platforms that cannot store marks get theirs in the
+report. `revert` puts back what one push run changed.
+
+Nothing here deletes an asset: adapters only ever replace damdup's own marks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from adapters.base import (
+    Adapter,
+    AdapterError,
+    AssetRef,
+    AuthFailed,
+    Marks,
+    MarksDoNotFit,
+    NotFound,
+    Unsupported,
+)
+from connector.core.index import AssetRow, IndexStore, OutboxRow
+from connector.core.tiers import MARK_FOR_TIER, Tier
+from connector.engine.clusters import Cluster, Relation
+
+log = structlog.get_logger("damdup.push")
+
+
+def encode(marks: Marks) -> str:
+    """The outbox's text for marks; "" for none."""
+    return "" if marks.empty else marks.to_json()
+
+
+def decode(text: str | None) -> Marks:
+    return Marks.from_json(text)
+
+
+def intended_marks(
+    clusters: Iterable[Cluster], relations: Iterable[Relation]
+) -> dict[tuple[str, str], Marks]:
+    """Marks per (unit, asset id): `canonical` with the cluster id on each
+    canonical; `duplicate` or `duplicate-candidate` (by tier, after reviewers'
+    decisions) with the cluster id and the canonical's link on each member;
+    `related` on both assets of every similar pair, which is never merged."""
+    labels: dict[tuple[str, str], set[str]] = {}
+    cluster_of: dict[tuple[str, str], str] = {}
+    canonical_of: dict[tuple[str, str], str] = {}
+
+    def key(asset: AssetRow) -> tuple[str, str]:
+        return (asset.unit, asset.asset_id)
+
+    for cluster in clusters:
+        labels.setdefault(key(cluster.canonical), set()).add("canonical")
+        cluster_of[key(cluster.canonical)] = cluster.id
+        for member in cluster.members:
+            labels.setdefault(key(member.asset), set()).add(MARK_FOR_TIER[member.edge.tier])
+            cluster_of[key(member.asset)] = cluster.id
+            canonical_of[key(member.asset)] = cluster.canonical.url
+    for relation in relations:
+        if relation.edge.tier == Tier.SIMILAR:
+            for asset in (relation.a, relation.b):
+                labels.setdefault(key(asset), set()).add("related")
+    return {
+        asset: Marks(
+            labels=tuple(names),
+            cluster=cluster_of.get(asset),
+            canonical_url=canonical_of.get(asset),
+        )
+        for asset, names in labels.items()
+    }
+
+
+def plan(
+    store: IndexStore,
+    units: Sequence[str],
+    clusters: Iterable[Cluster],
+    relations: Iterable[Relation],
+) -> int:
+    """Refresh the outbox of `units` from the current clusters; the number of
+    assets whose marks now differ from what was last written."""
+    marks = intended_marks(clusters, relations)
+    store.set_intended(units, {asset: encode(m) for asset, m in marks.items()})
+    return len(store.outbox(units))
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"  # written
+    ALREADY = "already"  # the platform held these marks already; nothing sent
+    WOULD_CHANGE = "would-change"  # dry run
+    REPORT_ONLY = "report-only"  # the platform cannot store marks
+    GONE = "gone"  # the asset is no longer on the platform
+    NO_ROOM = "no-room"  # the store's limits leave no room (MarksDoNotFit)
+    FAILED = "failed"  # retried at the next push
+
+
+@dataclass(frozen=True)
+class Change:
+    unit: str
+    asset_id: str
+    url: str
+    before: Marks
+    after: Marks
+    outcome: Outcome
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "asset_id": self.asset_id,
+            "url": self.url,
+            "before": _marks_dict(self.before),
+            "after": _marks_dict(self.after),
+            "outcome": self.outcome.value,
+            "error": self.error,
+        }
+
+
+def _marks_dict(marks: Marks) -> dict[str, Any]:
+    return {
+        "labels": list(marks.labels),
+        "cluster": marks.cluster,
+        "canonical_url": marks.canonical_url,
+    }
+
+
+@dataclass
+class PushReport:
+    run: int
+    dry_run_units: list[str]
+    report_only_units: list[str]
+    changes: list[Change] = field(default_factory=list)
+    failed_units: dict[str, str] = field(default_factory=dict)
+
+    def count(self, outcome: Outcome, unit: str | None = None) -> int:
+        return len(
+            [c for c in self.changes if c.outcome == outcome and (unit is None or c.unit == unit)]
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "outcomes": {o.value: self.count(o) for o in Outcome if self.count(o)},
+            "failed_units": self.failed_units,
+            "dry_run_units": self.dry_run_units,
+        }
+
+
+def _ref(asset: AssetRow) -> AssetRef:
+    return AssetRef(
+        id=asset.asset_id,
+        version=asset.version,
+        url=asset.url,
+        size_bytes=asset.size_bytes,
+        modified=asset.modified,
+        original_url=asset.original_url,
+        width=asset.width,
+        height=asset.height,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One asset to bring to `after`; `held` is what the outbox should keep
+    held back afterwards (a revert)."""
+
+    row: OutboxRow
+    asset: AssetRow
+    after: Marks
+    held: str | None = None
+
+
+def _write_unit(
+    store: IndexStore,
+    run: int,
+    unit: str,
+    adapter: Adapter[Any],
+    targets: Sequence[Target],
+    dry_run: bool,
+    report: PushReport,
+) -> None:
+    if not adapter.capabilities.annotate:
+        for target in targets:
+            report.changes.append(
+                Change(
+                    unit,
+                    target.asset.asset_id,
+                    target.asset.url,
+                    decode(target.row.applied),
+                    target.after,
+                    Outcome.REPORT_ONLY,
+                )
+            )
+        return
+    for target in targets:
+        before = decode(target.row.applied)
+        outcome, error = Outcome.FAILED, None
+        asset_id = target.asset.asset_id
+        try:
+            before = adapter.read_marks(_ref(target.asset))
+            if dry_run:
+                outcome = Outcome.ALREADY if before == target.after else Outcome.WOULD_CHANGE
+            else:
+                adapter.annotate(_ref(target.asset), target.after)
+                store.record_written(
+                    run, unit, asset_id, encode(before), encode(target.after), target.held
+                )
+                outcome = Outcome.ALREADY if before == target.after else Outcome.APPLIED
+        except NotFound:
+            outcome, error = Outcome.GONE, "not on the platform any more"
+        except MarksDoNotFit as exc:
+            outcome, error = Outcome.NO_ROOM, f"no room: {exc}"
+        except (AuthFailed, Unsupported):
+            raise  # the whole unit stops: every other write would fail the same way
+        except AdapterError as exc:
+            outcome, error = Outcome.FAILED, str(exc)
+            log.warning("push.failed", unit=unit, asset=asset_id, error=error)
+        if error is not None:
+            store.record_outbox_error(unit, asset_id, error)
+        report.changes.append(
+            Change(unit, asset_id, target.asset.url, before, target.after, outcome, error)
+        )
+
+
+def _run_units(
+    store: IndexStore,
+    adapters: Mapping[str, Adapter[Any]],
+    writes: Mapping[str, bool],
+    targets_of: Callable[[str], list[Target]],
+    revert_of: int | None,
+    dry_run: bool,
+) -> PushReport:
+    units = list(adapters)
+    dry = [u for u in units if dry_run or not writes.get(u, False)]
+    report_only = [u for u in units if not adapters[u].capabilities.annotate]
+    run = store.start_push(units, dry_run=len(dry) == len(units), revert_of=revert_of)
+    report = PushReport(run, dry, report_only)
+    for unit in units:
+        try:
+            _write_unit(store, run, unit, adapters[unit], targets_of(unit), unit in dry, report)
+        except AdapterError as exc:
+            report.failed_units[unit] = str(exc)
+            log.error("push.unit_failed", unit=unit, error=str(exc))
+    store.finish_push(run, report.stats())
+    return report
+
+
+def push(
+    store: IndexStore,
+    adapters: Mapping[str, Adapter[Any]],
+    writes: Mapping[str, bool],
+    dry_run: bool = False,
+) -> PushReport:
+    """Bring every unit's marks to what the outbox intends (see `plan`)."""
+    assets = {(a.unit, a.asset_id): a for a in store.live_assets()}
+
+    def targets(unit: str) -> list[Target]:
+        return [
+            Target(row, assets[(row.unit, row.asset_id)], decode(row.intended))
+            for row in store.outbox([unit])
+            if (row.unit, row.asset_id) in assets
+        ]
+
+    return _run_units(store, adapters, writes, targets, None, dry_run)
+
+
+class UnknownRun(ValueError):
+    pass
+
+
+def revert(
+    store: IndexStore,
+    adapters: Mapping[str, Adapter[Any]],
+    writes: Mapping[str, bool],
+    run: int,
+    dry_run: bool = False,
+) -> PushReport:
+    """Put back the marks push run `run` changed. The outbox keeps its
+    intended marks held back, so the next push does not redo the run; they
+    are released when the intended marks change (a new match or a decision)."""
+    runs = {r.id: r for r in store.push_runs()}
+    if run not in runs:
+        raise UnknownRun(f"no push run {run}; runs: {', '.join(map(str, runs)) or 'none'}")
+    entries = store.journal(run)
+    if not entries and runs[run].dry_run:
+        raise UnknownRun(f"push run {run} was a dry run: it changed nothing")
+    assets = {(a.unit, a.asset_id): a for a in store.live_assets()}
+    rows = {(r.unit, r.asset_id): r for r in store.outbox(list(adapters), pending_only=False)}
+
+    def targets(unit: str) -> list[Target]:
+        chosen = []
+        for entry in entries:
+            key = (entry.unit, entry.asset_id)
+            if entry.unit != unit or key not in assets or key not in rows:
+                continue
+            chosen.append(Target(rows[key], assets[key], decode(entry.before), rows[key].intended))
+        return chosen
+
+    involved = {entry.unit: adapters[entry.unit] for entry in entries if entry.unit in adapters}
+    return _run_units(store, involved, writes, targets, run, dry_run)
