@@ -1,11 +1,13 @@
 #!/bin/sh
-# Installs the real servers the tests run against, from Debian 12's packages.
+# Installs the real servers the tests run against, and the browser the review
+# page is tested in, from Debian 12's packages.
 # Idempotent: a fast no-op when everything is present. Must run as root (or
 # with sudo) the first time only.
 set -eu
 
 missing=""
-for package in wordpress php-cli php-mysql php-gd; do
+# chromium: the headless browser the review page's tests drive (Playwright).
+for package in wordpress php-cli php-mysql php-gd chromium fonts-liberation; do
     dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
 done
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
