@@ -10,13 +10,20 @@ where the next, incremental, listing starts: nothing unchanged is listed twice.
 WordPress keeps whole seconds, so an asset edited again within the second it
 was listed in shows only with its next edit.
 https://developer.wordpress.org/rest-api/reference/media/#list-media
+
+Marks are attachment meta kept by damdup's own plugin (adapters/wordpress_plugin),
+read and replaced through its route `/wp-json/damdup/v1/marks/<id>` with GET
+and PUT. Not through `POST /wp/v2/media/<id>`: that saves the whole post
+(wp_update_post) and so moves its modification time, which is part of the
+asset's version and the order listings follow; the plugin writes post meta only.
+https://developer.wordpress.org/reference/functions/register_post_meta/
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -28,7 +35,9 @@ from adapters.base import (
     AuthFailed,
     BadAsset,
     Capabilities,
+    Marks,
     MetadataMapping,
+    NotFound,
     Page,
     RemoteSettings,
     Rendition,
@@ -45,6 +54,19 @@ MEDIA = "wp-json/wp/v2/media"
 FIELDS = ("id", "link", "modified", "modified_gmt", "mime_type", "source_url", "media_details")
 SECOND = timedelta(seconds=1)
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# damdup's plugin: its REST namespace, the marks route, and the attachment
+# meta it keeps with the flat names of `Marks.to_fields`.
+PLUGIN_NAMESPACE = "wp-json/damdup/v1"
+MARKS = PLUGIN_NAMESPACE + "/marks/{id}"
+MARK_META = {
+    "damdup_marks": "damdup-marks",
+    "damdup_cluster": "damdup-cluster",
+    "damdup_canonical": "damdup-canonical",
+}
+PLUGIN_HINT = (
+    "install the damdup plugin (adapters/wordpress_plugin): copy that folder to "
+    "wp-content/plugins/damdup and activate it under Plugins"
+)
 
 
 class WordPressSettings(RemoteSettings):
@@ -98,7 +120,7 @@ class WordPress(Adapter[WordPressCursor]):
     settings_model = WordPressSettings
     cursor_model = WordPressCursor
     capabilities = Capabilities(
-        incremental=True, deletions=False, renditions=True, annotate=False, webhooks=False
+        incremental=True, deletions=False, renditions=True, annotate=True, webhooks=False
     )
 
     def __init__(self, settings: WordPressSettings) -> None:
@@ -289,6 +311,82 @@ class WordPress(Adapter[WordPressCursor]):
             ):
                 return rendition.url
         return None
+
+    # -- marks -------------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        stored = self._marks("GET", asset)
+        try:
+            return Marks.from_fields({MARK_META[key]: value for key, value in stored.items()})
+        except ValueError as exc:  # written past the plugin, straight into the database
+            raise BadAsset(
+                f"WordPress attachment {asset.id} holds damdup marks damdup cannot read: {exc}"
+            ) from exc
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        """Read the marks, and replace them (one PUT of all three, which a
+        retry after a 5xx may repeat harmlessly) only when they differ."""
+        wanted = {key: marks.to_fields().get(field, "") for key, field in MARK_META.items()}
+        if self._marks("GET", asset) == wanted:
+            return False
+        stored = self._marks("PUT", asset, wanted)
+        if stored != wanted:
+            raise Unsupported(
+                f"WordPress at {self.settings.base_url} stored {stored} for attachment "
+                f"{asset.id} instead of {wanted}: update the damdup plugin "
+                "(adapters/wordpress_plugin)"
+            )
+        return True
+
+    def _marks(
+        self, method: str, asset: AssetRef, body: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """damdup's meta on one attachment, as the plugin's route answers a
+        GET or a PUT: '' for each mark absent."""
+        path = MARKS.format(id=quote(asset.id, safe=""))
+        site = self.settings.base_url
+        try:
+            reply = self.http.request(method, path, json=body)
+        except NotFound as exc:
+            if not self._plugin_answers():
+                raise Unsupported(
+                    f"WordPress at {site} has no damdup marks route, so marks cannot be "
+                    f"written back: {PLUGIN_HINT}"
+                ) from exc
+            raise NotFound(f"WordPress at {site} has no attachment {asset.id}: {exc}") from exc
+        except AuthFailed as exc:
+            who = (
+                f"user {self.settings.username!r}"
+                if self.settings.username
+                else "anonymous access (set username and app_password)"
+            )
+            raise AuthFailed(
+                f"WordPress at {site} refused {who} damdup's marks on attachment {asset.id} "
+                f"({exc}). Marks need a user who may upload files and edit the attachment "
+                "(an Editor, or an Administrator), signed in with an application password."
+            ) from exc
+        except HttpError as exc:
+            if method == "PUT" and exc.status == 400:  # rest_invalid_param
+                raise BadAsset(
+                    f"WordPress refused damdup's marks for attachment {asset.id}: {exc.detail}"
+                ) from exc
+            raise
+        answer = reply.json
+        if not isinstance(answer, dict) or not all(
+            isinstance(answer.get(key), str) for key in MARK_META
+        ):
+            raise Unavailable(f"{path} answered with something other than damdup's marks")
+        return {key: str(answer[key]) for key in MARK_META}
+
+    def _plugin_answers(self) -> bool:
+        """Whether the plugin's namespace is there: a 404 from the marks route
+        is then a missing attachment, not a missing (or inactive) plugin. Asked
+        by route rather than by WordPress's message, which sites translate."""
+        try:
+            self.http.get(PLUGIN_NAMESPACE)
+        except NotFound:
+            return False
+        return True
 
     # -- HTTP ------------------------------------------------------------------
 

@@ -5,18 +5,20 @@ suite cannot say about WordPress in particular."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
+import requests
 from PIL import Image
 from pydantic import ValidationError
 
-from adapters.base import AssetRef, AuthFailed, MetadataMapping
+from adapters.base import AssetRef, AuthFailed, BadAsset, Marks, MetadataMapping, Unsupported
 from adapters.wordpress import WordPress, WordPressCursor, WordPressSettings
 from tests.servers.common import photo_paths, upscaled
-from tests.servers.wordpress import WordPressHarness
+from tests.servers.wordpress import DAMDUP_PLUGIN_ID, WordPressHarness
 
 PHOTOS = photo_paths(variant="original")
 MEDIA_PATH = "/wp-json/wp/v2/media"
@@ -298,3 +300,160 @@ def test_settings_limits() -> None:
         WordPressSettings(base_url="https://example.invalid/", page_size=101)
     defaults = WordPressSettings(base_url="https://example.invalid/")
     assert defaults.metadata.date == "date_gmt"
+
+
+# -- marks (damdup's plugin) ---------------------------------------------------
+
+MARKS_PATH = "/wp-json/damdup/v1/marks/"
+MARKED = Marks(labels=("duplicate",), cluster="dd0123456789", canonical_url="https://a.example/b")
+
+
+def changing_requests(wp: WordPressHarness) -> list[str]:
+    assert wp.proxy is not None
+    return [f"{r.method} {r.path}" for r in wp.proxy.log if wp.changing(r)]
+
+
+def marks_route(wp: WordPressHarness, asset_id: str) -> str:
+    """The plugin's route straight on php -S, for requests the adapter would not send."""
+    return f"{wp.server.url}{MARKS_PATH.lstrip('/')}{asset_id}"
+
+
+def test_the_plugin_is_a_real_installable_plugin(wp: WordPressHarness) -> None:
+    [plugin] = [
+        record
+        for record in wp.server.api("GET", "wp-json/wp/v2/plugins")
+        if record["plugin"] == DAMDUP_PLUGIN_ID
+    ]
+    assert plugin["status"] == "active"
+    assert plugin["name"] == "damdup" and plugin["version"]
+    assert plugin["requires_wp"] and plugin["requires_php"]
+    assert "damdup/v1" in wp.server.api("GET", "wp-json/")["namespaces"]
+
+
+def test_without_the_plugin_marks_fail_clearly_and_nothing_is_sent(wp: WordPressHarness) -> None:
+    [asset_id] = add_photos(wp, 1)
+    [ref] = listing(adapter(wp))[0]
+    assert adapter(wp).annotate(ref, MARKED) is True
+    wp.server.set_plugin_active(DAMDUP_PLUGIN_ID, False)
+    try:
+        assert wp.proxy is not None
+        wp.proxy.clear()
+        for attempt in (
+            lambda: adapter(wp).annotate(ref, Marks(labels=("canonical",))),
+            lambda: adapter(wp).read_marks(ref),
+        ):
+            with pytest.raises(Unsupported) as caught:
+                attempt()
+            assert "install the damdup plugin (adapters/wordpress_plugin)" in str(caught.value)
+        assert changing_requests(wp) == []
+    finally:
+        wp.server.set_plugin_active(DAMDUP_PLUGIN_ID, True)
+    # The marks were kept while the plugin was off.
+    assert wp.stored_marks(asset_id) == MARKED
+
+
+def test_a_user_who_may_not_upload_or_edit_it_is_refused_and_nothing_changes(
+    wp: WordPressHarness,
+) -> None:
+    [asset_id] = add_photos(wp, 1)
+    [ref] = listing(adapter(wp))[0]
+    adapter(wp).annotate(ref, MARKED)
+    other = Marks(labels=("canonical",), cluster="ddffffffffff")
+    # A contributor may not upload at all; an author may, but not edit the
+    # administrator's attachment.
+    for role in ("contributor", "author"):
+        username, password = wp.server.add_user(role)
+        with pytest.raises(AuthFailed) as caught:
+            adapter(wp, username=username, app_password=password).annotate(ref, other)
+        assert username in str(caught.value) and "upload files" in str(caught.value)
+        assert password not in str(caught.value)
+        # The plugin refuses the write itself, not only the adapter's reading first.
+        refused = requests.put(
+            marks_route(wp, asset_id),
+            json={"damdup_marks": "canonical", "damdup_cluster": "ddffffffffff"},
+            auth=(username, password),
+            timeout=30,
+        )
+        assert refused.status_code == 403 and refused.json()["code"] == "rest_forbidden"
+        # Nor through the media endpoint's `meta`, where the plugin's meta shows.
+        refused = requests.post(
+            f"{wp.server.url}wp-json/wp/v2/media/{asset_id}",
+            json={"meta": {"damdup_marks": "canonical"}},
+            auth=(username, password),
+            timeout=30,
+        )
+        assert refused.status_code == 403
+    assert wp.stored_marks(asset_id) == MARKED
+    with pytest.raises(AuthFailed, match="set username and app_password"):
+        adapter(wp, username=None, app_password=None).read_marks(ref)
+
+
+def test_marks_leave_the_media_librarys_other_fields_and_times_alone(
+    wp: WordPressHarness,
+) -> None:
+    """An attachment last edited long ago keeps its modification time (the
+    listing's order and the asset's version), every field and every other
+    meta row, while its marks are written, changed and removed; an
+    incremental listing then has nothing new."""
+    [asset_id] = add_photos(wp, 1)
+    wp.set_foreign(asset_id)
+    set_modified(wp, asset_id, "2024-03-01 10:00:00")
+    before = wp.foreign_state(asset_id)
+    assert before["record"]["modified_gmt"] == "2024-03-01T10:00:00"
+    made = adapter(wp)
+    [ref], cursor, _ = listing(made)
+    for marks in (MARKED, Marks(labels=("canonical", "related"), cluster="dd0123456789"), Marks()):
+        assert made.annotate(ref, marks) is True
+        assert wp.stored_marks(asset_id) == marks
+        assert wp.foreign_state(asset_id) == before
+    assert listing(adapter(wp), cursor)[0] == []
+    assert [ref.version for ref in listing(adapter(wp))[0]] == [ref.version]
+    assert all(request.startswith("PUT ") for request in changing_requests(wp))
+
+
+def test_links_come_back_exactly_and_the_plugin_refuses_what_it_cannot_keep(
+    wp: WordPressHarness,
+) -> None:
+    [asset_id] = add_photos(wp, 1)
+    [ref] = listing(adapter(wp))[0]
+    made = adapter(wp)
+    # Backslashes and quotes survive WordPress's slashing of meta values.
+    odd = Marks(labels=("duplicate",), canonical_url="file:///srv/kuvat/a\\b 'c' \"d\" %41.jpg")
+    assert made.annotate(ref, odd) is True
+    assert wp.stored_marks(asset_id) == odd and made.read_marks(ref) == odd
+    # A line break is no URL: refused, and what was stored stays.
+    with pytest.raises(BadAsset, match="damdup_canonical"):
+        made.annotate(ref, Marks(labels=("duplicate",), canonical_url="https://a.example/\nb"))
+    assert wp.stored_marks(asset_id) == odd
+    unknown = requests.put(
+        marks_route(wp, asset_id),
+        json={"damdup_marks": "duplicate keeper", "damdup_cluster": "dd0123456789"},
+        auth=(wp.server.admin_user, wp.server.app_password),
+        timeout=30,
+    )
+    assert unknown.status_code == 400 and "keeper" in unknown.text
+    assert wp.stored_marks(asset_id) == odd
+
+
+def test_marks_are_for_editors_not_for_the_public(wp: WordPressHarness) -> None:
+    [asset_id] = add_photos(wp, 1)
+    [ref] = listing(adapter(wp))[0]
+    adapter(wp).annotate(ref, MARKED)
+    public = requests.get(f"{wp.server.url}wp-json/wp/v2/media/{asset_id}", timeout=30).json()
+    assert public["id"] == int(asset_id)
+    assert not any(key.startswith("damdup") for key in public.get("meta") or {})
+    assert wp.stored_marks(asset_id) == MARKED  # what an editor sees (context=edit)
+
+
+def test_the_media_library_list_shows_the_marks_escaped(wp: WordPressHarness) -> None:
+    [asset_id] = add_photos(wp, 1)
+    [ref] = listing(adapter(wp))[0]
+    link = 'https://a.example/"><script>x</script>'
+    adapter(wp).annotate(
+        ref, Marks(labels=("duplicate",), cluster="dd0123456789", canonical_url=link)
+    )
+    columns = wp.server.php("echo json_encode(apply_filters('manage_media_columns', array()));")
+    assert "damdup" in json.loads(columns)
+    cell = wp.server.php(f"do_action('manage_media_custom_column', 'damdup', {int(asset_id)});")
+    assert "duplicate" in cell and "dd0123456789" in cell
+    assert "<script>" not in cell and 'href="https://a.example/' in cell

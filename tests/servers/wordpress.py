@@ -6,6 +6,13 @@ the public URL) plus the PHP files of `tests/servers/wordpress/` (our own
 wp-config, a router for `php -S`, an install script, a must-use plugin), and a
 database with its own user, dropped on close. `tests/servers/install-debian.sh`
 installs the packages.
+
+The contract harness installs damdup's own WordPress plugin
+(`adapters/wordpress_plugin/`) as an administrator would: its folder copied
+into the site's `wp-content/plugins/damdup`, then activated through
+WordPress's plugins endpoint (https://developer.wordpress.org/rest-api/reference/plugins/).
+The marks it keeps are read back through `/wp/v2/media/<id>?context=edit`,
+where the plugin registers them as attachment meta.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 
 import requests
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Marks
 from adapters.wordpress import WordPress, WordPressSettings
 from tests.contract.harness import Harness
 from tests.servers.faults import FaultProxy
@@ -41,6 +48,13 @@ MARIADBD = Path("/usr/sbin/mariadbd")
 DB_HOST = "127.0.0.1"
 DB_PORT = 3306
 MEDIA = "wp-json/wp/v2/media"
+# damdup's plugin, as shipped, and its id in WordPress ("folder/file" minus .php).
+DAMDUP_PLUGIN = Path(__file__).resolve().parents[2] / "adapters" / "wordpress_plugin"
+DAMDUP_PLUGIN_ID = "damdup/damdup"
+# The attachment meta the plugin registers, and the names Marks.to_fields uses;
+# written out here, not taken from the adapter, so that the harness checks it.
+MARK_META = {"damdup_marks": "damdup-marks", "damdup_cluster": "damdup-cluster",
+             "damdup_canonical": "damdup-canonical"}  # fmt: skip
 
 
 class ServerError(RuntimeError):
@@ -330,6 +344,63 @@ class WordPressServer:
                 return ids
             page += 1
 
+    # -- plugins and users, as an administrator adds them --------------------
+
+    def install_plugin(self, source: Path, folder: str) -> None:
+        """Copy a plugin's folder into the site's plugins folder, as an
+        administrator does by hand (or by unpacking its zip). Inactive until
+        `set_plugin_active`."""
+        assert self.site is not None
+        target = self.site / "wp-content" / "plugins" / folder
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+
+    def set_plugin_active(self, plugin: str, active: bool) -> dict[str, Any]:
+        """Activate or deactivate an installed plugin through WordPress's
+        plugins endpoint (what Plugins → Activate does); returns WordPress's
+        record of the plugin, with the name and version from its header."""
+        record: dict[str, Any] = self.api(
+            "POST",
+            f"wp-json/wp/v2/plugins/{plugin}",
+            json={"status": "active" if active else "inactive"},
+        )
+        return record
+
+    def add_user(self, role: str) -> tuple[str, str]:
+        """A new user with `role` and an application password, created through
+        the users endpoints as the administrator: (username, app password)."""
+        name = f"damdup-{role}-{secrets.token_hex(3)}"
+        user = self.api(
+            "POST",
+            "wp-json/wp/v2/users",
+            json={
+                "username": name,
+                "email": f"{name}@example.invalid",
+                "password": secrets.token_urlsafe(18),
+                "roles": [role],
+            },
+        )
+        created = self.api(
+            "POST",
+            f"wp-json/wp/v2/users/{user['id']}/application-passwords",
+            json={"name": "damdup tests"},
+        )
+        return name, str(created["password"])
+
+    def php(self, code: str) -> str:
+        """PHP run with the site loaded (as `wp eval` would): what it prints."""
+        done = subprocess.run(
+            ["php", "-r", f"require {str(HERE / 'wp-config.php')!r}; {code}"],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise ServerError(f"php failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
     def sql(self, statement: str) -> str:
         """A statement on the site's database, as the site's own user."""
         assert self.site is not None
@@ -352,7 +423,8 @@ class WordPressHarness(Harness):
     """The contract suite's WordPress: the real server behind a FaultProxy.
     Location and department live in the `acf` fields of the test site's
     must-use plugin (where the adapter's default mapping reads them), the date
-    in the attachment's own `date_gmt`."""
+    in the attachment's own `date_gmt`. damdup's plugin is installed and
+    activated as an administrator would, and keeps the marks."""
 
     kind = "wordpress"
     listing_path = "/wp-json/wp/v2/media"
@@ -362,6 +434,8 @@ class WordPressHarness(Harness):
         self.server.start()
         self.proxy = FaultProxy(self.server.url)
         self.server.set_public_url(self.proxy.url)
+        self.server.install_plugin(DAMDUP_PLUGIN, DAMDUP_PLUGIN_ID.split("/")[0])
+        self.server.set_plugin_active(DAMDUP_PLUGIN_ID, True)
 
     @property
     def url(self) -> str:
@@ -409,6 +483,52 @@ class WordPressHarness(Harness):
 
     def remove(self, asset_id: str) -> None:
         self.server.delete(asset_id)
+
+    # -- marks -----------------------------------------------------------------
+
+    def _record(self, asset_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = self.server.api(
+            "GET", f"{MEDIA}/{asset_id}", params={"context": "edit"}
+        )
+        return record
+
+    def stored_marks(self, asset_id: str) -> Marks:
+        """The plugin's attachment meta, as WordPress's media endpoint shows
+        it to an editor (not the plugin's own route, which the adapter uses)."""
+        meta = self._record(asset_id).get("meta") or {}
+        return Marks.from_fields({field: meta.get(key) for key, field in MARK_META.items()})
+
+    def set_foreign(self, asset_id: str) -> None:
+        """What an editor gives a photo in the media library: alternative
+        text, a caption, a description, and the department field (post meta
+        of the site's own, beside damdup's)."""
+        self.server.update(
+            asset_id,
+            {
+                "alt_text": "Tuomiokirkko ja Senaatintori talvella",
+                "caption": "Kuva: Helsingin kaupunginmuseo",
+                "description": "Ostettu 2019; käyttöoikeus CC BY 4.0.",
+                "acf": {"department": "Kaupunginmuseo"},
+            },
+        )
+
+    def foreign_state(self, asset_id: str) -> Any:
+        """The attachment as its media endpoint shows an editor, modification
+        time included (marks are no edit), minus damdup's meta; the site's
+        other post meta rows, read from its database; and the file's bytes."""
+        record = self._record(asset_id)
+        meta = record.get("meta") or {}
+        record["meta"] = {key: value for key, value in meta.items() if key not in MARK_META}
+        skipped = ", ".join(f"'{key}'" for key in MARK_META)
+        rows = self.server.sql(
+            f"SELECT meta_key, meta_value FROM wp_postmeta WHERE post_id = {int(asset_id)} "
+            f"AND meta_key NOT IN ({skipped}) ORDER BY meta_id"
+        )
+        # The file straight from php -S: the proxy logs only the adapter's requests.
+        source = str(record["source_url"]).replace(self.server.public_url, self.server.url, 1)
+        response = self.server.session.get(source, timeout=60)
+        response.raise_for_status()
+        return {"record": record, "postmeta": rows, "file": response.content}
 
     def reset(self) -> None:
         for media_id in self.server.media_ids():

@@ -1,0 +1,363 @@
+<?php
+/**
+ * Plugin Name:       damdup
+ * Description:       Keeps the marks of damdup (the City of Helsinki's duplicate-image finder) on media-library attachments: which images are canonical, duplicates or related, their cluster, and the canonical image's link. damdup writes them through this plugin's REST route; editors see them in the media library's list view.
+ * Version:           0.1.0
+ * Requires at least: 5.7
+ * Requires PHP:      7.4
+ * Author:            City of Helsinki
+ * License:           MIT
+ * Text Domain:       damdup
+ *
+ * Install: copy this folder to wp-content/plugins/damdup and activate
+ * "damdup" under Plugins. Nothing is configured.
+ *
+ * What it stores, as post meta of attachments (one string each, registered
+ * with register_post_meta so the REST API shows them in `meta` of
+ * /wp/v2/media/<id>?context=edit, to users who may edit the attachment):
+ *
+ *   damdup_marks      space-separated labels: canonical, duplicate,
+ *                     duplicate-candidate, related, metadata-missing
+ *   damdup_cluster    the cluster id, "dd" + 10 hexadecimal digits
+ *   damdup_canonical  the canonical image's URL, exactly as damdup sent it
+ *
+ * damdup reads and replaces them with GET and PUT on
+ * /wp-json/damdup/v1/marks/<attachment id>. That route writes post meta only:
+ * unlike POST /wp/v2/media/<id> (wp_update_post) it leaves the attachment's
+ * modification time alone, so marking an image is not an edit of it, and
+ * no other field of the attachment is touched. It never deletes anything but
+ * damdup's own meta rows, and it has no DELETE method.
+ *
+ * Each feature is one class below, hooked in at the end of this file.
+ */
+
+if (!defined('ABSPATH')) {
+    exit; // Loaded by WordPress only.
+}
+
+define('DAMDUP_PLUGIN_VERSION', '0.1.0');
+
+/**
+ * damdup's marks on attachments: the registered meta, the REST route damdup
+ * writes through, and a column in the media library's list view.
+ */
+final class Damdup_Marks
+{
+    const REST_NAMESPACE = 'damdup/v1';
+    const REST_ROUTE = '/marks/(?P<id>\d+)';
+
+    /** Every label damdup writes (adapters/base.py MARK_LABELS). */
+    const LABELS = array('canonical', 'duplicate', 'duplicate-candidate', 'related', 'metadata-missing');
+    const CLUSTER_PATTERN = '/^dd[0-9a-f]{10}$/';
+    /** A scheme, then anything printable: a URL on any platform damdup reads. */
+    const URL_PATTERN = '/^[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x1f\x7f]+$/u';
+    const MAX_URL_LENGTH = 8192;
+
+    const META_MARKS = 'damdup_marks';
+    const META_CLUSTER = 'damdup_cluster';
+    const META_CANONICAL = 'damdup_canonical';
+
+    public static function hook()
+    {
+        add_action('init', array(__CLASS__, 'register_meta'));
+        add_action('rest_api_init', array(__CLASS__, 'register_routes'));
+        add_filter('manage_media_columns', array(__CLASS__, 'add_column'));
+        add_action('manage_media_custom_column', array(__CLASS__, 'print_column'), 10, 2);
+    }
+
+    /** The three meta keys and how each value is checked and cleaned. */
+    private static function fields()
+    {
+        return array(
+            self::META_MARKS => array(
+                'description' => __('damdup marks: space-separated labels (canonical, duplicate, duplicate-candidate, related, metadata-missing).', 'damdup'),
+                'validate' => array(__CLASS__, 'validate_marks'),
+                'sanitize' => array(__CLASS__, 'sanitize_marks'),
+            ),
+            self::META_CLUSTER => array(
+                'description' => __('damdup cluster id: "dd" and 10 hexadecimal digits.', 'damdup'),
+                'validate' => array(__CLASS__, 'validate_cluster'),
+                'sanitize' => array(__CLASS__, 'sanitize_cluster'),
+            ),
+            self::META_CANONICAL => array(
+                'description' => __("The URL of the cluster's canonical image, as damdup sent it.", 'damdup'),
+                'validate' => array(__CLASS__, 'validate_canonical'),
+                'sanitize' => array(__CLASS__, 'sanitize_canonical'),
+            ),
+        );
+    }
+
+    // -- meta -----------------------------------------------------------------
+
+    public static function register_meta()
+    {
+        foreach (self::fields() as $key => $field) {
+            register_post_meta('attachment', $key, array(
+                'type' => 'string',
+                'single' => true,
+                'default' => '',
+                'description' => $field['description'],
+                // Also applied to update_post_meta() by anyone, so that only
+                // values damdup can read back are ever stored.
+                'sanitize_callback' => $field['sanitize'],
+                'auth_callback' => array(__CLASS__, 'may_edit_meta'),
+                // Editorial information: shown to those who may edit the
+                // attachment (context=edit), not to anonymous visitors.
+                'show_in_rest' => array(
+                    'schema' => array('type' => 'string', 'context' => array('edit')),
+                ),
+            ));
+        }
+    }
+
+    /** auth_post_meta_<key>_for_attachment: the same rule as the REST route. */
+    public static function may_edit_meta($allowed, $meta_key, $post_id, $user_id)
+    {
+        return user_can($user_id, 'upload_files') && user_can($user_id, 'edit_post', $post_id);
+    }
+
+    public static function validate_marks($value)
+    {
+        if (!is_string($value)) {
+            return new WP_Error('damdup_invalid_marks', __('damdup_marks must be a string.', 'damdup'));
+        }
+        $unknown = array_diff(self::split_labels($value), self::LABELS);
+        if ($unknown) {
+            return new WP_Error(
+                'damdup_invalid_marks',
+                /* translators: 1: the unknown labels, 2: the known ones. */
+                sprintf(__('Unknown damdup marks: %1$s (known: %2$s).', 'damdup'),
+                        implode(', ', $unknown), implode(', ', self::LABELS))
+            );
+        }
+        return true;
+    }
+
+    public static function validate_cluster($value)
+    {
+        if (!is_string($value) || ($value !== '' && !preg_match(self::CLUSTER_PATTERN, $value))) {
+            return new WP_Error('damdup_invalid_cluster',
+                __('damdup_cluster must be "dd" and 10 hexadecimal digits, or empty.', 'damdup'));
+        }
+        return true;
+    }
+
+    public static function validate_canonical($value)
+    {
+        if (!is_string($value) || ($value !== '' && !self::is_url($value))) {
+            return new WP_Error('damdup_invalid_canonical', sprintf(
+                /* translators: %d: the maximum length. */
+                __('damdup_canonical must be a URL (a scheme, then no control characters, at most %d bytes), or empty.', 'damdup'),
+                self::MAX_URL_LENGTH
+            ));
+        }
+        return true;
+    }
+
+    /** Known labels only, each once, in byte order (as damdup sorts them). */
+    public static function sanitize_marks($value)
+    {
+        $labels = array_values(array_unique(array_intersect(self::split_labels((string) $value), self::LABELS)));
+        sort($labels, SORT_STRING);
+        return implode(' ', $labels);
+    }
+
+    public static function sanitize_cluster($value)
+    {
+        $value = (string) $value;
+        return preg_match(self::CLUSTER_PATTERN, $value) ? $value : '';
+    }
+
+    /**
+     * The URL unchanged when it is one, else nothing. Deliberately not
+     * esc_url_raw() or sanitize_text_field(): they rewrite spaces, percent
+     * escapes and letters outside ASCII, and damdup must read back exactly
+     * the link it wrote. It is escaped where it is printed.
+     */
+    public static function sanitize_canonical($value)
+    {
+        $value = (string) $value;
+        return self::is_url($value) ? $value : '';
+    }
+
+    private static function split_labels($value)
+    {
+        return preg_split('/\s+/', trim($value), -1, PREG_SPLIT_NO_EMPTY);
+    }
+
+    private static function is_url($value)
+    {
+        return strlen($value) <= self::MAX_URL_LENGTH
+            && wp_check_invalid_utf8($value) === $value
+            && preg_match(self::URL_PATTERN, $value) === 1;
+    }
+
+    /** The stored marks, '' for each one absent. */
+    public static function read($post_id)
+    {
+        $marks = array();
+        foreach (array_keys(self::fields()) as $key) {
+            $marks[$key] = (string) get_post_meta($post_id, $key, true);
+        }
+        return $marks;
+    }
+
+    /**
+     * Make the stored marks exactly $marks (already validated): a value is
+     * written with update_post_meta(), an empty one removes damdup's row.
+     * Post meta only: the attachment's post row, and so its modification
+     * time, stays as it was.
+     */
+    public static function write($post_id, array $marks)
+    {
+        foreach (array_keys(self::fields()) as $key) {
+            $value = isset($marks[$key]) ? (string) $marks[$key] : '';
+            if ($value === '') {
+                delete_post_meta($post_id, $key);
+            } elseif ((string) get_post_meta($post_id, $key, true) !== $value) {
+                // update_post_meta() unslashes what it is given.
+                update_post_meta($post_id, $key, wp_slash($value));
+            }
+        }
+    }
+
+    // -- REST route -----------------------------------------------------------
+
+    public static function register_routes()
+    {
+        $args = array();
+        foreach (self::fields() as $key => $field) {
+            $args[$key] = array(
+                'description' => $field['description'],
+                'type' => 'string',
+                'default' => '',
+                'validate_callback' => function ($value) use ($field) {
+                    return call_user_func($field['validate'], $value);
+                },
+            );
+        }
+        register_rest_route(self::REST_NAMESPACE, self::REST_ROUTE, array(
+            'args' => array(
+                'id' => array(
+                    'description' => __('The attachment id.', 'damdup'),
+                    'type' => 'integer',
+                ),
+            ),
+            array(
+                'methods' => WP_REST_Server::READABLE,
+                'callback' => array(__CLASS__, 'rest_get'),
+                'permission_callback' => array(__CLASS__, 'rest_permission'),
+            ),
+            array(
+                // PUT only: the whole set of marks is replaced, so sending it
+                // again is harmless (damdup retries after a 5xx).
+                'methods' => 'PUT',
+                'callback' => array(__CLASS__, 'rest_put'),
+                'permission_callback' => array(__CLASS__, 'rest_permission'),
+                'args' => $args,
+            ),
+            'schema' => array(__CLASS__, 'rest_schema'),
+        ));
+    }
+
+    /**
+     * Those who may upload media and edit this attachment. Asked before the
+     * attachment is looked up, so that nobody else learns which ids exist.
+     */
+    public static function rest_permission(WP_REST_Request $request)
+    {
+        if (!current_user_can('upload_files')) {
+            return self::forbidden();
+        }
+        $post = self::attachment($request['id']);
+        if (is_wp_error($post)) {
+            return $post;
+        }
+        return current_user_can('edit_post', $post->ID) ? true : self::forbidden();
+    }
+
+    public static function rest_get(WP_REST_Request $request)
+    {
+        return self::response((int) $request['id']);
+    }
+
+    public static function rest_put(WP_REST_Request $request)
+    {
+        $post_id = (int) $request['id'];
+        $marks = array();
+        foreach (array_keys(self::fields()) as $key) {
+            $marks[$key] = (string) $request[$key];
+        }
+        $marks[self::META_MARKS] = self::sanitize_marks($marks[self::META_MARKS]);
+        self::write($post_id, $marks);
+        return self::response($post_id);
+    }
+
+    public static function rest_schema()
+    {
+        $properties = array(
+            'id' => array('description' => __('The attachment id.', 'damdup'), 'type' => 'integer'),
+        );
+        foreach (self::fields() as $key => $field) {
+            $properties[$key] = array('description' => $field['description'], 'type' => 'string');
+        }
+        return array(
+            '$schema' => 'http://json-schema.org/draft-04/schema#',
+            'title' => 'damdup-marks',
+            'type' => 'object',
+            'properties' => $properties,
+        );
+    }
+
+    private static function response($post_id)
+    {
+        return rest_ensure_response(array_merge(array('id' => $post_id), self::read($post_id)));
+    }
+
+    private static function attachment($id)
+    {
+        $post = get_post((int) $id);
+        if (!$post || $post->post_type !== 'attachment') {
+            return new WP_Error('rest_post_invalid_id', __('Invalid attachment ID.', 'damdup'),
+                                array('status' => 404));
+        }
+        return $post;
+    }
+
+    private static function forbidden()
+    {
+        return new WP_Error(
+            'rest_forbidden',
+            __('Sorry, you are not allowed to manage damdup marks on this attachment: that needs the upload_files capability and the right to edit it.', 'damdup'),
+            array('status' => rest_authorization_required_code())
+        );
+    }
+
+    // -- media library ----------------------------------------------------------
+
+    public static function add_column($columns)
+    {
+        $columns['damdup'] = esc_html__('damdup', 'damdup');
+        return $columns;
+    }
+
+    public static function print_column($column, $post_id)
+    {
+        if ($column !== 'damdup') {
+            return;
+        }
+        $marks = self::read($post_id);
+        if ($marks[self::META_MARKS] !== '') {
+            echo esc_html($marks[self::META_MARKS]);
+        }
+        if ($marks[self::META_CLUSTER] !== '') {
+            echo '<br><code>' . esc_html($marks[self::META_CLUSTER]) . '</code>';
+        }
+        $link = esc_url($marks[self::META_CANONICAL]);
+        if ($link !== '') {
+            echo '<br><a href="' . $link . '">' . esc_html__('canonical image', 'damdup') . '</a>';
+        }
+    }
+}
+
+Damdup_Marks::hook();
