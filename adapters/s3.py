@@ -1,0 +1,682 @@
+"""Amazon S3 and S3-compatible object stores: the images under a bucket's
+prefix, listed with ListObjectsV2, marked with object tags.
+
+Listing: ListObjectsV2 in key order, `MaxKeys` = `page_size`, resumed with
+`StartAfter` = the last key S3 returned. A key is valid for ever, while a
+`ContinuationToken` is opaque and belongs to one listing, so a sync killed
+between pages resumes in another process, days later, exactly after what it
+had saved. Keys with an image extension are listed; keys without an extension
+are asked for their Content-Type (HeadObject); other keys and "folder/"
+markers are skipped.
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html
+
+No incremental listing: S3 cannot list what changed since a time. Every sync is
+a full listing, and `version` is the ETag plus the size, so the engine fetches
+only objects whose bytes changed, and notices deletions at every sync. The
+ETag of a single-part upload is the MD5 of its bytes, given as the content
+hash; a multipart ETag ("<md5 of part md5s>-<parts>") is not.
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_Object.html
+
+User metadata (x-amz-meta-*) is not in a listing: when the metadata mapping
+reads `metadata.*`, one HeadObject per listed image fetches it (a few at a
+time). A mapping from the key alone (`path`, `folder`, `name`) costs nothing.
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html
+
+Marks are object tags (`damdup-marks`, `damdup-cluster`, `damdup-canonical`),
+read with GetObjectTagging and written with PutObjectTagging, which replaces
+the whole tag set: the set written holds every tag of others unchanged. S3
+allows 10 tags an object and values of at most 256 characters from letters,
+digits, space and `+ - = . _ : / @`; see `encode_value` and `marks_to_tags`.
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html
+https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObjectTagging.html
+
+Credentials: `access_key_id` and `secret_access_key` (and `session_token`)
+from the unit's environment variables, else boto3's default chain (AWS_*
+variables, shared files, SSO, instance and container roles). They are never
+logged: messages are redacted, and so are botocore's own debug lines.
+Retries are botocore's standard mode (5xx, 429, SlowDown and other throttling
+codes, time-outs, broken connections), `attempts` tries in all.
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from html import unescape
+from typing import Any, ClassVar, Literal, NoReturn
+from urllib.parse import quote, urlsplit
+
+import boto3
+import structlog
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.parsers import ResponseParserError
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.base import (
+    MARK_LABELS,
+    Adapter,
+    AdapterError,
+    AssetRef,
+    AuthFailed,
+    BadAsset,
+    Capabilities,
+    Marks,
+    MarksDoNotFit,
+    MetadataMapping,
+    NotFound,
+    Page,
+    RateLimited,
+    Unavailable,
+)
+from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
+
+__all__ = [
+    "S3",
+    "S3Cursor",
+    "S3Settings",
+    "decode_value",
+    "encode_value",
+    "is_damdup_tag",
+    "marks_to_tags",
+    "tags_to_marks",
+]
+
+log = structlog.get_logger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp",
+     ".heic", ".heif", ".avif", ".jp2", ".svg"}
+)  # fmt: skip
+HEAD_WORKERS = 8  # HeadObject requests in flight while a page's metadata is read
+
+# -- marks as tags -------------------------------------------------------------
+
+TAG_LIMIT = 10  # tags an object may carry
+TAG_VALUE_MAX = 256  # characters in a tag value (UTF-16 units; ours are ASCII)
+MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
+ENCODED = "b64:"
+# What a value may hold as it is: AWS allows letters, digits, space and
+# `+ - = . _ : / @`; S3-compatible stores allow less (Alibaba OSS refuses `@`,
+# some refuse letters outside ASCII), so only this ASCII subset goes unencoded.
+_PLAIN = re.compile(r"[A-Za-z0-9 +\-=._:/]*")
+# damdup's tags: a field, or a continuation of a long value ("damdup-canonical-2").
+_OUR_TAG = re.compile(r"(damdup-(?:marks|cluster|canonical))(?:-([2-9]|[1-9][0-9]+))?")
+_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def encode_value(text: str) -> str:
+    """A value every S3-compatible store accepts, decoded by `decode_value`.
+    Labels, cluster ids and plain URLs stay readable; anything else (`?&%#~`,
+    letters outside ASCII, a leading or trailing space, or a value that itself
+    starts with "b64:") becomes "b64:" + URL-safe base64 of its UTF-8, without
+    `=` padding: letters, digits, `-` and `_` only."""
+    if _PLAIN.fullmatch(text) and not text.startswith(ENCODED) and text == text.strip():
+        return text
+    return ENCODED + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_value(text: str) -> str:
+    """The inverse of `encode_value`. A value damdup cannot decode (someone
+    edited the tag by hand) is read as it stands."""
+    if not text.startswith(ENCODED):
+        return text
+    body = text[len(ENCODED) :]
+    if not _BASE64.fullmatch(body):
+        return text
+    try:
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return text
+
+
+def marks_to_tags(marks: Marks) -> dict[str, str]:
+    """damdup's tags for `marks`, as few as possible: one per field that has a
+    value (none for `Marks()`). A value longer than 256 characters once
+    encoded (a long canonical URL) continues in `<field>-2`, `<field>-3`, ...,
+    each counting against the object's 10 tags."""
+    tags: dict[str, str] = {}
+    for name, value in marks.to_fields().items():
+        encoded = encode_value(value)
+        pieces = [encoded[at : at + TAG_VALUE_MAX] for at in range(0, len(encoded), TAG_VALUE_MAX)]
+        for number, piece in enumerate(pieces, 1):
+            tags[name if number == 1 else f"{name}-{number}"] = piece
+    return tags
+
+
+def is_damdup_tag(key: str) -> bool:
+    return _OUR_TAG.fullmatch(key) is not None
+
+
+def tags_to_marks(tags: dict[str, str]) -> Marks:
+    """damdup's marks in an object's tags; other tags are ignored. Read
+    leniently: labels damdup does not know and a malformed cluster id (a hand
+    edit) are dropped rather than failing the read."""
+    fields: dict[str, str | None] = {}
+    for name in MARK_FIELDS:
+        if name not in tags:
+            continue
+        pieces = [tags[name]]
+        while f"{name}-{len(pieces) + 1}" in tags:
+            pieces.append(tags[f"{name}-{len(pieces) + 1}"])
+        fields[name] = decode_value("".join(pieces))
+    labels = tuple(
+        label for label in (fields.get("damdup-marks") or "").split() if label in MARK_LABELS
+    )
+    canonical = fields.get("damdup-canonical") or None
+    try:
+        return Marks(
+            labels=labels, cluster=fields.get("damdup-cluster") or None, canonical_url=canonical
+        )
+    except ValueError:  # the cluster id is not damdup's form
+        return Marks(labels=labels, canonical_url=canonical)
+
+
+# -- settings and cursor ---------------------------------------------------------
+
+
+class S3Settings(BaseSettings):
+    """One bucket (and prefix) of S3 or an S3-compatible store. `timeout_s` and
+    `attempts` mean what they mean for every platform reached over HTTP."""
+
+    model_config = SettingsConfigDict(env_prefix="DAMDUP_S3_", extra="forbid")
+    bucket: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}$", description="the bucket's name"
+    )
+    prefix: str = Field("", description='only keys starting with this, e.g. "kuvat/"')
+    endpoint_url: HttpUrl | None = Field(
+        None, description="an S3-compatible store (MinIO, Ceph, ...); unset for AWS"
+    )
+    region: str | None = Field(None, description="e.g. eu-north-1; unset: boto3's default")
+    addressing_style: Literal["path", "virtual"] | None = Field(
+        None,
+        description="bucket in the path or in the host name; unset: path with endpoint_url, "
+        "virtual-hosted on AWS",
+    )
+    page_size: int = Field(1000, ge=1, le=1000, description="MaxKeys; S3 returns at most 1000")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="read time-out per request")
+    attempts: int = Field(
+        4, ge=1, le=10, description="tries per request on 5xx, throttling, time-outs"
+    )
+    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger objects are not read")
+    # Secrets: only from the environment (DAMDUP_<UNIT>_ACCESS_KEY_ID, ...);
+    # unset, boto3's default chain finds them (AWS_* variables, profiles, roles).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    # `metadata.<name>`: user metadata (x-amz-meta-<name>, one HeadObject per
+    # image); free of requests: `key`, `path` (relative to the prefix),
+    # `folder` (the parent folder's name), `name`, `modified`, `size`, `etag`.
+    metadata: MetadataMapping = MetadataMapping(
+        location="metadata.location", date="metadata.date", department="metadata.department"
+    )
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give access_key_id and secret_access_key together, or neither")
+        if self.session_token is not None and self.access_key_id is None:
+            raise ValueError("session_token needs access_key_id and secret_access_key")
+        return self
+
+
+class S3Cursor(BaseModel):
+    """Where a listing resumes: after this key (S3's StartAfter). A completed
+    listing has no cursor: S3 has no incremental listing."""
+
+    model_config = ConfigDict(frozen=True)
+    after: str | None = None
+
+
+# -- the adapter ------------------------------------------------------------------
+
+AUTH_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+     "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "InvalidSecurity",
+     "AccountProblem", "UnauthorizedAccess"}
+)  # fmt: skip
+THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+     "TooManyRequests", "TooManyRequestsException", "RequestThrottled", "429"}
+)  # fmt: skip
+MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchVersion", "404"})
+
+
+class S3(Adapter[S3Cursor]):
+    kind: ClassVar[str] = "s3"
+    settings_model = S3Settings
+    cursor_model = S3Cursor
+    capabilities = Capabilities(
+        incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
+    )
+
+    def __init__(self, settings: S3Settings) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        key_id, secret_key, token = (
+            secret.get_secret_value() if secret is not None else None
+            for secret in (
+                settings.access_key_id,
+                settings.secret_access_key,
+                settings.session_token,
+            )
+        )
+        self._secrets = [secret for secret in (key_id, secret_key, token) if secret]
+        _REDACTOR.add(self._secrets)
+        endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
+        self._style = settings.addressing_style or ("path" if endpoint else "virtual")
+        # No keys given: boto3's own chain (AWS_* variables, profiles, roles).
+        session = boto3.session.Session(
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret_key,
+            aws_session_token=token,
+            region_name=settings.region,
+        )
+        self._client: Any = session.client(
+            "s3",
+            endpoint_url=endpoint,
+            config=Config(
+                connect_timeout=min(5.0, settings.timeout_s),
+                read_timeout=settings.timeout_s,
+                retries={"mode": "standard", "total_max_attempts": settings.attempts},
+                s3={"addressing_style": self._style},
+                # Proxy variables are ignored, as by every other adapter.
+                proxies={},
+                max_pool_connections=HEAD_WORKERS + 4,
+                user_agent_extra="damdup/0.3",
+            ),
+        )
+        self._client.meta.events.register("before-parse.s3", _check_answer)
+        self._endpoint = endpoint
+        mapping = settings.metadata
+        paths = (mapping.location, mapping.date, mapping.department)
+        self._needs_metadata = any(
+            path and not path.startswith("=") and path.split(".")[0] == "metadata" for path in paths
+        )
+
+    # -- listing -------------------------------------------------------------
+
+    def list_assets(self, cursor: S3Cursor | None) -> Page[S3Cursor]:
+        params: dict[str, Any] = {"MaxKeys": self.settings.page_size}
+        if self.prefix:
+            params["Prefix"] = self.prefix
+        after = cursor.after if cursor else None
+        if after:
+            params["StartAfter"] = after
+        answer = self._call("list_objects_v2", None, **params)
+        truncated = answer.get("IsTruncated")
+        contents = answer.get("Contents", [])
+        if not isinstance(truncated, bool) or not isinstance(contents, list):
+            raise Unavailable(
+                f"{self._where()}: ListObjectsV2 answered without IsTruncated and Contents"
+            )
+        objects = [
+            entry
+            for entry in contents
+            if isinstance(entry, dict) and isinstance(entry.get("Key"), str)
+        ]
+        if truncated and not objects:
+            raise Unavailable(f"{self._where()}: ListObjectsV2 said there is more but gave no keys")
+        chosen: list[tuple[dict[str, Any], bool]] = []  # (object, its type is to be asked)
+        for entry in objects:
+            key = str(entry["Key"])
+            if key.endswith("/") or not key.startswith(self.prefix):
+                continue
+            suffix = _suffix(key)
+            if suffix in IMAGE_EXTENSIONS:
+                chosen.append((entry, False))
+            elif suffix == "":
+                chosen.append((entry, True))
+        heads = self._heads(
+            [str(entry["Key"]) for entry, ask in chosen if ask or self._needs_metadata]
+        )
+        items = []
+        for entry, ask in chosen:
+            key = str(entry["Key"])
+            head = heads.get(key)
+            if (ask or self._needs_metadata) and head is None:
+                continue  # deleted since the listing
+            if ask and not str((head or {}).get("ContentType", "")).lower().startswith("image/"):
+                continue
+            items.append(self._ref(entry, head))
+        if truncated:
+            return Page(items=items, cursor=S3Cursor(after=str(objects[-1]["Key"])), complete=False)
+        return Page(items=items, cursor=None, complete=True)
+
+    def _heads(self, keys: list[str]) -> dict[str, dict[str, Any] | None]:
+        """HeadObject for each key, a few at a time; None for a key gone since
+        the listing."""
+        if not keys:
+            return {}
+
+        def head(key: str) -> dict[str, Any] | None:
+            try:
+                return self._call("head_object", key, Key=key)
+            except NotFound:
+                return None
+
+        with ThreadPoolExecutor(min(HEAD_WORKERS, len(keys))) as pool:
+            return dict(zip(keys, pool.map(head, keys), strict=True))
+
+    def _ref(self, entry: dict[str, Any], head: dict[str, Any] | None) -> AssetRef:
+        key = str(entry["Key"])
+        etag = str(entry.get("ETag") or "").strip('"')
+        size = entry.get("Size")
+        size = size if isinstance(size, int) and size >= 0 else None
+        moment = entry.get("LastModified")
+        modified = moment.isoformat() if isinstance(moment, datetime) else None
+        problem = None
+        if size is not None and size > self.settings.max_file_bytes:
+            problem = (
+                f"object is {size:,} bytes, over the {self.settings.max_file_bytes:,} byte limit"
+            )
+        relative = key[len(self.prefix) :]
+        folder, _, name = relative.rpartition("/")
+        record = {
+            "key": key,
+            "path": relative,
+            "folder": folder.rpartition("/")[2],
+            "name": name,
+            "modified": modified,
+            "size": size,
+            "etag": etag,
+            "metadata": {
+                str(field).lower(): _header_text(str(value))
+                for field, value in ((head or {}).get("Metadata") or {}).items()
+            },
+        }
+        return AssetRef(
+            id=key,
+            # Marks are tags: writing them changes neither ETag nor size.
+            version=f"{etag}|{size if size is not None else ''}",
+            url=self._object_url(key),
+            size_bytes=size,
+            modified=modified,
+            content_hash=f"md5:{etag.lower()}" if re.fullmatch(r"[0-9a-fA-F]{32}", etag) else None,
+            metadata=self.settings.metadata.apply(record),
+            problem=problem,
+        )
+
+    def _object_url(self, key: str) -> str:
+        path = quote(key, safe="/~")
+        if self._endpoint:
+            if self._style == "path":
+                return f"{self._endpoint}/{self.bucket}/{path}"
+            parts = urlsplit(self._endpoint)
+            return f"{parts.scheme}://{self.bucket}.{parts.netloc}/{path}"
+        region = self._client.meta.region_name or "us-east-1"
+        if self._style == "path":
+            return f"https://s3.{region}.amazonaws.com/{self.bucket}/{path}"
+        return f"https://{self.bucket}.s3.{region}.amazonaws.com/{path}"
+
+    # -- objects ---------------------------------------------------------------
+
+    def fetch(self, asset: AssetRef, min_side: int) -> bytes:
+        """The object itself (S3 keeps no renditions). A body cut short or
+        stalled is asked for again, `attempts` times in all; botocore retries
+        only up to the answer's headers."""
+        cap = self.settings.max_file_bytes
+        attempt = 0
+        while True:
+            attempt += 1
+            answer = self._call("get_object", asset.id, Key=asset.id)
+            body = answer["Body"]
+            try:
+                length = answer.get("ContentLength")
+                if isinstance(length, int) and length > cap:
+                    raise BadAsset(f"object is {length:,} bytes, over the {cap:,} byte limit")
+                return _read(body, cap)
+            except (HTTPClientError, IncompleteReadError, FlexibleChecksumError) as exc:
+                if attempt >= self.settings.attempts:
+                    raise Unavailable(
+                        f"{self._where(asset.id)}: the download broke off {attempt} times "
+                        f"({type(exc).__name__})"
+                    ) from None
+                log.info(
+                    "s3.download_retried", key=asset.id, attempt=attempt, error=type(exc).__name__
+                )
+                time.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** (attempt - 1))))
+            finally:
+                body.close()
+
+    def exists(self, asset: AssetRef) -> bool | None:
+        try:
+            self._call("head_object", asset.id, Key=asset.id)
+        except NotFound:
+            return False
+        return True
+
+    # -- marks -----------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        return tags_to_marks(dict(self._tags(asset.id)))
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        """PutObjectTagging replaces the whole set, so the set sent is every
+        tag of others as read, unchanged, plus damdup's. Between the read and
+        the write S3 offers no condition: a tag someone adds in that instant
+        is lost (S3 has no If-Match for tags)."""
+        current = self._tags(asset.id)
+        foreign = [(key, value) for key, value in current if not is_damdup_tag(key)]
+        ours = {key: value for key, value in current if is_damdup_tag(key)}
+        wanted = marks_to_tags(marks)
+        if ours == wanted:
+            return False
+        if len(foreign) + len(wanted) > TAG_LIMIT:
+            raise MarksDoNotFit(
+                f"{self._where(asset.id)} carries {len(foreign)} tags of others and damdup's "
+                f"marks need {len(wanted)}; S3 allows {TAG_LIMIT} tags an object. Nothing was "
+                "written; free a tag to let damdup mark it"
+            )
+        tag_set = [{"Key": key, "Value": value} for key, value in [*foreign, *wanted.items()]]
+        self._call("put_object_tagging", asset.id, Key=asset.id, Tagging={"TagSet": tag_set})
+        return True
+
+    def _tags(self, key: str) -> list[tuple[str, str]]:
+        answer = self._call("get_object_tagging", key, Key=key)
+        tag_set = answer.get("TagSet")
+        if not isinstance(tag_set, list):
+            raise Unavailable(f"{self._where(key)}: GetObjectTagging answered without a TagSet")
+        return [
+            (str(tag.get("Key")), str(tag.get("Value") or ""))
+            for tag in tag_set
+            if isinstance(tag, dict) and tag.get("Key") is not None
+        ]
+
+    # -- requests ----------------------------------------------------------------
+
+    def _where(self, key: str | None = None) -> str:
+        return f"s3://{self.bucket}/{key if key is not None else self.prefix}"
+
+    def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
+        """One S3 operation, botocore's retries included; every failure comes
+        out as one of the adapter errors, with no credential in its message."""
+        try:
+            answer = getattr(self._client, operation)(Bucket=self.bucket, **params)
+        except AdapterError:
+            raise  # from _check_answer
+        except ClientError as exc:
+            self._fail(operation, key, exc)
+        except (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError) as exc:
+            raise AuthFailed(
+                f"{self._where(key)}: no usable AWS credentials ({type(exc).__name__}); check the "
+                "unit's credentials: set DAMDUP_<UNIT>_ACCESS_KEY_ID and "
+                "DAMDUP_<UNIT>_SECRET_ACCESS_KEY, or configure boto3's usual chain"
+            ) from None
+        except (HTTPClientError, IncompleteReadError, ResponseParserError) as exc:
+            raise Unavailable(
+                f"{self._where(key)}: {_operation_name(operation)} failed after "
+                f"{self.settings.attempts} tries: {self._redact(str(exc))}"
+            ) from None
+        except BotoCoreError as exc:
+            raise AdapterError(f"{self._where(key)}: {self._redact(str(exc))}") from None
+        if not isinstance(answer, dict):
+            raise Unavailable(f"{self._where(key)}: {_operation_name(operation)} gave no answer")
+        meta = answer.get("ResponseMetadata") or {}
+        log.debug(
+            "s3.request",
+            operation=_operation_name(operation),
+            bucket=self.bucket,
+            key=key,
+            status=meta.get("HTTPStatusCode"),
+            retries=meta.get("RetryAttempts"),
+        )
+        return answer
+
+    def _fail(self, operation: str, key: str | None, exc: Any) -> NoReturn:
+        response = exc.response if isinstance(exc.response, dict) else {}
+        error = response.get("Error") or {}
+        meta = response.get("ResponseMetadata") or {}
+        code = str(error.get("Code") or "")
+        status = int(meta.get("HTTPStatusCode") or 0)
+        message = self._redact(str(error.get("Message") or ""))
+        name = _operation_name(operation)
+        where = self._where(key)
+        said = f"{status} {code}".strip() + (f": {message}" if message and message != code else "")
+        event = log.warning if status >= 500 or status in (401, 403, 429) else log.debug
+        event("s3.failed", operation=name, bucket=self.bucket, key=key, status=status, code=code)
+        if code == "NoSuchBucket":
+            raise NotFound(f"{where}: the bucket does not exist ({said}); check the unit's bucket")
+        if status == 404 or code in MISSING_CODES:
+            raise NotFound(f"{where} is not there ({said})")
+        if status in (401, 403) or code in AUTH_CODES:
+            raise AuthFailed(
+                f"{where}: {name} refused with {said}; check the unit's credentials and their "
+                "rights (s3:ListBucket, s3:GetObject, s3:GetObjectTagging, s3:PutObjectTagging)"
+            )
+        if status == 429 or code in THROTTLE_CODES:
+            headers = meta.get("HTTPHeaders") or {}
+            raise RateLimited(
+                parse_retry_after(headers.get("retry-after")),
+                f"{where}: {name} still throttled after {self.settings.attempts} tries ({said})",
+            )
+        if status >= 500 or status == 0:
+            raise Unavailable(
+                f"{where}: {name} failed after {self.settings.attempts} tries ({said})"
+            )
+        raise HttpError(f"{where}: {name} refused with {said}", status, message)
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self._secrets)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    """Before botocore parses a successful answer: S3 answers in XML. An HTML
+    page (a proxy, login or maintenance page) would parse as an empty listing,
+    and an empty listing retires every asset, so anything else is an error."""
+    status = int(response_dict.get("status_code") or 0)
+    body = response_dict.get("body")
+    if not 200 <= status < 300 or getattr(operation_model, "has_streaming_output", False):
+        return
+    if not isinstance(body, bytes) or not body.strip():
+        return
+    headers = response_dict.get("headers") or {}
+    content_type = str(headers.get("content-type") or "").split(";")[0].strip().lower()
+    if "xml" in content_type or (not content_type and body.lstrip().startswith(b"<?xml")):
+        return
+    name = getattr(operation_model, "name", "S3")
+    text = body[:4096].decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    if "html" in content_type or title:
+        shown = unescape(title.group(1)).strip() if title else ""
+        raise Unavailable(
+            f"{name}: expected XML but got an HTML page titled '{shown[:100]}' "
+            "(a proxy, login or maintenance page?)"
+        )
+    raise Unavailable(f"{name}: expected XML but got {content_type or 'no content type'}")
+
+
+def _read(body: Any, cap: int) -> bytes:
+    """The whole body, at most `cap` bytes; botocore checks its length (and
+    checksum, when S3 sent one) once the body ends."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = body.read(CHUNK_BYTES)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > cap:
+            raise BadAsset(f"object is over the {cap:,} byte limit")
+        chunks.append(bytes(chunk))
+
+
+def _suffix(key: str) -> str:
+    name = key.rpartition("/")[2]
+    stem, dot, extension = name.rpartition(".")
+    return f".{extension.lower()}" if dot and stem else ""
+
+
+def _header_text(value: str) -> str:
+    """S3 returns user metadata with letters outside US-ASCII as RFC 2047
+    encoded words (=?UTF-8?B?...?=)."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except (HeaderParseError, LookupError, UnicodeDecodeError, ValueError):
+        return value
+
+
+def _operation_name(operation: str) -> str:
+    """list_objects_v2 -> ListObjectsV2, as S3's documentation names it."""
+    return "".join(part[:1].upper() + part[1:] for part in operation.split("_"))
+
+
+class _Redactor(logging.Filter):
+    """Removes every S3 unit's credentials from log records of botocore and
+    urllib3: at DEBUG botocore logs each request with its Authorization header
+    (which names the access key id) and a session token's headers."""
+
+    LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+        self.lock = threading.Lock()
+
+    def add(self, secrets: list[str]) -> None:
+        with self.lock:
+            self.secrets.update(secret for secret in secrets if len(secret) >= 4)
+        manager = logging.Logger.manager
+        for name in [*self.LOGGERS, *list(manager.loggerDict)]:
+            if name.split(".")[0] in self.LOGGERS:
+                logger = logging.getLogger(name)
+                if self not in logger.filters:
+                    logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        cleaned = redact_text(message, sorted(self.secrets, key=len, reverse=True))
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_REDACTOR = _Redactor()
