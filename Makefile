@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) servers
 	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
-# The real servers the tests run against (WordPress, PHP, MariaDB), from Debian's
-# packages: a no-op once they are there. The tests start them themselves.
+# The real servers the tests run against (WordPress, PHP, MariaDB, chromium for
+# the review page) from Debian's packages, and Azurite from the npm registry:
+# no-ops once they are there. The tests start them themselves.
 servers:
 	tests/servers/install-debian.sh
+	tests/servers/install-node.sh
 
 test: $(STAMP) servers
 	$(PY) -m pytest

@@ -1,0 +1,626 @@
+"""Azure Blob Storage: the images of one container (optionally under a name
+prefix), read and marked through the Azure SDK (azure-storage-blob).
+
+Blob Storage speaks a signed protocol (SharedKey, SAS, Microsoft Entra ID
+tokens) with its own XML paging and tag API, so this adapter uses Microsoft's
+SDK rather than `adapters.http`; it keeps that client's rules: time-outs,
+retries with backoff honouring Retry-After, typed errors, secrets redacted.
+
+Listing: `List Blobs` in pages of `page_size` (`maxresults`, at most 5000);
+the cursor is the service's continuation marker. Blobs are listed in name
+order and the marker names the next blob, so a blob deleted or added during a
+listing never makes another one skipped. Only images are listed: a blob whose
+content type is `image/*`, or a vague one (`application/octet-stream`, none)
+with an image file extension. There is no "modified since" listing, so every
+sync lists the whole container; the engine compares each blob's `version`
+(its ETag and size) with the index and fetches only what changed.
+
+Marks are blob index tags (`Set Blob Tags` replaces all of a blob's tags, so
+the tags of others are always sent back unchanged). Azure allows 10 tags a
+blob, keys of 1-128 and values of 0-256 characters from letters, digits,
+space and `+ - . / : = _`. A value outside that set (a canonical URL with
+`?&%#` or "ä") is written as `b64:` + URL-safe base64 of its UTF-8 (whose
+alphabet and `=` padding are all allowed), and a value longer than 256
+characters continues in `<key>-2`, `<key>-3`, ... Every key starting with
+`damdup-` is damdup's. When the other tags leave no room, nothing is
+written and `MarksDoNotFit` says why. Setting tags changes neither the
+blob's ETag nor its Last-Modified time, so marks never change `version`.
+
+Credentials, in this order: `account_key` (Shared Key), `sas_token`, else
+Microsoft Entra ID through `azure.identity.DefaultAzureCredential` when the
+azure-identity package is installed (managed identity, workload identity,
+environment, Azure CLI), else none (a container with public read access).
+Key and SAS come only from the environment (`DAMDUP_<UNIT>_ACCOUNT_KEY`,
+`DAMDUP_<UNIT>_SAS_TOKEN`); neither ever reaches a log or an error message.
+
+Docs: List Blobs https://learn.microsoft.com/rest/api/storageservices/list-blobs,
+Set Blob Tags https://learn.microsoft.com/rest/api/storageservices/set-blob-tags,
+index tags https://learn.microsoft.com/azure/storage/blobs/storage-manage-find-blobs,
+errors https://learn.microsoft.com/rest/api/storageservices/blob-service-error-codes,
+SDK https://learn.microsoft.com/python/api/overview/azure/storage-blob-readme.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import mimetypes
+import random
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import structlog
+from azure.core.credentials import AzureSasCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    DecodeError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobProperties, ContainerClient, ExponentialRetry
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from adapters.base import (
+    Adapter,
+    AdapterError,
+    AssetRef,
+    AuthFailed,
+    BadAsset,
+    Capabilities,
+    Marks,
+    MarksDoNotFit,
+    MetadataMapping,
+    NotFound,
+    Page,
+    RateLimited,
+    RemoteSettings,
+    Unavailable,
+)
+from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
+
+__all__ = [
+    "AzureBlob",
+    "AzureBlobCursor",
+    "AzureBlobSettings",
+    "MAX_TAGS",
+    "marks_from_tags",
+    "marks_to_tags",
+]
+
+log = structlog.get_logger(__name__)
+
+MAX_TAGS = 10  # index tags a blob may carry
+MAX_TAG_VALUE = 256  # characters in one tag value
+OURS = "damdup-"  # every tag key damdup writes starts with this
+ENCODED = "b64:"  # a value stored as URL-safe base64 of its UTF-8
+TAG_TEXT = re.compile(r"^[A-Za-z0-9 +\-./:=_]*$")
+VAGUE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+# Image formats the standard library's table may not know on every machine.
+IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".webp", ".jxl", ".jfif"})
+# Status codes worth another attempt: Azure Storage throttles with 503
+# ServerBusy and 500 OperationTimedOut; 429 comes from gateways in front.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+SAS_SIGNATURE = re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>)]+")
+
+T = TypeVar("T")
+
+
+class AzureBlobSettings(RemoteSettings):
+    model_config = SettingsConfigDict(env_prefix="DAMDUP_AZURE_BLOB_", extra="forbid")
+    # base_url: the account's blob endpoint, https://<account>.blob.core.windows.net/
+    # (Azurite: http://127.0.0.1:10000/devstoreaccount1/).
+    container: str = Field(
+        pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$",
+        min_length=3,
+        max_length=63,
+        description="the container's name (3-63 lower-case letters, digits and single hyphens)",
+    )
+    prefix: str = Field("", description="only blobs whose names start with this, e.g. kuvat/")
+    page_size: int = Field(1000, ge=1, le=5000, description="blobs per List Blobs (at most 5000)")
+    account_name: str | None = Field(
+        None,
+        description="for account_key when base_url does not name the account (a custom domain)",
+    )
+    account_key: SecretStr | None = Field(None, description="the storage account's access key")
+    sas_token: SecretStr | None = Field(
+        None, description="a SAS token (sv=...&sig=...): list and read, plus tag to write marks"
+    )
+    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger blobs are skipped")
+    # Blob Storage has no fields for these: units keep them in blob metadata
+    # (x-ms-meta-*). The record is the blob: name, content_type, size,
+    # last_modified, created, metadata.<key> and, when a path asks, tags.<key>.
+    metadata: MetadataMapping = MetadataMapping(
+        location="metadata.location", date="metadata.date", department="metadata.department"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_query(cls, value: Any) -> Any:
+        if urlsplit(str(value)).query:
+            raise ValueError(
+                "base_url must not carry a query (a SAS token is a secret: set it in the "
+                "environment as sas_token)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> AzureBlobSettings:
+        if self.account_key is not None and self.sas_token is not None:
+            raise ValueError("give account_key or sas_token, not both")
+        return self
+
+
+class AzureBlobCursor(BaseModel):
+    """Where a listing resumes: the service's continuation marker. A
+    completed listing returns no cursor (every sync is a full listing)."""
+
+    model_config = ConfigDict(frozen=True)
+    marker: str | None = None
+
+
+class AzureBlob(Adapter[AzureBlobCursor]):
+    kind: ClassVar[str] = "azure_blob"
+    settings_model = AzureBlobSettings
+    cursor_model = AzureBlobCursor
+    capabilities = Capabilities(
+        incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
+    )
+
+    def __init__(self, settings: AzureBlobSettings) -> None:
+        self.settings = settings
+        self.secrets = [
+            secret.get_secret_value()
+            for secret in (settings.account_key, settings.sas_token)
+            if secret is not None
+        ]
+        _RedactSignatures.install()
+        account_url = str(settings.base_url).rstrip("/")
+        credential = self._credential()
+        self.anonymous = credential is None
+        self.container = ContainerClient(
+            account_url,
+            settings.container,
+            credential=credential,
+            retry_policy=_Retry(
+                attempts=settings.attempts,
+                max_retry_after_s=settings.max_retry_after_s,
+                secrets=self.secrets,
+            ),
+            # Proxies from the environment never see the unit's credentials.
+            transport=RequestsTransport(
+                use_env_settings=False,
+                connection_timeout=min(5.0, settings.timeout_s),
+                read_timeout=settings.timeout_s,
+            ),
+            user_agent=USER_AGENT,
+            raw_response_hook=_check_answer,
+        )
+        self._include = ["metadata"]
+        paths = [settings.metadata.location, settings.metadata.date, settings.metadata.department]
+        if any(path and path.startswith("tags.") for path in paths):
+            self._include.append("tags")  # Get Blob Tags rights needed for listing then
+
+    def _credential(self) -> Any:
+        settings = self.settings
+        if settings.account_key is not None:
+            key = settings.account_key.get_secret_value()
+            if settings.account_name:
+                return {"account_name": settings.account_name, "account_key": key}
+            return key  # the SDK takes the account's name from base_url
+        if settings.sas_token is not None:
+            return AzureSasCredential(settings.sas_token.get_secret_value().lstrip("?"))
+        try:
+            from azure.identity import DefaultAzureCredential
+        except ImportError:
+            return None  # anonymous: a container with public read access
+        return DefaultAzureCredential()
+
+    # -- listing ---------------------------------------------------------------
+
+    def list_assets(self, cursor: AzureBlobCursor | None) -> Page[AzureBlobCursor]:
+        marker = cursor.marker if cursor else None
+        what = f"listing container {self.settings.container}"
+
+        def one_page() -> tuple[list[BlobProperties], str | None]:
+            pages = self.container.list_blobs(
+                name_starts_with=self.settings.prefix or None,
+                include=self._include,
+                results_per_page=self.settings.page_size,
+            ).by_page(continuation_token=marker)
+            blobs = list(next(pages))
+            token: str | None = pages.continuation_token  # type: ignore[attr-defined]
+            return blobs, token or None
+
+        blobs, following = self._call(what, one_page)
+        items = [self._ref(blob) for blob in blobs if _is_image(blob)]
+        if following is None:
+            return Page(items=items, cursor=None, complete=True)
+        return Page(items=items, cursor=AzureBlobCursor(marker=following), complete=False)
+
+    def _ref(self, blob: BlobProperties) -> AssetRef:
+        name = str(blob.name)
+        etag = str(blob.etag or "").strip('"')
+        size = int(blob.size) if blob.size is not None else None
+        md5 = blob.content_settings.content_md5
+        modified = blob.last_modified.isoformat() if blob.last_modified else None
+        record = {
+            "name": name,
+            "content_type": blob.content_settings.content_type,
+            "size": size,
+            "last_modified": modified,
+            "created": blob.creation_time.isoformat() if blob.creation_time else None,
+            "metadata": dict(blob.metadata or {}),
+            "tags": dict(blob.tags or {}),
+        }
+        too_large = size is not None and size > self.settings.max_file_bytes
+        return AssetRef(
+            id=name,
+            # Tags change neither; metadata and content changes move the ETag.
+            version=f"{etag}|{size if size is not None else ''}",
+            url=self._blob_url(name),
+            size_bytes=size,
+            modified=modified,
+            content_hash=f"md5:{bytes(md5).hex()}" if md5 else None,
+            metadata=self.settings.metadata.apply(record),
+            problem=(
+                f"the blob has {size:,} bytes, over the unit's max_file_bytes "
+                f"({self.settings.max_file_bytes:,})"
+                if too_large
+                else None
+            ),
+        )
+
+    def _blob_url(self, name: str) -> str:
+        return f"{self.container.url.split('?')[0]}/{quote(name, safe='~/')}"
+
+    # -- reading ---------------------------------------------------------------
+
+    def fetch(self, asset: AssetRef, min_side: int) -> bytes:
+        """The original: Blob Storage keeps no smaller copies."""
+        cap = self.settings.max_file_bytes
+        if asset.size_bytes is not None and asset.size_bytes > cap:
+            raise BadAsset(f"blob {asset.id} has {asset.size_bytes:,} bytes, over {cap:,}")
+        blob = self.container.get_blob_client(asset.id)
+        what = f"downloading blob {asset.id}"
+        # The first request brings the size (and up to 32 MiB); the rest only
+        # when it is under the cap.
+        downloader = self._call(what, lambda: blob.download_blob(max_concurrency=1))
+        if downloader.size > cap:
+            raise BadAsset(f"blob {asset.id} has {downloader.size:,} bytes, over {cap:,}")
+        data: bytes = self._call(what, downloader.readall)
+        return data
+
+    def exists(self, asset: AssetRef) -> bool | None:
+        blob = self.container.get_blob_client(asset.id)
+        try:
+            self._call(f"reading blob {asset.id}", blob.get_blob_properties)
+        except NotFound:
+            return False
+        return True
+
+    # -- marks -----------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        return marks_from_tags(self._tags(asset.id), asset.id)
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        current = self._tags(asset.id)
+        others = {key: value for key, value in current.items() if not key.startswith(OURS)}
+        ours = marks_to_tags(marks)
+        wanted = {**others, **ours}
+        if wanted == current:
+            return False
+        if len(wanted) > MAX_TAGS:
+            raise MarksDoNotFit(
+                f"blob {asset.id} carries {len(others)} index tags of others and damdup's marks "
+                f"need {len(ours)}; Azure allows {MAX_TAGS} a blob. Nothing was written."
+            )
+        blob = self.container.get_blob_client(asset.id)
+        # Set Blob Tags replaces the whole set: the others' tags go back as read.
+        self._call(f"setting the tags of blob {asset.id}", lambda: blob.set_blob_tags(wanted))
+        return True
+
+    def _tags(self, name: str) -> dict[str, str]:
+        blob = self.container.get_blob_client(name)
+        tags: dict[str, str] = self._call(f"reading the tags of blob {name}", blob.get_blob_tags)
+        return dict(tags)
+
+    # -- errors ----------------------------------------------------------------
+
+    def _call(self, what: str, action: Callable[[], T]) -> T:
+        """Run one SDK call (retried inside by `_Retry`); its errors become
+        the typed errors of `adapters.base`, secrets removed from every word."""
+        try:
+            return action()
+        except AdapterError:
+            raise
+        except AzureError as exc:
+            raise self._translate(what, exc) from None
+        except (StopIteration, AttributeError, TypeError, ValueError, KeyError) as exc:
+            # The SDK met an answer of a shape it does not know (a proxy's, a
+            # misrouted request's): never an empty listing that retires all.
+            raise Unavailable(
+                f"{what}: the answer was not what Blob Storage sends "
+                f"({type(exc).__name__}: {self._redact(str(exc))[:200]})"
+            ) from None
+
+    def _translate(self, what: str, exc: AzureError) -> AdapterError:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        code = getattr(exc, "error_code", None) or ""
+        code = str(getattr(code, "value", code))  # the SDK's StorageErrorCode is an enum
+        text = self._redact(_first_line(exc))
+        detail = f"{status or ''} {code}".strip()
+        where = f"{what} at {self._redact(self.container.url)}"
+        anonymous = (
+            " (the unit has no credentials: set account_key or sas_token in the environment, "
+            "or install azure-identity)"
+            if self.anonymous
+            else ""
+        )
+        if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+            return AuthFailed(
+                f"{where} was refused ({detail or 'no token'}): {text}; check the unit's "
+                f"credentials (account_key, sas_token or the Azure identity) and their rights"
+                f"{anonymous}"
+            )
+        if isinstance(exc, ResourceNotFoundError) or status == 404:
+            if code == "ContainerNotFound" or (status == 404 and "comp=list" in _url_of(exc)):
+                return NotFound(
+                    f"{where}: the container does not exist ({detail})"
+                    + (f", or it is private{anonymous}" if anonymous else "")
+                )
+            return NotFound(f"{where}: {detail or 'not found'}")
+        if status in RETRY_STATUSES:
+            retry_after = _retry_after(exc)
+            if status == 429 or retry_after is not None:
+                return RateLimited(retry_after, f"{where}: {detail}: {text}")
+            return Unavailable(f"{where}: {detail}: {text}")
+        if isinstance(exc, HttpResponseError) and status is not None and status >= 400:
+            if status >= 500:
+                return Unavailable(f"{where}: {detail}: {text}")
+            return HttpError(f"{where}: {detail}: {text}", status, code)
+        if isinstance(exc, DecodeError):
+            return Unavailable(f"{where}: the answer could not be read: {text}")
+        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+            return Unavailable(f"{where} failed: {text}")
+        return Unavailable(f"{where}: {type(exc).__name__}: {text}")
+
+    def _redact(self, text: str) -> str:
+        return _redact(text, self.secrets)
+
+
+# -- tags ------------------------------------------------------------------------
+
+
+def marks_to_tags(marks: Marks) -> dict[str, str]:
+    """damdup's tags for `marks`: each field of `Marks.to_fields()`, its value
+    kept as it is when Azure accepts it, else `b64:` + URL-safe base64; a value
+    over 256 characters continues in `<key>-2`, `<key>-3`, ..."""
+    tags: dict[str, str] = {}
+    for key, value in marks.to_fields().items():
+        if not TAG_TEXT.match(value) or value.startswith(ENCODED):
+            value = ENCODED + base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii")
+        parts = [
+            value[start : start + MAX_TAG_VALUE] for start in range(0, len(value), MAX_TAG_VALUE)
+        ]
+        for number, part in enumerate(parts, start=1):
+            tags[_part_key(key, number)] = part
+    return tags
+
+
+def marks_from_tags(tags: dict[str, str], name: str = "") -> Marks:
+    """The inverse of `marks_to_tags`; tags that are not damdup's are ignored."""
+    fields: dict[str, str | None] = {}
+    for key in ("damdup-marks", "damdup-cluster", "damdup-canonical"):
+        parts: list[str] = []
+        while _part_key(key, len(parts) + 1) in tags:
+            parts.append(tags[_part_key(key, len(parts) + 1)])
+        value = "".join(parts)
+        if value.startswith(ENCODED):
+            try:
+                value = base64.urlsafe_b64decode(value[len(ENCODED) :].encode("ascii")).decode()
+            except (binascii.Error, UnicodeError, ValueError) as exc:
+                raise BadAsset(f"blob {name}: tag {key} is not valid base64 text: {exc}") from None
+        fields[key] = value
+    try:
+        return Marks.from_fields(fields)
+    except ValueError as exc:
+        raise BadAsset(f"blob {name}: damdup's tags hold {exc}") from None
+
+
+def _part_key(key: str, number: int) -> str:
+    """A long value's first part keeps the key; the next are `<key>-2`, ..."""
+    return key if number == 1 else f"{key}-{number}"
+
+
+# -- the SDK's pipeline ----------------------------------------------------------
+
+
+class _Retry(ExponentialRetry):
+    """The storage SDK's retry policy with `adapters.http`'s rules: `attempts`
+    tries in all on 408, 429, 500, 502, 503, 504, time-outs and broken
+    connections; waits of Retry-After when given (a longer one than
+    `max_retry_after_s` ends the request: the engine comes back later), else
+    exponential backoff with full jitter. The SDK's own policy retries no 429
+    and waits 15 s and more between tries."""
+
+    def __init__(
+        self,
+        attempts: int,
+        max_retry_after_s: float,
+        secrets: list[str],
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        retries = max(0, attempts - 1)
+        super().__init__(
+            retry_total=retries,
+            retry_connect=retries,
+            retry_read=retries,
+            retry_status=retries,
+            retry_to_secondary=False,
+        )
+        self.max_retry_after_s = max_retry_after_s
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.secrets = secrets
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        retry_after = settings.get("retry_after")
+        if retry_after is not None:
+            return float(retry_after)
+        ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** settings["count"])
+        return random.uniform(0, ceiling)  # jitter, not secrecy
+
+    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        settings = self.configure_retries(request)
+        transport = request.context.transport
+        while True:
+            settings["retry_after"] = None
+            try:
+                response = self.next.send(request)
+            except ClientAuthenticationError:
+                raise  # a token that cannot be had: no retry makes one
+            except AzureError as exc:
+                self._note(request, None, settings, _redact(_first_line(exc), self.secrets))
+                if self.increment(settings, request=request.http_request, error=exc):
+                    self._pause(settings, transport)
+                    continue
+                raise
+            status = response.http_response.status_code
+            if status in RETRY_STATUSES:
+                retry_after = parse_retry_after(response.http_response.headers.get("Retry-After"))
+                self._note(request, status, settings, None)
+                if retry_after is None or retry_after <= self.max_retry_after_s:
+                    settings["retry_after"] = retry_after
+                    if self.increment(
+                        settings, request=request.http_request, response=response.http_response
+                    ):
+                        self._pause(settings, transport)
+                        continue
+            break
+        if settings["history"]:
+            response.context["history"] = settings["history"]
+        response.http_response.location_mode = settings["mode"]
+        return response
+
+    def _pause(self, settings: dict[str, Any], transport: Any) -> None:
+        backoff = self.get_backoff_time(settings)
+        if backoff > 0:
+            transport.sleep(backoff)
+
+    def _note(
+        self,
+        request: PipelineRequest[Any],
+        status: int | None,
+        settings: dict[str, Any],
+        error: str | None,
+    ) -> None:
+        log.warning(
+            "http.request",
+            method=request.http_request.method,
+            url=_redact(request.http_request.url, self.secrets),
+            status=status,
+            attempt=settings["count"] + 1,
+            error=error,
+        )
+
+
+class _RedactSignatures(logging.Filter):
+    """urllib3 logs every request line, query included, at DEBUG: a SAS
+    signature would be there for anyone who turns DEBUG on. The SDK's own
+    logging policies already redact `sig` and the Authorization header."""
+
+    LOGGER = "urllib3.connectionpool"
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger(cls.LOGGER)
+        if not any(isinstance(present, cls) for present in logger.filters):
+            logger.addFilter(cls())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg, [])
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _redact(arg, []) if isinstance(arg, str) else arg for arg in record.args
+            )
+        return True
+
+
+def _check_answer(response: PipelineResponse[Any, Any]) -> None:
+    """A listing or tag set that is not XML (a proxy's login page, a
+    misrouted request's JSON) stops with a clear error instead of reaching
+    the SDK's parser."""
+    http_request, http_response = response.http_request, response.http_response
+    if http_request.method != "GET" or not 200 <= http_response.status_code < 300:
+        return
+    comp = dict(parse_qsl(urlsplit(http_request.url).query)).get("comp")
+    if comp not in ("list", "tags"):
+        return
+    kind = (http_response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if kind in ("application/xml", "text/xml"):
+        return
+    shown = _redact(http_request.url, [])
+    head = http_response.body()[:300].decode("utf-8", "replace")
+    if kind == "text/html" or head.lstrip().lower().startswith(("<!doctype", "<html")):
+        title = re.search(r"<title>(.*?)</title>", head, re.I | re.S)
+        raise Unavailable(
+            f"GET {shown}: expected XML but got an HTML page"
+            f"{' titled ' + repr(title.group(1).strip()) if title else ''}"
+            " (a proxy, login or maintenance page?)"
+        )
+    raise Unavailable(f"GET {shown}: expected XML but got {kind or 'no content type'}")
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def _is_image(blob: BlobProperties) -> bool:
+    kind = (blob.content_settings.content_type or "").split(";")[0].strip().lower()
+    if kind.startswith("image/"):
+        return True
+    if kind not in VAGUE_TYPES:
+        return False
+    name = str(blob.name).lower()
+    guessed = mimetypes.guess_type(name)[0] or ""
+    return guessed.startswith("image/") or any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    """A SAS signature (raw or percent-encoded, in any URL an error names) and
+    the unit's secrets never leave this module."""
+    text = SAS_SIGNATURE.sub(r"\1REDACTED", text)
+    forms = [form for secret in secrets for form in (secret, quote(secret, safe=""))]
+    return redact_text(text, forms)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The SDK's message without the XML body it appends."""
+    message = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    # "(None) Service unavailable": an error body without Azure's error code.
+    first = re.sub(r"^\(None\)\s*", "", lines[0]) if lines else ""
+    return first[:300] or type(exc).__name__
+
+
+def _url_of(exc: AzureError) -> str:
+    response = getattr(exc, "response", None)
+    request = getattr(response, "request", None)
+    return str(getattr(request, "url", "") or "")
+
+
+def _retry_after(exc: AzureError) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    return parse_retry_after(headers.get("Retry-After"))
