@@ -23,11 +23,9 @@ from adapters.base import AdapterError, Marks
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
 from connector.core.index import (
-    DecisionRow,
     IndexStore,
     SchemaError,
     SQLiteStore,
-    now_iso,
     ordered,
 )
 from connector.core.settings import Settings
@@ -35,7 +33,9 @@ from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
+from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters
 
 EXIT_OK = 0
@@ -416,21 +416,11 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _resolve(store: IndexStore, reference: str) -> Any:
-    asset = store.find_asset(reference)
-    if asset is None:
-        raise UsageError(
-            f"no asset {reference!r} in the index (give unit:id, an id, or a digest prefix)"
-        )
-    if asset.sha256 is None:
-        raise UsageError(f"{asset.key} could not be indexed: {asset.error}")
-    return asset
-
-
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
-        a, b = _resolve(store, args.a), _resolve(store, args.b)
+        a, b = resolve(store, args.a), resolve(store, args.b)
+        assert a.sha256 is not None and b.sha256 is not None  # resolve refuses unindexed assets
         fa, fb = store.fingerprint(a.sha256), store.fingerprint(b.sha256)
         if fa is None or fb is None:
             raise UsageError("fingerprint missing: scan again")
@@ -654,22 +644,82 @@ def _print_push_history(store: IndexStore) -> int:
 def cmd_review_decide(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
-        a, b = _resolve(store, args.a), _resolve(store, args.b)
-        if a.sha256 == b.sha256 and args.decision != Decision.SAME.value:
-            raise UsageError("the two assets have identical bytes; only `same` applies")
-        store.save_decision(
-            DecisionRow(
-                sha_a=a.sha256,
-                sha_b=b.sha256,
-                decision=args.decision,
-                canonical_sha=a.sha256 if args.decision == Decision.CANONICAL.value else None,
-                decided_by=args.by,
-                decided_at=now_iso(),
-            )
-        )
+        decide(store, args.a, args.b, args.decision, args.by)
     finally:
         store.close()
-    out.print(f"recorded: {a.key} / {b.key}: {args.decision} by {args.by}")
+    out.print(f"recorded: {args.a} / {args.b}: {args.decision} by {args.by.strip()}")
+    return EXIT_OK
+
+
+def cmd_review_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        items = queue(store, include_decided=args.all, limit=args.limit)
+    finally:
+        store.close()
+    if args.format == "json":
+        sys.stdout.write(
+            json.dumps([item.as_dict() for item in items], indent=2, ensure_ascii=False) + "\n"
+        )
+        return EXIT_OK
+    if not items:
+        out.print("Nothing to review.")
+        return EXIT_OK
+    table = Table(title=f"{len(items)} pair(s) to review", title_justify="left")
+    for column in ("kind", "a", "b", "pHash", "dHash", "decision"):
+        table.add_column(column, overflow="fold", justify="right" if "Hash" in column else "left")
+    for item in items:
+        decided = f"{item.decision.decision} by {item.decision.decided_by}" if item.decision else ""
+        table.add_row(
+            item.label, item.a.key, item.b.key, str(item.phash_distance),
+            str(item.dhash_distance), decided,
+        )  # fmt: skip
+    out.print(table)
+    out.print("Decide with: damdup review decide A B same|different|canonical --by NAME")
+    return EXIT_OK
+
+
+def cmd_review_export(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(settings)
+    try:
+        # utf-8-sig: spreadsheets read ä and ö right only with the byte order mark.
+        with open(args.csv, "w", newline="", encoding="utf-8-sig") as target:
+            written = export_csv(store, target, include_decided=args.all)
+    finally:
+        store.close()
+    out.print(f"{written} pair(s) written to {args.csv}; fill in `decision` and import it")
+    return EXIT_OK
+
+
+def cmd_review_import(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        source = open(args.file, newline="", encoding="utf-8-sig")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from exc
+    store = open_store(settings)
+    try:
+        with source:
+            summary = import_csv(store, source, default_by=args.by)
+    finally:
+        store.close()
+    out.print(
+        f"{summary.recorded} decision(s) recorded, {summary.unchanged} unchanged, "
+        f"{summary.skipped} row(s) without a decision"
+    )
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    def announce(url: str) -> None:
+        err.print(f"damdup: review page at {url} (Ctrl-C stops it)")
+
+    try:
+        serve(
+            settings.db, host=args.host, port=args.port,
+            allowed_hosts=args.allow_host or (), announce=announce,
+        )  # fmt: skip
+    except ServeError as exc:
+        raise UsageError(str(exc)) from exc
     return EXIT_OK
 
 
@@ -755,13 +805,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     review = commands.add_parser("review", help="reviewer decisions")
     review_commands = review.add_subparsers(dest="review_command", required=True)
-    decide = review_commands.add_parser("decide", help="record a decision on two assets")
-    decide.add_argument("--db")
-    decide.add_argument("a")
-    decide.add_argument("b")
-    decide.add_argument("decision", choices=[d.value for d in Decision])
-    decide.add_argument("--by", required=True, help="who decides")
-    decide.set_defaults(handler=cmd_review_decide)
+
+    def review_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = review_commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
+        return sub
+
+    listing = review_command("list", "pairs awaiting a decision: duplicate-candidates, similar")
+    listing.add_argument("--all", action="store_true", help="decided pairs too")
+    listing.add_argument("--limit", type=int, help="at most this many pairs")
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    listing.set_defaults(handler=cmd_review_list)
+    decide_cmd = review_command("decide", "record a decision on two assets")
+    decide_cmd.add_argument("a", help="unit:id, id or content digest prefix")
+    decide_cmd.add_argument("b")
+    decide_cmd.add_argument(
+        "decision", choices=[d.value for d in Decision], help="canonical: A is the canonical"
+    )
+    decide_cmd.add_argument("--by", required=True, help="who decides")
+    decide_cmd.set_defaults(handler=cmd_review_decide)
+    export_cmd = review_command("export", "the review queue as CSV, for a spreadsheet")
+    export_cmd.add_argument("--csv", required=True, metavar="FILE", help="file to write")
+    export_cmd.add_argument("--all", action="store_true", help="decided pairs too")
+    export_cmd.set_defaults(handler=cmd_review_export)
+    import_cmd = review_command("import", "decisions from a CSV file made by `review export`")
+    import_cmd.add_argument("file")
+    import_cmd.add_argument("--by", help="who decided, for rows without decided_by")
+    import_cmd.set_defaults(handler=cmd_review_import)
+
+    serve_cmd = command("serve", "the review page on this machine (http://127.0.0.1:PORT/review)")
+    serve_cmd.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve_cmd.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
+    serve_cmd.add_argument(
+        "--allow-host", action="append", metavar="NAME",
+        help="a further name browsers reach this server by (with --host; repeatable)",
+    )  # fmt: skip
+    serve_cmd.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -776,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         err.print(f"damdup: bad setting: {exc}", style="red")
         return EXIT_USAGE
-    except (UsageError, SchemaError, ConfigError) as exc:
+    except (UsageError, SchemaError, ConfigError, ReviewError) as exc:
         err.print(f"damdup: {exc}", style="red")
         return EXIT_USAGE
     except KeyboardInterrupt:
