@@ -28,6 +28,19 @@ An API token goes in the `Authorization` header (the bare token). CKAN answers
 requests with a token it does not know as if anonymous, which would silently
 leave out the private datasets, so a configured token is checked first.
 https://docs.ckan.org/en/latest/api/index.html
+
+Marks (https://docs.ckan.org/en/latest/api/index.html#ckan.logic.action.patch.resource_patch):
+three keys of the image resource (`damdup_marks`, `damdup_cluster`,
+`damdup_canonical` by default), which CKAN keeps as the resource's extras and
+`resource_show` prints beside its core keys. `annotate` reads the resource
+and POSTs `resource_patch` with the keys that differ, and only those:
+resource_patch is resource_show plus the given keys, then resource_update, so
+every other key stays. A patch cannot remove a key: marks that no longer hold
+become empty strings, which read as absent. Writing needs a token whose user
+may update the dataset (editor or admin of its organization); the update
+moves `metadata_modified` (of the resource and its dataset), never
+`last_modified`, which CKAN sets only when a file is uploaded, so `version`
+is unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
@@ -46,6 +59,7 @@ from adapters.base import (
     AuthFailed,
     BadAsset,
     Capabilities,
+    Marks,
     MetadataMapping,
     Page,
     RemoteSettings,
@@ -69,6 +83,15 @@ IMAGE_EXTENSIONS = frozenset(f".{name}" for name in IMAGE_FORMATS | {"jpe", "jfi
 # Mimetypes that say nothing: CKAN guesses the mimetype from the URL.
 VAGUE_MIMETYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 HASH_ALGORITHMS = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
+# Columns of CKAN's resource table and keys resource_show adds: a marks key
+# named like one of them would overwrite it.
+CORE_RESOURCE_KEYS = frozenset(
+    {"id", "package_id", "url", "format", "description", "hash", "name", "resource_type",
+     "mimetype", "mimetype_inner", "cache_url", "size", "created", "last_modified",
+     "metadata_modified", "cache_last_updated", "url_type", "extras", "state", "position",
+     "datastore_active", "tracking_summary"}
+)  # fmt: skip
+MARK_KEY = r"^[a-z][a-z0-9_]{0,99}$"
 
 
 class CkanSettings(RemoteSettings):
@@ -98,6 +121,9 @@ class CkanSettings(RemoteSettings):
         default_factory=list,
         description="other hosts serving the files (cloud storage): host[:port] or https://host",
     )
+    marks_key: str = Field("damdup_marks", pattern=MARK_KEY, description="resource key: labels")
+    cluster_key: str = Field("damdup_cluster", pattern=MARK_KEY, description="resource key")
+    canonical_key: str = Field("damdup_canonical", pattern=MARK_KEY, description="resource key")
     # hri.fi's dataset fields: the area the dataset covers, its release date
     # and the publishing organization (a city division or unit). The adapter
     # reads a record made of the resource's own keys (extra keys included)
@@ -108,6 +134,16 @@ class CkanSettings(RemoteSettings):
         date="package.date_released",
         department="package.organization.title",
     )
+
+    @model_validator(mode="after")
+    def _marks_keys_are_damdups(self) -> CkanSettings:
+        keys = [self.marks_key, self.cluster_key, self.canonical_key]
+        if len(set(keys)) != 3:
+            raise ValueError("marks_key, cluster_key and canonical_key must differ")
+        taken = sorted(set(keys) & CORE_RESOURCE_KEYS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: a core CKAN resource key, not damdup's")
+        return self
 
 
 class CkanCursor(BaseModel):
@@ -133,7 +169,7 @@ class Ckan(Adapter[CkanCursor]):
     settings_model = CkanSettings
     cursor_model = CkanCursor
     capabilities = Capabilities(
-        incremental=True, deletions=False, renditions=False, annotate=False, webhooks=False
+        incremental=True, deletions=False, renditions=False, annotate=True, webhooks=False
     )
 
     def __init__(self, settings: CkanSettings) -> None:
@@ -289,6 +325,61 @@ class Ckan(Adapter[CkanCursor]):
             raise BadAsset(f"resource {asset.id} has no file URL")
         return self.http.get_bytes(url)
 
+    # -- marks ----------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        return self._stored(self._action("resource_show", {"id": asset.id}))
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        if self._token is None:
+            raise AuthFailed(
+                f"{self.http.base_url}: writing marks needs the unit's api_token, of a user "
+                "who may edit the datasets (an editor or admin of their organization)"
+            )
+        resource = self._action("resource_show", {"id": asset.id})
+        if not isinstance(resource, dict):
+            raise Unavailable(f"{ACTION}resource_show answered without a resource")
+        fields = marks.to_fields()
+        wanted = {
+            self.settings.marks_key: fields.get("damdup-marks", ""),
+            self.settings.cluster_key: fields.get("damdup-cluster", ""),
+            self.settings.canonical_key: fields.get("damdup-canonical", ""),
+        }
+        changes = {key: value for key, value in wanted.items() if _text(resource.get(key)) != value}
+        if not changes:
+            return False
+        try:
+            self.http.request("POST", ACTION + "resource_patch", json={"id": asset.id, **changes})
+        except AuthFailed as exc:
+            raise AuthFailed(
+                f"{exc}. Writing marks needs a token whose user is an editor or admin of the "
+                "dataset's organization"
+            ) from None
+        except HttpError as exc:
+            raise HttpError(
+                f"CKAN refused resource_patch (a resource schema that rejects the keys "
+                f"{', '.join(wanted)}?): {exc}",
+                exc.status,
+                exc.detail,
+            ) from None
+        return True
+
+    def _stored(self, resource: Any) -> Marks:
+        if not isinstance(resource, dict):
+            raise Unavailable(f"{ACTION}resource_show answered without a resource")
+        try:
+            return Marks.from_fields(
+                {
+                    "damdup-marks": _text(resource.get(self.settings.marks_key)),
+                    "damdup-cluster": _text(resource.get(self.settings.cluster_key)),
+                    "damdup-canonical": _text(resource.get(self.settings.canonical_key)),
+                }
+            )
+        except ValueError:
+            # Keys edited by hand into something that is no mark: nothing of
+            # damdup's; the next annotate writes them over.
+            return Marks()
+
     # -- requests -------------------------------------------------------------
 
     def _check_token(self) -> None:
@@ -424,6 +515,11 @@ def _origins(hosts: list[str]) -> list[str]:
         else:
             origins += [f"https://{host}", f"http://{host}"]
     return origins
+
+
+def _text(value: Any) -> str:
+    """An extra's value as text; a missing key or null reads as empty."""
+    return "" if value is None else str(value)
 
 
 def _int(value: Any) -> int | None:

@@ -33,11 +33,23 @@ Docs: https://www.drupal.org/docs/core-modules-and-themes/core-modules/jsonapi-m
 - Credentials: optional basic_auth user and password. Drupal does not refuse a
   wrong password; it serves the request as the anonymous user. The entry
   point's `meta.links.me`, present only for an authenticated user, tells.
+
+Marks (https://www.drupal.org/docs/core-modules-and-themes/core-modules/jsonapi-module/updating-existing-resources-patch):
+damdup keeps its marks as one JSON object (`Marks.to_json`) in a plain long
+text field of the media type (`marks_field`, by default
+`field_damdup_marks`). `annotate` reads that one attribute (a sparse
+fieldset) and, when it differs, sends `PATCH jsonapi/media/image/<uuid>` with
+`application/vnd.api+json` and only that attribute: JSON:API changes only the
+attributes a PATCH names, so every other field stays as it is. Writing needs
+JSON:API set to accept writes and an account allowed to edit the media
+(basic_auth, so no CSRF token); Drupal moves the media's `changed` on the
+save, which is why `version` follows the file entity, not the media.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urljoin
@@ -52,15 +64,17 @@ from adapters.base import (
     AuthFailed,
     BadAsset,
     Capabilities,
+    Marks,
     MetadataMapping,
     NotFound,
     Page,
     RemoteSettings,
     Rendition,
     Unavailable,
+    Unsupported,
     choose_rendition,
 )
-from adapters.http import HttpClient
+from adapters.http import HttpClient, HttpError
 
 __all__ = ["Drupal", "DrupalCursor", "DrupalSettings", "ImageStyleBox"]
 
@@ -68,6 +82,7 @@ DERIVATIVE_REL = (
     "drupal://jsonapi/extensions/consumer_image_styles/links/relation-types/#derivative"
 )
 MAX_PAGE_SIZE = 50  # core JSON:API's OffsetPage::SIZE_MAX; larger limits are cut to it
+JSONAPI_TYPE = "application/vnd.api+json"
 
 
 class ImageStyleBox(BaseModel):
@@ -102,6 +117,11 @@ class DrupalSettings(RemoteSettings):
     )
     file_hosts: list[str] = Field(
         default_factory=list, description="other hosts serving the site's files (CDN, blob store)"
+    )
+    marks_field: str = Field(
+        "field_damdup_marks",
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="the media type's plain long text field holding damdup's marks as JSON",
     )
     # Stock hel.fi media carry only `field_photographer` besides the name and
     # the editable "Authored on" date (`created`). A unit adds location and
@@ -146,7 +166,7 @@ class Drupal(Adapter[DrupalCursor]):
     kind: ClassVar[str] = "drupal"
     settings_model = DrupalSettings
     cursor_model = DrupalCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=True)
+    capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
 
     def __init__(self, settings: DrupalSettings) -> None:
         self.settings = settings
@@ -171,6 +191,72 @@ class Drupal(Adapter[DrupalCursor]):
         self.resource_type = f"media--{settings.media_type}"
         self.collection = f"{self.entry_point}/media/{settings.media_type}"
         self._site_checked = False
+
+    # -- marks -------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        return _decode(self._marks_text(asset)) or Marks()
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        if self.settings.username is None:
+            raise AuthFailed(
+                f"{self.base_url}: writing marks needs the unit's username and password of an "
+                f"account that may edit {self.settings.media_type} media; the unit has none"
+            )
+        if _decode(self._marks_text(asset)) == marks:
+            return False
+        field = self.settings.marks_field
+        document = {
+            "data": {
+                "type": self.resource_type,
+                "id": asset.id,
+                "attributes": {field: None if marks.empty else marks.to_json()},
+            }
+        }
+        try:
+            self.http.request(
+                "PATCH",
+                self._individual(asset),
+                data=json.dumps(document).encode(),
+                headers={"Content-Type": JSONAPI_TYPE},
+            )
+        except AuthFailed as exc:
+            raise AuthFailed(
+                f"{exc}. Writing marks needs an account with the permission "
+                f"'{self.settings.media_type}: Edit any media' and edit access to {field}"
+            ) from None
+        except HttpError as exc:
+            if exc.status == 405:  # JSON:API's read-only mode, the default
+                raise AuthFailed(
+                    f"{self.base_url}{self.entry_point} accepts only reads: an administrator "
+                    "must choose 'Accept all JSON:API create, read, update, and delete "
+                    "operations' at /admin/config/services/jsonapi before damdup can write marks"
+                ) from None
+            raise
+        return True
+
+    def _individual(self, asset: AssetRef) -> str:
+        return f"{self.collection}/{asset.id}"
+
+    def _marks_text(self, asset: AssetRef) -> str | None:
+        """The marks field as stored now: one attribute of the media item,
+        asked for with a sparse fieldset. A media item that is gone is a 404."""
+        field = self.settings.marks_field
+        body = self.http.get_json(self._individual(asset), {f"fields[{self.resource_type}]": field})
+        data = body.get("data") if isinstance(body, dict) else None
+        attributes = data.get("attributes") if isinstance(data, dict) else None
+        if not isinstance(attributes, dict):
+            raise Unavailable(f"{self._individual(asset)}: the answer has no resource object")
+        if field not in attributes:
+            raise Unsupported(
+                f"{self.resource_type} has no field {field} (or this account may not see it): "
+                f"add a 'Text (plain, long)' field {field} to the {self.settings.media_type} "
+                "media type for damdup's marks, or name yours in the unit's marks_field"
+            )
+        value = attributes[field]
+        if isinstance(value, dict):  # a formatted text field: {"value", "format"}
+            value = value.get("value")
+        return value if isinstance(value, str) else None
 
     # -- listing -----------------------------------------------------------
 
@@ -408,6 +494,17 @@ def _dimension(value: Any) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value) or None
     return None
+
+
+def _decode(text: str | None) -> Marks | None:
+    """The marks a field holds; None when its text is not damdup's JSON (then
+    the next `annotate` writes it over, whatever the marks)."""
+    if not text or not text.strip():
+        return Marks()
+    try:
+        return Marks.from_json(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _seconds(value: Any) -> int:

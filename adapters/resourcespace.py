@@ -21,6 +21,25 @@ and 12 date, plus the `$data_joins` of its config.php). A unit whose fields are
 not joined either adds them to `$data_joins` or sets `field_data`, which reads
 `get_resource_field_data` for every listed resource (one call each) and offers
 the values as `fields.<shortname>`.
+
+Marks (https://www.resourcespace.com/knowledge-base/api/update_field,
+.../update_related_resource, .../get_related_resources, .../get_edit_access):
+damdup's marks are one JSON object in a text field created for damdup
+(`marks_field`, a field ref or shortname), written with `update_field` (a
+blank value unsets the field). When the canonical link names another
+resource of this ResourceSpace (its `pages/view.php?ref=` page), the resource
+is also related to it with `update_related_resource`, a function call that
+adds or (with add=0) removes a link between two resources, never a resource.
+The field records the relations damdup made (`related`), so that a relation
+that no longer holds is removed while relations people made are kept: a pair
+already related when damdup first wanted the link is left out of the record
+and never unrelated. The field is written before a relation is added and
+after one is removed, so an interrupted annotate leaves every relation of
+damdup's recorded and the next one finishes it. Reads are signed GETs; the
+writes are signed POSTs (`query`, `user` and `sign` in the body, as api/index.php
+reads them), so the canonical link and signature stay out of access logs.
+`update_field` moves the resource's `modified`, never `file_modified`,
+`file_size` or `file_checksum`, of which `version` is made.
 """
 
 from __future__ import annotations
@@ -31,7 +50,7 @@ import itertools
 import json
 from collections import defaultdict
 from typing import Any, ClassVar
-from urllib.parse import urlencode, urljoin
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -39,7 +58,9 @@ from pydantic_settings import SettingsConfigDict
 from adapters.base import (
     Adapter,
     AssetRef,
+    AuthFailed,
     Capabilities,
+    Marks,
     MetadataMapping,
     NotFound,
     Page,
@@ -49,7 +70,7 @@ from adapters.base import (
     Unsupported,
     choose_rendition,
 )
-from adapters.http import HttpClient
+from adapters.http import HttpClient, Reply
 
 __all__ = ["ResourceSpace", "ResourceSpaceCursor", "ResourceSpaceSettings"]
 
@@ -80,6 +101,16 @@ class ResourceSpaceSettings(RemoteSettings):
     metadata: MetadataMapping = MetadataMapping(
         location="field3", date="field12", department="field10"
     )
+    marks_field: str = Field(
+        "damdup",
+        pattern=r"^[A-Za-z0-9_-]{1,50}$",
+        description="ref or shortname of the text field created for damdup's marks",
+    )
+    relate_duplicates: bool = Field(
+        True,
+        description="relate a resource to its canonical when that is a resource of this "
+        "ResourceSpace (update_related_resource)",
+    )
 
 
 class ResourceSpaceCursor(BaseModel):
@@ -97,7 +128,7 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
     kind: ClassVar[str] = "resourcespace"
     settings_model = ResourceSpaceSettings
     cursor_model = ResourceSpaceCursor
-    capabilities = Capabilities(incremental=True, renditions=True)
+    capabilities = Capabilities(incremental=True, renditions=True, annotate=True)
 
     def __init__(self, settings: ResourceSpaceSettings) -> None:
         self.settings = settings
@@ -109,12 +140,26 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
     def call(self, function: str, **params: str | int) -> Any:
         """One signed API call. The signature covers the query string exactly
         as sent, so it is encoded here rather than by the HTTP library."""
+        query, sign = self._signed(function, params)
+        return self._answer(function, self.http.get(f"api/?{query}&sign={sign}"))
+
+    def post(self, function: str, **params: str | int) -> Any:
+        """A signed call that changes something, POSTed: api/index.php takes
+        the signed query string from a POSTed `query` and `user` and `sign`
+        beside it."""
+        query, sign = self._signed(function, params)
+        data = {"user": self.settings.username, "query": query, "sign": sign}
+        return self._answer(function, self.http.request("POST", "api/", data=data))
+
+    def _signed(self, function: str, params: dict[str, str | int]) -> tuple[str, str]:
         query = urlencode(
             [("user", self.settings.username), ("function", function)]
             + [(name, str(value)) for name, value in params.items()]
         )
-        sign = hashlib.sha256((self._private_key + query).encode()).hexdigest()
-        reply = self.http.get(f"api/?{query}&sign={sign}")
+        return query, hashlib.sha256((self._private_key + query).encode()).hexdigest()
+
+    @staticmethod
+    def _answer(function: str, reply: Reply) -> Any:
         if not reply.content.strip():
             # execute_api_call() echoes PHP false for a function it lacks.
             raise Unsupported(
@@ -247,6 +292,106 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
             if isinstance(field, dict) and field.get("name")
         }
 
+    # -- marks -------------------------------------------------------------------
+
+    def read_marks(self, asset: AssetRef) -> Marks:
+        marks, _ = _decode(self._marks_value(asset)[1])
+        return marks or Marks()
+
+    def annotate(self, asset: AssetRef, marks: Marks) -> bool:
+        field, text = self._marks_value(asset)
+        old_marks, recorded = _decode(text)
+        wanted = self._canonical_refs(asset, marks)
+        adds: set[str] = set()
+        removes: set[str] = set()
+        keep: set[str] = set()
+        if wanted or recorded:
+            related = set(self._related(asset.id))
+            adds = wanted - related
+            # Already related without damdup's record: a person's link, kept off the record.
+            keep = {ref for ref in wanted if ref in recorded or ref not in related}
+            removes = (recorded - wanted) & related
+        if old_marks == marks and recorded == keep and not adds and not removes:
+            return False
+        if (old_marks, recorded) != (marks, keep | removes):
+            self._update_field(asset, field, _encode(marks, keep | removes))
+        for ref in sorted(adds):
+            self._relate(asset, ref, add=True)
+        if removes:
+            self._relate(asset, ",".join(sorted(removes)), add=False)
+            self._update_field(asset, field, _encode(marks, keep))
+        return True
+
+    def _marks_value(self, asset: AssetRef) -> tuple[str, str]:
+        """The marks field of the resource (its ref) and its text now."""
+        answer = self.call("get_resource_field_data", resource=asset.id)
+        if not isinstance(answer, list):
+            raise NotFound(
+                f"resourcespace: resource {asset.id} is gone (or not visible to this user)"
+            )
+        wanted = self.settings.marks_field
+        for field in answer:
+            if isinstance(field, dict) and wanted in (str(field.get("ref")), field.get("name")):
+                return str(field.get("ref")), str(field.get("value") or "")
+        raise Unsupported(
+            f"resourcespace: resource {asset.id} has no field {wanted!r} (not created, not "
+            "used by its resource type, or hidden from the API user): create a text field for "
+            "damdup's marks and name it, by ref or shortname, in the unit's marks_field"
+        )
+
+    def _canonical_refs(self, asset: AssetRef, marks: Marks) -> set[str]:
+        """The resource of this ResourceSpace that the canonical link names,
+        when relating is on and it is another resource."""
+        url = marks.canonical_url
+        page = urljoin(self.http.base_url, "pages/view.php")
+        if not self.settings.relate_duplicates or not url:
+            return set()
+        parts = urlsplit(url)
+        if f"{parts.scheme}://{parts.netloc}{parts.path}" != page:
+            return set()
+        refs = parse_qs(parts.query).get("ref", [])
+        if len(refs) != 1 or not refs[0].isdigit() or refs[0] == asset.id:
+            return set()
+        return {refs[0]}
+
+    def _related(self, ref: str) -> list[str]:
+        answer = self.call("get_related_resources", ref=ref)
+        if not isinstance(answer, list):
+            raise Unavailable(f"resourcespace: get_related_resources answered {answer!r:.100}")
+        return [str(item) for item in answer]
+
+    def _update_field(self, asset: AssetRef, field: str, value: str) -> None:
+        if self.post("update_field", resource=asset.id, field=field, value=value) is not True:
+            self._refused(
+                asset,
+                "update_field",
+                f"field {self.settings.marks_field!r} may not be a text field, or the user's "
+                "group may not edit it",
+            )
+
+    def _relate(self, asset: AssetRef, related: str, add: bool) -> None:
+        done = self.post("update_related_resource", ref=asset.id, related=related, add=int(add))
+        if done is not True:
+            self._refused(
+                asset,
+                "update_related_resource",
+                f"resource {related} may be gone, or $enable_related_resources is off (then "
+                "set the unit's relate_duplicates = false)",
+            )
+
+    def _refused(self, asset: AssetRef, function: str, hint: str) -> None:
+        """ResourceSpace answers a refused write with a bare false: edit
+        access tells a read-only user from everything else."""
+        if self.call("get_edit_access", resource=asset.id) is not True:
+            raise AuthFailed(
+                f"resourcespace: user {self.settings.username!r} may not edit resource "
+                f"{asset.id} ({function} answered false); writing marks needs a user whose "
+                "group may edit the unit's resources; check the unit's credentials"
+            )
+        raise Unsupported(
+            f"resourcespace: {function} answered false for resource {asset.id}: {hint}"
+        )
+
     def exists(self, asset: AssetRef) -> bool:
         # PHP false (an empty answer) for a resource that is gone or hidden.
         try:
@@ -291,6 +436,32 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
             height=height,
             renditions=tuple(renditions),
         )
+
+
+def _encode(marks: Marks, related: set[str]) -> str:
+    """The marks field's text: Marks.to_json's keys plus the relations damdup
+    made; empty when there is nothing (update_field then unsets the field).
+    "~" is escaped because ResourceSpace reads "~en:...~fi:..." in a value as
+    translations when it answers get_resource_field_data."""
+    if marks.empty and not related:
+        return ""
+    data = json.loads(marks.to_json())
+    if related:
+        data["related"] = sorted(related, key=int)
+    return json.dumps(data, sort_keys=True, ensure_ascii=False).replace("~", "\\u007e")
+
+
+def _decode(text: str) -> tuple[Marks | None, set[str]]:
+    """The marks and damdup's relations a field holds; marks None when the
+    text is not damdup's (the next annotate writes it over)."""
+    if not text.strip():
+        return Marks(), set()
+    try:
+        data = json.loads(text)
+        related = {str(int(ref)) for ref in data.get("related") or ()}
+        return Marks.from_json(text), related
+    except (ValueError, TypeError, AttributeError):
+        return None, set()
 
 
 def _check_newest_first(rows: list[dict[str, Any]]) -> None:

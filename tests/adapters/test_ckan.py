@@ -1,11 +1,13 @@
 """The CKAN adapter against the CKAN emulator behind the fault proxy: what the
 contract suite cannot say about CKAN in particular (datasets holding several
 resources, keyset paging in Solr's order, resource-level change times, the
-token CKAN silently ignores, hri.fi's metadata)."""
+token CKAN silently ignores, hri.fi's metadata, marks as resource keys written
+with resource_patch)."""
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -17,10 +19,16 @@ import requests
 from PIL import Image
 from pydantic import ValidationError
 
-from adapters.base import AssetRef, AuthFailed, MetadataMapping, NotFound
+from adapters.base import AssetRef, AuthFailed, Marks, MetadataMapping, NotFound
 from adapters.ckan import Ckan, CkanCursor, CkanSettings
 from adapters.http import HttpError
-from tests.servers.ckan import EDITOR_TOKEN, SYSADMIN_TOKEN, CkanEmulator, CkanHarness
+from tests.servers.ckan import (
+    DAMDUP_TOKEN,
+    EDITOR_TOKEN,
+    SYSADMIN_TOKEN,
+    CkanEmulator,
+    CkanHarness,
+)
 from tests.servers.common import Clock, Library, photo_paths
 
 PHOTOS = photo_paths(variant="original")
@@ -42,6 +50,9 @@ def ckan(server: CkanHarness) -> CkanHarness:
 
 
 def adapter(ckan: CkanHarness, **overrides: Any) -> Ckan:
+    """Anonymous unless a token is given, as hri.fi is read (the harness's
+    own unit carries the token that writes marks)."""
+    overrides.setdefault("api_token", None)
     made = ckan.adapter(**overrides)
     assert isinstance(made, Ckan)
     return made
@@ -397,3 +408,131 @@ def test_resource_patch_keeps_the_keys_it_is_not_given(ckan: CkanHarness) -> Non
     for key in ("name", "url", "format", "size", "created", "last_modified", "description"):
         assert patched[key] == before[key]
     assert patched["metadata_modified"] > before["metadata_modified"]
+
+
+# -- marks ---------------------------------------------------------------------------------
+
+
+def shown(ckan: CkanHarness, resource_id: str) -> dict[str, Any]:
+    """resource_show, as any API client reads it."""
+    result: dict[str, Any] = ckan.action("resource_show", id=resource_id)
+    return result
+
+
+def patched(ckan: CkanHarness) -> list[dict[str, Any]]:
+    return [
+        json.loads(entry.body)
+        for entry in ckan.emulator.requests_for("POST", "/api/3/action/resource_patch")
+    ]
+
+
+def test_marks_are_resource_keys_patched_only_when_they_change(ckan: CkanHarness) -> None:
+    target = ckan.add("kuva.png", png((9, 90, 9)))
+    neighbour = ckan.add("toinen.png", png((90, 9, 9)))
+    ckan.set_foreign(target)
+    foreign = ckan.foreign_state(target)
+    made = adapter(ckan, api_token=DAMDUP_TOKEN)
+    before, _ = listing(made)
+    ref = next(item for item in before if item.id == target)
+    assert ckan.proxy is not None
+    ckan.proxy.clear()  # from here on, the adapter's own requests (the harness's bypass it)
+    ckan.emulator.log.clear()
+    first = Marks(("duplicate",), "dd0123456789", "https://hri.fi/data/a b.png?x=1&y=ä#z")
+
+    assert made.annotate(ref, first) is True
+    assert patched(ckan) == [
+        {
+            "id": target,
+            "damdup_marks": "duplicate",
+            "damdup_cluster": "dd0123456789",
+            "damdup_canonical": first.canonical_url,
+        }
+    ]
+    resource = shown(ckan, target)
+    assert (resource["damdup_marks"], resource["damdup_cluster"]) == ("duplicate", "dd0123456789")
+    assert resource["damdup_canonical"] == first.canonical_url
+    assert made.read_marks(ref) == first
+
+    assert adapter(ckan, api_token=DAMDUP_TOKEN).annotate(ref, first) is False
+    assert len(patched(ckan)) == 1
+
+    # Another cluster, same label: only the keys that differ are sent.
+    moved = Marks(("duplicate",), "ddabcdefabcd", "https://hri.fi/data/b.png")
+    assert made.annotate(ref, moved) is True
+    assert set(patched(ckan)[-1]) == {"id", "damdup_cluster", "damdup_canonical"}
+    assert ckan.stored_marks(target) == moved
+    # Gone altogether: resource_patch cannot drop a key, so they are emptied.
+    assert made.annotate(ref, Marks()) is True
+    resource = shown(ckan, target)
+    assert [resource[key] for key in ("damdup_marks", "damdup_cluster", "damdup_canonical")] == [
+        "",
+        "",
+        "",
+    ]
+    assert made.read_marks(ref) == Marks()
+    assert made.annotate(ref, Marks()) is False
+
+    assert ckan.foreign_state(target) == foreign
+    assert "damdup_marks" not in shown(ckan, neighbour)
+    actions = [entry.path.split("?")[0].rsplit("/", 1)[-1] for entry in ckan.proxy.log]
+    assert set(actions) == {"resource_show", "resource_patch"}
+    assert actions.count("resource_patch") == 3
+    assert ckan.proxy.requests("DELETE") == [] and ckan.emulator.requests_for("DELETE") == []
+    # metadata_modified moved with each patch; last_modified (the file) did not.
+    after, _ = listing(made)
+    assert {item.id: item.version for item in after} == {item.id: item.version for item in before}
+    assert shown(ckan, target)["last_modified"] == resource["created"]
+
+
+def test_marks_need_a_token_of_an_editor(ckan: CkanHarness) -> None:
+    target = ckan.add("kuva.png", png((9, 9, 90)))
+    [ref], _ = listing(adapter(ckan))
+    marks = Marks(("canonical",), "dd0123456789")
+    ckan.emulator.log.clear()
+    with pytest.raises(AuthFailed, match="api_token"):
+        adapter(ckan).annotate(ref, marks)
+    assert ckan.emulator.log == []  # nothing asked without a token
+    organization = ckan.emulator.datasets[ckan.emulator.owner[target]].organization or ""
+    ckan.emulator.add_user("lukija", EDITOR_TOKEN, memberships={organization: "member"})
+    with pytest.raises(AuthFailed, match="editor or admin"):
+        adapter(ckan, api_token=EDITOR_TOKEN).annotate(ref, marks)
+    assert ckan.stored_marks(target) == Marks()
+    assert adapter(ckan, api_token=DAMDUP_TOKEN).annotate(ref, marks) is True
+
+
+def test_marks_of_a_deleted_resource_are_not_found(ckan: CkanHarness) -> None:
+    target = ckan.add("kuva.png", png((90, 90, 9)))
+    [ref], _ = listing(adapter(ckan))
+    ckan.remove(target)
+    with pytest.raises(NotFound):
+        adapter(ckan, api_token=DAMDUP_TOKEN).annotate(ref, Marks(("duplicate",)))
+    assert patched(ckan) == []
+
+
+def test_keys_edited_by_hand_read_as_no_marks_and_are_written_over(ckan: CkanHarness) -> None:
+    target = ckan.add("kuva.png", png((9, 90, 90)))
+    ckan.action("resource_patch", id=target, damdup_marks="kopio")
+    [ref], _ = listing(adapter(ckan))
+    made = adapter(ckan, api_token=DAMDUP_TOKEN)
+    assert made.read_marks(ref) == Marks()
+    assert made.annotate(ref, Marks()) is True
+    assert shown(ckan, target)["damdup_marks"] == ""
+
+
+def test_mark_keys_are_configurable_but_never_core_keys(ckan: CkanHarness) -> None:
+    target = ckan.add("kuva.png", png((90, 9, 90)))
+    [ref], _ = listing(adapter(ckan))
+    made = adapter(
+        ckan,
+        api_token=DAMDUP_TOKEN,
+        marks_key="kaksoiskappale",
+        cluster_key="ryhma",
+        canonical_key="alkuperainen",
+    )
+    assert made.annotate(ref, Marks(("canonical",), "dd0123456789")) is True
+    assert shown(ckan, target)["kaksoiskappale"] == "canonical"
+    assert "damdup_marks" not in shown(ckan, target)
+    with pytest.raises(ValidationError, match="core CKAN resource key"):
+        CkanSettings(base_url=ckan.url, marks_key="description")
+    with pytest.raises(ValidationError, match="must differ"):
+        CkanSettings(base_url=ckan.url, marks_key="damdup", cluster_key="damdup")

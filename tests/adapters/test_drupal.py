@@ -1,11 +1,13 @@
 """Drupal JSON:API behaviour the contract suite does not reach: the 50-item
 page cap, basic_auth's silent fall-back to anonymous, omitted and unpublished
 media, keyset paging through deletions, timestamps in filters, Consumer Image
-Styles links and their sizes, itok, files on another host."""
+Styles links and their sizes, itok, files on another host; marks written by a
+PATCH of one field, and the ways a site refuses it."""
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +16,7 @@ import requests
 from PIL import Image
 from pydantic import ValidationError
 
-from adapters.base import AssetRef, AuthFailed, BadAsset, NotFound
+from adapters.base import AssetRef, AuthFailed, BadAsset, Marks, NotFound, Unsupported
 from adapters.drupal import Drupal, DrupalCursor, DrupalSettings, scale_dimensions
 from adapters.http import HttpError
 from tests.servers.common import photo_paths
@@ -23,6 +25,8 @@ from tests.servers.faults import FaultProxy
 
 PHOTO = photo_paths(variant="original")[0]  # 640 x 427
 USER, PASSWORD = "damdup-reader", "fake-password-for-tests"
+EDITOR, EDITOR_PASSWORD = "damdup-editor", "fake-editor-password-for-tests"
+MARKS = "field_damdup_marks"
 
 
 @pytest.fixture
@@ -306,3 +310,172 @@ def test_default_metadata_on_a_stock_hel_fi_media_type(start: Any) -> None:
     mapped = adapter(emulator, metadata={"date": "created", "department": "=Kaupunkiympäristö"})
     [ref], _ = listing(mapped)
     assert ref.metadata.department == "Kaupunkiympäristö"
+
+
+# -- marks -------------------------------------------------------------------
+
+
+def writable(start: Any, **options: Any) -> DrupalEmulator:
+    """A site that accepts JSON:API writes, its media type with damdup's field,
+    a reader and an editor."""
+    options.setdefault("write_enabled", True)
+    emulator: DrupalEmulator = start(
+        users={USER: PASSWORD, EDITOR: EDITOR_PASSWORD},
+        editors={EDITOR},
+        fields=("field_photographer", MARKS),
+        **options,
+    )
+    return emulator
+
+
+def editor(emulator: DrupalEmulator, **overrides: Any) -> Drupal:
+    return adapter(emulator, username=EDITOR, password=EDITOR_PASSWORD, **overrides)
+
+
+def shown(emulator: DrupalEmulator, media_id: str) -> dict[str, Any]:
+    """The media item's attributes, read as any JSON:API client reads them."""
+    reply = requests.get(
+        f"{emulator.base_url}jsonapi/media/image/{media_id}",
+        auth=(EDITOR, EDITOR_PASSWORD),
+        timeout=10,
+    )
+    reply.raise_for_status()
+    attributes: dict[str, Any] = reply.json()["data"]["attributes"]
+    return attributes
+
+
+def patches(emulator: DrupalEmulator) -> list[dict[str, Any]]:
+    return [json.loads(entry.body) for entry in emulator.requests_for("PATCH")]
+
+
+def test_marks_are_one_field_patched_only_when_they_change(start: Any) -> None:
+    emulator = writable(start)
+    [mid, other] = add(emulator, 2, field_photographer="Sakari Kiuru")
+    drupal = editor(emulator)
+    before, _ = listing(drupal)
+    ref = next(item for item in before if item.url.endswith(f"/media/{mid}/edit"))
+    first = Marks(("duplicate",), "dd0123456789", "https://www.hel.fi/kuvat/a b.jpg?x=1&y=ä#z")
+
+    assert drupal.annotate(ref, first) is True
+    [patch] = patches(emulator)
+    assert patch == {
+        "data": {"type": "media--image", "id": ref.id, "attributes": {MARKS: first.to_json()}}
+    }
+    assert emulator.requests_for("PATCH")[0].headers["Content-Type"] == "application/vnd.api+json"
+    stored = shown(emulator, ref.id)
+    assert Marks.from_json(stored[MARKS]) == first
+    assert stored["field_photographer"] == "Sakari Kiuru"
+
+    # Again: one read of the field, nothing sent.
+    assert editor(emulator).annotate(ref, first) is False
+    assert len(patches(emulator)) == 1
+    read = emulator.requests_for("GET", f"/jsonapi/media/image/{ref.id}")[-1]
+    assert read.query == f"fields%5Bmedia--image%5D={MARKS}"
+
+    # Another cluster: the stale marks are replaced, then removed altogether.
+    moved = Marks(("duplicate-candidate",), "ddabcdefabcd", "https://www.hel.fi/b.jpg")
+    assert drupal.annotate(ref, moved) is True
+    assert Marks.from_json(shown(emulator, ref.id)[MARKS]) == moved
+    assert drupal.annotate(ref, Marks()) is True
+    assert shown(emulator, ref.id)[MARKS] is None
+    assert drupal.read_marks(ref) == Marks()
+
+    assert [list(p["data"]["attributes"]) for p in patches(emulator)] == [[MARKS]] * 3
+    assert emulator.requests_for("DELETE") == []
+    assert shown(emulator, ref.id)["field_photographer"] == "Sakari Kiuru"
+    untouched = emulator.library.assets[other]
+    assert MARKS not in untouched.metadata and untouched.modified == untouched.created
+    # Drupal moved `changed` on each save; the version follows the file.
+    after, _ = listing(drupal)
+    assert {item.id: item.version for item in after} == {item.id: item.version for item in before}
+    assert next(item for item in after if item.id == ref.id).modified != ref.modified
+
+
+def test_marks_need_an_account_and_a_site_that_accept_writes(start: Any) -> None:
+    emulator = writable(start, write_enabled=False)
+    add(emulator, 1)
+    [ref], _ = listing(editor(emulator))
+    marks = Marks(("canonical",), "dd0123456789")
+    before = len(emulator.log)
+    with pytest.raises(AuthFailed, match="username and password"):
+        adapter(emulator).annotate(ref, marks)
+    assert len(emulator.log) == before  # refused before asking anything
+    with pytest.raises(AuthFailed, match="admin/config/services/jsonapi"):
+        editor(emulator).annotate(ref, marks)
+    emulator.write_enabled = True
+    with pytest.raises(AuthFailed, match=r"edit any image media.*image: Edit any media"):
+        adapter(emulator, username=USER, password=PASSWORD).annotate(ref, marks)
+    assert MARKS not in emulator.library.assets[str(mids([ref])[0])].metadata
+    assert editor(emulator).annotate(ref, marks) is True
+
+
+def test_a_media_type_without_the_field_is_a_clear_error(start: Any) -> None:
+    emulator = writable(start)
+    add(emulator, 1)
+    [ref], _ = listing(editor(emulator))
+    with pytest.raises(Unsupported, match=r"no field field_duplicates.*Text \(plain, long\)"):
+        editor(emulator, marks_field="field_duplicates").annotate(ref, Marks(("related",)))
+    assert emulator.requests_for("PATCH") == []
+    with pytest.raises(ValidationError):
+        DrupalSettings(base_url="https://www.hel.fi/", marks_field="field-with-dash")
+
+
+def test_marks_of_a_removed_media_item_are_not_found(start: Any) -> None:
+    emulator = writable(start)
+    [mid] = add(emulator, 1)
+    [ref], _ = listing(editor(emulator))
+    emulator.library.remove(mid)
+    with pytest.raises(NotFound):
+        editor(emulator).read_marks(ref)
+    with pytest.raises(NotFound):
+        editor(emulator).annotate(ref, Marks(("duplicate",), "dd0123456789"))
+    assert emulator.requests_for("PATCH") == []
+
+
+def test_text_that_is_not_damdups_json_is_written_over(start: Any) -> None:
+    emulator = writable(start)
+    [mid] = add(emulator, 1, **{MARKS: "kopio, katso kuva 12"})
+    [ref], _ = listing(editor(emulator))
+    assert editor(emulator).read_marks(ref) == Marks()
+    assert editor(emulator).annotate(ref, Marks()) is True
+    assert emulator.library.assets[mid].metadata[MARKS] is None
+
+
+def test_the_emulated_patch_refuses_as_drupal_does(start: Any) -> None:
+    emulator = writable(start)
+    add(emulator, 1)
+    [ref], _ = listing(editor(emulator))
+    url = f"{emulator.base_url}jsonapi/media/image/{ref.id}"
+
+    def send(attributes: dict[str, Any], **changes: Any) -> requests.Response:
+        data = {"type": "media--image", "id": ref.id, "attributes": attributes, **changes}
+        return requests.patch(
+            url,
+            data=json.dumps({"data": data}),
+            headers={"Content-Type": "application/vnd.api+json"},
+            auth=(EDITOR, EDITOR_PASSWORD),
+            timeout=10,
+        )
+
+    def detail(reply: requests.Response) -> str:
+        return str(reply.json()["errors"][0]["detail"])
+
+    wrong_type = requests.patch(url, json={"data": {}}, auth=(EDITOR, EDITOR_PASSWORD), timeout=10)
+    assert wrong_type.status_code == 415
+    assert send({}, type="node--article").status_code == 409
+    mismatch = send({}, id="00000000-0000-0000-0000-000000000000")
+    assert mismatch.status_code == 400 and "does not match the ID" in detail(mismatch)
+    unknown = send({"field_nope": "x"})
+    assert unknown.status_code == 422 and "does not exist" in detail(unknown)
+    locked = send({"drupal_internal__mid": 999})
+    assert locked.status_code == 403 and "(drupal_internal__mid)" in detail(locked)
+    same = shown(emulator, ref.id)["drupal_internal__mid"]
+    assert send({"drupal_internal__mid": same}).status_code == 200  # unchanged: allowed
+    assert send({MARKS: ["not", "text"]}).status_code == 422
+    anonymous = requests.patch(
+        url, data="{}", headers={"Content-Type": "application/vnd.api+json"}, timeout=10
+    )
+    assert anonymous.status_code == 401
+    changed = shown(emulator, ref.id)["changed"]
+    assert send({MARKS: None}).status_code == 200  # nothing changed, nothing saved
+    assert shown(emulator, ref.id)["changed"] == changed

@@ -1,11 +1,14 @@
 """ResourceSpace specifics the contract suite does not cover: request signing,
 paging and ordering requirements, older servers, renditions from
-get_resource_all_image_sizes, metadata from joined fields or field data."""
+get_resource_all_image_sizes, metadata from joined fields or field data; marks
+in a field and duplicates related to their canonical, without ever undoing a
+person's relation."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,9 +20,10 @@ from PIL import Image
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from adapters.base import AssetRef, AuthFailed, NotFound, Unsupported
+from adapters.base import AssetRef, AuthFailed, Marks, NotFound, Unsupported
 from adapters.resourcespace import ResourceSpace, ResourceSpaceCursor, ResourceSpaceSettings
 from tests.servers.common import photo_paths
+from tests.servers.faults import Forwarded
 from tests.servers.resourcespace import (
     PRIVATE_KEY,
     USERNAME,
@@ -398,3 +402,184 @@ def test_a_deleted_resource_is_not_found_before_any_download(
     with pytest.raises(NotFound, match="no files"):
         adapter(harness).fetch(ref, 384)
     assert harness.emulator.requests_for("GET", "/filestore/") == []
+
+
+# -- marks -------------------------------------------------------------------
+
+
+def marked(harness: ResourceSpaceHarness, count: int) -> tuple[ResourceSpace, list[AssetRef]]:
+    """`count` resources, listed in the order they were added."""
+    ids = add_photos(harness, count)
+    source = adapter(harness)
+    items, _ = listing(source)
+    refs = {ref.id: ref for ref in items}
+    return source, [refs[asset_id] for asset_id in ids]
+
+
+def related(harness: ResourceSpaceHarness, ref: str) -> set[str]:
+    """Read back through the API, as any client of this ResourceSpace reads it."""
+    return set(harness.api("get_related_resources", ref=ref))
+
+
+def field_text(harness: ResourceSpaceHarness, ref: str) -> str:
+    fields = harness.api("get_resource_field_data", resource=ref)
+    return str(next(field["value"] for field in fields if field["name"] == "damdup"))
+
+
+def writes(harness: ResourceSpaceHarness) -> list[dict[str, list[str]]]:
+    """The write calls the adapter POSTed, as ResourceSpace parses them."""
+    return [
+        parse_qs(parse_qs(entry.body.decode())["query"][0])
+        for entry in harness.emulator.requests_for("POST", "/api/")
+    ]
+
+
+def test_a_duplicate_is_marked_and_related_to_its_canonical(harness: ResourceSpaceHarness) -> None:
+    source, [canonical, duplicate, other, person_s] = marked(harness, 4)
+    # A person related the duplicate to another resource before damdup came.
+    harness.api("update_related_resource", ref=duplicate.id, related=person_s.id)
+    harness.set_foreign(duplicate.id)
+    foreign = harness.foreign_state(duplicate.id)
+    first = Marks(("duplicate",), "dd0123456789", canonical.url)
+
+    assert source.annotate(duplicate, first) is True
+    assert harness.stored_marks(duplicate.id) == first
+    assert json.loads(field_text(harness, duplicate.id))["related"] == [canonical.id]
+    assert related(harness, duplicate.id) == {canonical.id, person_s.id}
+    assert related(harness, canonical.id) == {duplicate.id}
+    assert [call["function"] for call in writes(harness)] == [
+        ["update_field"],
+        ["update_related_resource"],
+    ]
+
+    # Again: reads only.
+    assert harness.proxy is not None
+    sent = len(harness.proxy.log)
+    assert adapter(harness).annotate(duplicate, first) is False
+    assert not any(harness.changing(entry) for entry in harness.proxy.log[sent:])
+
+    # The cluster's canonical moves to another resource: the stale relation
+    # goes, the person's stays.
+    moved = Marks(("duplicate-candidate",), "ddabcdefabcd", other.url)
+    assert source.annotate(duplicate, moved) is True
+    assert harness.stored_marks(duplicate.id) == moved
+    assert related(harness, duplicate.id) == {other.id, person_s.id}
+    assert related(harness, canonical.id) == set()
+
+    assert source.annotate(duplicate, Marks()) is True
+    assert field_text(harness, duplicate.id) == ""
+    assert source.read_marks(duplicate) == Marks()
+    assert related(harness, duplicate.id) == {person_s.id}
+
+    assert harness.foreign_state(duplicate.id) == foreign
+    assert harness.emulator.requests_for("DELETE") == []
+    functions = {call["function"][0] for call in writes(harness)}
+    assert functions == {"update_field", "update_related_resource"}
+    assert {call["field"][0] for call in writes(harness) if "field" in call} == {"90"}
+    # The adapter's own traffic (the harness's calls bypass the proxy): every
+    # GET only reads; the writes were POSTed, so no link or signature is in a URL.
+    assert not any(harness.changing(entry) for entry in harness.proxy.requests("GET"))
+    assert len(harness.proxy.requests("POST")) == len(writes(harness)) == 9
+    # The field records a relation before it is made and forgets it after it
+    # is undone, so an interrupted annotate leaves nothing of damdup's unrecorded.
+    steps = [(call["function"][0], call.get("add", [""])[0]) for call in writes(harness)]
+    assert steps[2:] == [
+        ("update_field", ""),  # moved: both relations recorded
+        ("update_related_resource", "1"),
+        ("update_related_resource", "0"),
+        ("update_field", ""),
+        ("update_field", ""),  # removed: the last relation still recorded
+        ("update_related_resource", "0"),
+        ("update_field", ""),
+    ]
+
+
+def test_a_relation_a_person_made_first_is_never_undone(harness: ResourceSpaceHarness) -> None:
+    source, [canonical, duplicate] = marked(harness, 2)
+    harness.api("update_related_resource", ref=canonical.id, related=duplicate.id)
+    marks = Marks(("duplicate",), "dd0123456789", canonical.url)
+    assert source.annotate(duplicate, marks) is True
+    assert "related" not in json.loads(field_text(harness, duplicate.id))
+    assert [call["function"] for call in writes(harness)] == [["update_field"]]
+    assert source.annotate(duplicate, Marks()) is True
+    assert related(harness, duplicate.id) == {canonical.id}
+
+
+def test_relating_can_be_turned_off(harness: ResourceSpaceHarness) -> None:
+    _, [canonical, duplicate] = marked(harness, 2)
+    source = adapter(harness, relate_duplicates=False)
+    assert source.annotate(duplicate, Marks(("duplicate",), "dd0123456789", canonical.url))
+    assert related(harness, duplicate.id) == set()
+    assert [call["function"] for call in writes(harness)] == [["update_field"]]
+
+
+def test_a_relation_refused_midway_is_finished_by_the_next_annotate(
+    harness: ResourceSpaceHarness,
+) -> None:
+    source, [canonical, duplicate] = marked(harness, 2)
+    marks = Marks(("duplicate",), "dd0123456789", canonical.url)
+    harness.emulator.enable_related_resources = False
+    with pytest.raises(Unsupported, match="relate_duplicates"):
+        source.annotate(duplicate, marks)
+    # The intent was recorded before the relation was asked for.
+    assert json.loads(field_text(harness, duplicate.id))["related"] == [canonical.id]
+    harness.emulator.enable_related_resources = True
+    assert source.annotate(duplicate, marks) is True
+    assert related(harness, duplicate.id) == {canonical.id}
+    assert source.annotate(duplicate, marks) is False
+
+
+def test_a_read_only_user_is_auth_failed_and_changes_nothing(
+    make_harness: MakeHarness,
+) -> None:
+    harness = make_harness(
+        users={USERNAME: PRIVATE_KEY, "lukija": "lukijan-avain"}, read_only_users=("lukija",)
+    )
+    ids = add_photos(harness, 2)
+    reader = adapter(harness, username="lukija", private_key="lukijan-avain")
+    items, _ = listing(reader)  # reading is allowed
+    canonical, duplicate = sorted(items, key=lambda ref: ids.index(ref.id))
+    with pytest.raises(AuthFailed, match=r"may not edit resource.*credentials"):
+        reader.annotate(duplicate, Marks(("duplicate",), "dd0123456789", canonical.url))
+    assert harness.stored_marks(duplicate.id) == Marks()
+    assert harness.emulator.related == set()
+
+
+def test_a_missing_field_is_a_clear_error(harness: ResourceSpaceHarness) -> None:
+    _, [ref] = marked(harness, 1)
+    with pytest.raises(Unsupported, match=r"no field 'duplikaatit'.*marks_field"):
+        adapter(harness, marks_field="duplikaatit").read_marks(ref)
+    by_ref = adapter(harness, marks_field="90")
+    assert by_ref.annotate(ref, Marks(("canonical",), "dd0123456789")) is True
+    assert adapter(harness).read_marks(ref) == Marks(("canonical",), "dd0123456789")
+    with pytest.raises(ValidationError):
+        ResourceSpaceSettings(
+            base_url=harness.url, username="u", private_key="k", marks_field="a b"
+        )
+
+
+def test_a_link_resourcespace_would_read_as_translations_round_trips(
+    harness: ResourceSpaceHarness,
+) -> None:
+    """ResourceSpace answers "~en:…" values in the user's language; the
+    marks' "~" are escaped so the link comes back exactly."""
+    source, [ref] = marked(harness, 1)
+    marks = Marks(("duplicate",), "dd0123456789", "https://kuvat.hel.fi/~en:a,b~fi:c")
+    assert source.annotate(ref, marks) is True
+    assert "~" not in field_text(harness, ref.id)
+    assert adapter(harness).read_marks(ref) == marks
+    assert source.annotate(ref, marks) is False
+
+
+def test_function_calls_that_change_something_are_told_apart(
+    harness: ResourceSpaceHarness,
+) -> None:
+    def get(query: str) -> Forwarded:
+        return Forwarded("GET", f"/api/?{query}", 200, None, 0)
+
+    assert not harness.changing(get("user=u&function=do_search&sign=x"))
+    assert not harness.changing(get("user=u&function=get_related_resources&ref=1"))
+    assert harness.changing(get("user=u&function=update_field&resource=1&field=90&value="))
+    assert harness.changing(get("user=u&function=delete_resource&resource=1"))
+    assert harness.changing(Forwarded("POST", "/api/", 200, None, 0))
+    assert not harness.changing(Forwarded("GET", "/filestore/1_abc/1_abc.jpg", 200, None, 0))

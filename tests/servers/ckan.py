@@ -28,13 +28,14 @@ datasets, organizations and non-image resources (CSV, PDF) live here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import requests
@@ -42,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Marks
 from adapters.ckan import Ckan, CkanSettings
 from tests.contract.harness import EmulatorHarness
 from tests.servers.common import Emulator, Library, StoredAsset, json_response
@@ -50,6 +51,8 @@ from tests.servers.common import Emulator, Library, StoredAsset, json_response
 # Obviously fake tokens for the test users.
 SYSADMIN_TOKEN = "ckan-test-sysadmin-token-0000"
 EDITOR_TOKEN = "ckan-test-editor-token-0000"
+# The harness's unit: an editor of every organization the harness adds to.
+DAMDUP_TOKEN = "ckan-test-damdup-token-0000"
 
 ROWS_MAX = 1000  # ckan.search.rows_max
 DEFAULT_SORT = "score desc, metadata_modified desc"
@@ -361,6 +364,8 @@ def matches(query: Any, document: dict[str, list[Any]]) -> bool:
         return True
     values = document.get(query.field, [])
     if isinstance(query, Range):
+        low: int | str | None
+        high: int | str | None
         if query.field in DATE_FIELDS:
             low = None if query.low == "*" else solr_date(query.low)
             high = None if query.high == "*" else solr_date(query.high)
@@ -1057,17 +1062,26 @@ class CkanHarness(EmulatorHarness):
     datasets, pages as the contract expects), next to a CSV resource the
     adapter must skip. Location, date and department go where hri.fi keeps
     them: the dataset's `geographic_coverage` and `date_released` extras and
-    its organization's title."""
+    its organization's title. The unit's token is a user's who edits the
+    organizations the harness adds datasets to (marks need one)."""
 
     kind = "ckan"
-    listing_path = "api/3/action/package_search"
+    # Every action: the token check and resource_show/resource_patch as well
+    # as package_search (file downloads are under /dataset/).
+    listing_path = "api/3/action/"
     emulator: CkanEmulator
+    MARK_KEYS: ClassVar[dict[str, str]] = {
+        "damdup-marks": "damdup_marks",
+        "damdup-cluster": "damdup_cluster",
+        "damdup-canonical": "damdup_canonical",
+    }
 
     def __init__(self) -> None:
         super().__init__(CkanEmulator())
+        self.damdup = self.emulator.add_user("damdup", DAMDUP_TOKEN)
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
-        return {"base_url": self.url, **overrides}
+        return {"base_url": self.url, "api_token": DAMDUP_TOKEN, **overrides}
 
     def adapter(self, **overrides: Any) -> Adapter[Any]:
         return Ckan(CkanSettings(**self.settings(**overrides)))
@@ -1092,6 +1106,7 @@ class CkanHarness(EmulatorHarness):
         dataset = self.emulator.add_dataset(
             f"Valokuva {name}", placed["organization"], extras=placed["extras"]
         )
+        self.damdup.memberships[dataset.organization or ""] = "editor"
         asset = self.emulator.add_image(dataset.id, name, data)
         self.emulator.add_file(dataset.id, "kuvaluettelo.csv", "CSV", "text/csv")
         return asset.id
@@ -1119,3 +1134,40 @@ class CkanHarness(EmulatorHarness):
         self.emulator.reset()
         assert self.proxy is not None
         self.proxy.clear()
+
+    # -- marks -------------------------------------------------------------
+
+    def action(self, name: str, **data: Any) -> Any:
+        """An action straight to the server (not through the proxy), as a
+        sysadmin's script would call it."""
+        reply = requests.post(
+            f"{self.emulator.base_url}api/3/action/{name}",
+            json=data,
+            headers={"Authorization": SYSADMIN_TOKEN},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        return reply.json()["result"]
+
+    def stored_marks(self, asset_id: str) -> Marks:
+        resource = self.action("resource_show", id=asset_id)
+        return Marks.from_fields({mark: resource.get(key) for mark, key in self.MARK_KEYS.items()})
+
+    def set_foreign(self, asset_id: str) -> None:
+        self.action(
+            "resource_patch",
+            id=asset_id,
+            description="Temppeliaukion kirkko & ? ä",
+            kuvaaja="Sakari Kiuru",  # someone else's extra key
+        )
+
+    def foreign_state(self, asset_id: str) -> Any:
+        """The resource as resource_show prints it, but for damdup's keys and
+        the change time CKAN moves on every update; its dataset's extras; the
+        file's bytes."""
+        resource = self.action("resource_show", id=asset_id)
+        own = {"metadata_modified", *self.MARK_KEYS.values()}
+        kept = {key: value for key, value in resource.items() if key not in own}
+        dataset = self.action("package_show", id=resource["package_id"])
+        data = self.emulator.library.assets[asset_id].data
+        return kept, dataset["extras"], hashlib.sha256(data).hexdigest()

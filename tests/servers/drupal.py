@@ -34,6 +34,17 @@ Written from:
   (`$dimensions['width'] = $link['meta']['height']`), so a real site prints
   `"meta": {"width": "<height>", "rel": [...]}`: reproduced by default
   (`derivative_meta="module"`).
+- Writes, https://www.drupal.org/docs/core-modules-and-themes/core-modules/jsonapi-module/updating-existing-resources-patch
+  and jsonapi `EntityResource::patchIndividual()` / `updateEntityField()`:
+  JSON:API accepts writes only when an administrator allows them (else 405
+  "configured to accept only read operations"); a PATCH needs
+  `Content-Type: application/vnd.api+json` (else 415), a body whose
+  `data.type` and `data.id` name the resource (409 / 400), and changes only the
+  attributes it names; an unknown attribute is 422, a field the account may
+  not edit is 403 "not allowed to PATCH the selected field" unless its value
+  is unchanged, and an account without 'edit any image media' gets 403 "not
+  allowed to PATCH the selected resource". Saving a real change moves the
+  media's `changed` (ChangedItem::preSave), a PATCH changing nothing does not.
 - hel.fi media: City-of-Helsinki/drupal-helfi-platform-config,
   modules/helfi_media/config/install (media type `image`, source field
   `field_media_image`, `field_photographer`, an editable `created`); image
@@ -62,12 +73,13 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
+import requests
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Marks
 from adapters.drupal import Drupal, DrupalSettings
 from tests.contract.harness import EmulatorHarness
 from tests.servers.common import (
@@ -298,7 +310,10 @@ class DrupalEmulator(Emulator):
     `anonymous_access`: whether anonymous visitors have 'view media'.
     `hidden_from_anonymous`: media ids a contrib access module denies to
     anonymous visitors (the query still returns them: they come back omitted).
-    `file_url_base`: serve file URLs from another origin (a CDN or blob store)."""
+    `file_url_base`: serve file URLs from another origin (a CDN or blob store).
+    `write_enabled`: JSON:API accepts create, update and delete operations
+    (Drupal's default is read-only). `editors`: accounts with 'edit any image
+    media'."""
 
     url_map = Map(
         [
@@ -326,6 +341,8 @@ class DrupalEmulator(Emulator):
         anonymous_access: bool = True,
         hidden_from_anonymous: Iterable[str] = (),
         file_url_base: str | None = None,
+        write_enabled: bool = False,
+        editors: Iterable[str] = (),
     ) -> None:
         super().__init__(library)
         self.users = dict(users or {})
@@ -336,6 +353,8 @@ class DrupalEmulator(Emulator):
         self.anonymous_access = anonymous_access
         self.hidden_from_anonymous = set(hidden_from_anonymous)
         self.file_url_base = file_url_base
+        self.write_enabled = write_enabled
+        self.editors = set(editors)
         self._files: dict[str, FileState] = {}
         self._paths: dict[str, str] = {}  # public:// path -> library id
         self._lock = threading.RLock()
@@ -502,7 +521,11 @@ class DrupalEmulator(Emulator):
             ]
         rows.sort(key=lambda pair: pair[1]["drupal_internal__mid"])
         for name, descending in reversed(query.sort):
-            rows.sort(key=lambda pair, name=name: sort_key(pair[1].get(name)), reverse=descending)
+
+            def by(pair: tuple[StoredAsset, dict[str, Any]], name: str = name) -> tuple[int, Any]:
+                return sort_key(pair[1].get(name))
+
+            rows.sort(key=by, reverse=descending)
         # One more than the limit: whether a next page exists is known before
         # access checks omit anything, so a page can hold fewer than the limit.
         window = rows[query.offset : query.offset + query.limit + 1]
@@ -529,6 +552,8 @@ class DrupalEmulator(Emulator):
         return self.document(payload)
 
     def individual(self, request: Request, resource_id: str) -> Response:
+        if request.method == "PATCH" and self.write_enabled:
+            return self.patch(request, resource_id)
         if request.method not in ("GET", "HEAD"):
             return self.read_only(request)
         try:
@@ -566,6 +591,93 @@ class DrupalEmulator(Emulator):
         if query.include:
             payload["included"] = [self.file_resource(request, asset, query.fields)]
         return self.document(payload)
+
+    def patch(self, request: Request, resource_id: str) -> Response:
+        """EntityResource::patchIndividual() for the media type's attributes."""
+        if request.mimetype != JSONAPI_TYPE:
+            return self.error(
+                request, 415, f'No route found that matches "Content-Type: {request.mimetype}"'
+            )
+        try:
+            asset = self.library.get(self.library_id(resource_id))
+        except KeyError:
+            asset = None
+        if asset is None:
+            return self.error(
+                request,
+                404,
+                'The "entity" parameter was not converted for the path '
+                '"/jsonapi/media/image/{entity}" (route name: "jsonapi.media--image.individual")',
+            )
+        account = self.account(request)
+        if account is None and request.authorization is None:
+            return self.error(
+                request,
+                401,
+                "No authentication credentials provided.",
+                {"WWW-Authenticate": 'Basic realm="Helsingin kaupunki"'},
+            )
+        if account not in self.editors:
+            return self.error(
+                request,
+                403,
+                "The current user is not allowed to PATCH the selected resource. "
+                "The 'edit any image media' permission is required.",
+            )
+        try:
+            document = json.loads(request.get_data())
+        except ValueError:
+            return self.error(request, 400, "Syntax error")
+        data = document.get("data") if isinstance(document, dict) else None
+        if not isinstance(data, dict):
+            return self.error(request, 400, "Missing `data`.")
+        if data.get("type") != "media--image":
+            return self.error(
+                request,
+                409,
+                f"The provided type ({data.get('type')}) does not match the destination "
+                "resource types (media--image).",
+            )
+        if data.get("id") != resource_id:
+            return self.error(
+                request,
+                400,
+                f"The selected entity ({resource_id}) does not match the ID in the payload "
+                f"({data.get('id')}).",
+            )
+        attributes = data.get("attributes") or {}
+        current = self.media(request, asset, {})["attributes"]
+        changes: dict[str, Any] = {}
+        for name, value in attributes.items():
+            if name not in current:
+                return self.error(
+                    request,
+                    422,
+                    f"The attribute {name} does not exist on the media--image resource type.",
+                )
+            if value == current[name]:
+                continue  # an unchanged field is never an access problem
+            if name not in self.fields:
+                return self.error(
+                    request,
+                    403,
+                    f"The current user is not allowed to PATCH the selected field ({name}).",
+                )
+            if value is not None and not isinstance(value, str):
+                return self.error(
+                    request,
+                    422,
+                    f"{name}.0.value: This value should be of the correct primitive type.",
+                )
+            changes[name] = value
+        if changes:  # ChangedItem moves `changed` only when something changed
+            self.library.touch(asset.id, **changes)
+        return self.document(
+            {
+                "data": self.media(request, asset, {}),
+                "links": {"self": {"href": request.base_url}},
+            }
+        )
 
     def derivative(self, request: Request, style: str, path: str) -> Response:
         image_style = STYLES.get(style)
@@ -939,16 +1051,27 @@ class DrupalHarness(EmulatorHarness):
     too, and a wrong password is caught)."""
 
     kind = "drupal"
-    # The entry point and the collection: both are listing requests.
+    # The entry point, the collection and single media items: JSON:API requests.
     listing_path = "/jsonapi"
-    username = "damdup-reader"
+    # An editor: listing shows unpublished media, and marks can be written.
+    username = "damdup-editor"
     password = "fake-password-for-tests"
+    marks_field = "field_damdup_marks"
+    # Set by `set_foreign`, as an editor would set it.
+    foreign_field = "field_photographer"
 
     def __init__(self) -> None:
         super().__init__(
             DrupalEmulator(
                 users={self.username: self.password},
-                fields=("field_photographer", "field_location", "field_department"),
+                fields=(
+                    "field_photographer",
+                    "field_location",
+                    "field_department",
+                    self.marks_field,
+                ),
+                write_enabled=True,
+                editors={self.username},
             )
         )
         self.drupal: DrupalEmulator = self.emulator  # type: ignore[assignment]
@@ -981,3 +1104,49 @@ class DrupalHarness(EmulatorHarness):
 
     def bad_credentials(self) -> dict[str, Any] | None:
         return {"password": "wrong-password-for-tests"}
+
+    # -- marks -----------------------------------------------------------
+
+    def stored_marks(self, asset_id: str) -> Marks:
+        asset = self.emulator.library.assets[self.drupal.library_id(asset_id)]
+        return Marks.from_json(asset.metadata.get(self.marks_field))
+
+    def set_foreign(self, asset_id: str) -> None:
+        """An editor's PATCH of the photographer, straight to the site."""
+        reply = requests.patch(
+            f"{self.emulator.base_url}jsonapi/media/image/{asset_id}",
+            data=json.dumps(
+                {
+                    "data": {
+                        "type": "media--image",
+                        "id": asset_id,
+                        "attributes": {self.foreign_field: "Kuvaaja: Sakari Kiuru ä & ?"},
+                    }
+                }
+            ),
+            headers={"Content-Type": JSONAPI_TYPE, "Accept": JSONAPI_TYPE},
+            auth=(self.username, self.password),
+            timeout=10,
+        )
+        reply.raise_for_status()
+
+    def foreign_state(self, asset_id: str) -> Any:
+        """The media item and its file as JSON:API shows them, without what
+        Drupal itself moves on every save (`changed`, the revision) and
+        damdup's own field, plus the file's bytes."""
+        reply = requests.get(
+            f"{self.emulator.base_url}jsonapi/media/image/{asset_id}",
+            params={"include": "field_media_image"},
+            auth=(self.username, self.password),
+            timeout=10,
+        )
+        reply.raise_for_status()
+        body = reply.json()
+        own = {"changed", "revision_created", "drupal_internal__vid", self.marks_field}
+        attributes = {k: v for k, v in body["data"]["attributes"].items() if k not in own}
+        relationships = {
+            name: relation["data"] for name, relation in body["data"]["relationships"].items()
+        }
+        files = [resource["attributes"] for resource in body["included"]]
+        asset = self.emulator.library.assets[self.drupal.library_id(asset_id)]
+        return attributes, relationships, files, hashlib.sha256(asset.data).hexdigest()

@@ -11,8 +11,22 @@ the API entry point's source:
 - https://www.resourcespace.com/knowledge-base/api/get_resource_all_image_sizes
 - https://www.resourcespace.com/knowledge-base/api/get_resource_field_data
 - https://www.resourcespace.com/knowledge-base/api/get_resource_data
-- https://www.resourcespace.com/knowledge-base/api/update_field
+- https://www.resourcespace.com/knowledge-base/api/update_field (the field by
+  ref or shortname; a blank value unsets it)
 - https://www.resourcespace.com/knowledge-base/api/update_related_resource
+  (comma separated refs; add=1 relates, add=0 unrelates)
+- https://www.resourcespace.com/knowledge-base/api/get_related_resources
+  (refs related either way round, as strings)
+- https://www.resourcespace.com/knowledge-base/api/get_edit_access
+- include/api_bindings.php: api_update_field() answers false without edit
+  access to the resource or the field, for an unknown field or resource;
+  api_update_related_resource() answers false when $enable_related_resources
+  is off or `add` is neither 0 nor 1; write functions may be called by GET or
+  POST unless the API is used in native mode. update_field moves the
+  resource's `modified`, not its file columns. api_get_resource_field_data()
+  passes every value through i18n_get_translated() (include/language_functions.php):
+  a value is trimmed, and one holding "~" is read as "~en:…~fi:…"
+  translations (split at commas first).
 - api/index.php and include/api_functions.php (montala-ltd/ResourceSpace_Trunk):
   parameters come as param1..paramN or by name, missing ones take the PHP
   default; an unknown function echoes PHP `false`, i.e. an empty body; `sign`,
@@ -42,16 +56,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
+import requests
 from PIL import Image, ImageOps
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from adapters.base import Adapter
+from adapters.base import Adapter, Marks
 from adapters.resourcespace import ResourceSpace, ResourceSpaceSettings
 from tests.contract.harness import EmulatorHarness
 from tests.servers.common import Emulator, Library, StoredAsset, fit_within, image_response, scaled
+from tests.servers.faults import Forwarded
 
 # Obviously fake credentials for the emulator only.
 USERNAME = "damdup"
@@ -124,7 +140,14 @@ FUNCTIONS: dict[str, tuple[tuple[str, Any], ...]] = {
         ("resource", REQUIRED), ("field", REQUIRED), ("value", REQUIRED), ("nodevalues", False),
     ),
     "update_related_resource": (("ref", REQUIRED), ("related", REQUIRED), ("add", 1)),
+    "get_related_resources": (("ref", REQUIRED),),
+    "get_edit_access": (("resource", REQUIRED),),
 }  # fmt: skip
+# The emulated functions that change nothing; any other changes something.
+READING_FUNCTIONS = frozenset(
+    {"do_search", "get_resource_path", "get_resource_all_image_sizes",
+     "get_resource_field_data", "get_resource_data", "get_related_resources", "get_edit_access"}
+)  # fmt: skip
 FILE_NAME = re.compile(r"^(\d+)([a-z]*)_([0-9a-f]{15})\.([a-z0-9]+)$")
 
 
@@ -140,6 +163,27 @@ def php_json(value: Any) -> bytes:
 def php_int(value: Any) -> int:
     match = re.match(r"\s*(-?\d+)", str(value))
     return int(match.group(1)) if match else 0
+
+
+def i18n_get_translated(text: str, language: str = "en", default_language: str = "en") -> str:
+    """ResourceSpace's reading of "~en:Name~fi:Nimi" values, as the API
+    answers field data in the user's language."""
+    text = text.strip()
+    if "," in text and "~" in text:
+        return ",".join(i18n_get_translated(part, language) for part in text.split(","))
+    parts = text.split("~")
+    if len(parts) < 2:
+        return text
+    fallback = ""
+    for number, part in enumerate(parts[1:], start=1):
+        if part[2:3] != ":" and part[5:6] != ":" and part[:1] != ":":
+            return text  # not a translated string
+        colon = part.index(":")
+        if part[:colon].lower() == language.lower():
+            return part[colon + 1 :]
+        if part[:colon].lower() == default_language.lower() or colon == 0 or number == 1:
+            fallback = part[colon + 1 :]
+    return fallback or text
 
 
 def file_size_text(size_bytes: int) -> str:
@@ -183,9 +227,14 @@ class ResourceSpaceEmulator(Emulator):
         structured_fetchrows: bool = True,
         order_by_modified: bool = True,
         enable_remote_apis: bool = True,
+        enable_related_resources: bool = True,
+        read_only_users: tuple[str, ...] = (),
     ) -> None:
         super().__init__(library)
         self.users = users if users is not None else {USERNAME: PRIVATE_KEY}
+        # Users whose group may search and download but not edit ("e0" missing).
+        self.read_only_users = set(read_only_users)
+        self.enable_related_resources = enable_related_resources
         self.fields: dict[int, Field] = {field.ref: field for field in DEFAULT_FIELDS}
         self.data_joins = data_joins
         self.padded = set(padded)
@@ -229,6 +278,7 @@ class ResourceSpaceEmulator(Emulator):
             return self._text(401, "Invalid signature")
         if function not in FUNCTIONS:
             return self._text(200, "")  # execute_api_call() returns false, echoed as ""
+        request.environ["resourcespace.user"] = params.get("user", "")
         signature = FUNCTIONS[function]
         arguments: dict[str, Any] = {}
         for number, (name, default) in enumerate(signature, start=1):
@@ -349,7 +399,7 @@ class ResourceSpaceEmulator(Emulator):
             return False
         return [
             {
-                "value": self._value(asset, field.ref) or "",
+                "value": i18n_get_translated(self._value(asset, field.ref) or ""),
                 "resource_type_field": str(field.ref),
                 "ref": str(field.ref),
                 "fref": str(field.ref),
@@ -376,7 +426,7 @@ class ResourceSpaceEmulator(Emulator):
         self, request: Request, resource: Any, field: Any, value: Any, nodevalues: Any
     ) -> bool:
         asset = self.library.get(str(resource))
-        if asset is None:
+        if asset is None or not self._may_edit(request):
             return False
         text = str(field)
         target = next(
@@ -384,19 +434,41 @@ class ResourceSpaceEmulator(Emulator):
         )
         if target is None:
             return False
-        self.library.touch(asset.id, **{str(target.ref): str(value)})
+        with self.library.lock:
+            if str(value) == "":
+                asset.metadata.pop(str(target.ref), None)  # a blank value unsets the field
+                self.library.touch(asset.id)
+            else:
+                self.library.touch(asset.id, **{str(target.ref): str(value)})
         return True
 
     def update_related_resource(self, request: Request, ref: Any, related: Any, add: Any) -> bool:
-        if self.library.get(str(ref)) is None:
+        if not self.enable_related_resources or str(add).strip() not in ("0", "1"):
+            return False
+        if self.library.get(str(ref)) is None or not self._may_edit(request):
             return False
         for other in str(related).split(","):
-            pair = frozenset({str(ref), other.strip()})
-            if php_int(add):
+            other = other.strip()
+            if not other.isdigit() or other == str(ref):
+                continue  # never related to itself
+            pair = frozenset({str(ref), other})
+            if str(add).strip() == "1":
                 self.related.add(pair)
             else:
                 self.related.discard(pair)
         return True
+
+    def get_related_resources(self, request: Request, ref: Any) -> list[str]:
+        if not self.enable_related_resources or self.library.get(str(ref)) is None:
+            return []
+        others = {other for pair in self.related if str(ref) in pair for other in pair}
+        return sorted(others - {str(ref)}, key=int)
+
+    def get_edit_access(self, request: Request, resource: Any) -> bool:
+        return self.library.get(str(resource)) is not None and self._may_edit(request)
+
+    def _may_edit(self, request: Request) -> bool:
+        return request.environ.get("resourcespace.user") not in self.read_only_users
 
     # -- files and pages -------------------------------------------------------
 
@@ -613,9 +685,15 @@ class ResourceSpaceHarness(EmulatorHarness):
     # `$data_joins = [10];` in its config.php.
     FIELD_OF: ClassVar[dict[str, str]] = {"location": "3", "date": "12", "department": "10"}
 
+    # The text field an administrator created for damdup's marks.
+    MARKS_FIELD = Field(90, "damdup", "damdup", 1, 290)
+    # Set by `set_foreign`, as a person would set it.
+    FOREIGN_FIELD = 18  # caption
+
     def __init__(self, emulator: ResourceSpaceEmulator | None = None) -> None:
         self.emulator: ResourceSpaceEmulator
         super().__init__(emulator or ResourceSpaceEmulator(data_joins=(10,)))
+        self.emulator.fields[self.MARKS_FIELD.ref] = self.MARKS_FIELD
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         return {
@@ -637,3 +715,44 @@ class ResourceSpaceHarness(EmulatorHarness):
     def reset(self) -> None:
         super().reset()
         self.emulator.reset_state()
+
+    # -- marks -------------------------------------------------------------
+
+    def api(self, function: str, **params: str) -> Any:
+        """A signed call straight to the server (not through the proxy), as
+        another API client of the same ResourceSpace would make it."""
+        query = urlencode([("user", USERNAME), ("function", function), *params.items()])
+        sign = hashlib.sha256((PRIVATE_KEY + query).encode()).hexdigest()
+        reply = requests.get(f"{self.emulator.base_url}api/?{query}&sign={sign}", timeout=10)
+        reply.raise_for_status()
+        return reply.json()
+
+    def stored_marks(self, asset_id: str) -> Marks:
+        asset = self.emulator.library.assets[asset_id]
+        return Marks.from_json(asset.metadata.get(str(self.MARKS_FIELD.ref)))
+
+    def set_foreign(self, asset_id: str) -> None:
+        caption = "Temppeliaukion kirkko, kuvaaja ~ tuntematon & ?"
+        assert self.api("update_field", resource=asset_id, field="caption", value=caption)
+
+    def foreign_state(self, asset_id: str) -> Any:
+        """Every field but damdup's, and the file columns, as the API answers them."""
+        fields = {
+            field["name"]: field["value"]
+            for field in self.api("get_resource_field_data", resource=asset_id)
+            if field["name"] != self.MARKS_FIELD.name
+        }
+        data = self.api("get_resource_data", resource=asset_id)
+        files = {key: data[key] for key in ("file_modified", "file_size", "file_checksum")}
+        asset = self.emulator.library.assets[asset_id]
+        return fields, files, hashlib.sha256(asset.data).hexdigest()
+
+    def changing(self, entry: Forwarded) -> bool:
+        """API functions are called by GET or POST: a GET changes something
+        when its function is not one that only reads."""
+        if entry.method != "GET":
+            return True
+        if not urlsplit(entry.path).path.startswith("/api/"):
+            return False
+        functions = parse_qs(urlsplit(entry.path).query).get("function", [])
+        return any(function not in READING_FUNCTIONS for function in functions)
