@@ -46,7 +46,7 @@ MAX_REDIRECTS = 5
 # (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
 SECRET_PARAMS = frozenset(
     {"key", "apikey", "api_key", "sign", "signature", "token", "access_token", "password",
-     "pass", "secret", "client_secret", "sig", "code", "user_key", "auth"}
+     "pass", "secret", "client_secret", "sig", "code", "user_key", "auth", "tempauth"}
 )  # fmt: skip
 
 Expect = Literal["json", "bytes", "any"]
