@@ -576,6 +576,8 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
             report = push(store, adapters, writes, dry_run=args.dry_run)
     finally:
         store.close()
+    if args.report:
+        _write_push_report(report, Path(args.report))
     if args.format == "json":
         payload = {
             "run": report.run,
@@ -617,6 +619,13 @@ def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> 
         if change.error:
             line += f"  ({change.error})"
         out.print(line, markup=False, highlight=False)
+    for unit in report.report_only_units:
+        if report.count(Outcome.REPORT_ONLY, unit):
+            out.print(
+                f"{unit}: read-only platform; the marks of its "
+                f"{report.count(Outcome.REPORT_ONLY, unit)} asset(s) are in the report "
+                "(--report FILE.csv, or --format json)"
+            )
     for unit, reason in report.failed_units.items():
         err.print(f"{unit}: push stopped: {reason}", style="red")
     if report.dry_run_units and any(c.outcome == Outcome.WOULD_CHANGE for c in report.changes):
@@ -625,6 +634,36 @@ def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> 
             + ", ".join(u for u in report.dry_run_units if u not in report.report_only_units)
             + ". Set `writes = true` in a unit's configuration to write its marks."
         )
+
+
+PUSH_REPORT_FIELDS = [
+    "run", "unit", "asset_id", "url", "outcome", "before_marks", "before_cluster",
+    "before_canonical", "marks", "cluster", "canonical", "error",
+]  # fmt: skip
+
+
+def _write_push_report(report: PushReport, path: Path) -> None:
+    """Every change of the run, read-only units' marks included, as CSV."""
+    with path.open("w", newline="", encoding="utf-8") as target:
+        writer = csv.DictWriter(target, fieldnames=PUSH_REPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for change in report.changes:
+            writer.writerow(
+                {
+                    "run": report.run,
+                    "unit": change.unit,
+                    "asset_id": change.asset_id,
+                    "url": change.url,
+                    "outcome": change.outcome.value,
+                    "before_marks": " ".join(change.before.labels),
+                    "before_cluster": change.before.cluster or "",
+                    "before_canonical": change.before.canonical_url or "",
+                    "marks": " ".join(change.after.labels),
+                    "cluster": change.after.cluster or "",
+                    "canonical": change.after.canonical_url or "",
+                    "error": change.error or "",
+                }
+            )
 
 
 def _print_push_history(store: IndexStore) -> int:
@@ -800,6 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--revert", type=int, metavar="RUN", help="put back what push run RUN changed"
     )
     push_cmd.add_argument("--history", action="store_true", help="list earlier push runs")
+    push_cmd.add_argument(
+        "--report", metavar="FILE", help="every change as CSV, read-only units' marks included"
+    )
     push_cmd.add_argument("--format", choices=["text", "json"], default="text")
     push_cmd.set_defaults(handler=cmd_push)
 

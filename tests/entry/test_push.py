@@ -8,6 +8,7 @@ a Finna unit (read-only) gets its marks in the report."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -166,8 +167,18 @@ def test_push_is_a_dry_run_until_writes_are_enabled(site: dict[str, Any]) -> Non
     assert changing_requests(site) == 0
     assert all(marks == Marks() for marks in stored(site).values())
 
-    text = damdup("push", "--config", str(config), env=env).stdout
+    sheet = site["tmp"] / "marks.csv"
+    text = damdup("push", "--config", str(config), "--report", str(sheet), env=env).stdout
     assert "would-change" in text and "Dry run: nothing was sent" in text
+    assert "finna: read-only platform; the marks of its 1 asset(s) are in the report" in text
+    with sheet.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    finna = [row for row in rows if row["unit"] == "finna"]
+    [finna_key] = [key for key in want if key[0] == "finna"]
+    assert [(row["outcome"], row["marks"]) for row in finna] == [
+        ("report-only", " ".join(want[finna_key].labels))
+    ]
+    assert changing_requests(site) == 0
 
 
 def test_push_writes_marks_once_and_a_second_push_sends_nothing(site: dict[str, Any]) -> None:
