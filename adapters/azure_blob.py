@@ -19,10 +19,9 @@ Marks are blob index tags (`Set Blob Tags` replaces all of a blob's tags, so
 the tags of others are always sent back unchanged). Azure allows 10 tags a
 blob, keys of 1-128 and values of 0-256 characters from letters, digits,
 space and `+ - . / : = _`. A value outside that set (a canonical URL with
-`?&%#` or "ä") is written as `b64:` + URL-safe base64 of its UTF-8 (whose
-alphabet and `=` padding are all allowed), and a value longer than 256
-characters continues in `<key>-2`, `<key>-3`, ... Every key starting with
-`damdup-` is damdup's. When the other tags leave no room, nothing is
+`?&%#` or "ä") is written as `b64:` + URL-safe base64 of its UTF-8, and a
+value longer than 256 characters continues in `<key>-2`, `<key>-3`, ...: the
+same tags as on S3 (`adapters.base.marks_to_tags`). When the other tags leave no room, nothing is
 written and `MarksDoNotFit` says why. Setting tags changes neither the
 blob's ETag nor its Last-Modified time, so marks never change `version`.
 
@@ -42,8 +41,6 @@ SDK https://learn.microsoft.com/python/api/overview/azure/storage-blob-readme.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import mimetypes
 import random
@@ -84,6 +81,9 @@ from adapters.base import (
     RateLimited,
     RemoteSettings,
     Unavailable,
+    is_mark_tag,
+    marks_to_tags,
+    tags_to_marks,
 )
 from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
 
@@ -92,17 +92,11 @@ __all__ = [
     "AzureBlobCursor",
     "AzureBlobSettings",
     "MAX_TAGS",
-    "marks_from_tags",
-    "marks_to_tags",
 ]
 
 log = structlog.get_logger(__name__)
 
 MAX_TAGS = 10  # index tags a blob may carry
-MAX_TAG_VALUE = 256  # characters in one tag value
-OURS = "damdup-"  # every tag key damdup writes starts with this
-ENCODED = "b64:"  # a value stored as URL-safe base64 of its UTF-8
-TAG_TEXT = re.compile(r"^[A-Za-z0-9 +\-./:=_]*$")
 VAGUE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 # Image formats the standard library's table may not know on every machine.
 IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".webp", ".jxl", ".jfif"})
@@ -310,11 +304,11 @@ class AzureBlob(Adapter[AzureBlobCursor]):
     # -- marks -----------------------------------------------------------------
 
     def read_marks(self, asset: AssetRef) -> Marks:
-        return marks_from_tags(self._tags(asset.id), asset.id)
+        return tags_to_marks(self._tags(asset.id))
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
         current = self._tags(asset.id)
-        others = {key: value for key, value in current.items() if not key.startswith(OURS)}
+        others = {key: value for key, value in current.items() if not is_mark_tag(key)}
         ours = marks_to_tags(marks)
         wanted = {**others, **ours}
         if wanted == current:
@@ -396,50 +390,6 @@ class AzureBlob(Adapter[AzureBlobCursor]):
 
     def _redact(self, text: str) -> str:
         return _redact(text, self.secrets)
-
-
-# -- tags ------------------------------------------------------------------------
-
-
-def marks_to_tags(marks: Marks) -> dict[str, str]:
-    """damdup's tags for `marks`: each field of `Marks.to_fields()`, its value
-    kept as it is when Azure accepts it, else `b64:` + URL-safe base64; a value
-    over 256 characters continues in `<key>-2`, `<key>-3`, ..."""
-    tags: dict[str, str] = {}
-    for key, value in marks.to_fields().items():
-        if not TAG_TEXT.match(value) or value.startswith(ENCODED):
-            value = ENCODED + base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii")
-        parts = [
-            value[start : start + MAX_TAG_VALUE] for start in range(0, len(value), MAX_TAG_VALUE)
-        ]
-        for number, part in enumerate(parts, start=1):
-            tags[_part_key(key, number)] = part
-    return tags
-
-
-def marks_from_tags(tags: dict[str, str], name: str = "") -> Marks:
-    """The inverse of `marks_to_tags`; tags that are not damdup's are ignored."""
-    fields: dict[str, str | None] = {}
-    for key in ("damdup-marks", "damdup-cluster", "damdup-canonical"):
-        parts: list[str] = []
-        while _part_key(key, len(parts) + 1) in tags:
-            parts.append(tags[_part_key(key, len(parts) + 1)])
-        value = "".join(parts)
-        if value.startswith(ENCODED):
-            try:
-                value = base64.urlsafe_b64decode(value[len(ENCODED) :].encode("ascii")).decode()
-            except (binascii.Error, UnicodeError, ValueError) as exc:
-                raise BadAsset(f"blob {name}: tag {key} is not valid base64 text: {exc}") from None
-        fields[key] = value
-    try:
-        return Marks.from_fields(fields)
-    except ValueError as exc:
-        raise BadAsset(f"blob {name}: damdup's tags hold {exc}") from None
-
-
-def _part_key(key: str, number: int) -> str:
-    """A long value's first part keeps the key; the next are `<key>-2`, ..."""
-    return key if number == 1 else f"{key}-{number}"
 
 
 # -- the SDK's pipeline ----------------------------------------------------------

@@ -26,7 +26,7 @@ Marks are object tags (`damdup-marks`, `damdup-cluster`, `damdup-canonical`),
 read with GetObjectTagging and written with PutObjectTagging, which replaces
 the whole tag set: the set written holds every tag of others unchanged. S3
 allows 10 tags an object and values of at most 256 characters from letters,
-digits, space and `+ - = . _ : / @`; see `encode_value` and `marks_to_tags`.
+digits, space and `+ - = . _ : / @`; see `adapters.base.marks_to_tags`.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObjectTagging.html
 
@@ -41,8 +41,6 @@ https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.htm
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import random
 import re
@@ -74,7 +72,6 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_val
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from adapters.base import (
-    MARK_LABELS,
     Adapter,
     AdapterError,
     AssetRef,
@@ -88,6 +85,9 @@ from adapters.base import (
     Page,
     RateLimited,
     Unavailable,
+    is_mark_tag,
+    marks_to_tags,
+    tags_to_marks,
 )
 from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
 
@@ -95,11 +95,6 @@ __all__ = [
     "S3",
     "S3Cursor",
     "S3Settings",
-    "decode_value",
-    "encode_value",
-    "is_damdup_tag",
-    "marks_to_tags",
-    "tags_to_marks",
 ]
 
 log = structlog.get_logger(__name__)
@@ -110,86 +105,8 @@ IMAGE_EXTENSIONS = frozenset(
 )  # fmt: skip
 HEAD_WORKERS = 8  # HeadObject requests in flight while a page's metadata is read
 
-# -- marks as tags -------------------------------------------------------------
-
+# Marks are object tags (adapters.base: marks_to_tags, tags_to_marks).
 TAG_LIMIT = 10  # tags an object may carry
-TAG_VALUE_MAX = 256  # characters in a tag value (UTF-16 units; ours are ASCII)
-MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
-ENCODED = "b64:"
-# What a value may hold as it is: AWS allows letters, digits, space and
-# `+ - = . _ : / @`; S3-compatible stores allow less (Alibaba OSS refuses `@`,
-# some refuse letters outside ASCII), so only this ASCII subset goes unencoded.
-_PLAIN = re.compile(r"[A-Za-z0-9 +\-=._:/]*")
-# damdup's tags: a field, or a continuation of a long value ("damdup-canonical-2").
-_OUR_TAG = re.compile(r"(damdup-(?:marks|cluster|canonical))(?:-([2-9]|[1-9][0-9]+))?")
-_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
-
-
-def encode_value(text: str) -> str:
-    """A value every S3-compatible store accepts, decoded by `decode_value`.
-    Labels, cluster ids and plain URLs stay readable; anything else (`?&%#~`,
-    letters outside ASCII, a leading or trailing space, or a value that itself
-    starts with "b64:") becomes "b64:" + URL-safe base64 of its UTF-8, without
-    `=` padding: letters, digits, `-` and `_` only."""
-    if _PLAIN.fullmatch(text) and not text.startswith(ENCODED) and text == text.strip():
-        return text
-    return ENCODED + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def decode_value(text: str) -> str:
-    """The inverse of `encode_value`. A value damdup cannot decode (someone
-    edited the tag by hand) is read as it stands."""
-    if not text.startswith(ENCODED):
-        return text
-    body = text[len(ENCODED) :]
-    if not _BASE64.fullmatch(body):
-        return text
-    try:
-        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return text
-
-
-def marks_to_tags(marks: Marks) -> dict[str, str]:
-    """damdup's tags for `marks`, as few as possible: one per field that has a
-    value (none for `Marks()`). A value longer than 256 characters once
-    encoded (a long canonical URL) continues in `<field>-2`, `<field>-3`, ...,
-    each counting against the object's 10 tags."""
-    tags: dict[str, str] = {}
-    for name, value in marks.to_fields().items():
-        encoded = encode_value(value)
-        pieces = [encoded[at : at + TAG_VALUE_MAX] for at in range(0, len(encoded), TAG_VALUE_MAX)]
-        for number, piece in enumerate(pieces, 1):
-            tags[name if number == 1 else f"{name}-{number}"] = piece
-    return tags
-
-
-def is_damdup_tag(key: str) -> bool:
-    return _OUR_TAG.fullmatch(key) is not None
-
-
-def tags_to_marks(tags: dict[str, str]) -> Marks:
-    """damdup's marks in an object's tags; other tags are ignored. Read
-    leniently: labels damdup does not know and a malformed cluster id (a hand
-    edit) are dropped rather than failing the read."""
-    fields: dict[str, str | None] = {}
-    for name in MARK_FIELDS:
-        if name not in tags:
-            continue
-        pieces = [tags[name]]
-        while f"{name}-{len(pieces) + 1}" in tags:
-            pieces.append(tags[f"{name}-{len(pieces) + 1}"])
-        fields[name] = decode_value("".join(pieces))
-    labels = tuple(
-        label for label in (fields.get("damdup-marks") or "").split() if label in MARK_LABELS
-    )
-    canonical = fields.get("damdup-canonical") or None
-    try:
-        return Marks(
-            labels=labels, cluster=fields.get("damdup-cluster") or None, canonical_url=canonical
-        )
-    except ValueError:  # the cluster id is not damdup's form
-        return Marks(labels=labels, canonical_url=canonical)
 
 
 # -- settings and cursor ---------------------------------------------------------
@@ -478,8 +395,8 @@ class S3(Adapter[S3Cursor]):
         the write S3 offers no condition: a tag someone adds in that instant
         is lost (S3 has no If-Match for tags)."""
         current = self._tags(asset.id)
-        foreign = [(key, value) for key, value in current if not is_damdup_tag(key)]
-        ours = {key: value for key, value in current if is_damdup_tag(key)}
+        foreign = [(key, value) for key, value in current if not is_mark_tag(key)]
+        ours = {key: value for key, value in current if is_mark_tag(key)}
         wanted = marks_to_tags(marks)
         if ours == wanted:
             return False

@@ -27,15 +27,12 @@ from adapters.base import (
     MarksDoNotFit,
     RateLimited,
     Unavailable,
-)
-from adapters.s3 import (
-    S3,
-    S3Settings,
-    decode_value,
-    encode_value,
+    decode_tag_value,
+    encode_tag_value,
     marks_to_tags,
     tags_to_marks,
 )
+from adapters.s3 import S3, S3Settings
 from connector.core.config import ConfigError
 from connector.units import build_adapter, secret_fields
 from tests.servers.common import photo_paths
@@ -150,9 +147,9 @@ def test_removing_the_last_marks_leaves_an_empty_tag_set(s3: S3Harness) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=700))
 def test_any_value_encodes_to_allowed_characters_and_back(text: str) -> None:
-    encoded = encode_value(text)
+    encoded = encode_tag_value(text)
     assert re.fullmatch(r"[A-Za-z0-9 +\-=._:/@]*", encoded)
-    assert decode_value(encoded) == text
+    assert decode_tag_value(encoded) == text
 
 
 @settings(max_examples=100, deadline=None)

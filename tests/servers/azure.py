@@ -136,8 +136,9 @@ def read_tag_marks(tags: dict[str, str]) -> Marks:
         while f"{key}-{number}" in tags:
             value += tags[f"{key}-{number}"]
             number += 1
-        if value.startswith("b64:"):
-            value = base64.urlsafe_b64decode(value[4:]).decode("utf-8")
+        if value.startswith("b64:"):  # URL-safe base64 without its `=` padding
+            body = value[4:]
+            value = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
         fields[key] = value
     return Marks.from_fields(fields)
 
