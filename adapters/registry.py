@@ -10,12 +10,17 @@ from adapters.base import Adapter
 __all__ = ["ADAPTERS", "UnknownPlatform", "adapter_class"]
 
 ADAPTERS = {
+    "azure_blob": "adapters.azure_blob:AzureBlob",
     "ckan": "adapters.ckan:Ckan",
     "drupal": "adapters.drupal:Drupal",
     "filesystem": "adapters.filesystem:Filesystem",
     "finna": "adapters.finna:Finna",
     "linked_events": "adapters.linked_events:LinkedEvents",
+    "nextcloud": "adapters.nextcloud:Nextcloud",
     "resourcespace": "adapters.resourcespace:ResourceSpace",
+    "s3": "adapters.s3:S3",
+    "sharepoint": "adapters.sharepoint:SharePoint",
+    "webdav": "adapters.webdav:WebDav",
     "wordpress": "adapters.wordpress:WordPress",
 }
 

@@ -21,12 +21,17 @@ READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "SEARCH", "RE
 
 # Every adapter kind and its test server's harness, "module:Class".
 HARNESSES = {
+    "azure_blob": "tests.servers.azure:AzureHarness",
     "ckan": "tests.servers.ckan:CkanHarness",
     "drupal": "tests.servers.drupal:DrupalHarness",
     "filesystem": "tests.contract.filesystem:FilesystemHarness",
     "finna": "tests.servers.finna:FinnaHarness",
     "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
+    "nextcloud": "tests.servers.nextcloud:NextcloudHarness",
     "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    "s3": "tests.servers.s3:S3Harness",
+    "sharepoint": "tests.servers.sharepoint:SharePointHarness",
+    "webdav": "tests.servers.webdav:WebDavHarness",
     "wordpress": "tests.servers.wordpress:WordPressHarness",
 }
 

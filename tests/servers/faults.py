@@ -75,6 +75,9 @@ class FaultProxy:
                 proxy._handle(self)
 
             do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+            # WebDAV's methods (RFC 4918, RFC 5323 SEARCH) for webdav and nextcloud.
+            do_PROPFIND = do_PROPPATCH = do_SEARCH = do_REPORT = do_MKCOL = do_GET
+            do_COPY = do_MOVE = do_GET
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
