@@ -321,3 +321,36 @@ def test_kill_9_mid_push_then_push_finishes_without_writing_twice(site: dict[str
     # Every asset was written once: the one in flight at the kill is found
     # already holding its marks by the second push.
     assert changing_requests(site) == len(want)
+
+
+def test_a_full_tag_set_is_recorded_as_no_room_and_loses_no_tag(tmp_path: Path) -> None:
+    """S3 allows 10 tags an object: where the owner's tags leave no room,
+    push writes nothing there, records why, and keeps every tag; the other
+    copy is marked, and the next push tries the full one again."""
+    s3 = start_harness("s3")
+    try:
+        s3.reset()
+        photo = (PHOTOS / _fixture_names()["museum"][0]).read_bytes()
+        full, roomy = s3.add("kopio-1.jpg", photo, None), s3.add("kopio-2.jpg", photo, None)
+        owners = {f"owner-{number}": "kaupunginmuseo" for number in range(10)}
+        s3.put_tags(full, owners)  # type: ignore[attr-defined]
+        config = tmp_path / "damdup.toml"
+        db = tmp_path / "index.sqlite"
+        env = write_config(config, db, {"pilvi": ("s3", {**s3.settings(), "writes": True})})
+        damdup("sync", "--config", str(config), "-q", env=env)
+
+        report = push(config, env)
+        by_id = {change["asset_id"]: change for change in report["changes"]}
+        assert by_id[full]["outcome"] == "no-room" and "10" in by_id[full]["error"]
+        assert by_id[roomy]["outcome"] == "applied"
+        assert s3.tags(full) == owners  # type: ignore[attr-defined]
+        assert s3.stored_marks(roomy) != Marks()
+        store = SQLiteStore(db)
+        try:
+            [row] = [r for r in store.outbox(["pilvi"]) if r.asset_id == full]
+        finally:
+            store.close()
+        assert row.error is not None and row.error.startswith("no room")
+        assert outcomes(push(config, env)) == {"no-room": 1}
+    finally:
+        s3.close()
