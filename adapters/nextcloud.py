@@ -66,6 +66,7 @@ from adapters.base import (
     Adapter,
     AdapterError,
     AssetRef,
+    BadAsset,
     Capabilities,
     Marks,
     MarksDoNotFit,
@@ -296,7 +297,7 @@ class Nextcloud(Adapter[NextcloudCursor]):
         try:
             return Marks.from_fields(dict(self._mark_fields(asset)))
         except ValueError as exc:
-            raise AdapterError(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
+            raise BadAsset(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
         stored, wanted = self._mark_fields(asset), marks.to_fields()

@@ -476,9 +476,12 @@ class SharePoint(Adapter[SharePointCursor]):
 
     def read_marks(self, asset: AssetRef) -> Marks:
         fields = self._fields(asset)
-        return Marks.from_fields(
-            {mark: _text(fields.get(column)) for mark, column in self._columns().items()}
-        )
+        try:
+            return Marks.from_fields(
+                {mark: _text(fields.get(column)) for mark, column in self._columns().items()}
+            )
+        except ValueError as exc:  # a hand edit of damdup's columns
+            raise BadAsset(f"{asset.id}: damdup's columns are unreadable: {exc}") from exc
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
         stored = self._fields(asset)

@@ -48,6 +48,7 @@ from adapters.base import (
     Adapter,
     AdapterError,
     AssetRef,
+    BadAsset,
     Capabilities,
     Marks,
     MarksDoNotFit,
@@ -223,7 +224,7 @@ class WebDav(Adapter[WebDavCursor]):
         try:
             return Marks.from_fields(dict(self._mark_fields(asset)))
         except ValueError as exc:
-            raise AdapterError(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
+            raise BadAsset(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
         stored = self._mark_fields(asset)

@@ -354,3 +354,30 @@ def test_a_full_tag_set_is_recorded_as_no_room_and_loses_no_tag(tmp_path: Path) 
         assert outcomes(push(config, env)) == {"no-room": 1}
     finally:
         s3.close()
+
+
+def test_marks_damdup_cannot_read_are_replaced_by_push(tmp_path: Path) -> None:
+    """Someone edited damdup's own property by hand into something damdup
+    cannot read: push neither stops nor fails on it, it writes the right marks."""
+    from adapters.webdav import NAMESPACE
+
+    dav = start_harness("webdav")
+    try:
+        dav.reset()
+        photo = (PHOTOS / _fixture_names()["museum"][0]).read_bytes()
+        edited, other = dav.add("kopio-1.jpg", photo, None), dav.add("kopio-2.jpg", photo, None)
+        dav.server.set_properties(  # type: ignore[attr-defined]
+            edited, {f"{{{NAMESPACE}}}damdup-cluster": "ei-klusteri"}
+        )
+        config = tmp_path / "damdup.toml"
+        db = tmp_path / "index.sqlite"
+        env = write_config(config, db, {"jaettu": ("webdav", {**dav.settings(), "writes": True})})
+        damdup("sync", "--config", str(config), "-q", env=env)
+
+        report = push(config, env)
+        assert outcomes(report) == {"applied": 2}
+        want = expected(db)
+        assert dav.stored_marks(edited) == want[("jaettu", edited)] != Marks()
+        assert dav.stored_marks(other) == want[("jaettu", other)]
+    finally:
+        dav.close()
