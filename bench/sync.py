@@ -128,7 +128,10 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     worst = 0.0
-    order = ["wordpress", "drupal", "resourcespace", "finna", "ckan", "linked_events", "filesystem"]
+    order = [
+        "wordpress", "drupal", "resourcespace", "finna", "sharepoint", "nextcloud", "ckan",
+        "linked_events", "s3", "azure_blob", "webdav", "filesystem",
+    ]  # fmt: skip
     assert sorted(order) == sorted(HARNESSES), "every adapter is measured"
     for platform in args.platform or order:
         row = measure(platform, photos)
