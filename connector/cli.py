@@ -567,13 +567,26 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
             return _print_push_history(store)
         if args.revert is not None:
             try:
-                report = revert(store, adapters, writes, args.revert, dry_run=args.dry_run)
+                report = revert(
+                    store,
+                    adapters,
+                    writes,
+                    args.revert,
+                    dry_run=args.dry_run,
+                    concurrency=settings.fetch_concurrency,
+                )
             except UnknownRun as exc:
                 raise UsageError(str(exc)) from exc
         else:
             clusters, relations = current_clusters(store, settings)
             plan(store, list(adapters), clusters, relations)
-            report = push(store, adapters, writes, dry_run=args.dry_run)
+            report = push(
+                store,
+                adapters,
+                writes,
+                dry_run=args.dry_run,
+                concurrency=settings.fetch_concurrency,
+            )
     finally:
         store.close()
     if args.report:

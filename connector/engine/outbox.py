@@ -14,6 +14,7 @@ Nothing here deletes an asset: adapters only ever replace damdup's own marks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -188,7 +189,11 @@ def _write_unit(
     targets: Sequence[Target],
     dry_run: bool,
     report: PushReport,
+    concurrency: int,
 ) -> None:
+    """Read and write `concurrency` assets at a time; results are recorded
+    (outbox, journal) by this thread, batch by batch, so a stop loses at most
+    the journal lines of one batch: their assets are found already marked."""
     if not adapter.capabilities.annotate:
         for target in targets:
             report.changes.append(
@@ -202,34 +207,46 @@ def _write_unit(
                 )
             )
         return
-    for target in targets:
-        before = decode(target.row.applied)
-        outcome, error = Outcome.FAILED, None
-        asset_id = target.asset.asset_id
-        try:
-            before = _platform_marks(adapter, target)
-            if dry_run:
-                outcome = Outcome.ALREADY if before == target.after else Outcome.WOULD_CHANGE
-            else:
-                adapter.annotate(_ref(target.asset), target.after)
-                store.record_written(
-                    run, unit, asset_id, encode(before), encode(target.after), target.held
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"push-{unit}") as pool:
+        for start in range(0, len(targets), concurrency):
+            batch = targets[start : start + concurrency]
+            # Credentials refused or the plugin missing: raised here, after at
+            # most one batch of requests, and the whole unit stops.
+            results = list(pool.map(lambda t: _write_one(adapter, t, dry_run), batch))
+            for target, (before, outcome, error) in zip(batch, results, strict=True):
+                asset_id = target.asset.asset_id
+                if outcome in (Outcome.APPLIED, Outcome.ALREADY) and not dry_run:
+                    store.record_written(
+                        run, unit, asset_id, encode(before), encode(target.after), target.held
+                    )
+                if error is not None:
+                    store.record_outbox_error(unit, asset_id, error)
+                    log.warning("push.not_written", unit=unit, asset=asset_id, error=error)
+                report.changes.append(
+                    Change(unit, asset_id, target.asset.url, before, target.after, outcome, error)
                 )
-                outcome = Outcome.ALREADY if before == target.after else Outcome.APPLIED
-        except NotFound:
-            outcome, error = Outcome.GONE, "not on the platform any more"
-        except MarksDoNotFit as exc:
-            outcome, error = Outcome.NO_ROOM, f"no room: {exc}"
-        except (AuthFailed, Unsupported):
-            raise  # the whole unit stops: every other write would fail the same way
-        except AdapterError as exc:
-            outcome, error = Outcome.FAILED, str(exc)
-            log.warning("push.failed", unit=unit, asset=asset_id, error=error)
-        if error is not None:
-            store.record_outbox_error(unit, asset_id, error)
-        report.changes.append(
-            Change(unit, asset_id, target.asset.url, before, target.after, outcome, error)
-        )
+
+
+def _write_one(
+    adapter: Adapter[Any], target: Target, dry_run: bool
+) -> tuple[Marks, Outcome, str | None]:
+    """One asset: the marks it had, what happened, and why not, if not."""
+    before = decode(target.row.applied)
+    try:
+        before = _platform_marks(adapter, target)
+        if not dry_run:
+            adapter.annotate(_ref(target.asset), target.after)
+    except NotFound:
+        return before, Outcome.GONE, "not on the platform any more"
+    except MarksDoNotFit as exc:
+        return before, Outcome.NO_ROOM, f"no room: {exc}"
+    except (AuthFailed, Unsupported):
+        raise  # the whole unit stops: every other write would fail the same way
+    except AdapterError as exc:
+        return before, Outcome.FAILED, str(exc)
+    if before == target.after:
+        return before, Outcome.ALREADY, None
+    return before, Outcome.WOULD_CHANGE if dry_run else Outcome.APPLIED, None
 
 
 def _platform_marks(adapter: Adapter[Any], target: Target) -> Marks:
@@ -250,6 +267,7 @@ def _run_units(
     targets_of: Callable[[str], list[Target]],
     revert_of: int | None,
     dry_run: bool,
+    concurrency: int,
 ) -> PushReport:
     units = list(adapters)
     dry = [u for u in units if dry_run or not writes.get(u, False)]
@@ -258,7 +276,9 @@ def _run_units(
     report = PushReport(run, dry, report_only)
     for unit in units:
         try:
-            _write_unit(store, run, unit, adapters[unit], targets_of(unit), unit in dry, report)
+            _write_unit(
+                store, run, unit, adapters[unit], targets_of(unit), unit in dry, report, concurrency
+            )
         except AdapterError as exc:
             report.failed_units[unit] = str(exc)
             log.error("push.unit_failed", unit=unit, error=str(exc))
@@ -274,8 +294,10 @@ def push(
     adapters: Mapping[str, Adapter[Any]],
     writes: Mapping[str, bool],
     dry_run: bool = False,
+    concurrency: int = 4,
 ) -> PushReport:
-    """Bring every unit's marks to what the outbox intends (see `plan`)."""
+    """Bring every unit's marks to what the outbox intends (see `plan`),
+    `concurrency` assets of a unit at a time, units one after another."""
     assets = {(a.unit, a.asset_id): a for a in store.live_assets()}
 
     def targets(unit: str) -> list[Target]:
@@ -285,7 +307,7 @@ def push(
             if (row.unit, row.asset_id) in assets
         ]
 
-    return _run_units(store, adapters, writes, targets, None, dry_run)
+    return _run_units(store, adapters, writes, targets, None, dry_run, concurrency)
 
 
 class UnknownRun(ValueError):
@@ -298,6 +320,7 @@ def revert(
     writes: Mapping[str, bool],
     run: int,
     dry_run: bool = False,
+    concurrency: int = 4,
 ) -> PushReport:
     """Put back the marks push run `run` changed. The outbox keeps its
     intended marks held back, so the next push does not redo the run; they
@@ -321,4 +344,4 @@ def revert(
         return chosen
 
     involved = {entry.unit: adapters[entry.unit] for entry in entries if entry.unit in adapters}
-    return _run_units(store, involved, writes, targets, run, dry_run)
+    return _run_units(store, involved, writes, targets, run, dry_run, concurrency)

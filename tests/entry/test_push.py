@@ -301,7 +301,7 @@ def test_kill_9_mid_push_then_push_finishes_without_writing_twice(site: dict[str
     child = subprocess.Popen(
         [sys.executable, "-m", "connector.cli", "push", "--config", str(config)],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, **env, "DAMDUP_FETCH_CONCURRENCY": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -381,3 +381,28 @@ def test_marks_damdup_cannot_read_are_replaced_by_push(tmp_path: Path) -> None:
         assert dav.stored_marks(other) == want[("jaettu", other)]
     finally:
         dav.close()
+
+
+def test_writes_in_flight_stay_within_the_unit_bound(tmp_path: Path) -> None:
+    """`fetch_concurrency` bounds a unit's marks requests as it bounds its
+    fetches: with 3, the proxy sees exactly 3 at once, and every copy ends marked."""
+    drupal = start_harness("drupal")
+    try:
+        drupal.reset()
+        photo = (PHOTOS / _fixture_names()["museum"][0]).read_bytes()
+        ids = [drupal.add(f"kopio-{n}.jpg", photo, None) for n in range(8)]
+        config = tmp_path / "damdup.toml"
+        db = tmp_path / "index.sqlite"
+        env = write_config(config, db, {"museo": ("drupal", {**drupal.settings(), "writes": True})})
+        damdup("sync", "--config", str(config), "-q", env=env)
+        assert drupal.proxy is not None
+        drupal.proxy.clear()
+        drupal.proxy.inject("slow", times=1000, path_contains="/jsonapi/media", delay_s=0.3)
+
+        report = push(config, env | {"DAMDUP_FETCH_CONCURRENCY": "3"})
+        assert outcomes(report) == {"applied": 8}
+        assert drupal.proxy.max_in_flight == 3
+        want = expected(db)
+        assert [drupal.stored_marks(i) for i in ids] == [want[("museo", i)] for i in ids]
+    finally:
+        drupal.close()
