@@ -27,6 +27,7 @@ __all__ = [
     "AuthFailed",
     "BadAsset",
     "Capabilities",
+    "MARK_FIELDS",
     "MARK_LABELS",
     "Marks",
     "MarksDoNotFit",
@@ -323,7 +324,8 @@ class Marks:
 # -- marks in tag stores (S3 object tags, Azure blob index tags) ----------------
 
 TAG_VALUE_MAX = 256  # characters in a tag value on S3 and Azure (ours are ASCII)
-MARK_TAGS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
+# The flat field names of `Marks.to_fields`, also the tag and property names.
+MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
 ENCODED = "b64:"
 # What a tag value may hold as it is, on every store damdup knows: AWS allows
 # letters, digits, space and `+ - = . _ : / @`, Azure the same without `@`,
@@ -384,7 +386,7 @@ def tags_to_marks(tags: dict[str, str]) -> Marks:
     edit) are dropped rather than failing the read, so the next push puts
     right marks in their place."""
     fields: dict[str, str | None] = {}
-    for name in MARK_TAGS:
+    for name in MARK_FIELDS:
         if name not in tags:
             continue
         pieces = [tags[name]]

@@ -25,9 +25,12 @@ import tenacity
 from requests.auth import AuthBase
 
 from adapters.base import (
+    MARK_FIELDS,
     AdapterError,
     AuthFailed,
     BadAsset,
+    Marks,
+    MarksDoNotFit,
     NotFound,
     RateLimited,
     RemoteSettings,
@@ -35,6 +38,9 @@ from adapters.base import (
 )
 
 __all__ = [
+    "DAMDUP_NAMESPACE",
+    "DAV_XML",
+    "DavMarks",
     "HttpClient",
     "HttpError",
     "Reply",
@@ -140,14 +146,70 @@ class Reply:
             found.append((href, props))
         return found
 
-    def refused_properties(self) -> list[int]:
-        """The non-2xx codes of a PROPPATCH's multistatus. A PROPPATCH is all
-        or nothing (RFC 4918 9.2): any code here means nothing was written."""
-        return [
-            code
-            for status in self.multistatus().iter("{DAV:}status")
-            if not 200 <= (code := dav_status(status.text)) < 300
-        ]
+
+DAMDUP_NAMESPACE = "https://damdup.hel.fi/ns"  # damdup's dead properties
+DAV_XML = {"Content-Type": "application/xml; charset=utf-8"}
+
+
+class DavMarks:
+    """damdup's marks as dead properties (RFC 4918) in damdup's namespace,
+    one per field of `Marks.to_fields`, read with PROPFIND and replaced with
+    one PROPPATCH that names no other property: the webdav and nextcloud
+    adapters' marks. Dead properties change no ETag."""
+
+    def __init__(self, http: HttpClient, max_bytes: int) -> None:
+        self.http = http
+        self.max_bytes = max_bytes
+        self.names = [f"{{{DAMDUP_NAMESPACE}}}{name}" for name in MARK_FIELDS]
+
+    def read(self, url: str, what: str) -> Marks:
+        try:
+            return Marks.from_fields(dict(self._stored(url)))
+        except ValueError as exc:
+            raise BadAsset(f"{what}: damdup's properties are unreadable: {exc}") from exc
+
+    def write(self, url: str, marks: Marks, what: str) -> bool:
+        stored, wanted = self._stored(url), marks.to_fields()
+        if stored == wanted:
+            return False
+        gone = [name for name in MARK_FIELDS if name in stored and name not in wanted]
+        reply = self.http.request(
+            "PROPPATCH",
+            url,
+            data=dav_propertyupdate(DAMDUP_NAMESPACE, wanted, gone),
+            headers=DAV_XML,
+            expect="any",
+            max_bytes=self.max_bytes,
+        )
+        # 207 only (RFC 4918 9.2.1), all or nothing: one refused property
+        # means nothing was written.
+        for status in reply.multistatus().iter("{DAV:}status"):
+            code = dav_status(status.text)
+            if 200 <= code < 300:
+                continue
+            if code == 507:
+                raise MarksDoNotFit(f"{what}: the server has no room for damdup's properties (507)")
+            if code == 404:
+                raise NotFound(f"{what}: the server no longer has the file")
+            raise AdapterError(f"{what}: the server refused damdup's properties with {code}")
+        return True
+
+    def _stored(self, url: str) -> dict[str, str]:
+        reply = self.http.request(
+            "PROPFIND",
+            url,
+            data=dav_propfind(self.names),
+            headers={**DAV_XML, "Depth": "0"},
+            expect="any",
+            max_bytes=self.max_bytes,
+        )
+        fields: dict[str, str] = {}
+        for _href, props in reply.dav_responses():
+            for name, clark in zip(MARK_FIELDS, self.names, strict=True):
+                element = props.get(clark)
+                if element is not None and element.text:
+                    fields[name] = element.text
+        return fields
 
 
 def dav_propfind(props: list[str]) -> bytes:

@@ -64,12 +64,9 @@ from requests.auth import HTTPBasicAuth
 
 from adapters.base import (
     Adapter,
-    AdapterError,
     AssetRef,
-    BadAsset,
     Capabilities,
     Marks,
-    MarksDoNotFit,
     MetadataMapping,
     NotFound,
     Page,
@@ -78,12 +75,11 @@ from adapters.base import (
     Unavailable,
     choose_rendition,
 )
-from adapters.http import HttpClient, Reply, dav_propertyupdate, dav_propfind
+from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, Reply, dav_propfind
 
 __all__ = ["NAMESPACE", "Nextcloud", "NextcloudCursor", "NextcloudSettings"]
 
-NAMESPACE = "https://damdup.hel.fi/ns"  # damdup's dead properties, named as Marks.to_fields()
-MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
 IMAGES = "<d:like><d:prop><d:getcontenttype/></d:prop><d:literal>image/%</d:literal></d:like>"
 OC, NC = "http://owncloud.org/ns", "http://nextcloud.org/ns"
 MAX_XML_BYTES = 32 * 1024 * 1024
@@ -136,6 +132,7 @@ class Nextcloud(Adapter[NextcloudCursor]):
         password = settings.app_password.get_secret_value()
         auth = HTTPBasicAuth(settings.username.encode(), password.encode())  # UTF-8
         self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.marks = DavMarks(self.http, MAX_XML_BYTES)
         user = settings.user_id or settings.username
         self.scope = "/files/" + quote(user) + "/" + quote(settings.folder.strip("/"))
         self.files_url = urljoin(self.http.base_url, "remote.php/dav/files/" + quote(user) + "/")
@@ -294,34 +291,10 @@ class Nextcloud(Adapter[NextcloudCursor]):
     # -- marks -------------------------------------------------------------
 
     def read_marks(self, asset: AssetRef) -> Marks:
-        try:
-            return Marks.from_fields(dict(self._mark_fields(asset)))
-        except ValueError as exc:
-            raise BadAsset(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
+        return self.marks.read(self._path(asset), asset.id)
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
-        stored, wanted = self._mark_fields(asset), marks.to_fields()
-        if stored == wanted:
-            return False
-        gone = [k for k in MARK_FIELDS if k in stored and k not in wanted]
-        reply = self._dav(
-            "PROPPATCH", self._path(asset), dav_propertyupdate(NAMESPACE, wanted, gone)
-        )
-        for code in reply.refused_properties():
-            if code == 507:
-                raise MarksDoNotFit(f"{asset.id}: Nextcloud has no room for damdup's properties")
-            raise AdapterError(f"{asset.id}: Nextcloud refused damdup's properties ({code})")
-        return True
-
-    def _mark_fields(self, asset: AssetRef) -> dict[str, str]:
-        """damdup's dead properties on the file, by flat field name."""
-        props = self._propfind(asset, [f"{{{NAMESPACE}}}{name}" for name in MARK_FIELDS])
-        fields: dict[str, str] = {}
-        for name in MARK_FIELDS:
-            element = props.get(f"{{{NAMESPACE}}}{name}")
-            if element is not None and element.text:
-                fields[name] = element.text
-        return fields
+        return self.marks.write(self._path(asset), marks, asset.id)
 
     def _path(self, asset: AssetRef) -> str:
         if not asset.original_url:
@@ -337,7 +310,7 @@ class Nextcloud(Adapter[NextcloudCursor]):
         return answers[0][1]
 
     def _dav(self, method: str, url: str, body: str | bytes, depth: str | None = None) -> Reply:
-        headers = {"Content-Type": "application/xml; charset=utf-8"}
+        headers = dict(DAV_XML)
         if depth is not None:
             headers["Depth"] = depth
         return self.http.request(

@@ -46,26 +46,22 @@ from requests.auth import HTTPBasicAuth
 
 from adapters.base import (
     Adapter,
-    AdapterError,
     AssetRef,
-    BadAsset,
     Capabilities,
     Marks,
-    MarksDoNotFit,
     MetadataMapping,
     NotFound,
     Page,
     RemoteSettings,
 )
-from adapters.http import HttpClient, Reply, dav_propertyupdate, dav_propfind
+from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, dav_propfind
 
 __all__ = ["NAMESPACE", "WebDav", "WebDavCursor", "WebDavSettings"]
 
 log = structlog.get_logger(__name__)
 
 # damdup's dead properties live in this namespace, named as Marks.to_fields().
-NAMESPACE = "https://damdup.hel.fi/ns"
-MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
 MAX_XML_BYTES = 32 * 1024 * 1024
 # Folders read for one page at most: a tree of many empty folders still
 # returns a page (and a cursor to save) every so often.
@@ -125,6 +121,7 @@ class WebDav(Adapter[WebDavCursor]):
             # Bytes, so that requests sends them as UTF-8 rather than Latin-1.
             auth = HTTPBasicAuth(settings.username.encode(), password.encode())
         self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.marks = DavMarks(self.http, MAX_XML_BYTES)
         self.base_url = self.http.base_url
         self.base_path = unquote(urlsplit(self.base_url).path)
 
@@ -221,37 +218,10 @@ class WebDav(Adapter[WebDavCursor]):
     # -- marks -------------------------------------------------------------
 
     def read_marks(self, asset: AssetRef) -> Marks:
-        try:
-            return Marks.from_fields(dict(self._mark_fields(asset)))
-        except ValueError as exc:
-            raise BadAsset(f"{asset.id}: damdup's properties are unreadable: {exc}") from exc
+        return self.marks.read(self._url(asset.id), asset.id)
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
-        stored = self._mark_fields(asset)
-        wanted = marks.to_fields()
-        if stored == wanted:
-            return False
-        gone = [name for name in MARK_FIELDS if name in stored and name not in wanted]
-        reply = self.http.request(
-            "PROPPATCH",
-            self._url(asset.id),
-            data=dav_propertyupdate(NAMESPACE, wanted, gone),
-            headers={"Content-Type": "application/xml; charset=utf-8"},
-            expect="any",
-            max_bytes=MAX_XML_BYTES,
-        )
-        _check_proppatch(reply, asset.id)  # 207 only: RFC 4918 §9.2.1
-        return True
-
-    def _mark_fields(self, asset: AssetRef) -> dict[str, str]:
-        names = [f"{{{NAMESPACE}}}{name}" for name in MARK_FIELDS]
-        fields: dict[str, str] = {}
-        for _href, props in self._propfind(asset.id, "0", names):
-            for name in MARK_FIELDS:
-                element = props.get(f"{{{NAMESPACE}}}{name}")
-                if element is not None and element.text:
-                    fields[name] = element.text
-        return fields
+        return self.marks.write(self._url(asset.id), marks, asset.id)
 
     # -- protocol ----------------------------------------------------------
 
@@ -262,20 +232,11 @@ class WebDav(Adapter[WebDavCursor]):
             "PROPFIND",
             self._url(path),
             data=dav_propfind(props),
-            headers={"Depth": depth, "Content-Type": "application/xml; charset=utf-8"},
+            headers={**DAV_XML, "Depth": depth},
             expect="any",
             max_bytes=MAX_XML_BYTES,
         )
         return reply.dav_responses()
-
-
-def _check_proppatch(reply: Reply, what: str) -> None:
-    for code in reply.refused_properties():
-        if code == 507:
-            raise MarksDoNotFit(f"{what}: the server has no room for damdup's properties (507)")
-        if code == 404:
-            raise NotFound(f"{what}: the server no longer has the file")
-        raise AdapterError(f"{what}: the server refused damdup's properties with {code}")
 
 
 def _entry(path: str, props: dict[str, ET.Element]) -> _Entry:
