@@ -851,18 +851,7 @@ class SQLiteStore(IndexStore):
             query += """ AND o.intended != COALESCE(o.applied, '')
                          AND (o.held IS NULL OR o.held != o.intended)"""
         rows = self.db.execute(query + " ORDER BY o.unit, o.asset_id", tuple(units))
-        return [
-            OutboxRow(
-                unit=row["unit"],
-                asset_id=row["asset_id"],
-                intended=row["intended"],
-                applied=row["applied"],
-                held=row["held"],
-                error=row["error"],
-                updated_at=row["updated_at"],
-            )
-            for row in rows
-        ]
+        return [OutboxRow(**dict(row)) for row in rows]  # the columns are its fields
 
     def start_push(self, units: Sequence[str], dry_run: bool, revert_of: int | None = None) -> int:
         with self._transaction() as db:
@@ -908,17 +897,7 @@ class SQLiteStore(IndexStore):
         rows = self.db.execute(
             "SELECT * FROM journal WHERE run = ? ORDER BY unit, asset_id", (run,)
         )
-        return [
-            JournalRow(
-                run=row["run"],
-                unit=row["unit"],
-                asset_id=row["asset_id"],
-                before=row["before"],
-                after=row["after"],
-                at=row["at"],
-            )
-            for row in rows
-        ]
+        return [JournalRow(**dict(row)) for row in rows]  # the columns are its fields
 
     def push_runs(self) -> list[PushRun]:
         rows = self.db.execute("SELECT * FROM push_runs ORDER BY id")

@@ -88,12 +88,11 @@ def plan(
     units: Sequence[str],
     clusters: Iterable[Cluster],
     relations: Iterable[Relation],
-) -> int:
-    """Refresh the outbox of `units` from the current clusters; the number of
-    assets whose marks now differ from what was last written."""
+) -> None:
+    """Refresh the outbox of `units` from the current clusters; `push` then
+    sends what differs from what was last written."""
     marks = intended_marks(clusters, relations)
     store.set_intended(units, {asset: encode(m) for asset, m in marks.items()})
-    return len(store.outbox(units))
 
 
 class Outcome(StrEnum):
