@@ -105,6 +105,21 @@ class JournalRow:
 
 
 @dataclass(frozen=True)
+class CheckRow:
+    """One check of a single asset (a webhook notification): `verdict` is the
+    engine's JSON once it finished, `error` why it could not."""
+
+    id: int
+    unit: str
+    asset_id: str
+    source: str
+    received_at: str
+    finished_at: str | None
+    verdict: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class PushRun:
     id: int
     started_at: str
@@ -239,6 +254,28 @@ MIGRATIONS: list[str] = [
         at TEXT NOT NULL,
         PRIMARY KEY (run, unit, asset_id)
     );
+    """,
+    # 5: webhook-triggered checks of single assets and their verdicts; the
+    # signatures of notifications already taken (replays are refused)
+    """
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        finished_at TEXT,
+        verdict TEXT,
+        error TEXT
+    );
+    CREATE INDEX checks_asset ON checks(unit, asset_id, id);
+    CREATE TABLE webhook_seen (
+        unit TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        seen_at REAL NOT NULL,
+        PRIMARY KEY (unit, signature)
+    );
+    CREATE INDEX webhook_seen_at ON webhook_seen(seen_at);
     """,
 ]
 
@@ -417,6 +454,28 @@ class IndexStore(ABC):
 
     @abstractmethod
     def push_runs(self) -> list[PushRun]: ...
+
+    # -- single-asset checks (webhooks) -----------------------------------
+
+    @abstractmethod
+    def start_check(self, unit: str, asset_id: str, source: str) -> int:
+        """Record a check as received; its id."""
+
+    @abstractmethod
+    def finish_check(
+        self, check: int, verdict: dict[str, Any] | None, error: str | None = None
+    ) -> None: ...
+
+    @abstractmethod
+    def checks(
+        self, unit: str | None = None, asset_id: str | None = None, limit: int = 100
+    ) -> list[CheckRow]:
+        """The newest checks first."""
+
+    @abstractmethod
+    def first_sighting(self, unit: str, signature: str, now: float, window_s: float) -> bool:
+        """True, remembering it, when this signature was not seen within the
+        window; False for a replay. Older sightings are forgotten."""
 
     @abstractmethod
     def errors(self, unit: str | None = None) -> list[AssetRow]: ...
@@ -913,6 +972,52 @@ class SQLiteStore(IndexStore):
             )
             for row in rows
         ]
+
+    # -- single-asset checks (webhooks) -----------------------------------
+
+    def start_check(self, unit: str, asset_id: str, source: str) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO checks(unit, asset_id, source, received_at) VALUES (?, ?, ?, ?)",
+                (unit, asset_id, source, now_iso()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_check(
+        self, check: int, verdict: dict[str, Any] | None, error: str | None = None
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE checks SET finished_at = ?, verdict = ?, error = ? WHERE id = ?",
+                (
+                    now_iso(),
+                    None if verdict is None else json.dumps(verdict, sort_keys=True),
+                    error,
+                    check,
+                ),
+            )
+
+    def checks(
+        self, unit: str | None = None, asset_id: str | None = None, limit: int = 100
+    ) -> list[CheckRow]:
+        query = "SELECT * FROM checks WHERE (? IS NULL OR unit = ?) AND (? IS NULL OR asset_id = ?)"
+        rows = self.db.execute(
+            query + " ORDER BY id DESC LIMIT ?", (unit, unit, asset_id, asset_id, limit)
+        )
+        return [
+            CheckRow(
+                **{**dict(row), "verdict": json.loads(row["verdict"]) if row["verdict"] else None}
+            )
+            for row in rows
+        ]
+
+    def first_sighting(self, unit: str, signature: str, now: float, window_s: float) -> bool:
+        with self._transaction() as db:
+            db.execute("DELETE FROM webhook_seen WHERE seen_at < ?", (now - window_s,))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO webhook_seen VALUES (?, ?, ?)", (unit, signature, now)
+            )
+            return cursor.rowcount == 1
 
     # -- reporting -------------------------------------------------------
 

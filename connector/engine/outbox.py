@@ -38,6 +38,9 @@ from connector.engine.clusters import Cluster, Relation
 
 log = structlog.get_logger("damdup.push")
 
+# Every asset should carry these; one without any of them gets `metadata-missing`.
+MANDATORY_METADATA = ("location", "date", "department")
+
 
 def encode(marks: Marks) -> str:
     """The outbox's text for marks; "" for none."""
@@ -48,13 +51,22 @@ def decode(text: str | None) -> Marks:
     return Marks.from_json(text)
 
 
+def missing_metadata(asset: AssetRow) -> list[str]:
+    """The mandatory fields (location, date, department) the asset lacks."""
+    return [name for name in MANDATORY_METADATA if not asset.metadata.get(name)]
+
+
 def intended_marks(
-    clusters: Iterable[Cluster], relations: Iterable[Relation]
+    clusters: Iterable[Cluster],
+    relations: Iterable[Relation],
+    assets: Iterable[AssetRow] = (),
 ) -> dict[tuple[str, str], Marks]:
     """Marks per (unit, asset id): `canonical` with the cluster id on each
     canonical; `duplicate` or `duplicate-candidate` (by tier, after reviewers'
     decisions) with the cluster id and the canonical's link on each member;
-    `related` on both assets of every similar pair, which is never merged."""
+    `related` on both assets of every similar pair, which is never merged;
+    `metadata-missing` on each of `assets` without location, date or
+    contributing department."""
     labels: dict[tuple[str, str], set[str]] = {}
     cluster_of: dict[tuple[str, str], str] = {}
     canonical_of: dict[tuple[str, str], str] = {}
@@ -73,6 +85,9 @@ def intended_marks(
         if relation.edge.tier == Tier.SIMILAR:
             for asset in (relation.a, relation.b):
                 labels.setdefault(key(asset), set()).add("related")
+    for asset in assets:
+        if asset.error is None and missing_metadata(asset):
+            labels.setdefault(key(asset), set()).add("metadata-missing")
     return {
         asset: Marks(
             labels=tuple(names),
@@ -89,9 +104,11 @@ def plan(
     clusters: Iterable[Cluster],
     relations: Iterable[Relation],
 ) -> None:
-    """Refresh the outbox of `units` from the current clusters; `push` then
-    sends what differs from what was last written."""
-    marks = intended_marks(clusters, relations)
+    """Refresh the outbox of `units` from the current clusters and the live
+    assets' metadata; `push` then sends what differs from what was last written."""
+    wanted = set(units)
+    assets = [asset for asset in store.live_assets() if asset.unit in wanted]
+    marks = intended_marks(clusters, relations, assets)
     store.set_intended(units, {asset: encode(m) for asset, m in marks.items()})
 
 

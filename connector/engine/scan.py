@@ -79,10 +79,14 @@ def run(
     *,
     full: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Sync every unit (several at once, each in its own thread with its own
     index connection and workers), then match the whole index once. A unit whose
-    sync stops (refused credentials, an outage) is reported; the others go on."""
+    sync stops (refused credentials, an outage) is reported; the others go on.
+    Once `stop` is set, each sync saves the page under way with its cursor and
+    stops, units not yet started are left for the next run, and nothing is
+    matched."""
     overall = threading.BoundedSemaphore(settings.max_requests)
     concurrency = Concurrency(settings.fetch_concurrency, overall)
     failed: dict[str, str] = {}
@@ -95,6 +99,8 @@ def run(
             if progress is not None:
                 progress(f"indexing {unit}", done, total)
 
+        if stop is not None and stop.is_set():
+            return SyncStats(unit=unit, stopped=True)
         try:
             with worker_pool(settings) as pool:
                 return sync_unit(
@@ -107,6 +113,7 @@ def run(
                     full=full,
                     progress=report,
                     concurrency=concurrency,
+                    stop=stop,
                 )
         except AdapterError as exc:
             log.error("unit.failed", unit=unit, reason=str(exc))
@@ -127,6 +134,10 @@ def run(
             syncs = [future.result() for future in futures]
     else:
         syncs = [sync_one(unit, adapter, False) for unit, adapter in units]
+
+    if stop is not None and stop.is_set():
+        errors = sum(len(store.errors(unit)) for unit in adapters)
+        return RunResult(syncs=syncs, match=MatchStats(), errors=errors, failed_units=failed)
 
     def report_match(done: int, total: int | None) -> None:
         if progress is not None:

@@ -82,6 +82,7 @@ class SyncStats:
     resumed: bool = False
     incremental: bool = False
     complete: bool = False
+    stopped: bool = False  # asked to stop: the listing resumes from the saved cursor
     error_reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -217,12 +218,14 @@ def sync_unit(
     full: bool = False,
     progress: Progress | None = None,
     concurrency: Concurrency | None = None,
+    stop: threading.Event | None = None,
 ) -> SyncStats:
     """Bring the index up to date with one unit. Resumes an interrupted listing
     from its saved cursor; else lists what changed since the last completed
     listing when the platform can (`full` lists everything). Assets that a full
     listing no longer shows, or that the platform reports deleted, leave the
-    live set; nothing else is dropped."""
+    live set; nothing else is dropped. Once `stop` is set, the page under way
+    is finished and saved with its cursor, and the listing stops there."""
     concurrency = concurrency or Concurrency()
     stats = SyncStats(unit=unit)
     state = store.listing_state(unit)
@@ -274,6 +277,10 @@ def sync_unit(
                         unit, run, _still_there(store, adapter, unit, run)
                     )
                 stats.complete = True
+            elif stop is not None and stop.is_set():
+                stats.stopped = True
+                log.info("sync.stopped", listed=stats.listed, cursor_saved=next_cursor is not None)
+                break
     finally:
         structlog.contextvars.unbind_contextvars("unit", "adapter")
         store.finish_run(run, stats.complete, stats.as_dict())

@@ -211,3 +211,26 @@ def test_outbox_leaves_out_retired_assets(tmp_path: Path) -> None:
     store.save_page("u", later, [], [], ["a"], None)
     store.retire_unseen("u", later)
     assert pending(store) == {"a": "dup"}
+
+
+def test_a_check_is_recorded_then_finished_with_its_verdict(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    first = store.start_check("museo", "41", "webhook")
+    second = store.start_check("museo", "42", "webhook")
+    assert store.checks(asset_id="41")[0].finished_at is None
+    store.finish_check(first, {"duplicates": 2})
+    store.finish_check(second, None, "fetch failed")
+    rows = store.checks(unit="museo")
+    assert [row.id for row in rows] == [second, first]  # newest first
+    assert rows[1].verdict == {"duplicates": 2} and rows[1].error is None
+    assert rows[0].verdict is None and rows[0].error == "fetch failed"
+    assert store.checks(unit="other") == []
+
+
+def test_a_signature_is_taken_once_within_the_window(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    assert store.first_sighting("museo", "sig", now=1000.0, window_s=600)
+    assert not store.first_sighting("museo", "sig", now=1100.0, window_s=600)
+    assert store.first_sighting("kanslia", "sig", now=1100.0, window_s=600)  # per unit
+    # Past the window it is forgotten: the timestamp check refuses it by then.
+    assert store.first_sighting("museo", "sig", now=1700.0, window_s=600)

@@ -95,9 +95,9 @@ def expected(db: Path) -> dict[tuple[str, str], Marks]:
     store = SQLiteStore(db)
     try:
         clusters, relations = current_clusters(store, Settings(db=db))
+        return intended_marks(clusters, relations, store.live_assets())
     finally:
         store.close()
-    return intended_marks(clusters, relations)
 
 
 def stored(site: dict[str, Any]) -> dict[tuple[str, str], Marks]:
@@ -196,6 +196,8 @@ def test_push_writes_marks_once_and_a_second_push_sends_nothing(site: dict[str, 
         assert marks == want.get(key, Marks()), key
     duplicates = [m for m in have.values() if "duplicate" in m.labels]
     assert duplicates and all(m.canonical_url for m in duplicates)
+    # The photos were uploaded without location, date or department.
+    assert all("metadata-missing" in m.labels for m in have.values())
     assert outcomes(report, "museum").get("applied", 0) + outcomes(report, "opendata").get(
         "applied", 0
     ) == len([k for k in want if k[0] in WRITABLE])
