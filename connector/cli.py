@@ -35,6 +35,7 @@ from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters
 
@@ -775,6 +776,66 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    config = read_config(args, settings)
+    settings = config.settings
+    units = [name.strip() for name in args.units.split(",") if name.strip()]
+    if not units:
+        raise UsageError("--units: name at least one configured unit (A,B,...)")
+    adapters = build_adapters(config, units)
+    directory = Path(args.report)
+    store = open_store(settings)
+    try:
+        with progress_bar(err.is_terminal and not args.quiet) as progress:
+            result = run(store, adapters, settings, full=args.full, progress=progress)
+        report = migration.build_report(store, settings, list(adapters), result.failed_units)
+        try:
+            migration.write_report(report, store, directory)
+        except OSError as exc:
+            raise UsageError(f"cannot write the report into {directory}: {exc}") from exc
+    finally:
+        store.close()
+    migration.print_summary(report, out)
+    for unit, reason in result.failed_units.items():
+        err.print(f"{unit}: sync stopped: {reason}", style="red")
+    if result.errors:
+        err.print(
+            f"{result.errors} asset(s) could not be indexed: see `damdup errors`", style="yellow"
+        )
+    out.print(f"report: {directory / 'report.html'}", markup=False, highlight=False)
+    return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
+
+
+def cmd_audit_metadata(args: argparse.Namespace, settings: Settings) -> int:
+    units = args.unit
+    if args.config:  # its index, and its units in its order (no secrets needed)
+        config = read_config(args, settings)
+        settings = config.settings
+        unknown = [name for name in units or () if name not in config.units]
+        if unknown:
+            raise UsageError(
+                f"unknown unit(s) {', '.join(unknown)}; configured: {', '.join(config.units)}"
+            )
+        units = units or list(config.units)
+    store = open_store(settings)
+    try:
+        audit = migration.audit_metadata(store, units)
+    finally:
+        store.close()
+    if args.csv:
+        try:
+            written = migration.write_audit_csv(audit, Path(args.csv))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.csv}: {exc.strerror}") from exc
+    if args.format == "json":
+        sys.stdout.write(json.dumps(audit.as_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        migration.print_audit(audit, out)
+        if args.csv:
+            out.print(f"{written} asset(s) listed in {args.csv}", markup=False, highlight=False)
+    return EXIT_OK
+
+
 # -- parser ------------------------------------------------------------------
 
 
@@ -898,6 +959,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="a further name browsers reach this server by (with --host; repeatable)",
     )  # fmt: skip
     serve_cmd.set_defaults(handler=cmd_serve)
+
+    migrate_cmd = command("migrate", "full sync of some units, then a redundancy report")
+    migrate_cmd.add_argument("--units", required=True, metavar="A,B", help="units, comma-separated")
+    migrate_cmd.add_argument("--config", help="configuration file")
+    migrate_cmd.add_argument("--report", required=True, metavar="DIR", help="folder to write into")
+    migrate_cmd.add_argument(
+        "--full", action=argparse.BooleanOptionalAction, default=True,
+        help="list everything (default), or only changes since the last sync",
+    )  # fmt: skip
+    migrate_cmd.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    migrate_cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    migrate_cmd.set_defaults(handler=cmd_migrate)
+
+    audit = commands.add_parser("audit", help="audits of the index")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_metadata = audit_commands.add_parser(
+        "metadata", help="assets missing location, date or department, per unit"
+    )
+    audit_metadata.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
+    audit_metadata.add_argument("--config", help="configuration file (for the index and units)")
+    audit_metadata.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    audit_metadata.add_argument("--csv", metavar="FILE", help="every such asset as CSV")
+    audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
+    audit_metadata.set_defaults(handler=cmd_audit_metadata)
     return parser
 
 

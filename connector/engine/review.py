@@ -376,7 +376,7 @@ def decide(
 # -- spreadsheets ---------------------------------------------------------------
 
 
-def _cell(value: object) -> str:
+def csv_cell(value: object) -> str:
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(FORMULA_START) else text
 
@@ -416,7 +416,7 @@ def export_csv(store: IndexStore, stream: TextIO, *, include_decided: bool = Fal
         for name in MANDATORY:
             row[f"a_{name}"] = item.a.metadata.get(name)
             row[f"b_{name}"] = item.b.metadata.get(name)
-        writer.writerow({key: _cell(value) for key, value in row.items()})
+        writer.writerow({key: csv_cell(value) for key, value in row.items()})
     return len(items)
 
 
