@@ -10,7 +10,9 @@ Then write-back: a dry run of `damdup push` for the WordPress unit, the same
 push with writes enabled on every unit, a second push that has nothing left to
 send, and the push history. Copies also sit in object storage (S3 on moto's
 server), a SharePoint library (Graph emulator) and a WebDAV share (wsgidav),
-as after a cloud consolidation.
+as after a cloud consolidation: `damdup migrate` reports on those three
+(.damdup/demo/migration/report.html), and `damdup audit metadata` lists the
+assets that lack location, date or department.
 """
 
 from __future__ import annotations
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
             ["push", "--config", str(config)],
             ["push", "--config", str(config)],
             ["push", "--config", str(config), "--history"],
-        )
+            ["migrate", "--config", str(config), "--units", "pilviarkisto,kanslia,jaettu",
+             "--report", str(workdir / "migration"), "-q"],
+            ["audit", "metadata", "--config", str(config), "--csv",
+             str(workdir / "metadata-missing.csv")],
+        )  # fmt: skip
     finally:
         for harness in harnesses.values():
             harness.close()
