@@ -43,6 +43,7 @@ __all__ = [
     "DavMarks",
     "HttpClient",
     "HttpError",
+    "REQUEST_OBSERVERS",
     "Reply",
     "dav_propertyupdate",
     "dav_propfind",
@@ -57,6 +58,12 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
 MAX_REDIRECTS = 5
+
+# Called after every attempt with (the client's base URL, method, status or
+# None, seconds): the daemon's request-latency histogram. An observer must be
+# quick and must not raise.
+RequestObserver = Callable[[str, str, int | None, float], None]
+REQUEST_OBSERVERS: list[RequestObserver] = []
 
 # Query parameters whose values are credentials on some platform
 # (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
@@ -585,7 +592,10 @@ class HttpClient:
         error: str | None,
         size_bytes: int | None = None,
     ) -> None:
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        elapsed_s = time.monotonic() - started
+        for observe in list(REQUEST_OBSERVERS):
+            observe(self.base_url, method, status, elapsed_s)
+        elapsed_ms = round(elapsed_s * 1000, 1)
         event = log.warning if error or (status or 0) >= 400 else log.debug
         event(
             "http.request",

@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from connector.core.settings import Settings
 
 UNIT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-SCHEDULE = re.compile(r"^(\d+)\s*(m|h|d)$")
-SCHEDULE_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+SCHEDULE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+SCHEDULE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class ConfigError(Exception):
@@ -47,9 +47,11 @@ class UnitConfig(BaseModel):
 
     platform: str
     title: str | None = None
-    # Read by the scheduled daemon and by write-back, which later releases add;
-    # checked now so that a configuration written today stays valid.
-    schedule: str = Field("6h", description="sync interval: minutes, hours or days (15m, 6h, 1d)")
+    # `damdup daemon` syncs the unit every `schedule` (with jitter); push and
+    # webhook checks write marks only where `writes` is true.
+    schedule: str = Field(
+        "6h", description="sync interval: seconds, minutes, hours or days (90s, 15m, 6h, 1d)"
+    )
     writes: bool = Field(False, description="write marks back to the platform (else dry run)")
 
     @field_validator("schedule")
@@ -57,7 +59,7 @@ class UnitConfig(BaseModel):
     def _schedule(cls, value: str) -> str:
         match = SCHEDULE.match(value.strip())
         if not match or int(match.group(1)) == 0:
-            raise ValueError(f"{value!r} is not an interval such as 15m, 6h or 1d")
+            raise ValueError(f"{value!r} is not an interval such as 90s, 15m, 6h or 1d")
         return value.strip()
 
     @property

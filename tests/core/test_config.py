@@ -81,3 +81,18 @@ def test_two_units_that_would_share_environment_variables(tmp_path: Path) -> Non
     text = "[units.hel-fi]\nplatform = 'filesystem'\n[units.hel_fi]\nplatform = 'filesystem'"
     with pytest.raises(ConfigError, match="'hel-fi' and 'hel_fi' would read the same"):
         load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "seconds"), [("90s", 90), ("15m", 900), ("6h", 21600), ("1d", 86400)]
+)
+def test_schedules_in_seconds_minutes_hours_days(
+    tmp_path: Path, schedule: str, seconds: int
+) -> None:
+    text = f"[units.a]\nplatform = 'filesystem'\nschedule = '{schedule}'"
+    assert load_config(write(tmp_path, text)).units["a"].interval_s == seconds
+
+
+def test_a_schedule_of_zero_seconds_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unit a: schedule: .*'0s'"):
+        load_config(write(tmp_path, "[units.a]\nplatform = 'filesystem'\nschedule = '0s'"))
