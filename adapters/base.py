@@ -455,6 +455,17 @@ class Adapter(ABC, Generic[CursorT]):
         by offsets skips a live asset when one before it is deleted meanwhile."""
         return None
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """One asset as a listing gives it, asked by id (a webhook check);
+        NotFound when it is gone. Unsupported where the platform has no
+        record endpoint: the engine then syncs the unit instead."""
+        raise Unsupported(f"{self.kind} cannot describe one asset outside a listing")
+
+    def fetch_url(self, url: str) -> bytes:
+        """The bytes at `url`, an address on this unit's platform (a lookup by
+        URL), through the adapter's own client, which refuses other hosts."""
+        raise Unsupported(f"{self.kind} cannot fetch an address by URL")
+
     def local_path(self, asset: AssetRef) -> str | None:
         """A file this machine can read for the asset, when there is one: the
         engine's workers then read it themselves instead of being sent its bytes."""

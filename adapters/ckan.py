@@ -61,6 +61,7 @@ from adapters.base import (
     Capabilities,
     Marks,
     MetadataMapping,
+    NotFound,
     Page,
     RemoteSettings,
     Unavailable,
@@ -318,6 +319,27 @@ class Ckan(Adapter[CkanCursor]):
                 "add the host to file_hosts to fetch it from there"
             )
         return url, None
+
+    def describe(self, asset_id: str) -> AssetRef:
+        """resource_show, then package_show for the dataset's fields the
+        metadata mapping and the page address need.
+        https://docs.ckan.org/en/2.10/api/index.html#ckan.logic.action.get.resource_show"""
+        self._check_token()
+        resource = self._action("resource_show", {"id": asset_id})
+        if not isinstance(resource, dict) or not resource.get("package_id"):
+            raise Unavailable(f"resource_show {asset_id} answered without a package_id")
+        package = self._action("package_show", {"id": resource["package_id"]})
+        if not isinstance(package, dict) or not package.get("id"):
+            raise Unavailable(f"package_show {resource['package_id']} answered without an id")
+        if resource.get("state", "active") != "active" or not _is_image(resource):
+            raise NotFound(f"CKAN resource {asset_id} is not an active image")
+        modified = _moment(package.get("metadata_modified"))
+        if modified is None:
+            raise Unavailable(f"package_show {package['id']} answered without metadata_modified")
+        return self._ref(resource, package, _changed(resource, modified))
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side) or asset.original_url

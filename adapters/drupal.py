@@ -52,7 +52,7 @@ import base64
 import json
 from datetime import datetime
 from typing import Any, ClassVar
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -454,7 +454,29 @@ class Drupal(Adapter[DrupalCursor]):
             return None
         return scale_dimensions(width, height, box.width, box.height)
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """The media item's individual resource, with its file included.
+        https://www.drupal.org/docs/core-modules-and-themes/core-modules/jsonapi-module/fetching-resources-get"""
+        body = self.http.get_json(
+            f"{self.collection}/{quote(asset_id, safe='')}", {"include": self.settings.image_field}
+        )
+        resource = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("attributes"), dict):
+            raise Unavailable(f"{self.collection}/{asset_id}: the answer has no resource object")
+        included = {
+            (item.get("type"), item.get("id")): item
+            for item in body.get("included") or []
+            if isinstance(item, dict)
+        }
+        ref = self._ref(resource, included)
+        if ref is None:
+            raise NotFound(f"{self.resource_type} {asset_id} is not an image")
+        return ref
+
     # -- bytes -------------------------------------------------------------
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side) or asset.original_url

@@ -128,6 +128,21 @@ class Filesystem(Adapter[FilesystemCursor]):
         next_cursor = None if complete or not items else FilesystemCursor(after=items[-1].id)
         return Page(items=items, cursor=next_cursor, complete=complete)
 
+    def describe(self, asset_id: str) -> AssetRef:
+        relative = Path(asset_id)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise NotFound(f"{asset_id!r} is not a path inside the folder")
+        if any(part.startswith(".") for part in relative.parts[:-1]) or relative.name.startswith(
+            "._"
+        ):
+            raise NotFound(f"{asset_id} is in a hidden folder, which a listing skips")
+        path = self.root / relative
+        if not path.is_file() or not (
+            path.suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path)
+        ):
+            raise NotFound(f"{asset_id} is not an image file in {self.root}")
+        return self._ref(path)
+
     def local_path(self, asset: AssetRef) -> str | None:
         return str(self.root / asset.id)
 

@@ -288,7 +288,26 @@ class WordPress(Adapter[WordPressCursor]):
             renditions=tuple(renditions),
         )
 
+    def describe(self, asset_id: str) -> AssetRef:
+        if not asset_id.isdigit():
+            raise NotFound(f"WordPress attachment ids are numbers, not {asset_id!r}")
+        params: dict[str, Any] = {"_fields": self._fields}
+        if self._signed_in:
+            params["context"] = "edit"
+        try:
+            record = self._get(f"{MEDIA}/{asset_id}", params).json
+        except NotFound as exc:
+            raise NotFound(f"WordPress has no attachment {asset_id}: {exc}") from exc
+        if not isinstance(record, dict) or "id" not in record:
+            raise Unavailable(f"{MEDIA}/{asset_id} answered with something other than a medium")
+        if not _is_image(record):
+            raise NotFound(f"WordPress attachment {asset_id} is not an image")
+        return self._ref(record)
+
     # -- files ---------------------------------------------------------------
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side)

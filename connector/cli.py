@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,7 +30,16 @@ from connector.core.index import (
 )
 from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
+from connector.daemon import (
+    DEFAULT_JITTER,
+    DEFAULT_METRICS_HOST,
+    DEFAULT_METRICS_PORT,
+    configure_json_logging,
+    run_daemon,
+)
+from connector.engine.check import Checker, LookupRefused
 from connector.engine.clusters import Cluster, Relation
+from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
@@ -38,6 +47,7 @@ from connector.engine.scan import OriginalReader, RunResult, current_clusters, r
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters
+from connector.webhooks import WebhookService
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -176,15 +186,33 @@ def read_config(args: argparse.Namespace, settings: Settings) -> Config:
     return load_config(path, settings)
 
 
+def lock_units(
+    locks: ExitStack, settings: Settings, adapters: dict[str, Any], wait_s: float = 0.0
+) -> dict[str, str]:
+    """Take each unit's lock into `locks`; a unit another process holds is
+    dropped from `adapters` and returned with the holder named."""
+    busy: dict[str, str] = {}
+    for unit in list(adapters):
+        try:
+            locks.enter_context(UnitLock(settings.db, unit, wait_s=wait_s))
+        except UnitBusy as exc:
+            busy[unit] = str(exc)
+            del adapters[unit]
+    return busy
+
+
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     config = read_config(args, settings)
     settings = config.settings
     adapters = build_adapters(config, args.unit)
     store = open_store(settings)
     try:
-        with progress_bar(err.is_terminal and not args.quiet) as progress:
-            result = run(store, adapters, settings, full=args.full, progress=progress)
-        clusters, _relations = current_clusters(store, settings)
+        with ExitStack() as locks:
+            # Units another sync (a daemon, a webhook check) holds are skipped.
+            busy = lock_units(locks, settings, adapters)
+            with progress_bar(err.is_terminal and not args.quiet) as progress:
+                result = run(store, adapters, settings, full=args.full, progress=progress)
+            clusters, _relations = current_clusters(store, settings)
     finally:
         store.close()
     cross_unit = [
@@ -194,6 +222,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         payload = {
             "units": [sync.as_dict() for sync in result.syncs],
             "failed_units": result.failed_units,
+            "busy_units": busy,
             "errors": result.errors,
             "candidates": result.match.candidates,
             "pairs_checked": result.match.evaluated,
@@ -204,7 +233,9 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
         _print_sync(result, settings, len(clusters), len(cross_unit))
-    return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
+        for unit, reason in busy.items():
+            err.print(f"{unit}: skipped: {reason}", style="yellow")
+    return EXIT_SOME_FAILED if result.errors or result.failed_units or busy else EXIT_OK
 
 
 def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit: int) -> None:
@@ -763,17 +794,47 @@ def cmd_review_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    service: WebhookService | None = None
+    if args.config or os.environ.get("DAMDUP_CONFIG"):
+        # With a configuration: the units' webhooks, their checks and lookups too.
+        config = read_config(args, settings)
+        settings = config.settings
+        service = WebhookService.from_config(config)
+
     def announce(url: str) -> None:
         err.print(f"damdup: review page at {url} (Ctrl-C stops it)")
+        if service is not None:
+            base = url.removesuffix("/review")
+            units = ", ".join(service.hook_units) or "none (no DAMDUP_<UNIT>_WEBHOOK_SECRET set)"
+            err.print(f"damdup: webhooks at {base}/hooks/<unit> for: {units}")
 
     try:
         serve(
             settings.db, host=args.host, port=args.port,
             allowed_hosts=args.allow_host or (), announce=announce,
+            extend=service.mount if service is not None else None,
         )  # fmt: skip
     except ServeError as exc:
         raise UsageError(str(exc)) from exc
+    finally:
+        if service is not None:
+            service.close()
     return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
+    config = read_config(args, settings)
+    adapters = build_adapters(config, args.unit)
+    if not 0.0 <= args.jitter < 1.0:
+        raise UsageError(f"--jitter {args.jitter}: give a fraction from 0 up to (not) 1")
+    configure_json_logging()
+    try:
+        return run_daemon(
+            config, adapters, jitter=args.jitter, once=args.once, host=args.metrics_host,
+            port=args.metrics_port, port_file=Path(args.port_file) if args.port_file else None,
+        )  # fmt: skip
+    except OSError as exc:  # the metrics port is taken, the port file cannot be written
+        raise UsageError(f"daemon: {exc}") from exc
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -786,8 +847,13 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     directory = Path(args.report)
     store = open_store(settings)
     try:
-        with progress_bar(err.is_terminal and not args.quiet) as progress:
-            result = run(store, adapters, settings, full=args.full, progress=progress)
+        with ExitStack() as locks:
+            # A migration covers every chosen unit: wait a while for a sync under way.
+            busy = lock_units(locks, settings, adapters, wait_s=args.lock_wait)
+            if busy:
+                raise UsageError("; ".join(busy.values()) + ": try again when it has finished")
+            with progress_bar(err.is_terminal and not args.quiet) as progress:
+                result = run(store, adapters, settings, full=args.full, progress=progress)
         report = migration.build_report(store, settings, list(adapters), result.failed_units)
         try:
             migration.write_report(report, store, directory)
@@ -804,6 +870,71 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         )
     out.print(f"report: {directory / 'report.html'}", markup=False, highlight=False)
     return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
+
+
+def cmd_lookup(args: argparse.Namespace, settings: Settings) -> int:
+    """Which version of an image is the authoritative one."""
+    adapters: dict[str, Any] = {}
+    if args.config or config_path(args).exists():  # units are needed for URLs only
+        config = read_config(args, settings)
+        settings = config.settings
+        adapters = build_adapters(config)
+    if not settings.db.exists():
+        raise UsageError(f"no index at {settings.db}: run `damdup sync` first (or give --db)")
+    target: str = args.image
+    checker = Checker(settings.db, settings, adapters, {})
+    try:
+        if "://" in target:
+            answer = checker.lookup(url=target)
+        else:
+            try:
+                with open(target, "rb") as handle:
+                    data = handle.read(settings.max_file_bytes + 1)
+            except OSError as exc:
+                raise UsageError(f"cannot read {target}: {exc.strerror or exc}") from exc
+            answer = checker.lookup(data=data)
+    except LookupRefused as exc:
+        raise UsageError(f"lookup refused: {exc}") from exc
+    finally:
+        checker.close()
+    if args.format == "json":
+        sys.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _print_lookup(answer)
+    return EXIT_OK
+
+
+def _print_lookup(answer: dict[str, Any]) -> None:
+    if not answer["match"]:
+        out.print("[bold]no match[/]: no indexed asset is this image")
+    for cluster in answer["clusters"]:
+        canonical = cluster["canonical"]
+        title = f"cluster {cluster['id']}" if cluster["id"] else "single copy"
+        out.print(f"[bold]{title}[/]: canonical {canonical['unit']}:{canonical['asset_id']}")
+        out.print(f"  {canonical['url']}", markup=False, highlight=False)
+        out.print(f"  why: {canonical['reason']}", markup=False, highlight=False)
+        facts = ", ".join(
+            f"{name} {canonical['metadata'].get(name) or '(missing)'}"
+            for name in ("location", "date", "department")
+        )
+        out.print(f"  {facts}", markup=False, highlight=False)
+        table = Table(title_justify="left")
+        for column in ("unit", "asset id", "role", "tier", "this image", "url"):
+            table.add_column(column)
+        for row in [{**canonical, "role": "canonical", "tier": ""}, *cluster["copies"]]:
+            table.add_row(
+                row["unit"], row["asset_id"], row["role"], row["tier"] or "",
+                row.get("match") or "", row["url"],
+            )  # fmt: skip
+        out.print(table)
+    if answer["similar"]:
+        out.print("[bold]other shots of this scene[/] (not copies):")
+        for other in answer["similar"]:
+            out.print(
+                f"  {other['unit']}:{other['asset_id']}  {other['url']}",
+                markup=False,
+                highlight=False,
+            )
 
 
 def cmd_audit_metadata(args: argparse.Namespace, settings: Settings) -> int:
@@ -958,7 +1089,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", metavar="NAME",
         help="a further name browsers reach this server by (with --host; repeatable)",
     )  # fmt: skip
+    serve_cmd.add_argument(
+        "--config",
+        help="configuration file: also serve the units' webhooks, /api/checks and /api/lookup",
+    )
     serve_cmd.set_defaults(handler=cmd_serve)
+
+    daemon_cmd = command("daemon", "sync, match and push each unit on its schedule")
+    daemon_cmd.add_argument("--config", help="configuration file")
+    daemon_cmd.add_argument("--unit", action="append", help="only this unit (repeatable)")
+    daemon_cmd.add_argument("--once", action="store_true", help="one cycle of each unit, then exit")
+    daemon_cmd.add_argument(
+        "--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+        help=f"port of /healthz and /metrics (default {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )  # fmt: skip
+    daemon_cmd.add_argument(
+        "--metrics-host", default=DEFAULT_METRICS_HOST, help="address of /healthz and /metrics"
+    )
+    daemon_cmd.add_argument("--port-file", metavar="FILE", help="write the bound port there")
+    daemon_cmd.add_argument(
+        "--jitter", type=float, default=DEFAULT_JITTER,
+        help=f"each interval varies by this fraction either way (default {DEFAULT_JITTER})",
+    )  # fmt: skip
+    daemon_cmd.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    daemon_cmd.set_defaults(handler=cmd_daemon)
 
     migrate_cmd = command("migrate", "full sync of some units, then a redundancy report")
     migrate_cmd.add_argument("--units", required=True, metavar="A,B", help="units, comma-separated")
@@ -969,8 +1123,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="list everything (default), or only changes since the last sync",
     )  # fmt: skip
     migrate_cmd.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    migrate_cmd.add_argument(
+        "--lock-wait", type=float, default=120.0, metavar="SECONDS",
+        help="how long to wait for a sync of a chosen unit that is under way (default 120)",
+    )  # fmt: skip
     migrate_cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     migrate_cmd.set_defaults(handler=cmd_migrate)
+
+    lookup_cmd = command("lookup", "which indexed version of an image is the authoritative one")
+    lookup_cmd.add_argument("image", metavar="IMAGE_FILE|URL")
+    lookup_cmd.add_argument("--config", help="configuration file (needed for a URL)")
+    lookup_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    lookup_cmd.set_defaults(handler=cmd_lookup)
 
     audit = commands.add_parser("audit", help="audits of the index")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)

@@ -1,6 +1,7 @@
 """`damdup serve`: the review page and its JSON API, on 127.0.0.1 by default.
 
-Routes (more are added with `App.add`, e.g. the platforms' webhooks):
+Routes (more are added with `App.add`: `damdup serve --config` mounts the
+platforms' webhooks, the checks and the lookup of connector/webhooks.py):
 
 - `GET /review`: the page; plain HTML and a little JavaScript, all inline
   (no CDN, nothing fetched from elsewhere).
@@ -12,6 +13,8 @@ The server holds the index and writes decisions, so it guards against other
 sites in the reviewer's browser: the Host header must name this machine (a
 DNS-rebinding page cannot pass), and a POST must carry JSON (a plain HTML form
 cannot) and, when the browser says where it comes from, come from this origin.
+Routes that other servers call (webhooks) opt out of both and check their
+callers themselves.
 Errors are JSON `{"error": message, "code": name}` with status 400, 403, 404,
 405, 409 or 415.
 """
@@ -23,7 +26,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
@@ -50,6 +53,13 @@ QUEUE_LIMIT = 200  # pairs sent to the page at once; it asks again when they are
 QUEUE_LIMIT_MAX = 5000
 
 Handler = Callable[[Request, IndexStore, Mapping[str, Any]], Response]
+
+
+class Route(NamedTuple):
+    handler: Handler
+    same_origin: bool
+    any_host: bool
+    max_body_bytes: int | None
 
 
 class ServeError(Exception):
@@ -91,17 +101,28 @@ class App:
         self.db_path = db_path
         self.allowed_hosts = LOOPBACK_NAMES | {_hostname(h) for h in allowed_hosts}
         self.url_map = Map(strict_slashes=False)
-        self.handlers: dict[str, tuple[Handler, bool]] = {}
+        self.handlers: dict[str, Route] = {}
 
     def add(
-        self, rule: str, handler: Handler, methods: Sequence[str], *, same_origin: bool = True
+        self,
+        rule: str,
+        handler: Handler,
+        methods: Sequence[str],
+        *,
+        same_origin: bool = True,
+        any_host: bool = False,
+        max_body_bytes: int | None = MAX_BODY_BYTES,
     ) -> None:
         """Route `rule` to `handler`. A POST to a `same_origin` route must be
         JSON from this origin; a route called by other servers (a webhook)
-        passes False and checks its callers itself."""
+        passes False and checks its callers itself. An `any_host` route is
+        reached by whatever name the caller uses (platform hosts calling a
+        webhook: the signature protects it, not the Host check).
+        `max_body_bytes`: larger bodies are refused with 413 (None: the
+        handler reads and limits the body itself)."""
         endpoint = f"{handler.__module__}.{handler.__qualname__}:{rule}"
         self.url_map.add(Rule(rule, endpoint=endpoint, methods=list(methods)))
-        self.handlers[endpoint] = (handler, same_origin)
+        self.handlers[endpoint] = Route(handler, same_origin, any_host, max_body_bytes)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -113,22 +134,31 @@ class App:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
-        if _hostname(request.host) not in self.allowed_hosts:
-            return json_error(
-                403, "host", f"this server answers only to {', '.join(sorted(self.allowed_hosts))}"
-            )
+        known_host = _hostname(request.host) in self.allowed_hosts
+
+        def refused_host() -> Response:
+            names = ", ".join(sorted(self.allowed_hosts))
+            return json_error(403, "host", f"this server answers only to {names}")
+
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, arguments = adapter.match()
         except NotFound:
+            if not known_host:
+                return refused_host()
             return json_error(404, "not_found", f"no such page: {request.path}")
         except MethodNotAllowed as exc:
+            if not known_host:
+                return refused_host()
             response = json_error(405, "method", f"{request.method} is not allowed here")
             response.headers["Allow"] = ", ".join(exc.valid_methods or ())
             return response
         except HTTPException as exc:  # a redirect to the canonical URL
-            return exc.get_response(request.environ)
-        handler, same_origin = self.handlers[endpoint]
+            return refused_host() if not known_host else exc.get_response(request.environ)
+        handler, same_origin, any_host, max_body_bytes = self.handlers[endpoint]
+        if not known_host and not any_host:
+            return refused_host()
+        request.max_content_length = max_body_bytes
         if same_origin and request.method not in ("GET", "HEAD", "OPTIONS"):
             refused = self._cross_site(request)
             if refused is not None:
@@ -231,10 +261,15 @@ def no_icon(request: Request, store: IndexStore, arguments: Mapping[str, Any]) -
     return Response(status=204)
 
 
-def make_app(db_path: str | Path, allowed_hosts: Iterable[str] = ()) -> App:
+def make_app(
+    db_path: str | Path,
+    allowed_hosts: Iterable[str] = (),
+    extend: Callable[[App], None] | None = None,
+) -> App:
     """The review server's WSGI application over the index at `db_path`.
     `allowed_hosts`: names besides the loopback ones that the Host header may
-    carry (the name of a machine it is served from)."""
+    carry (the name of a machine it is served from). `extend` adds further
+    routes (connector.webhooks: webhooks, checks, lookup)."""
     path = Path(db_path)
     if not path.is_file():
         raise ServeError(f"no index at {path}: run `damdup scan` or `damdup sync` first")
@@ -246,6 +281,8 @@ def make_app(db_path: str | Path, allowed_hosts: Iterable[str] = ()) -> App:
     app.add("/api/review/decide", review_decide, ["POST"])
     app.add("/thumb/<sha256>", thumbnail, ["GET"])
     app.add("/favicon.ico", no_icon, ["GET"])
+    if extend is not None:
+        extend(app)
     return app
 
 
@@ -254,10 +291,11 @@ def make_review_server(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     allowed_hosts: Iterable[str] = (),
+    extend: Callable[[App], None] | None = None,
 ) -> BaseWSGIServer:
     """A threaded server bound to `host:port` (port 0: a free one, see
     `server.server_port`); `serve_forever()` runs it, `shutdown()` stops it."""
-    app = make_app(db_path, allowed_hosts=[host, *allowed_hosts])
+    app = make_app(db_path, allowed_hosts=[host, *allowed_hosts], extend=extend)
     try:
         return make_server(host, port, app, threaded=True)
     except OSError as exc:
@@ -271,10 +309,11 @@ def serve(
     *,
     allowed_hosts: Iterable[str] = (),
     announce: Callable[[str], None] | None = None,
+    extend: Callable[[App], None] | None = None,
 ) -> None:
     """Serve the review page until interrupted; `announce` is told its address
     once the server listens (ServeError before that: no index, port taken)."""
-    server = make_review_server(db_path, host, port, allowed_hosts)
+    server = make_review_server(db_path, host, port, allowed_hosts, extend)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{server.server_port}/review")

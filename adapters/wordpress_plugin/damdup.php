@@ -10,7 +10,26 @@
  * Text Domain:       damdup
  *
  * Install: copy this folder to wp-content/plugins/damdup and activate
- * "damdup" under Plugins. Nothing is configured.
+ * "damdup" under Plugins. The marks need no configuration.
+ *
+ * Notifications (optional): when an image is uploaded or its attachment
+ * edited, the plugin tells `damdup serve` so that damdup checks it at once.
+ * Set the hook's address and the unit's shared secret (the value of
+ * DAMDUP_<UNIT>_WEBHOOK_SECRET where damdup runs), as options:
+ *
+ *   wp option update damdup_webhook_url 'https://damdup.example/hooks/<unit>'
+ *   wp option update damdup_webhook_secret '<secret>'
+ *
+ * or as constants in wp-config.php, which win over the options:
+ *
+ *   define('DAMDUP_WEBHOOK_URL', 'https://damdup.example/hooks/<unit>');
+ *   define('DAMDUP_WEBHOOK_SECRET', '<secret>');
+ *
+ * Without both, nothing is sent. The notification is sent when the request
+ * that saved the image ends (its renditions are made by then), signed as
+ * docs/webhooks.md describes; damdup answers 202 at once and checks later.
+ * A damdup that is down or refuses never fails the upload: the plugin logs
+ * it with error_log() and carries on.
  *
  * What it stores, as post meta of attachments (one string each, registered
  * with register_post_meta so the REST API shows them in `meta` of
@@ -360,4 +379,122 @@ final class Damdup_Marks
     }
 }
 
+/**
+ * Signed notifications to damdup when an image attachment is added or edited.
+ */
+final class Damdup_Notify
+{
+    const OPTION_URL = 'damdup_webhook_url';
+    const OPTION_SECRET = 'damdup_webhook_secret';
+    /** Seconds: damdup answers 202 before it checks anything. */
+    const TIMEOUT = 3;
+
+    /** attachment id => 'created' or 'updated', sent at the end of the request. */
+    private static $pending = array();
+    private static $hooked_shutdown = false;
+
+    public static function hook()
+    {
+        add_action('add_attachment', array(__CLASS__, 'created'));
+        add_action('attachment_updated', array(__CLASS__, 'updated'));
+        add_action('edit_attachment', array(__CLASS__, 'updated'));
+    }
+
+    public static function created($post_id)
+    {
+        self::queue((int) $post_id, 'created');
+    }
+
+    public static function updated($post_id)
+    {
+        self::queue((int) $post_id, 'updated');
+    }
+
+    /** The hook's URL and secret: wp-config constants win over the options. */
+    public static function target()
+    {
+        $url = defined('DAMDUP_WEBHOOK_URL') ? DAMDUP_WEBHOOK_URL : get_option(self::OPTION_URL, '');
+        $secret = defined('DAMDUP_WEBHOOK_SECRET') ? DAMDUP_WEBHOOK_SECRET : get_option(self::OPTION_SECRET, '');
+        if (!is_string($url) || !is_string($secret) || $url === '' || $secret === '') {
+            return null;
+        }
+        return array($url, $secret);
+    }
+
+    /**
+     * One notification per attachment and request ('created' wins): an upload
+     * through the REST API fires add_attachment, and an edit fires both
+     * attachment_updated and edit_attachment.
+     */
+    private static function queue($post_id, $event)
+    {
+        if ($post_id <= 0 || self::target() === null) {
+            return;
+        }
+        if (!isset(self::$pending[$post_id]) || $event === 'created') {
+            self::$pending[$post_id] = $event;
+        }
+        if (!self::$hooked_shutdown) {
+            self::$hooked_shutdown = true;
+            // When the request ends: the image's renditions exist by then.
+            add_action('shutdown', array(__CLASS__, 'send_pending'));
+        }
+    }
+
+    public static function send_pending()
+    {
+        $pending = self::$pending;
+        self::$pending = array();
+        if (!$pending) {
+            return;
+        }
+        if (function_exists('fastcgi_finish_request')) {
+            fastcgi_finish_request(); // the uploader has the answer already
+        }
+        foreach ($pending as $post_id => $event) {
+            if (get_post_type($post_id) === 'attachment' && wp_attachment_is_image($post_id)) {
+                self::send($post_id, $event);
+            }
+        }
+    }
+
+    /** "sha256=" and the HMAC-SHA256 of "<timestamp>.<body>" (docs/webhooks.md). */
+    public static function signature($secret, $timestamp, $body)
+    {
+        return 'sha256=' . hash_hmac('sha256', $timestamp . '.' . $body, $secret);
+    }
+
+    private static function send($post_id, $event)
+    {
+        $target = self::target();
+        if ($target === null) {
+            return;
+        }
+        list($url, $secret) = $target;
+        $body = wp_json_encode(array('asset_id' => (string) $post_id, 'event' => $event));
+        $timestamp = (string) time();
+        $response = wp_remote_post($url, array(
+            'timeout' => self::TIMEOUT,
+            'redirection' => 0,
+            'headers' => array(
+                'Content-Type' => 'application/json',
+                'X-Damdup-Timestamp' => $timestamp,
+                'X-Damdup-Signature' => self::signature($secret, $timestamp, $body),
+            ),
+            'body' => $body,
+        ));
+        if (is_wp_error($response)) {
+            error_log(sprintf('damdup: notification of attachment %d not sent: %s',
+                              $post_id, $response->get_error_message()));
+            return;
+        }
+        $status = (int) wp_remote_retrieve_response_code($response);
+        if ($status !== 202) {
+            error_log(sprintf('damdup: notification of attachment %d refused with HTTP %d: %s',
+                              $post_id, $status, substr(wp_remote_retrieve_body($response), 0, 300)));
+        }
+    }
+}
+
 Damdup_Marks::hook();
+Damdup_Notify::hook();

@@ -473,9 +473,45 @@ class IndexStore(ABC):
         """The newest checks first."""
 
     @abstractmethod
+    def check(self, check: int) -> CheckRow | None: ...
+
+    @abstractmethod
     def first_sighting(self, unit: str, signature: str, now: float, window_s: float) -> bool:
         """True, remembering it, when this signature was not seen within the
         window; False for a replay. Older sightings are forgotten."""
+
+    @abstractmethod
+    def fingerprint_watermark(self) -> int:
+        """Grows whenever a fingerprint is saved: an in-memory search structure
+        compares it to know what it has not seen yet."""
+
+    @abstractmethod
+    def fingerprint_rows_after(self, recipe: int, watermark: int) -> list[dict[str, Any]]:
+        """Codes of fingerprints saved after `watermark` (live or not), each with
+        its own `watermark`; the same keys as `fingerprint_rows`."""
+
+    @abstractmethod
+    def save_asset(self, unit: str, row: AssetRow, fingerprint: Fingerprint | None) -> None:
+        """One asset (and its fingerprint) in one transaction, outside any
+        listing: the unit's cursor is left alone."""
+
+    @abstractmethod
+    def live_assets_with(self, sha256s: Iterable[str]) -> list[AssetRow]: ...
+
+    @abstractmethod
+    def assets_at_url(self, url: str) -> list[AssetRow]:
+        """Live assets whose page or file address is `url`."""
+
+    @abstractmethod
+    def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
+        """Evaluated pairs of the recipe with either side in `sha256s`, unrelated
+        ones (tier None) included."""
+
+    @abstractmethod
+    def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+        """The marks the given assets should carry ("" none); other assets'
+        outbox rows are left as they are (unlike `set_intended`). Returns the
+        assets whose intended marks changed."""
 
     @abstractmethod
     def errors(self, unit: str | None = None) -> list[AssetRow]: ...
@@ -483,6 +519,16 @@ class IndexStore(ABC):
     @abstractmethod
     def unit_status(self) -> dict[str, UnitStatus]:
         """Per unit: assets, errors and how its syncs went."""
+
+
+def _code_row(row: sqlite3.Row) -> dict[str, Any]:
+    """A fingerprint's codes as `fingerprint_rows` gives them: unsigned, flags as bools."""
+    item = dict(row)
+    for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
+        item[key] = to_unsigned(item[key])
+    item["flat"] = bool(item["flat"])
+    item["has_capture"] = bool(item["has_capture"])
+    return item
 
 
 class SQLiteStore(IndexStore):
@@ -759,15 +805,7 @@ class SQLiteStore(IndexStore):
                ORDER BY sha256""",
             (recipe,),
         )
-        out = []
-        for row in rows:
-            item = dict(row)
-            for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
-                item[key] = to_unsigned(item[key])
-            item["flat"] = bool(item["flat"])
-            item["has_capture"] = bool(item["has_capture"])
-            out.append(item)
-        return out
+        return [_code_row(row) for row in rows]
 
     def fingerprint(self, sha256: str) -> Fingerprint | None:
         row = self.db.execute("SELECT * FROM fingerprints WHERE sha256 = ?", (sha256,)).fetchone()
@@ -1004,12 +1042,18 @@ class SQLiteStore(IndexStore):
         rows = self.db.execute(
             query + " ORDER BY id DESC LIMIT ?", (unit, unit, asset_id, asset_id, limit)
         )
-        return [
-            CheckRow(
-                **{**dict(row), "verdict": json.loads(row["verdict"]) if row["verdict"] else None}
-            )
-            for row in rows
-        ]
+        return [self._check_row(row) for row in rows]
+
+    def check(self, check: int) -> CheckRow | None:
+        row = self.db.execute("SELECT * FROM checks WHERE id = ?", (check,)).fetchone()
+        return None if row is None else self._check_row(row)
+
+    @staticmethod
+    def _check_row(row: sqlite3.Row) -> CheckRow:
+        # The columns are its fields; the verdict is stored as JSON text.
+        return CheckRow(
+            **{**dict(row), "verdict": json.loads(row["verdict"]) if row["verdict"] else None}
+        )
 
     def first_sighting(self, unit: str, signature: str, now: float, window_s: float) -> bool:
         with self._transaction() as db:
@@ -1018,6 +1062,134 @@ class SQLiteStore(IndexStore):
                 "INSERT OR IGNORE INTO webhook_seen VALUES (?, ?, ?)", (unit, signature, now)
             )
             return cursor.rowcount == 1
+
+    # -- single assets (webhook checks, lookups) ----------------------------
+
+    def fingerprint_watermark(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM fingerprints").fetchone()
+        return int(row[0])
+
+    def fingerprint_rows_after(self, recipe: int, watermark: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            """SELECT rowid AS watermark, sha256, format, width, height, payload_digest,
+                      pixel_digest, phash, dhash, phash_trim, dhash_trim, phash_inner,
+                      dhash_inner, flat, size_bytes, capture != '{}' AS has_capture
+               FROM fingerprints WHERE recipe = ? AND rowid > ? ORDER BY rowid""",
+            (recipe, watermark),
+        )
+        return [_code_row(row) for row in rows]
+
+    def save_asset(self, unit: str, row: AssetRow, fingerprint: Fingerprint | None) -> None:
+        stamp = now_iso()
+        with self._transaction() as db:
+            if fingerprint is not None:
+                fp = fingerprint
+                db.execute(
+                    """INSERT INTO fingerprints(sha256, recipe, size_bytes, format, width, height,
+                           payload_digest, phash, dhash, phash_trim, dhash_trim, flat, animated,
+                           capture, thumb, phash_inner, dhash_inner)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT(sha256) DO NOTHING""",
+                    (
+                        fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
+                        fp.payload_digest, to_signed(fp.phash), to_signed(fp.dhash),
+                        to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
+                        int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
+                        fp.thumb, to_signed(fp.phash_inner), to_signed(fp.dhash_inner),
+                    ),
+                )  # fmt: skip
+            # A new asset counts as seen by the unit's latest run, so a listing
+            # under way does not retire it; a known one keeps its own.
+            db.execute(
+                """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
+                       sha256, error, metadata, live, seen_run, updated_at, original_url,
+                       width, height)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1,
+                       (SELECT COALESCE(MAX(id), 0) FROM runs WHERE unit = ?), ?, ?, ?, ?)
+                   ON CONFLICT(unit, asset_id) DO UPDATE SET
+                       version = excluded.version, url = excluded.url,
+                       size_bytes = excluded.size_bytes, modified = excluded.modified,
+                       sha256 = excluded.sha256, error = excluded.error,
+                       metadata = excluded.metadata, live = 1, updated_at = excluded.updated_at,
+                       original_url = excluded.original_url, width = excluded.width,
+                       height = excluded.height""",
+                (
+                    unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
+                    row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), unit,
+                    stamp, row.original_url, row.width, row.height,
+                ),
+            )  # fmt: skip
+
+    def live_assets_with(self, sha256s: Iterable[str]) -> list[AssetRow]:
+        wanted = sorted(set(sha256s))
+        out: list[AssetRow] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT * FROM assets WHERE live = 1 AND sha256 IN ({marks})", chunk
+            )
+            out.extend(self._asset(row) for row in rows)
+        return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
+
+    def assets_at_url(self, url: str) -> list[AssetRow]:
+        rows = self.db.execute(
+            "SELECT * FROM assets WHERE live = 1 AND (url = ? OR original_url = ?) "
+            "ORDER BY unit, asset_id",
+            (url, url),
+        )
+        return [self._asset(row) for row in rows]
+
+    def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
+        wanted = sorted(set(sha256s))
+        found: dict[tuple[str, str], PairRow] = {}
+        for start in range(0, len(wanted), 400):
+            chunk = wanted[start : start + 400]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"""SELECT * FROM pairs WHERE recipe = ? AND sha_a IN ({marks})
+                    UNION ALL SELECT * FROM pairs WHERE recipe = ? AND sha_b IN ({marks})""",
+                (recipe, *chunk, recipe, *chunk),
+            )
+            for row in rows:
+                found[(row["sha_a"], row["sha_b"])] = PairRow(
+                    sha_a=row["sha_a"],
+                    sha_b=row["sha_b"],
+                    tier=row["tier"],
+                    phash_distance=row["phash_distance"],
+                    dhash_distance=row["dhash_distance"],
+                    evidence=json.loads(row["evidence"]),
+                )
+        return [found[key] for key in sorted(found)]
+
+    def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+        stamp = now_iso()
+        with self._transaction() as db:
+            changed = []
+            for (unit, asset_id), marks in intended.items():
+                row = db.execute(
+                    "SELECT intended FROM outbox WHERE unit = ? AND asset_id = ?", (unit, asset_id)
+                ).fetchone()
+                if (row[0] if row else "") != marks:
+                    changed.append((unit, asset_id))
+            db.executemany(
+                """INSERT INTO outbox(unit, asset_id, intended, updated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT(unit, asset_id) DO UPDATE SET intended = excluded.intended,
+                       updated_at = CASE WHEN outbox.intended = excluded.intended
+                                         THEN outbox.updated_at ELSE excluded.updated_at END""",
+                [(unit, asset_id, marks, stamp) for (unit, asset_id), marks in intended.items()],
+            )
+            db.executemany(
+                "DELETE FROM outbox WHERE unit = ? AND asset_id = ? "
+                "AND intended = '' AND applied IS NULL",
+                list(intended),
+            )
+            db.executemany(
+                "UPDATE outbox SET held = NULL WHERE unit = ? AND asset_id = ? "
+                "AND held IS NOT NULL AND held != intended",
+                list(intended),
+            )
+            return changed
 
     # -- reporting -------------------------------------------------------
 

@@ -132,7 +132,7 @@ def basic_evidence(
     )
 
 
-def _with(evidence: Evidence, **changes: Any) -> Evidence:
+def with_evidence(evidence: Evidence, **changes: Any) -> Evidence:
     return Evidence(**{**evidence.__dict__, **changes})
 
 
@@ -187,7 +187,7 @@ def match(
     check_jobs: list[tuple[tuple[str, str], tuple[bytes, bytes]]] = []
     for pair, evidence in evidences.items():
         if pair[0] in digests and pair[1] in digests:
-            evidence = _with(evidence, same_pixels=digests[pair[0]] == digests[pair[1]])
+            evidence = with_evidence(evidence, same_pixels=digests[pair[0]] == digests[pair[1]])
             evidences[pair] = evidence
         if needs_pixel_check(evidence):
             check_jobs.append((pair, (load(pair[0]).thumb, load(pair[1]).thumb)))
@@ -230,7 +230,7 @@ def match(
         }  # fmt: skip
         settle(
             outcome.key,
-            _with(
+            with_evidence(
                 evidences[outcome.key],
                 pixel_check_passed=bool(check.get("passed")),
                 pixel_check=check,
@@ -285,8 +285,10 @@ def explain_pair(
         data_a, data_b = read_original(a.sha256), read_original(b.sha256)
         if data_a is not None and data_b is not None:
             same = pixel_digest(data_a, max_pixels) == pixel_digest(data_b, max_pixels)
-            evidence = _with(evidence, same_pixels=same)
+            evidence = with_evidence(evidence, same_pixels=same)
     if not evidence.either_flat and not evidence.same_bytes:
         check = pixel_check_job(a.thumb, b.thumb)
-        evidence = _with(evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check)
+        evidence = with_evidence(
+            evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check
+        )
     return evidence, place(evidence)

@@ -173,7 +173,7 @@ class PushReport:
         }
 
 
-def _ref(asset: AssetRow) -> AssetRef:
+def asset_ref(asset: AssetRow) -> AssetRef:
     return AssetRef(
         id=asset.asset_id,
         version=asset.version,
@@ -251,7 +251,7 @@ def _write_one(
     try:
         before = _platform_marks(adapter, target)
         if not dry_run:
-            adapter.annotate(_ref(target.asset), target.after)
+            adapter.annotate(asset_ref(target.asset), target.after)
     except NotFound:
         return before, Outcome.GONE, "not on the platform any more"
     except MarksDoNotFit as exc:
@@ -270,7 +270,7 @@ def _platform_marks(adapter: Adapter[Any], target: Target) -> Marks:
     its own field or tags) count as none: annotate replaces them, and the
     journal keeps what damdup last wrote there."""
     try:
-        return adapter.read_marks(_ref(target.asset))
+        return adapter.read_marks(asset_ref(target.asset))
     except BadAsset as exc:
         log.warning("push.unreadable_marks", asset=target.asset.key, error=str(exc))
         return decode(target.row.applied)
@@ -324,6 +324,29 @@ def push(
         ]
 
     return _run_units(store, adapters, writes, targets, None, dry_run, concurrency)
+
+
+def push_assets(
+    store: IndexStore,
+    adapters: Mapping[str, Adapter[Any]],
+    writes: Mapping[str, bool],
+    keys: Iterable[tuple[str, str]],
+    concurrency: int = 4,
+) -> PushReport:
+    """`push` for the given (unit, asset id) only (a single-asset check): the
+    same reads, differences, dry runs and journal, for just their outbox rows."""
+    wanted = {key for key in keys if key[0] in adapters}
+    by_unit: dict[str, list[Target]] = {}
+    for row in store.outbox(sorted({unit for unit, _ in wanted})) if wanted else []:
+        if (row.unit, row.asset_id) not in wanted:
+            continue
+        asset = store.find_asset(f"{row.unit}:{row.asset_id}")
+        if asset is not None and asset.live:
+            by_unit.setdefault(row.unit, []).append(Target(row, asset, decode(row.intended)))
+    if not by_unit:  # nothing differs: no push run is recorded
+        return PushReport(0, [], [])
+    involved = {unit: adapters[unit] for unit in by_unit}
+    return _run_units(store, involved, writes, by_unit.__getitem__, None, False, concurrency)
 
 
 class UnknownRun(ValueError):

@@ -89,6 +89,28 @@ class SyncStats:
         return asdict(self)
 
 
+def asset_row(
+    unit: str, ref: AssetRef, sha256: str | None, error: str | None, version: str | None = None
+) -> AssetRow:
+    """The index row of a listed asset: fingerprinted as `sha256`, or not
+    indexed for `error`."""
+    return AssetRow(
+        unit=unit,
+        asset_id=ref.id,
+        version=ref.version if version is None else version,
+        url=ref.url,
+        size_bytes=ref.size_bytes,
+        modified=ref.modified,
+        sha256=sha256,
+        error=error,
+        metadata=asdict(ref.metadata),
+        live=True,
+        original_url=ref.original_url,
+        width=ref.width,
+        height=ref.height,
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ImageError):
         return str(exc)
@@ -318,21 +340,7 @@ def _sync_page(
                 stats.error_reasons.get(error.split(":")[0], 0) + 1
             )
             log.warning("asset.failed", asset_id=ref.id, reason=error)
-        rows[ref.id] = AssetRow(
-            unit=unit,
-            asset_id=ref.id,
-            version=version,
-            url=ref.url,
-            size_bytes=ref.size_bytes,
-            modified=ref.modified,
-            sha256=sha,
-            error=error,
-            metadata=asdict(ref.metadata),
-            live=True,
-            original_url=ref.original_url,
-            width=ref.width,
-            height=ref.height,
-        )
+        rows[ref.id] = asset_row(unit, ref, sha, error, version)
 
     current = store.known_fingerprints(
         [known[ref.id][1] or "" for ref in refs if ref.id in known], RECIPE

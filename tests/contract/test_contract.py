@@ -27,6 +27,7 @@ from adapters.base import (
     Marks,
     NotFound,
     Unavailable,
+    Unsupported,
 )
 from connector.core.fingerprint import DECODE_SIDE, fingerprint_bytes
 from connector.core.index import SQLiteStore
@@ -339,6 +340,22 @@ def test_exists_answers_for_a_live_and_a_removed_asset(harness: Harness) -> None
     harness.remove(ids[1])
     assert adapter.exists(refs[ids[0]]) is True
     assert adapter.exists(refs[ids[1]]) is False
+
+
+def test_describe_gives_the_listings_ref_and_not_found_once_removed(harness: Harness) -> None:
+    ids = add_photos(harness, 2, metadata=harness.metadata)
+    adapter = harness.adapter()
+    items, _, _ = listing(adapter)
+    refs = {ref.id: ref for ref in items}
+    try:
+        described = adapter.describe(ids[0])
+    except Unsupported:
+        pytest.skip(f"{harness.kind} has no record endpoint: a check syncs the unit instead")
+    assert described == refs[ids[0]]
+    assert adapter.describe(ids[1]) == refs[ids[1]]
+    harness.remove(ids[1])
+    with pytest.raises(NotFound):
+        adapter.describe(ids[1])
 
 
 def test_an_answer_of_the_wrong_shape_is_a_clear_error(harness: Harness) -> None:

@@ -225,6 +225,7 @@ def test_a_check_is_recorded_then_finished_with_its_verdict(tmp_path: Path) -> N
     assert rows[1].verdict == {"duplicates": 2} and rows[1].error is None
     assert rows[0].verdict is None and rows[0].error == "fetch failed"
     assert store.checks(unit="other") == []
+    assert store.check(first) == rows[1] and store.check(second + 1) is None
 
 
 def test_a_signature_is_taken_once_within_the_window(tmp_path: Path) -> None:

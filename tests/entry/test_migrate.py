@@ -23,6 +23,7 @@ from PIL import Image
 from connector.core.index import AssetRow, SQLiteStore
 from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Edge, Member
+from connector.engine.locks import UnitLock
 from connector.report.migrate import (
     CLUSTERS_SHOWN,
     AssetGap,
@@ -350,6 +351,18 @@ def test_audit_csv_cells_cannot_become_formulas(tmp_path: Path) -> None:
     row = read_csv(target)[0]
     assert row["asset_id"] == '\'=HYPERLINK("http://x")'
     assert row["url"] == "'@SUM(1)"
+
+
+def test_a_unit_another_process_syncs_is_refused_naming_it(site: dict[str, Any]) -> None:
+    report = site["tmp"] / "report-busy"
+    with UnitLock(site["db"], "archive"):
+        result = damdup(
+            "migrate", "--units", "museum,archive", "--config", str(site["config"]),
+            "--report", str(report), "--lock-wait", "0", "-q", env=site["env"], check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"unit archive is busy: process {os.getpid()} holds its lock" in result.stderr
+    assert not report.exists()
 
 
 def test_an_unknown_unit_is_a_usage_error(site: dict[str, Any]) -> None:

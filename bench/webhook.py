@@ -1,0 +1,360 @@
+"""Notification -> verdict stored, and `damdup lookup`, against a 100,000-asset index.
+
+    .venv/bin/python bench/webhook.py [--assets 100000] [--notifications 60]
+                                      [--lookups 60] [--threads 1] [--fresh]
+
+The index: every labelled fixture photo fingerprinted for real (so a notified
+copy finds its original and the other variants, and settles them with the
+pixel check), plus synthetic rows up to --assets: random codes (pHash with
+its 32 set bits, dHash, central-part variants a few bits away) with a real
+fixture thumbnail each (≈28 KB, the real size), spread over eleven units and
+inserted in bulk through `SQLiteStore.save_page`. It is cached in
+bench/results/ and reused (checks add a few rows) unless --fresh.
+
+The notified asset sits on the Drupal emulator on 127.0.0.1 (tests/servers/),
+uploaded as a 2000 px JPEG, so the check describes it by id, fetches its
+≥384 px rendition, fingerprints it, matches it against the whole index,
+settles the candidates, builds its component's clusters and pushes (a dry
+run: reads of the marks) exactly as `damdup serve` would. Timed from
+`start_check` (the notification accepted) to the verdict stored. The first
+`Checker.warm()` (search structure and worker processes, as at server start)
+is timed apart.
+
+When connector/webhooks.py exists, the same is measured through HTTP as
+well: a signed `POST /hooks/museum` (202), the check's record polled every
+5 ms until its verdict is stored; and `POST /api/lookup` uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from connector.core.capture import CaptureFacts  # noqa: E402
+from connector.core.fingerprint import RECIPE, Fingerprint, fingerprint_bytes  # noqa: E402
+from connector.core.index import AssetRow, SQLiteStore  # noqa: E402
+from connector.core.settings import Settings  # noqa: E402
+from connector.engine.check import Checker  # noqa: E402
+from tests.contract.harness import start_harness  # noqa: E402
+from tests.servers.common import photo_paths, upscaled  # noqa: E402
+
+try:
+    from connector import webhooks
+except ImportError:  # pragma: no cover - before connector/webhooks.py existed
+    webhooks = None  # type: ignore[assignment]
+
+RESULTS = ROOT / "bench" / "results"
+UNITS = [f"unit{number:02d}" for number in range(11)]
+BATCH = 2000
+SEED = 20261127
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    at = min(len(ordered) - 1, max(0, round(share * (len(ordered) - 1))))
+    return ordered[at]
+
+
+def random_phash(rng: random.Random) -> int:
+    """64 bits with exactly 32 set, as every pHash has (median threshold)."""
+    bits = rng.sample(range(64), 32)
+    return sum(1 << bit for bit in bits)
+
+
+def flip(code: int, rng: random.Random, count: int) -> int:
+    for bit in rng.sample(range(64), count):
+        code ^= 1 << bit
+    return code
+
+
+def build_index(db: Path, assets: int) -> dict[str, Any]:
+    """The fixture photos for real, then synthetic rows up to `assets`."""
+    rng = random.Random(SEED)
+    real = []
+    for path in photo_paths():
+        real.append((path, fingerprint_bytes(path.read_bytes())))
+    thumbs = [fp.thumb for _, fp in real]
+    store = SQLiteStore(db)
+    started = time.perf_counter()
+    try:
+        rows: list[tuple[str, AssetRow, Fingerprint]] = []
+        for number, (path, fp) in enumerate(real):
+            unit = UNITS[number % len(UNITS)]
+            rows.append((unit, _row(unit, f"real-{number}", fp, path.name), fp))
+        for number in range(max(0, assets - len(real))):
+            unit = UNITS[number % len(UNITS)]
+            phash, dhash = random_phash(rng), rng.getrandbits(64)
+            fp = Fingerprint(
+                sha256=f"{rng.getrandbits(256):064x}",
+                size_bytes=rng.randint(200_000, 12_000_000),
+                recipe=RECIPE,
+                format="JPEG",
+                width=rng.choice([6000, 4000, 3000, 1920]),
+                height=rng.choice([4000, 2667, 2000, 1280]),
+                payload_digest=f"{rng.getrandbits(256):064x}",
+                phash=phash,
+                dhash=dhash,
+                phash_trim=None,
+                dhash_trim=None,
+                phash_inner=flip(phash, rng, rng.randint(4, 14)),
+                dhash_inner=flip(dhash, rng, rng.randint(4, 14)),
+                flat=False,
+                animated=False,
+                capture=CaptureFacts(),
+                thumb=thumbs[number % len(thumbs)],
+            )
+            rows.append((unit, _row(unit, f"syn-{number}", fp, f"syn-{number}.jpg"), fp))
+        for unit in UNITS:
+            mine = [(row, fp) for u, row, fp in rows if u == unit]
+            run = store.start_run(unit, "sync")
+            for start in range(0, len(mine), BATCH):
+                chunk = mine[start : start + BATCH]
+                last = start + BATCH >= len(mine)
+                store.save_page(
+                    unit,
+                    run,
+                    [row for row, _ in chunk],
+                    [fp for _, fp in chunk],
+                    [],
+                    None if last else f"page-{start}",
+                )
+            store.finish_run(run, True, {"listed": len(mine)})
+        count = int(store.db.execute("SELECT COUNT(*) FROM assets WHERE live = 1").fetchone()[0])
+    finally:
+        store.close()
+    return {"assets": count, "real": len(real), "seconds": time.perf_counter() - started}
+
+
+def _row(unit: str, asset_id: str, fp: Fingerprint, name: str) -> AssetRow:
+    return AssetRow(
+        unit=unit,
+        asset_id=asset_id,
+        version="1",
+        url=f"https://{unit}.example.invalid/{name}",
+        size_bytes=fp.size_bytes,
+        modified="2024-01-01T00:00:00+00:00",
+        sha256=fp.sha256,
+        error=None,
+        metadata={"location": "Helsinki", "date": "2024-01-01", "department": unit},
+        live=True,
+    )
+
+
+def uploads_http(count: int, rng: random.Random) -> list[bytes]:
+    chosen = [rng.choice(photo_paths()) for _ in range(count)]
+    return [upscaled(path, 2000, quality=88, grain=2.0) for path in chosen]
+
+
+def measure_http(
+    checker: Checker,
+    server: Any,
+    settings: Settings,
+    db: Path,
+    uploads: list[bytes],
+    rng: random.Random,
+) -> tuple[list[float], list[float]]:
+    """The same through `damdup serve`'s routes (connector/webhooks.py): a
+    signed notification answered 202, then the check's record polled until
+    its verdict is stored; and lookups posted as uploads."""
+    assert webhooks is not None
+    import requests
+
+    from connector.serve import make_review_server
+
+    secret = "bench-secret-0123456789abcdef"
+    service = webhooks.WebhookService(
+        checker, {"museum": secret.encode()}, {"museum": server.settings()["base_url"]}, settings
+    )
+    http = make_review_server(db, "127.0.0.1", 0, extend=service.mount)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{http.server_port}"
+    session = requests.Session()
+    notified: list[float] = []
+    looked: list[float] = []
+    try:
+        ids = [server.add(f"http-{n}.jpg", data, None) for n, data in enumerate(uploads)]
+        for asset_id in ids:
+            body = json.dumps({"asset_id": asset_id, "event": "created"}).encode()
+            stamp = str(int(time.time()))
+            headers = {
+                "Content-Type": "application/json",
+                webhooks.TIMESTAMP_HEADER: stamp,
+                webhooks.SIGNATURE_HEADER: webhooks.sign(secret.encode(), stamp, body),
+            }
+            started = time.perf_counter()
+            reply = session.post(f"{base}/hooks/museum", data=body, headers=headers, timeout=30)
+            assert reply.status_code == 202, reply.text
+            href = reply.json()["href"]
+            deadline = started + 60
+            while True:
+                record = session.get(base + href, timeout=30).json()
+                if record["status"] != "queued":
+                    break
+                assert time.perf_counter() < deadline, f"no verdict for {asset_id} in 60 s"
+                time.sleep(0.005)
+            notified.append(time.perf_counter() - started)
+            assert record["status"] == "done", record
+        for path in [rng.choice(photo_paths()) for _ in range(len(uploads))]:
+            started = time.perf_counter()
+            reply = session.post(
+                f"{base}/api/lookup",
+                files={"file": (path.name, path.read_bytes(), "image/jpeg")},
+                timeout=30,
+            )
+            looked.append(time.perf_counter() - started)
+            assert reply.status_code == 200, reply.text
+    finally:
+        http.shutdown()
+        http.server_close()
+        service.close()  # also closes the checker
+    return notified, looked
+
+
+def table(rows: list[tuple[str, list[float]]]) -> str:
+    lines = [
+        "| what | n | p50 ms | p95 ms | max ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, values in rows:
+        ms = [value * 1000 for value in values]
+        lines.append(
+            f"| {name} | {len(ms)} | {percentile(ms, 0.5):.0f} | {percentile(ms, 0.95):.0f} "
+            f"| {max(ms):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=int, default=100_000)
+    parser.add_argument("--notifications", type=int, default=60)
+    parser.add_argument("--lookups", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1, help="checks at once")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the cached index")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cached = RESULTS / f"webhook_index_{args.assets}.sqlite"
+    db = RESULTS / "webhook_run.sqlite"
+    if args.fresh or not cached.exists():
+        for path in cached.parent.glob(cached.name + "*"):
+            path.unlink()
+        built = build_index(cached, args.assets)
+        print(
+            f"index: {built['assets']:,} assets ({built['real']} real fixture photos) "
+            f"inserted in {built['seconds']:.1f} s",
+            file=sys.stderr,
+        )
+    for path in db.parent.glob(db.name + "*"):
+        path.unlink()
+    shutil.copyfile(cached, db)  # every run starts from the same index
+
+    server = start_harness("drupal")
+    try:
+        adapter = server.adapter()
+        settings = Settings(db=db, workers=2)
+        checker = Checker(db, settings, {"museum": adapter}, {"museum": False})
+        rng = random.Random(SEED)
+        chosen = [rng.choice(photo_paths()) for _ in range(args.notifications + 1)]
+        uploads = [upscaled(path, 2000, quality=90, grain=2.0) for path in chosen]
+        ids = [server.add(f"upload-{n}.jpg", data, None) for n, data in enumerate(uploads)]
+
+        store = SQLiteStore(db)
+        lock = threading.Lock()
+        roles: dict[str, int] = {}
+
+        def notify(asset_id: str) -> float:
+            own = SQLiteStore(db)
+            try:
+                started = time.perf_counter()
+                check_id = own.start_check("museum", asset_id, "bench")
+                verdict = checker.check("museum", asset_id, check_id)
+                elapsed = time.perf_counter() - started
+            finally:
+                own.close()
+            with lock:
+                key = verdict.get("role") or f"error: {verdict.get('error')}"
+                roles[key] = roles.get(key, 0) + 1
+            return elapsed
+
+        started = time.perf_counter()
+        checker.warm()  # what `damdup serve` does at start
+        cold = time.perf_counter() - started
+        first = notify(ids[0])
+        if args.threads > 1:
+            with ThreadPoolExecutor(args.threads) as pool:
+                warm = list(pool.map(notify, ids[1:]))
+        else:
+            warm = [notify(asset_id) for asset_id in ids[1:]]
+        stored = [row for row in store.checks(limit=10_000) if row.finished_at is not None]
+        assert len(stored) == len(ids), "every notification has its verdict stored"
+
+        looked: list[float] = []
+        lookup_matches = 0
+        lookup_files = [rng.choice(photo_paths()) for _ in range(args.lookups)]
+        lookup_data = [
+            upscaled(path, 1200, quality=85) if n % 2 else path.read_bytes()
+            for n, path in enumerate(lookup_files)
+        ]
+        for data in lookup_data:
+            started = time.perf_counter()
+            answer = checker.lookup(data=data)
+            looked.append(time.perf_counter() - started)
+            lookup_matches += bool(answer["match"])
+        over_http: list[float] = []
+        http_lookups: list[float] = []
+        if webhooks is not None:
+            over_http, http_lookups = measure_http(
+                checker, server, settings, db, uploads_http(args.notifications, rng), rng
+            )
+
+        checker.close()
+        store.close()
+    finally:
+        server.close()
+
+    rows = [
+        ("notification → verdict stored (warm)", warm),
+        ("lookup of an image file (warm)", looked),
+    ]
+    if over_http:
+        rows.append(("signed POST /hooks → verdict stored, over HTTP", over_http))
+        rows.append(("POST /api/lookup of an image file, over HTTP", http_lookups))
+    print(
+        f"## bench/webhook.py — {args.assets:,}-asset index\n\n"
+        f"`.venv/bin/python bench/webhook.py --assets {args.assets} "
+        f"--notifications {args.notifications} --lookups {args.lookups} "
+        f"--threads {args.threads}`\n\n"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; the asset on the Drupal emulator on "
+        f"127.0.0.1; checks {args.threads} at a time.\n\n"
+        + table(rows)
+        + f"\n\nWarm-up (search structure over the whole index, worker processes): "
+        f"{cold * 1000:.0f} ms; first check after it: {first * 1000:.0f} ms. "
+        f"Verdicts: {', '.join(f'{k} {v}' for k, v in sorted(roles.items()))}. "
+        f"Lookups that matched: {lookup_matches} of {len(looked)}.\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
