@@ -23,6 +23,16 @@ is timed apart.
 When connector/webhooks.py exists, the same is measured through HTTP as
 well: a signed `POST /hooks/museum` (202), the check's record polled every
 5 ms until its verdict is stored; and `POST /api/lookup` uploads.
+
+Peers, side by side in the same run: the candidate search of one query
+against the whole index (the notified photos' and the looked-up files'
+fingerprints), through the Checker's own structure (`MatchIndex.candidates`,
+HammingIndex queries of every pHash/dHash variant within CANDIDATE_RADIUS),
+against numpy brute force (XOR + popcount of the query's variants against
+every variant of every fingerprint; the same candidate set, asserted) and
+against plain `imagehash` (`query - h` over an `ImageHash` per pHash, the
+main pHash only). Printed as a second table with p50 ratios, and written
+with the other numbers to bench/results/webhook.json.
 """
 
 from __future__ import annotations
@@ -41,16 +51,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import imagehash
+import numpy as np
 import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from connector.core.capture import CaptureFacts  # noqa: E402
-from connector.core.fingerprint import RECIPE, Fingerprint, fingerprint_bytes  # noqa: E402
+from connector.core.fingerprint import (  # noqa: E402
+    RECIPE,
+    Fingerprint,
+    codes_of,
+    fingerprint_bytes,
+)
 from connector.core.index import AssetRow, SQLiteStore  # noqa: E402
 from connector.core.settings import Settings  # noqa: E402
-from connector.engine.check import Checker  # noqa: E402
+from connector.core.tiers import CANDIDATE_RADIUS  # noqa: E402
+from connector.engine.check import Checker, MatchIndex  # noqa: E402
 from tests.contract.harness import start_harness  # noqa: E402
 from tests.servers.common import photo_paths, upscaled  # noqa: E402
 
@@ -227,6 +245,169 @@ def measure_http(
     return notified, looked
 
 
+def query_fingerprints(
+    store: SQLiteStore, notified: list[str], looked_up: list[bytes]
+) -> list[Fingerprint]:
+    """The fingerprints the checks and lookups searched with: the notified
+    assets' as stored by their checks, the looked-up files' computed again
+    (a lookup saves nothing)."""
+    out: list[Fingerprint] = []
+    for asset_id in notified:
+        asset = store.find_asset(f"museum:{asset_id}")
+        assert asset is not None and asset.sha256 is not None, asset_id
+        fingerprint = store.fingerprint(asset.sha256)
+        assert fingerprint is not None, asset_id
+        out.append(fingerprint)
+    out.extend(fingerprint_bytes(data) for data in looked_up)
+    return out
+
+
+def as_imagehash(codes: np.ndarray) -> list[imagehash.ImageHash]:
+    """64-bit codes back to 8x8 `ImageHash`es (the inverse of `hash_to_int`)."""
+    bits = np.unpackbits(codes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
+    return [imagehash.ImageHash(row.astype(bool).reshape(8, 8)) for row in bits]
+
+
+def measure_peers(index: MatchIndex, queries: list[Fingerprint]) -> dict[str, Any]:
+    """The candidate search of each query against the whole index: damdup as
+    the Checker runs it, numpy brute force, plain imagehash; seconds per query."""
+    radius = CANDIDATE_RADIUS
+    shas = [row["sha256"] for row in index.rows]
+
+    started = time.perf_counter()
+    variants: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for kind in ("phash", "dhash"):
+        codes: list[int] = []
+        owners: list[int] = []
+        for owner, row in enumerate(index.rows):
+            if row["flat"]:  # as MatchIndex: flat images all hash alike
+                continue
+            for code in codes_of(row, kind):
+                codes.append(code)
+                owners.append(owner)
+        variants[kind] = (np.array(codes, dtype=np.uint64), np.array(owners, dtype=np.int64))
+    brute_setup = time.perf_counter() - started
+
+    started = time.perf_counter()
+    main_phash = np.array([row["phash"] for row in index.rows], dtype=np.uint64)
+    hashes = as_imagehash(main_phash)
+    imagehash_setup = time.perf_counter() - started
+
+    def damdup(fp: Fingerprint) -> set[str]:
+        return {candidate.sha256 for candidate in index.candidates(fp)}
+
+    def damdup_bare(fp: Fingerprint) -> set[int]:
+        owners: set[int] = set()
+        if not fp.flat:
+            for kind in ("phash", "dhash"):
+                hamming = index.hash_indexes[kind]
+                for code in fp.codes(kind):
+                    owners.update(owner for owner, _ in hamming.query(code, radius))
+        return owners
+
+    def brute(fp: Fingerprint) -> np.ndarray:
+        if fp.flat:
+            return np.empty(0, dtype=np.int64)
+        hits = []
+        for kind in ("phash", "dhash"):
+            codes_k, owners_k = variants[kind]
+            for code in fp.codes(kind):
+                near = np.bitwise_count(codes_k ^ np.uint64(code)) <= radius
+                hits.append(owners_k[near])
+        return np.unique(np.concatenate(hits))
+
+    def plain(query: imagehash.ImageHash) -> list[int]:
+        return [owner for owner, h in enumerate(hashes) if query - h <= radius]
+
+    times: dict[str, list[float]] = {"damdup": [], "bare": [], "brute": [], "imagehash": []}
+    found = {"damdup": 0, "bare": 0, "brute": 0, "imagehash": 0}
+    # One untimed round of each, so no first-call cost lands in a sample.
+    damdup(queries[0]), damdup_bare(queries[0]), brute(queries[0])
+    plain(as_imagehash(np.array([queries[0].phash], dtype=np.uint64))[0])
+    for fp in queries:
+        started = time.perf_counter()
+        candidates = index.candidates(fp)
+        times["damdup"].append(time.perf_counter() - started)
+        mine = {candidate.sha256 for candidate in candidates}
+
+        started = time.perf_counter()
+        bare = damdup_bare(fp)
+        times["bare"].append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        brute_owners = brute(fp)
+        times["brute"].append(time.perf_counter() - started)
+        theirs = {shas[owner] for owner in brute_owners.tolist()} - {fp.sha256}
+        assert mine == theirs, (
+            f"candidate sets differ for {fp.sha256[:12]}: "
+            f"{len(mine - theirs)} only damdup, {len(theirs - mine)} only brute force"
+        )
+        built = {owner for owner in brute_owners.tolist() if owner < index.built}
+        assert bare == built, f"HammingIndex queries differ from brute force for {fp.sha256[:12]}"
+
+        query = as_imagehash(np.array([fp.phash], dtype=np.uint64))[0]
+        started = time.perf_counter()
+        near = plain(query)
+        times["imagehash"].append(time.perf_counter() - started)
+        wanted = np.flatnonzero(np.bitwise_count(main_phash ^ np.uint64(fp.phash)) <= radius)
+        assert near == wanted.tolist(), "imagehash disagrees with the same pHash distance"
+
+        found["damdup"] += len(mine)
+        found["bare"] += len({shas[owner] for owner in bare} - {fp.sha256})
+        found["brute"] += len(theirs)
+        found["imagehash"] += len({shas[owner] for owner in near} - {fp.sha256})
+    return {
+        "queries": len(queries),
+        "rows": len(index.rows),
+        "side": index.side,
+        "codes": {kind: int(codes_k.shape[0]) for kind, (codes_k, _) in variants.items()},
+        "brute_setup_s": brute_setup,
+        "imagehash_setup_s": imagehash_setup,
+        "times": times,
+        "found": found,
+    }
+
+
+def peer_table(peers: dict[str, Any]) -> str:
+    codes = peers["codes"]
+    rows = [
+        (
+            "damdup: `MatchIndex.candidates`, as `Checker` calls it (HammingIndex "
+            "per pHash/dHash variant, side list, payload digest, both distances)",
+            "damdup",
+        ),
+        (
+            "damdup, the HammingIndex queries alone (built part only, no side list, no distances)",
+            "bare",
+        ),
+        (
+            f"numpy {np.__version__} brute force: XOR + `np.bitwise_count` over all "
+            f"{codes['phash']:,} pHash + {codes['dhash']:,} dHash variants; "
+            "same candidate set (asserted)",
+            "brute",
+        ),
+        (
+            f"imagehash {imagehash.__version__}: `query - h` over {peers['rows']:,} "
+            "`ImageHash` objects, **main pHash only** (no dHash, no trimmed/central "
+            "variants: finds fewer)",
+            "imagehash",
+        ),
+    ]
+    reference = percentile(peers["times"]["damdup"], 0.5)
+    lines = [
+        "| what | queries | p50 ms | p95 ms | p50 ratio (this / damdup) | candidates found |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, key in rows:
+        values = peers["times"][key]
+        p50 = percentile(values, 0.5)
+        lines.append(
+            f"| {name} | {len(values)} | {p50 * 1000:.3f} | {percentile(values, 0.95) * 1000:.3f} "
+            f"| {p50 / reference:.2f} | {peers['found'][key]:,} |"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[tuple[str, list[float]]]) -> str:
     lines = [
         "| what | n | p50 ms | p95 ms | max ms |",
@@ -320,6 +501,9 @@ def main() -> int:
             answer = checker.lookup(data=data)
             looked.append(time.perf_counter() - started)
             lookup_matches += bool(answer["match"])
+
+        # Peers: the candidate search alone, on the Checker's own structure.
+        peers = measure_peers(checker._matcher(store), query_fingerprints(store, ids, lookup_data))
         over_http: list[float] = []
         http_lookups: list[float] = []
         if webhooks is not None:
@@ -339,20 +523,71 @@ def main() -> int:
     if over_http:
         rows.append(("signed POST /hooks → verdict stored, over HTTP", over_http))
         rows.append(("POST /api/lookup of an image file, over HTTP", http_lookups))
-    print(
-        f"## bench/webhook.py — {args.assets:,}-asset index\n\n"
+    command = (
         f"`.venv/bin/python bench/webhook.py --assets {args.assets} "
         f"--notifications {args.notifications} --lookups {args.lookups} "
-        f"--threads {args.threads}`\n\n"
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; the asset on the Drupal emulator on "
+        f"--threads {args.threads}`"
+    )
+    machine = (
+        f"{platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    report = (
+        f"## bench/webhook.py — {args.assets:,}-asset index\n\n"
+        f"{command}\n\n"
+        f"{machine}; the asset on the Drupal emulator on "
         f"127.0.0.1; checks {args.threads} at a time.\n\n"
         + table(rows)
         + f"\n\nWarm-up (search structure over the whole index, worker processes): "
         f"{cold * 1000:.0f} ms; first check after it: {first * 1000:.0f} ms. "
         f"Verdicts: {', '.join(f'{k} {v}' for k, v in sorted(roles.items()))}. "
-        f"Lookups that matched: {lookup_matches} of {len(looked)}.\n"
+        f"Lookups that matched: {lookup_matches} of {len(looked)}.\n\n"
+        f"### Candidate search of one query against the whole index, with peers\n\n"
+        f"{command}\n\n"
+        f"{machine}; one thread each, same process, same run. Queries: the "
+        f"{len(ids)} notified assets' fingerprints (as stored by their checks) and "
+        f"the {len(lookup_data)} looked-up files'; radius {CANDIDATE_RADIUS}. "
+        f"Index: {peers['rows']:,} fingerprints ({peers['side']} in the side list "
+        f"since the build).\n\n"
+        + peer_table(peers)
+        + f"\n\nNot in the per-query times: building the brute-force arrays "
+        f"{peers['brute_setup_s'] * 1000:.0f} ms, the ImageHash list "
+        f"{peers['imagehash_setup_s'] * 1000:.0f} ms (damdup's structure: the "
+        f"warm-up above). Candidates found are summed over the queries, the query's "
+        f"own content excluded.\n"
     )
+    print(report)
+    out = RESULTS / "webhook.json"
+    summary = {
+        name: {
+            "n": len(values),
+            "p50_s": percentile(values, 0.5),
+            "p95_s": percentile(values, 0.95),
+            "max_s": max(values),
+        }
+        for name, values in rows
+    }
+    out.write_text(
+        json.dumps(
+            {
+                "command": command.strip("`"),
+                "machine": machine,
+                "warm_up_s": cold,
+                "first_check_s": first,
+                "rows": summary,
+                "peers": {
+                    **{key: value for key, value in peers.items() if key != "times"},
+                    "p50_s": {k: percentile(v, 0.5) for k, v in peers["times"].items()},
+                    "p95_s": {k: percentile(v, 0.95) for k, v in peers["times"].items()},
+                    "times_s": peers["times"],
+                },
+                "report": report,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"written {out}", file=sys.stderr)
     return 0
 
 

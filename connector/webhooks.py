@@ -79,6 +79,7 @@ MIN_SECRET_CHARS = 16
 EVENTS = frozenset({"created", "updated"})
 MAX_ASSET_ID_CHARS = 512
 RETRY_AFTER_S = 5
+RESUME_LIMIT = 10_000  # newest checks looked at for unfinished ones when the server starts
 CHECKS_LIMIT_MAX = 1000
 # Multipart framing around an uploaded image, on top of max_file_mb.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
@@ -197,12 +198,35 @@ class WebhookService:
 
     def start(self) -> None:
         with self._lock:
+            first = not self.workers
             while len(self.workers) < self.options.webhook_workers:
                 worker = threading.Thread(
                     target=self._work, name=f"damdup-check-{len(self.workers)}", daemon=True
                 )
                 worker.start()
                 self.workers.append(worker)
+        if first:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Checks accepted (202) but never finished, because the server was
+        stopped or killed, are queued again, oldest first, as far as the queue
+        has room; the rest stay recorded as queued until the next start."""
+        store = SQLiteStore(self.checker.db_path)
+        try:
+            waiting = [
+                row
+                for row in reversed(store.checks(limit=RESUME_LIMIT))
+                if row.finished_at is None and row.unit in self.checker.adapters
+            ]
+        finally:
+            store.close()
+        for row in waiting:
+            if not self.places.acquire(blocking=False):
+                log.warning("check.resume_deferred", waiting=len(waiting))
+                return
+            self.jobs.put((row.unit, row.asset_id, row.id))
+            log.warning("check.resumed", unit=row.unit, asset_id=row.asset_id, check=row.id)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the checks under way, then stop; checks still waiting stay

@@ -177,7 +177,10 @@ def museum(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         folder / "serve.log",
     )
     try:
-        yield {"harness": harness, "server": server, "db": db, "original": original}
+        yield {
+            "harness": harness, "server": server, "db": db, "original": original,
+            "config": config, "env": env,
+        }  # fmt: skip
     finally:
         server.stop()
         harness.close()
@@ -333,6 +336,30 @@ def test_a_notification_is_checked_once_and_its_replay_refused(site: dict[str, A
     )
     rejected(site, replay, 409, "replay")
     assert state(site) == before
+
+
+def test_a_check_accepted_before_a_crash_is_run_at_the_next_start(
+    site: dict[str, Any], tmp_path: Path
+) -> None:
+    """A server killed after its 202 leaves the check recorded as queued;
+    the next server to start on the index runs it."""
+    harness: Harness = site["harness"]
+    copy = harness.add("P1030112 (2).jpg", photo("china", "byte_copy"), None)
+    store = SQLiteStore(site["db"])
+    try:
+        check_id = store.start_check("museum", copy, "webhook")
+    finally:
+        store.close()
+    env = {**site["env"], "DAMDUP_MUSEUM_WEBHOOK_SECRET": MUSEUM_SECRET}
+    again = Serving(site["config"], env, tmp_path / "restart.log")
+    try:
+        record = again.finished(check_id)
+        assert [e["check"] for e in again.events("check.resumed")] == [check_id]
+    finally:
+        again.stop()
+    assert record["status"] == "done", record
+    assert record["verdict"]["role"] == "duplicate"
+    assert "duplicate" in harness.stored_marks(copy).labels
 
 
 def test_a_full_queue_answers_503_and_keeps_nothing(site: dict[str, Any]) -> None:

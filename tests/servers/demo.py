@@ -12,7 +12,8 @@ send, and the push history. Copies also sit in object storage (S3 on moto's
 server), a SharePoint library (Graph emulator) and a WebDAV share (wsgidav),
 as after a cloud consolidation: `damdup migrate` reports on those three
 (.damdup/demo/migration/report.html), and `damdup audit metadata` lists the
-assets that lack location, date or department.
+assets that lack location, date or department; `damdup lookup` finds the
+authoritative version of a planner's copy of a photo.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def plan() -> dict[str, list[tuple[str, Path]]]:
     return content
 
 
+def lookup_photo() -> Path:
+    """A planner's copy of a photograph (half size): which version is authoritative?"""
+    labels: dict[str, dict[str, str]] = json.loads((FIXTURES / "labels.json").read_text())["files"]
+    return PHOTOS / next(name for name in sorted(labels) if labels[name]["variant"] == "resize_50")
+
+
 def metadata(unit: str, number: int) -> dict[str, str] | None:
     """Two assets in three carry the mandatory metadata; the rest lack some."""
     if number % 3 == 2:
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
              "--report", str(workdir / "migration"), "-q"],
             ["audit", "metadata", "--config", str(config), "--csv",
              str(workdir / "metadata-missing.csv")],
+            ["lookup", "--config", str(config), str(lookup_photo())],
         )  # fmt: skip
     finally:
         for harness in harnesses.values():
