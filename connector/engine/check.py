@@ -32,7 +32,6 @@ from connector.core.fingerprint import (
     Fingerprint,
     ImageError,
     codes_of,
-    fingerprint_bytes,
     pixel_digest,
     sha256_hex,
 )
@@ -63,7 +62,13 @@ from connector.engine.outbox import (
 )
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.scan import worker_pool
-from connector.engine.sync import asset_row, awaits_retry, describe_error, sync_unit
+from connector.engine.sync import (
+    asset_row,
+    awaits_retry,
+    describe_error,
+    fingerprint_job,
+    sync_unit,
+)
 
 __all__ = ["Checker", "LookupRefused", "MatchIndex"]
 
@@ -377,9 +382,9 @@ class Checker:
         fingerprint = None
         if not store.known_fingerprints([sha], RECIPE):
             try:
-                fingerprint = fingerprint_bytes(data, max_pixels=self.settings.max_pixels)
-            except Exception as exc:
-                error = describe_error(exc)
+                fingerprint = self._fingerprint(data)
+            except ImageError as exc:
+                error = str(exc)
                 store.save_asset(unit, asset_row(unit, ref, None, error), None)
                 raise CheckFailed(f"{unit}:{asset_id}: {error}") from exc
         row = asset_row(unit, ref, sha, None)
@@ -514,6 +519,20 @@ class Checker:
                     else {"passed": False, "reason": f"pixel check could not run: {outcome.error}"}
                 )
         return results
+
+    def _fingerprint(self, data: bytes) -> Fingerprint:
+        """Fingerprinted in a worker process under the limits a sync uses (time,
+        memory, pixels, bytes): a hostile upload cannot stall or exhaust the
+        server. ImageError says why it could not be."""
+        job = ("image", (data, self.settings.max_pixels, self.settings.max_file_bytes))
+        with self._pool_lock:  # WorkerPool.map is one caller's at a time
+            outcomes = list(self._worker_pool().map(fingerprint_job, [job], describe_error))
+        if not outcomes:
+            raise ImageError("the fingerprint worker returned nothing")
+        if outcomes[0].error is not None:
+            raise ImageError(outcomes[0].error)
+        fingerprint: Fingerprint = outcomes[0].value
+        return fingerprint
 
     def _worker_pool(self) -> WorkerPool:
         if self._pool is None:
@@ -708,9 +727,9 @@ class Checker:
                 f"the image is over the {self.settings.max_file_bytes:,} byte limit"
             )
         try:
-            fingerprint = fingerprint_bytes(data, max_pixels=self.settings.max_pixels)
-        except Exception as exc:
-            raise LookupRefused(f"not an image damdup can read: {describe_error(exc)}") from exc
+            fingerprint = self._fingerprint(data)
+        except ImageError as exc:
+            raise LookupRefused(f"not an image damdup can read: {exc}") from exc
         index = self._matcher(store)
         matches: dict[str, Tier] = {}
         known = store.fingerprint(fingerprint.sha256)

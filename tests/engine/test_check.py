@@ -285,6 +285,24 @@ def test_lookup_refuses_what_it_cannot_look_up(site: dict[str, Any]) -> None:
         checker.lookup()
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("bomb_100000x100000.png", "decompression bomb refused"),
+        ("sof_65500x65500.jpg", "decompression bomb refused"),
+        ("truncated.png", "damaged"),
+    ],
+)
+def test_hostile_uploads_are_refused_in_a_worker_and_the_checker_goes_on(
+    site: dict[str, Any], name: str, why: str
+) -> None:
+    checker = site["checker"]
+    with pytest.raises(LookupRefused, match=f"not an image damdup can read: .*{why}"):
+        checker.lookup(data=(BAD / name).read_bytes())
+    answer = checker.lookup(data=photo("china", "resize_25").read_bytes())
+    assert answer["canonical"]["asset_id"] == site["ids"]["original"]
+
+
 def test_lookup_by_url(site: dict[str, Any]) -> None:
     store = site["store"]
     copy = store.find_asset(f"opendata:{site['ids']['copy']}")
