@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
 from adapters.base import Adapter, AdapterError, NotFound, Unsupported
@@ -123,6 +124,11 @@ class MatchIndex:
         self.built = len(self.rows)
         self.watermark = watermark
         self.hash_indexes = {kind: self._build(kind) for kind in ("phash", "dhash")}
+        # Fingerprints added since the build ("the side list"): their code
+        # variants and owners, searched by brute force (XOR and popcount).
+        self._side_codes: dict[str, list[int]] = {"phash": [], "dhash": []}
+        self._side_owners: dict[str, list[int]] = {"phash": [], "dhash": []}
+        self._side_arrays: dict[str, tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = {}
 
     def _add(self, row: dict[str, Any]) -> None:
         sha = row["sha256"]
@@ -150,9 +156,27 @@ class MatchIndex:
         return len(self.rows) - self.built
 
     def add_rows(self, rows: Iterable[dict[str, Any]], watermark: int) -> None:
+        before = len(self.rows)
         for row in rows:
             self._add(row)
+        for owner in range(before, len(self.rows)):
+            if self.rows[owner]["flat"]:
+                continue
+            for kind in ("phash", "dhash"):
+                for variant in codes_of(self.rows[owner], kind):
+                    self._side_codes[kind].append(variant)
+                    self._side_owners[kind].append(owner)
+        if len(self.rows) > before:
+            self._side_arrays.clear()
         self.watermark = max(self.watermark, watermark)
+
+    def _side(self, kind: str) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+        if kind not in self._side_arrays:
+            self._side_arrays[kind] = (
+                np.array(self._side_codes[kind], dtype=np.uint64),
+                np.array(self._side_owners[kind], dtype=np.int64),
+            )
+        return self._side_arrays[kind]
 
     def note_pixel_digest(self, sha256: str, digest: str) -> None:
         at = self.position.get(sha256)
@@ -179,13 +203,11 @@ class MatchIndex:
                 index = self.hash_indexes[kind]
                 for code in codes:
                     owners.update(owner for owner, _ in index.query(code, CANDIDATE_RADIUS))
-                for owner in range(self.built, len(self.rows)):
-                    row = self.rows[owner]
-                    if (
-                        not row["flat"]
-                        and _distance(codes, codes_of(row, kind)) <= CANDIDATE_RADIUS
-                    ):
-                        owners.add(owner)
+                side_codes, side_owners = self._side(kind)
+                if side_codes.size:
+                    for code in codes:
+                        near = np.bitwise_count(side_codes ^ np.uint64(code)) <= CANDIDATE_RADIUS
+                        owners.update(side_owners[near].tolist())
         if fingerprint.payload_digest is not None:
             owners.update(self.payloads.get(fingerprint.payload_digest, ()))
         out = []
