@@ -83,6 +83,7 @@ from adapters.base import (
     Unavailable,
     is_mark_tag,
     marks_to_tags,
+    name_at,
     tags_to_marks,
 )
 from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
@@ -273,6 +274,38 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             ),
         )
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """The blob's own listing entry: List Blobs with the name as the
+        prefix and maxresults 1 answers with the blob itself first when it
+        exists (names come in order, and a name sorts before every longer one
+        it begins), with the metadata and tags a listing includes, so the ref
+        is the listing's. Get Blob Properties would need a second request for
+        the tags it only counts.
+        https://learn.microsoft.com/rest/api/storageservices/list-blobs"""
+        if not asset_id or not asset_id.startswith(self.settings.prefix):
+            raise NotFound(f"blob {asset_id!r} is outside the unit's prefix")
+
+        def first() -> list[BlobProperties]:
+            pages = self.container.list_blobs(
+                name_starts_with=asset_id, include=self._include, results_per_page=1
+            ).by_page()
+            return list(next(pages))
+
+        blobs = self._call(f"reading blob {asset_id}", first)
+        if not blobs or blobs[0].name != asset_id:
+            raise NotFound(f"blob {asset_id} is not in container {self.settings.container}")
+        if not _is_image(blobs[0]):
+            raise NotFound(f"blob {asset_id} is not an image")
+        return self._ref(blobs[0])
+
+    def fetch_url(self, url: str) -> bytes:
+        """A blob of the unit's container at its address, read with the
+        unit's client; other hosts and containers are refused."""
+        name = name_at(url, self.container.url.split("?")[0] + "/")
+        if name is None:
+            raise BadAsset(f"{url} is not a blob's address in container {self.settings.container}")
+        return self._download(name, None)
+
     def _blob_url(self, name: str) -> str:
         return f"{self.container.url.split('?')[0]}/{quote(name, safe='~/')}"
 
@@ -280,16 +313,19 @@ class AzureBlob(Adapter[AzureBlobCursor]):
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         """The original: Blob Storage keeps no smaller copies."""
+        return self._download(asset.id, asset.size_bytes)
+
+    def _download(self, name: str, size: int | None) -> bytes:
         cap = self.settings.max_file_bytes
-        if asset.size_bytes is not None and asset.size_bytes > cap:
-            raise BadAsset(f"blob {asset.id} has {asset.size_bytes:,} bytes, over {cap:,}")
-        blob = self.container.get_blob_client(asset.id)
-        what = f"downloading blob {asset.id}"
+        if size is not None and size > cap:
+            raise BadAsset(f"blob {name} has {size:,} bytes, over {cap:,}")
+        blob = self.container.get_blob_client(name)
+        what = f"downloading blob {name}"
         # The first request brings the size (and up to 32 MiB); the rest only
         # when it is under the cap.
         downloader = self._call(what, lambda: blob.download_blob(max_concurrency=1))
         if downloader.size > cap:
-            raise BadAsset(f"blob {asset.id} has {downloader.size:,} bytes, over {cap:,}")
+            raise BadAsset(f"blob {name} has {downloader.size:,} bytes, over {cap:,}")
         data: bytes = self._call(what, downloader.readall)
         return data
 

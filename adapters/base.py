@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from pydantic_settings import BaseSettings
@@ -215,6 +216,23 @@ class AssetRef:
 # A rendition whose aspect ratio differs from the original's by more than this
 # is a crop (square thumbnails, fixed-ratio teasers) and is never hashed.
 ASPECT_TOLERANCE = 0.02
+
+
+def name_at(url: str, base_url: str) -> str | None:
+    """The object or blob name `url` addresses under `base_url` (a bucket's or
+    container's address ending in "/"), unquoted; None for any other address:
+    another scheme or host, outside the base path, a query or fragment, or a
+    "folder" (no name, or one ending in "/")."""
+    base, parts = urlsplit(base_url), urlsplit(url)
+    if (
+        (parts.scheme, parts.netloc.lower()) != (base.scheme, base.netloc.lower())
+        or not parts.path.startswith(base.path)
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    name = unquote(parts.path[len(base.path) :])
+    return name if name and not name.endswith("/") else None
 
 
 def choose_rendition(asset: AssetRef, min_side: int) -> str | None:

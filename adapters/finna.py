@@ -46,10 +46,12 @@ from adapters.base import (
     BadAsset,
     Capabilities,
     MetadataMapping,
+    NotFound,
     Page,
     RemoteSettings,
     Rendition,
     Unavailable,
+    Unsupported,
     choose_rendition,
 )
 from adapters.http import HttpClient, HttpError
@@ -255,6 +257,47 @@ class Finna(Adapter[FinnaCursor]):
         images = records[0].get("images") if isinstance(records[0], dict) else None
         return not index or (isinstance(images, list) and int(index) < len(images))
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """`GET record?id[]=<record id>` with the listing's fields and
+        language; the asset is the record's image that the id names ("<id>"
+        its first, "<id>#<n>" its n-th), made as the listing makes it. The
+        record must pass the listing's own filters: the building and the
+        image format are checked on the record; other `filters` cannot be
+        checked on one record, so such a unit is Unsupported (a check syncs it)."""
+        record_id, hash_sign, index = asset_id.partition("#")
+        if not record_id or (hash_sign and (not index.isdigit() or int(index) < 1)):
+            raise NotFound(f"finna: {asset_id!r} is not an image id of this unit")
+        if self.settings.filters:
+            raise Unsupported(
+                f"finna: the unit's filters {self.settings.filters} cannot be checked on one "
+                "record; a check syncs the unit instead"
+            )
+        fields = [*self._fields(), "formats"]
+        query = [("id[]", record_id), *(("field[]", field) for field in fields)]
+        body = self.http.get_json("record?" + urlencode([*query, ("lng", self.settings.language)]))
+        if not isinstance(body, dict) or body.get("status") != "OK":
+            raise Unavailable(f"finna: the record answer for {record_id!r} is not OK")
+        records = body.get("records") or []  # left out when the record is gone
+        if not isinstance(records, list):
+            raise Unavailable("finna: the record answer's records are not a list")
+        record = next(
+            (r for r in records if isinstance(r, dict) and str(r.get("id")) == record_id), None
+        )
+        if record is None:
+            raise NotFound(f"finna: no record {record_id!r}")
+        building = self.settings.building.replace('"', "")
+        if building not in _values(record.get("buildings")):
+            raise NotFound(f"finna: record {record_id!r} is not in building {building!r}")
+        if "0/Image/" not in _values(record.get("formats")):
+            raise NotFound(f"finna: record {record_id!r} is not an image record")
+        for ref in self._refs({key: value for key, value in record.items() if key != "formats"}):
+            if ref.id == asset_id:
+                return ref
+        raise NotFound(f"finna: record {record_id!r} has no image {asset_id!r}")
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
+
     # -- files -----------------------------------------------------------
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
@@ -269,6 +312,12 @@ class Finna(Adapter[FinnaCursor]):
         if not asset.original_url:
             raise BadAsset(f"finna image {asset.id} has no file URL")
         return self.http.get_bytes(asset.original_url)
+
+
+def _values(facet: Any) -> set[str]:
+    """The `value`s of a hierarchical facet field (buildings, formats)."""
+    items = facet if isinstance(facet, list) else []
+    return {str(item.get("value")) for item in items if isinstance(item, dict)}
 
 
 def _original(image: dict[str, Any]) -> dict[str, Any] | None:

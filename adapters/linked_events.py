@@ -206,6 +206,32 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
             original_url=file_url,
         )
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """`GET image/{id}/`, the record the list gives, with the unit's
+        publisher and data_source filters applied to it as the list applies
+        them: an image outside them is not the unit's."""
+        if not asset_id.isdigit():
+            raise NotFound(f"linked_events: image ids are numbers, not {asset_id!r}")
+        try:
+            record = self.http.get_json(f"image/{asset_id}/")
+        except NotFound as exc:
+            raise NotFound(f"linked_events: no image {asset_id}: {exc}") from exc
+        if not isinstance(record, dict) or str(record.get("id")) != asset_id:
+            raise Unavailable(f"linked_events: image/{asset_id}/ answered with another record")
+        for name in ("publisher", "data_source"):
+            wanted = getattr(self.settings, name)
+            if wanted and str(record.get(name) or "").lower() not in {
+                value.strip().lower() for value in wanted.split(",")
+            }:
+                raise NotFound(
+                    f"linked_events: image {asset_id} has {name} {record.get(name)!r}, "
+                    f"not the unit's {wanted!r}"
+                )
+        return self._ref(record)
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
+
     # -- files -----------------------------------------------------------
 
     def exists(self, asset: AssetRef) -> bool:

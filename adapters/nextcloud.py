@@ -268,6 +268,24 @@ class Nextcloud(Adapter[NextcloudCursor]):
 
     # -- one file ----------------------------------------------------------
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """The listing's own SEARCH (same scope, same properties, images
+        only) narrowed to `oc:fileid` = the id: an id is not a path, so a
+        PROPFIND would first need the path, and a file moved out of the
+        folder must be NotFound. `oc:fileid` is searchable, not sortable
+        (the Search page's table of properties)."""
+        if not asset_id.isdigit():
+            raise NotFound(f"Nextcloud file ids are numbers, not {asset_id!r}")
+        wanted = f"<d:eq><d:prop><oc:fileid/></d:prop><d:literal>{asset_id}</d:literal></d:eq>"
+        found, _ = self._search([IMAGES, wanted], "d:getlastmodified", "ascending", 2)
+        for href, props in found:
+            if _text(props, f"{{{OC}}}fileid") == asset_id:
+                return self._ref(href, props)
+        raise NotFound(f"Nextcloud has no image {asset_id} in {self.scope}")
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
+
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         preview = choose_rendition(asset, min_side)
         if preview:

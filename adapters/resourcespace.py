@@ -172,25 +172,12 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
 
     def list_assets(self, cursor: ResourceSpaceCursor | None) -> Page[ResourceSpaceCursor]:
         cursor = cursor or ResourceSpaceCursor()
-        answer = self.call(
-            "do_search",
-            search=self.settings.search,
-            restypes=self.settings.resource_types,
+        rows, total = self._search(
+            self.settings.search,
+            f"{cursor.offset},{self.settings.page_size}",
             order_by="modified",
-            archive=self.settings.archive,
-            fetchrows=f"{cursor.offset},{self.settings.page_size}",
             sort="desc",
         )
-        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
-            raise Unsupported(
-                "resourcespace: do_search did not answer {total, data}; paging with "
-                'fetchrows "offset,rows" needs ResourceSpace 10.3 or later'
-            )
-        rows = [
-            row
-            for row in answer["data"]
-            if isinstance(row, dict) and str(row.get("ref") or "").isdigit()
-        ]
         _check_newest_first(rows)
         since = cursor.modified_since
         newest, seen_at_newest = cursor.newest, set(cursor.seen_at_newest)
@@ -211,7 +198,6 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
                 wanted.append(row)
         items = self._refs(wanted)
         read = cursor.offset + len(rows)
-        total = _integer(answer.get("total")) or 0
         if reached_since or not rows or read >= total:
             return Page(items, self._next_listing(cursor, newest, seen_at_newest), complete=True)
         following = cursor.model_copy(
@@ -291,6 +277,64 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
             for field in answer
             if isinstance(field, dict) and field.get("name")
         }
+
+    def _search(
+        self, search: str, fetchrows: str, **order: str
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The resources of a do_search within the unit's types and archive
+        state, `fetchrows` "offset,rows" of them, and how many it found in all."""
+        answer = self.call(
+            "do_search",
+            search=search,
+            restypes=self.settings.resource_types,
+            archive=self.settings.archive,
+            fetchrows=fetchrows,
+            **order,
+        )
+        if not isinstance(answer, dict) or not isinstance(answer.get("data"), list):
+            raise Unsupported(
+                "resourcespace: do_search did not answer {total, data}; paging with "
+                'fetchrows "offset,rows" needs ResourceSpace 10.3 or later'
+            )
+        rows = [
+            row
+            for row in answer["data"]
+            if isinstance(row, dict) and str(row.get("ref") or "").isdigit()
+        ]
+        return rows, _integer(answer.get("total")) or 0
+
+    def describe(self, asset_id: str) -> AssetRef:
+        """The listing's search restricted to one ref: do_search with the
+        special search `!list<ref>` (search_special) followed by the unit's
+        keywords, the same resource types and archive states, so the row and
+        its ref are the listing's and a resource that left the unit's search
+        is not found. A unit whose search is itself a special search
+        ("!collection12") cannot be combined with !list: it is Unsupported."""
+        if not asset_id.isdigit():
+            raise NotFound(f"resourcespace: resource refs are numbers, not {asset_id!r}")
+        unit_search = self.settings.search.strip()
+        if unit_search.startswith("!"):
+            raise Unsupported(
+                f"resourcespace: the unit's search {unit_search!r} is a special search, "
+                "which do_search cannot combine with !list; a check syncs the unit instead"
+            )
+        search = f"!list{asset_id} {unit_search}" if unit_search not in ("", "*") else ""
+        rows = [
+            row
+            for row in self._search(search or f"!list{asset_id}", "0,1")[0]
+            if str(row["ref"]) == asset_id
+        ]
+        if not rows:
+            raise NotFound(
+                f"resourcespace: no resource {asset_id} in the unit's search (gone, archived, "
+                "or not visible to this user)"
+            )
+        if str(rows[0].get("file_extension") or "").lower() not in IMAGE_EXTENSIONS:
+            raise NotFound(f"resourcespace: resource {asset_id} is not an image")
+        return self._refs(rows[:1])[0]
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
 
     # -- marks -------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ from adapters.base import (
     Unavailable,
     is_mark_tag,
     marks_to_tags,
+    name_at,
     tags_to_marks,
 )
 from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
@@ -347,17 +348,62 @@ class S3(Adapter[S3Cursor]):
             return f"https://s3.{region}.amazonaws.com/{self.bucket}/{path}"
         return f"https://{self.bucket}.s3.{region}.amazonaws.com/{path}"
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """The object's own listing entry: ListObjectsV2 with the key as the
+        prefix and MaxKeys 1 answers with the key itself first when it exists
+        (keys come in byte order, and the key sorts before every longer key it
+        begins), so size, ETag and LastModified are the listing's to the
+        millisecond; HeadObject's Last-Modified is rounded to seconds. Keys a
+        listing skips are NotFound, and HeadObject is asked exactly when a
+        listing asks it (user metadata, or the type of a key without an
+        extension).
+        https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html
+        https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html"""
+        suffix = _suffix(asset_id)
+        if (
+            not asset_id
+            or asset_id.endswith("/")
+            or not asset_id.startswith(self.prefix)
+            or (suffix and suffix not in IMAGE_EXTENSIONS)
+        ):
+            raise NotFound(f"{self._where(asset_id)} is not an image key a listing gives")
+        answer = self._call("list_objects_v2", asset_id, Prefix=asset_id, MaxKeys=1)
+        contents = answer.get("Contents", [])
+        if not isinstance(contents, list):
+            raise Unavailable(f"{self._where(asset_id)}: ListObjectsV2 answered without Contents")
+        entry = contents[0] if contents else None
+        if not isinstance(entry, dict) or entry.get("Key") != asset_id:
+            raise NotFound(f"{self._where(asset_id)} is not there")
+        head = None
+        if self._needs_metadata or not suffix:
+            head = self._call("head_object", asset_id, Key=asset_id)
+            if not suffix and not str(head.get("ContentType", "")).lower().startswith("image/"):
+                raise NotFound(f"{self._where(asset_id)} has neither an image extension nor type")
+        return self._ref(entry, head)
+
+    def fetch_url(self, url: str) -> bytes:
+        """An object of the bucket at the address a listing gives it (path or
+        virtual-hosted style, as the unit is set up), read with GetObject;
+        other hosts, buckets and addresses are refused."""
+        key = name_at(url, self._object_url(""))
+        if key is None:
+            raise BadAsset(f"{url} is not an object's address in {self._where('')}")
+        return self._get(key)
+
     # -- objects ---------------------------------------------------------------
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         """The object itself (S3 keeps no renditions). A body cut short or
         stalled is asked for again, `attempts` times in all; botocore retries
         only up to the answer's headers."""
+        return self._get(asset.id)
+
+    def _get(self, key: str) -> bytes:
         cap = self.settings.max_file_bytes
         attempt = 0
         while True:
             attempt += 1
-            answer = self._call("get_object", asset.id, Key=asset.id)
+            answer = self._call("get_object", key, Key=key)
             body = answer["Body"]
             try:
                 length = answer.get("ContentLength")
@@ -367,12 +413,10 @@ class S3(Adapter[S3Cursor]):
             except (HTTPClientError, IncompleteReadError, FlexibleChecksumError) as exc:
                 if attempt >= self.settings.attempts:
                     raise Unavailable(
-                        f"{self._where(asset.id)}: the download broke off {attempt} times "
+                        f"{self._where(key)}: the download broke off {attempt} times "
                         f"({type(exc).__name__})"
                     ) from None
-                log.info(
-                    "s3.download_retried", key=asset.id, attempt=attempt, error=type(exc).__name__
-                )
+                log.info("s3.download_retried", key=key, attempt=attempt, error=type(exc).__name__)
                 time.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** (attempt - 1))))
             finally:
                 body.close()

@@ -330,7 +330,7 @@ class SharePoint(Adapter[SharePointCursor]):
             log.warning("sharepoint.resync", reason=str(exc))
             return self.http.get_json(self.delta_path, fresh)
 
-    def _listed(self, item: dict[str, Any]) -> AssetRef | None:
+    def _listed(self, item: dict[str, Any], full: dict[str, Any] | None = None) -> AssetRef | None:
         file = item.get("file")
         if not isinstance(file, dict) or "remoteItem" in item:
             return None  # the root, folders, notebooks, shortcuts to other drives
@@ -340,7 +340,9 @@ class SharePoint(Adapter[SharePointCursor]):
         if not mime.startswith("image/") and extension not in IMAGE_EXTENSIONS:
             return None
         record = dict(item)
-        if self.reads_items:
+        if full is not None:
+            record = self._with_place(item, full)
+        elif self.reads_items:
             try:
                 record = self._full_record(item)
             except NotFound:
@@ -353,6 +355,12 @@ class SharePoint(Adapter[SharePointCursor]):
         )
         if not isinstance(full, dict):
             raise Unavailable(f"{self._item_path(item['id'])}: the answer is not a driveItem")
+        return self._with_place(item, full)
+
+    @staticmethod
+    def _with_place(item: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+        """The record a metadata mapping reads: the item, its list columns as
+        `fields`, and its place as `path` and `folder`."""
         record = {**item, **full}
         list_item = full.get("listItem")
         record["fields"] = (list_item or {}).get("fields") or {}
@@ -397,6 +405,74 @@ class SharePoint(Adapter[SharePointCursor]):
             )
         return replace(ref, renditions=tuple(renditions))
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """`GET drives/{drive}/items/{id}`, selecting what delta gives on
+        SharePoint (no cTag, so `version` falls back as the listing's does)
+        and, when the metadata mapping reads columns or the item's place, the
+        listItem with its fields, as the listing reads them per item.
+        https://learn.microsoft.com/en-us/graph/api/driveitem-get"""
+        path = self._item_path(asset_id)
+        params = {"$select": ",".join(sorted(self._described_properties()))}
+        if self.reads_items:
+            params["$expand"] = "listItem($expand=fields)"
+        try:
+            full = self.http.get_json(path, params)
+        except NotFound as exc:
+            raise NotFound(f"SharePoint has no item {asset_id} in {self.drive}: {exc}") from exc
+        if not isinstance(full, dict) or full.get("id") != asset_id:
+            raise Unavailable(f"{path}: the answer is not the driveItem asked for")
+        if "deleted" in full:
+            raise NotFound(f"SharePoint item {asset_id} is deleted")
+        parent = str(_object(full.get("parentReference")).get("path") or "")
+        if not parent:
+            raise Unavailable(f"{path}: the driveItem has no parentReference.path")
+        folder = unquote(parent.partition("root:")[2]).strip("/")
+        scope = self.settings.folder
+        if scope and folder != scope and not folder.startswith(scope + "/"):
+            raise NotFound(f"SharePoint item {asset_id} is not under the unit's folder {scope!r}")
+        item = {key: value for key, value in full.items() if key != "listItem"}
+        ref = self._listed(item, full if self.reads_items else None)
+        if ref is None:
+            raise NotFound(f"SharePoint item {asset_id} is not an image file")
+        return ref
+
+    def _described_properties(self) -> set[str]:
+        """The driveItem properties the listing's mapping reads, as delta
+        gives them, and what placing and filtering the item needs."""
+        names = {"id", "name", "eTag", "size", "webUrl", "lastModifiedDateTime", "file"}
+        names |= {"image", "photo", "remoteItem", "deleted", "parentReference"}
+        mapping = self.settings.metadata
+        for path in (mapping.location, mapping.date, mapping.department):
+            if path and not path.startswith("="):
+                names.add(path.split(".")[0])
+        names -= {"fields", "path", "folder"}  # made from listItem and parentReference
+        if self.reads_items:
+            names.add("listItem")
+        return names
+
+    def fetch_url(self, url: str) -> bytes:
+        """The image at a Graph address of this drive, as a listing gives
+        them: an item (`items/{id}`, its file), one of its thumbnails
+        (`.../thumbnails/0/{size}`) or its `/content`; or bytes at a
+        preauthenticated URL of `download_hosts`. The token goes only to Graph."""
+        if not url.startswith(self.base_url):
+            return self._download(url)
+        items = self.base_url + self.drive + "/items/"
+        rest = url[len(items) :].split("?")[0] if url.startswith(items) else ""
+        if not rest:
+            raise BadAsset(f"{url}: not an item of the unit's drive {self.drive}")
+        item_id, _, below = rest.partition("/")
+        if not below:
+            return self._original_at(url, item_id)
+        if below == "content" or (below.startswith("thumbnails/") and below.endswith("/content")):
+            return self.http.get_bytes(url)  # 302 to a preauthenticated URL
+        if below.startswith("thumbnails/"):
+            meta = self.http.get_json(url)
+            if not isinstance(meta, dict) or not isinstance(meta.get("url"), str):
+                raise Unavailable(f"{url}: the answer is not a thumbnail")
+            return self._download(meta["url"])
+        raise BadAsset(f"{url}: not an item's file, thumbnail or content")
+
     def _item_path(self, item_id: str) -> str:
         return f"{self.drive}/items/{quote(item_id, safe='!')}"
 
@@ -433,11 +509,14 @@ class SharePoint(Adapter[SharePointCursor]):
 
     def _original(self, asset: AssetRef) -> bytes:
         url = asset.original_url or self.base_url + self._item_path(asset.id)
+        return self._original_at(url, asset.id)
+
+    def _original_at(self, url: str, item_id: str) -> bytes:
         item = self.http.get_json(url, {"$select": "id,file,@microsoft.graph.downloadUrl"})
         if not isinstance(item, dict):
             raise Unavailable(f"{url}: the answer is not a driveItem")
         if "file" not in item:
-            raise BadAsset(f"{asset.id} is no longer a file")
+            raise BadAsset(f"{item_id} is no longer a file")
         download = item.get("@microsoft.graph.downloadUrl")
         if not isinstance(download, str) or not download:
             raise Unavailable(f"{url}: the driveItem has no @microsoft.graph.downloadUrl")

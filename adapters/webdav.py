@@ -205,6 +205,26 @@ class WebDav(Adapter[WebDavCursor]):
 
     # -- one file ----------------------------------------------------------
 
+    def describe(self, asset_id: str) -> AssetRef:
+        """PROPFIND Depth 0 on the file for the properties a listing reads
+        (RFC 4918 §9.1), mapped as a listing maps them."""
+        parts = asset_id.split("/")
+        if not asset_id or asset_id.endswith("/") or asset_id.startswith("/") or ".." in parts:
+            raise NotFound(f"{asset_id!r} is not a file's path under {self.base_url}")
+        if asset_id.count("/") > self.settings.max_depth:
+            raise NotFound(f"{asset_id} is deeper than the unit's max_depth, which a walk skips")
+        responses = self._propfind(asset_id, "0", [f"{{DAV:}}{name}" for name in LISTED])
+        for href, props in responses:
+            if self._relative(href) == asset_id:
+                entry = _entry(asset_id, props)
+                if entry.folder or not _is_image(entry.path, entry.content_type):
+                    raise NotFound(f"{asset_id} is not an image file")
+                return self._ref(entry)
+        raise NotFound(f"PROPFIND {asset_id} answered without the file itself")
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)
+
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         return self.http.get_bytes(asset.original_url or self._url(asset.id))
 

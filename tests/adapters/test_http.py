@@ -76,6 +76,14 @@ def test_json_and_bytes(proxy: FaultProxy) -> None:
     assert http.get_bytes("file.jpg") == JPEG
 
 
+def test_the_proxy_keeps_a_head_answers_length(proxy: FaultProxy) -> None:
+    """HEAD answers carry the length a GET would have (RFC 9110 9.3.2);
+    adapters that read sizes from HEAD must see them through the proxy."""
+    reply = client(proxy).request("HEAD", "file.jpg", expect="any")
+    assert reply.headers["Content-Length"] == str(len(JPEG))
+    assert client(proxy).get_bytes("file.jpg") == JPEG
+
+
 def test_retry_after_is_honoured(proxy: FaultProxy) -> None:
     waits: list[float] = []
     proxy.inject("429", times=1, retry_after=7)

@@ -187,6 +187,27 @@ def test_fetch_with_no_minimum_returns_the_original(harness: Harness) -> None:
     assert harness.adapter().fetch_original(ref) == original
 
 
+def test_fetch_url_reads_the_platforms_own_address_and_no_other(harness: Harness) -> None:
+    """A lookup by URL: the original's address, as the listing gives it, read
+    through the adapter's own client; an address elsewhere is refused."""
+    original = big_photo(600)
+    harness.add("addressed.jpg", original)
+    adapter = harness.adapter()
+    [ref], _, _ = listing(adapter)
+    try:
+        adapter.fetch_url("http://192.0.2.1/elsewhere.jpg")
+    except Unsupported:
+        pytest.skip(f"{harness.kind} cannot fetch by URL: a lookup by URL is refused")
+    except AdapterError as exc:
+        assert str(exc)
+    else:
+        raise AssertionError("an address on another host was fetched")
+    address = ref.original_url or ref.url
+    if address.startswith("file:"):
+        pytest.skip(f"{harness.kind} gives file addresses, not URLs")
+    assert adapter.fetch_url(address) == original
+
+
 def _array(thumb: bytes) -> np.ndarray[Any, np.dtype[np.uint8]]:
     with Image.open(io.BytesIO(thumb)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)

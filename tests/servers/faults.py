@@ -163,10 +163,12 @@ class FaultProxy:
             response = upstream.getresponse()
             payload = response.read()
             status = response.status
+            # A HEAD answer has no body but the length a GET would have: keep it.
+            keep_length = method == "HEAD"
             reply_headers = [
                 (k, v)
                 for k, v in response.getheaders()
-                if k.lower() not in HOP_HEADERS and k.lower() != "content-length"
+                if k.lower() not in HOP_HEADERS and (keep_length or k.lower() != "content-length")
             ]
         except OSError as exc:
             self._record(method, path, 502, None, 0)
@@ -200,7 +202,8 @@ class FaultProxy:
         handler.send_response(status)
         for key, value in headers:
             handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(payload)))
+        if not any(key.lower() == "content-length" for key, _ in headers):
+            handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(payload)

@@ -525,9 +525,12 @@ class ResourceSpaceEmulator(Emulator):
         found = self.library.live()
         search = search.strip()
         if search.startswith("!list"):
-            wanted = set(search[5:].split(" ")[0].split(",")[0].split(":"))
+            # search_special() reads the refs from the first word; do_search
+            # has already turned the words after it into keyword filters.
+            special, _, search = search.partition(" ")
+            wanted = set(special[5:].split(",")[0].split(":"))
             found = [asset for asset in found if asset.id in wanted]
-        elif search and search != "*":
+        if search and search != "*":
             words = [w.lower() for w in re.split(r"[,\s]+", search) if w]
             found = [asset for asset in found if all(self._matches(asset, w) for w in words)]
         sort = sort.lower() if sort.lower() in ("asc", "desc") else "asc"
