@@ -302,7 +302,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         """A blob of the unit's container at its address, read with the
         unit's client; other hosts and containers are refused."""
         name = name_at(url, self.container.url.split("?")[0] + "/")
-        if name is None:
+        if name is None or not name.startswith(self.settings.prefix):
             raise BadAsset(f"{url} is not a blob's address in container {self.settings.container}")
         return self._download(name, None)
 

@@ -386,7 +386,7 @@ class S3(Adapter[S3Cursor]):
         virtual-hosted style, as the unit is set up), read with GetObject;
         other hosts, buckets and addresses are refused."""
         key = name_at(url, self._object_url(""))
-        if key is None:
+        if key is None or not key.startswith(self.settings.prefix):
             raise BadAsset(f"{url} is not an object's address in {self._where('')}")
         return self._get(key)
 

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.base import Adapter, AdapterError, NotFound, Unsupported
+from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -731,6 +731,17 @@ class Checker:
                 raise LookupRefused(f"unit {unit} cannot fetch by URL: {exc}") from exc
             except AdapterError as exc:
                 raise LookupRefused(f"could not fetch {url} from unit {unit}: {exc}") from exc
+        # Object stores have no base URL: each adapter knows its bucket's or
+        # container's address and reads only an object under it (BadAsset else).
+        for adapter in self.adapters.values():
+            if getattr(adapter.settings, "base_url", None) is not None:
+                continue
+            try:
+                return adapter.fetch_url(url)
+            except (Unsupported, BadAsset):
+                continue
+            except AdapterError as exc:
+                raise LookupRefused(f"could not fetch {url}: {exc}") from exc
         raise LookupRefused(
             f"{url} is not under the base URL of any configured unit; "
             "damdup fetches only from the units' own platforms"

@@ -14,7 +14,7 @@ from tests.contract.harness import Harness, start_harness
 from tests.engine.test_check import add_scene, photo, unrelated
 from tests.servers.config import write_config
 
-UNITS = {"museum": "drupal", "opendata": "ckan"}
+UNITS = {"museum": "drupal", "opendata": "ckan", "cloud": "s3"}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,29 @@ def test_an_unrelated_photo_is_no_match(site: dict[str, Any]) -> None:
     found = answer(site, str(unrelated()))
     assert not found["match"] and found["canonical"] is None and found["similar"] == []
     assert "no match" in lookup(site, str(unrelated())).stdout
+
+
+def test_a_url_in_an_object_store_is_read_through_its_unit_and_only_under_its_prefix(
+    site: dict[str, Any],
+) -> None:
+    """An object store has no base URL: its adapter reads an object only at
+    its bucket's address and under the unit's prefix."""
+    cloud = site["servers"]["cloud"]
+    key = cloud.add("unlisted-copy.jpg", photo("china", "resize_25").read_bytes(), None)
+    address = cloud.adapter().describe(key).url
+    found = answer(site, address)
+    assert (found["canonical"]["unit"], found["canonical"]["asset_id"]) == (
+        "museum",
+        site["ids"]["original"],
+    )
+    assert not found["query"]["indexed"]
+    cloud.put("outside/other.jpg", photo("china", "resize_25").read_bytes())
+    outside = address.replace(key, "outside/other.jpg")
+    assert outside != address
+    result = lookup(site, outside)
+    assert result.returncode == 2 and "not under the base URL of any configured unit" in (
+        result.stderr
+    )
 
 
 def test_a_url_outside_every_unit_is_refused(site: dict[str, Any]) -> None:
