@@ -259,6 +259,7 @@ class Daemon:
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._match_lock = threading.Lock()  # units match one after another
         self.thread: threading.Thread | None = None
         self.scheduler_error: str | None = None
         # The platform of a request, by its client's base URL (exactly, else
@@ -381,7 +382,10 @@ class Daemon:
         try:
             with UnitLock(self.settings.db, unit):
                 store = SQLiteStore(self.settings.db)
-                result = run(store, {unit: adapter}, self.settings, stop=self.stop)
+                result = run(
+                    store, {unit: adapter}, self.settings, stop=self.stop,
+                    match_lock=self._match_lock,
+                )  # fmt: skip
                 if unit in result.failed_units:
                     self.metrics.refresh(store, [unit])
                     return FAILED, result.failed_units[unit]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,16 @@ def run(
     full: bool = False,
     progress: Callable[[str, int, int | None], None] | None = None,
     stop: threading.Event | None = None,
+    match_lock: threading.Lock | None = None,
 ) -> RunResult:
     """Sync every unit (several at once, each in its own thread with its own
     index connection and workers), then match the whole index once. A unit whose
     sync stops (refused credentials, an outage) is reported; the others go on.
     Once `stop` is set, each sync saves the page under way with its cursor and
     stops, units not yet started are left for the next run, and nothing is
-    matched."""
+    matched. `match_lock`: held while matching, so that runs side by side in
+    one process (the daemon's units) match one after another, the later one
+    finding the pairs the earlier settled instead of settling them again."""
     overall = threading.BoundedSemaphore(settings.max_requests)
     concurrency = Concurrency(settings.fetch_concurrency, overall)
     failed: dict[str, str] = {}
@@ -143,7 +147,7 @@ def run(
         if progress is not None:
             progress("matching", done, total)
 
-    with worker_pool(settings) as pool:
+    with match_lock or nullcontext(), worker_pool(settings) as pool:
         stats = match(
             store,
             pool,
