@@ -40,8 +40,6 @@ from dataclasses import asdict
 from typing import Any
 
 import structlog
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from werkzeug.wrappers import Request, Response
 
 from adapters.base import Adapter
@@ -59,7 +57,6 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "TIMESTAMP_WINDOW_S",
     "WebhookService",
-    "WebhookSettings",
     "secret_variable",
     "sign",
     "url_under",
@@ -85,18 +82,6 @@ CHECKS_LIMIT_MAX = 1000
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 IMAGE_TYPES = re.compile(r"image/[a-z0-9.+-]+")
 CONTROL = re.compile(r"[\x00-\x20\x7f\\]")
-
-
-class WebhookSettings(BaseSettings):
-    """The webhook server's own settings, from `DAMDUP_WEBHOOK_*` variables."""
-
-    model_config = SettingsConfigDict(env_prefix="DAMDUP_", extra="ignore")
-
-    webhook_workers: int = Field(2, ge=1, le=64, description="threads running checks")
-    webhook_queue: int = Field(100, ge=1, le=100_000, description="checks waiting, at most")
-    webhook_max_body_bytes: int = Field(
-        64 * 1024, ge=1024, le=1024 * 1024, description="larger notifications are refused"
-    )
 
 
 def secret_variable(unit: str) -> str:
@@ -133,24 +118,22 @@ class WebhookService:
         secrets: Mapping[str, bytes],
         base_urls: Mapping[str, str | None],
         settings: Settings,
-        options: WebhookSettings | None = None,
     ) -> None:
         self.checker = checker
         self.secrets = dict(secrets)
         self.base_urls = dict(base_urls)
         self.settings = settings
-        self.options = options or WebhookSettings()
         self.jobs: queue.Queue[tuple[str, str, int] | None] = queue.Queue(
-            maxsize=self.options.webhook_queue
+            maxsize=self.settings.webhook_queue
         )
         # A place in the queue is taken before anything is recorded, so that a
         # full queue refuses a notification without a trace.
-        self.places = threading.BoundedSemaphore(self.options.webhook_queue)
+        self.places = threading.BoundedSemaphore(self.settings.webhook_queue)
         self.workers: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, config: Config, options: WebhookSettings | None = None) -> WebhookService:
+    def from_config(cls, config: Config) -> WebhookService:
         """Adapters for every configured unit; webhook secrets from the
         environment only (`DAMDUP_<UNIT>_WEBHOOK_SECRET`)."""
         adapters = build_adapters(config)
@@ -167,7 +150,7 @@ class WebhookService:
             secrets[unit] = value.encode("utf-8")
         writes = {name: unit.writes for name, unit in config.units.items()}
         checker = Checker(config.settings.db, config.settings, adapters, writes)
-        return cls(checker, secrets, _base_urls(adapters), config.settings, options)
+        return cls(checker, secrets, _base_urls(adapters), config.settings)
 
     @property
     def hook_units(self) -> list[str]:
@@ -199,7 +182,7 @@ class WebhookService:
     def start(self) -> None:
         with self._lock:
             first = not self.workers
-            while len(self.workers) < self.options.webhook_workers:
+            while len(self.workers) < self.settings.webhook_workers:
                 worker = threading.Thread(
                     target=self._work, name=f"damdup-check-{len(self.workers)}", daemon=True
                 )
@@ -326,7 +309,7 @@ class WebhookService:
             if why is not None:
                 raise Refused(422, "url", f"url refused, nothing fetched: {why}")
         if not self.places.acquire(blocking=False):
-            raise Refused(503, "busy", f"{self.options.webhook_queue} checks are waiting already")
+            raise Refused(503, "busy", f"{self.settings.webhook_queue} checks are waiting already")
         try:
             if not store.first_sighting(unit, expected, now, REPLAY_WINDOW_S):
                 raise Refused(409, "replay", "this notification was received already")
@@ -341,7 +324,7 @@ class WebhookService:
         )
 
     def _body(self, request: Request) -> bytes:
-        cap = self.options.webhook_max_body_bytes
+        cap = self.settings.webhook_max_body_bytes
         length = request.content_length
         if length is not None and length > cap:
             raise Refused(413, "too_large", f"the body is over {cap} bytes")

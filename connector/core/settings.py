@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     fetch_concurrency: int = Field(4, ge=1, le=64, description="fetches in flight per unit")
     max_requests: int = Field(8, ge=1, le=256, description="fetches in flight over all units")
     units_at_once: int = Field(2, ge=1, le=32, description="units synced at the same time")
+    webhook_workers: int = Field(2, ge=1, le=64, description="threads running webhook checks")
+    webhook_queue: int = Field(
+        100, ge=1, le=100_000, description="webhook checks waiting, at most (then 503)"
+    )
+    webhook_max_body_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024, description="larger notifications are refused (413)"
+    )
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )
