@@ -521,6 +521,68 @@ class IndexStore(ABC):
         """Per unit: assets, errors and how its syncs went."""
 
 
+# A fingerprint saved again keeps the full-pixel digest computed for it meanwhile.
+_SAVE_FINGERPRINT = """INSERT OR REPLACE INTO fingerprints(sha256, recipe, size_bytes, format,
+       width, height, payload_digest, pixel_digest, phash, dhash, phash_trim,
+       dhash_trim, flat, animated, capture, thumb, phash_inner, dhash_inner)
+   VALUES (?, ?, ?, ?, ?, ?, ?,
+    (SELECT pixel_digest FROM fingerprints WHERE sha256 = ?),
+    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
+# `seen_run` NULL: a new asset counts as seen by the unit's latest run (a
+# listing under way does not retire it) and a known one keeps its own.
+_SAVE_ASSET = """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
+       sha256, error, metadata, live, seen_run, updated_at, original_url, width, height)
+   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1,
+       COALESCE(?, (SELECT COALESCE(MAX(id), 0) FROM runs WHERE unit = ?)), ?, ?, ?, ?)
+   ON CONFLICT(unit, asset_id) DO UPDATE SET
+       version = excluded.version, url = excluded.url,
+       size_bytes = excluded.size_bytes, modified = excluded.modified,
+       sha256 = excluded.sha256, error = excluded.error,
+       metadata = excluded.metadata, live = 1,
+       seen_run = COALESCE(?, assets.seen_run), updated_at = excluded.updated_at,
+       original_url = excluded.original_url, width = excluded.width,
+       height = excluded.height"""
+
+
+def _fingerprint_values(fp: Fingerprint) -> tuple[Any, ...]:
+    return (
+        fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
+        fp.payload_digest, fp.sha256, to_signed(fp.phash), to_signed(fp.dhash),
+        to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
+        int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
+        fp.thumb, to_signed(fp.phash_inner), to_signed(fp.dhash_inner),
+    )  # fmt: skip
+
+
+def _asset_values(unit: str, row: AssetRow, run: int | None, stamp: str) -> tuple[Any, ...]:
+    return (
+        unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
+        row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), run, unit,
+        stamp, row.original_url, row.width, row.height, run,
+    )  # fmt: skip
+
+
+def _pair(row: sqlite3.Row) -> PairRow:
+    return PairRow(
+        sha_a=row["sha_a"],
+        sha_b=row["sha_b"],
+        tier=row["tier"],
+        phash_distance=row["phash_distance"],
+        dhash_distance=row["dhash_distance"],
+        evidence=json.loads(row["evidence"]),
+    )
+
+
+def _chunks(values: Iterable[str], size: int = 400) -> Iterator[tuple[list[str], str]]:
+    """Distinct values, sorted, in chunks small enough for SQLite's parameter
+    limit, each with its "?,?,..." placeholders."""
+    wanted = sorted(set(values))
+    for start in range(0, len(wanted), size):
+        chunk = wanted[start : start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def _code_row(row: sqlite3.Row) -> dict[str, Any]:
     """A fingerprint's codes as `fingerprint_rows` gives them: unsigned, flags as bools."""
     item = dict(row)
@@ -620,11 +682,8 @@ class SQLiteStore(IndexStore):
         }
 
     def known_fingerprints(self, sha256s: Iterable[str], recipe: int) -> set[str]:
-        wanted = list(set(sha256s))
         found: set[str] = set()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(sha256s):
             rows = self.db.execute(
                 f"SELECT sha256 FROM fingerprints WHERE recipe = ? AND sha256 IN ({marks})",
                 (recipe, *chunk),
@@ -653,46 +712,8 @@ class SQLiteStore(IndexStore):
         `watermark` is where the next incremental listing starts."""
         stamp = now_iso()
         with self._transaction() as db:
-            db.executemany(
-                """INSERT OR REPLACE INTO fingerprints(sha256, recipe, size_bytes, format,
-                       width, height, payload_digest, pixel_digest, phash, dhash, phash_trim,
-                       dhash_trim, flat, animated, capture, thumb, phash_inner, dhash_inner)
-                   VALUES (?, ?, ?, ?, ?, ?, ?,
-                    (SELECT pixel_digest FROM fingerprints WHERE sha256 = ?),
-                    ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    (
-                        fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
-                        fp.payload_digest, fp.sha256, to_signed(fp.phash), to_signed(fp.dhash),
-                        to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
-                        int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
-                        fp.thumb, to_signed(fp.phash_inner), to_signed(fp.dhash_inner),
-                    )
-                    for fp in fingerprints
-                ],
-            )  # fmt: skip
-            db.executemany(
-                """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
-                       sha256, error, metadata, live, seen_run, updated_at, original_url,
-                       width, height)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
-                   ON CONFLICT(unit, asset_id) DO UPDATE SET
-                       version = excluded.version, url = excluded.url,
-                       size_bytes = excluded.size_bytes, modified = excluded.modified,
-                       sha256 = excluded.sha256, error = excluded.error,
-                       metadata = excluded.metadata, live = 1,
-                       seen_run = excluded.seen_run, updated_at = excluded.updated_at,
-                       original_url = excluded.original_url, width = excluded.width,
-                       height = excluded.height""",
-                [
-                    (
-                        unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
-                        row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), run,
-                        stamp, row.original_url, row.width, row.height,
-                    )
-                    for row in assets
-                ],
-            )  # fmt: skip
+            db.executemany(_SAVE_FINGERPRINT, [_fingerprint_values(fp) for fp in fingerprints])
+            db.executemany(_SAVE_ASSET, [_asset_values(unit, row, run, stamp) for row in assets])
             db.executemany(
                 "UPDATE assets SET seen_run = ?, live = 1 WHERE unit = ? AND asset_id = ?",
                 [(run, unit, asset_id) for asset_id in touched],
@@ -869,17 +890,7 @@ class SQLiteStore(IndexStore):
                  AND EXISTS (SELECT 1 FROM assets WHERE sha256 = p.sha_b AND live = 1)
                ORDER BY sha_a, sha_b"""
         )
-        return [
-            PairRow(
-                sha_a=row["sha_a"],
-                sha_b=row["sha_b"],
-                tier=row["tier"],
-                phash_distance=row["phash_distance"],
-                dhash_distance=row["dhash_distance"],
-                evidence=json.loads(row["evidence"]),
-            )
-            for row in rows
-        ]
+        return [_pair(row) for row in rows]
 
     def decisions(self) -> dict[tuple[str, str], DecisionRow]:
         rows = self.db.execute("SELECT * FROM decisions")
@@ -1083,49 +1094,12 @@ class SQLiteStore(IndexStore):
         stamp = now_iso()
         with self._transaction() as db:
             if fingerprint is not None:
-                fp = fingerprint
-                db.execute(
-                    """INSERT INTO fingerprints(sha256, recipe, size_bytes, format, width, height,
-                           payload_digest, phash, dhash, phash_trim, dhash_trim, flat, animated,
-                           capture, thumb, phash_inner, dhash_inner)
-                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                       ON CONFLICT(sha256) DO NOTHING""",
-                    (
-                        fp.sha256, fp.recipe, fp.size_bytes, fp.format, fp.width, fp.height,
-                        fp.payload_digest, to_signed(fp.phash), to_signed(fp.dhash),
-                        to_signed(fp.phash_trim), to_signed(fp.dhash_trim), int(fp.flat),
-                        int(fp.animated), json.dumps(fp.capture.as_dict(), sort_keys=True),
-                        fp.thumb, to_signed(fp.phash_inner), to_signed(fp.dhash_inner),
-                    ),
-                )  # fmt: skip
-            # A new asset counts as seen by the unit's latest run, so a listing
-            # under way does not retire it; a known one keeps its own.
-            db.execute(
-                """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
-                       sha256, error, metadata, live, seen_run, updated_at, original_url,
-                       width, height)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1,
-                       (SELECT COALESCE(MAX(id), 0) FROM runs WHERE unit = ?), ?, ?, ?, ?)
-                   ON CONFLICT(unit, asset_id) DO UPDATE SET
-                       version = excluded.version, url = excluded.url,
-                       size_bytes = excluded.size_bytes, modified = excluded.modified,
-                       sha256 = excluded.sha256, error = excluded.error,
-                       metadata = excluded.metadata, live = 1, updated_at = excluded.updated_at,
-                       original_url = excluded.original_url, width = excluded.width,
-                       height = excluded.height""",
-                (
-                    unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
-                    row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), unit,
-                    stamp, row.original_url, row.width, row.height,
-                ),
-            )  # fmt: skip
+                db.execute(_SAVE_FINGERPRINT, _fingerprint_values(fingerprint))
+            db.execute(_SAVE_ASSET, _asset_values(unit, row, None, stamp))
 
     def live_assets_with(self, sha256s: Iterable[str]) -> list[AssetRow]:
-        wanted = sorted(set(sha256s))
         out: list[AssetRow] = []
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(sha256s):
             rows = self.db.execute(
                 f"SELECT * FROM assets WHERE live = 1 AND sha256 IN ({marks})", chunk
             )
@@ -1141,25 +1115,15 @@ class SQLiteStore(IndexStore):
         return [self._asset(row) for row in rows]
 
     def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
-        wanted = sorted(set(sha256s))
         found: dict[tuple[str, str], PairRow] = {}
-        for start in range(0, len(wanted), 400):
-            chunk = wanted[start : start + 400]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _chunks(sha256s):
             rows = self.db.execute(
                 f"""SELECT * FROM pairs WHERE recipe = ? AND sha_a IN ({marks})
                     UNION ALL SELECT * FROM pairs WHERE recipe = ? AND sha_b IN ({marks})""",
                 (recipe, *chunk, recipe, *chunk),
             )
             for row in rows:
-                found[(row["sha_a"], row["sha_b"])] = PairRow(
-                    sha_a=row["sha_a"],
-                    sha_b=row["sha_b"],
-                    tier=row["tier"],
-                    phash_distance=row["phash_distance"],
-                    dhash_distance=row["dhash_distance"],
-                    evidence=json.loads(row["evidence"]),
-                )
+                found[(row["sha_a"], row["sha_b"])] = _pair(row)
         return [found[key] for key in sorted(found)]
 
     def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
