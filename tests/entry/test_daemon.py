@@ -30,11 +30,11 @@ from connector.core.index import SQLiteStore
 from connector.core.settings import Settings
 from connector.daemon import Daemon, Schedule, first_delay, next_delay
 from connector.engine.locks import UnitLock
-from connector.engine.outbox import intended_marks
 from connector.engine.scan import current_clusters
 from connector.units import build_adapters
 from tests.conftest import ROOT
 from tests.contract.harness import Harness, start_harness
+from tests.entry.test_push import expected as expected_marks
 from tests.servers.common import PHOTOS
 from tests.servers.config import write_config
 from tests.servers.wordpress import WordPressHarness
@@ -309,15 +309,6 @@ def metric_figures(daemon: DaemonProcess) -> dict[str, dict[str, int]]:
         unit: {key: int(samples[(name, (("unit", unit),))]) for key, name in names.items()}
         for unit in KINDS
     }
-
-
-def expected_marks(db: Path) -> dict[tuple[str, str], Marks]:
-    store = SQLiteStore(db)
-    try:
-        clusters, relations = current_clusters(store, Settings(db=db))
-        return intended_marks(clusters, relations, store.live_assets())
-    finally:
-        store.close()
 
 
 def after_cycles(daemon: DaemonProcess, unit: str, since: int) -> int:
