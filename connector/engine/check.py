@@ -52,7 +52,13 @@ from connector.core.tiers import (
 from connector.core.urls import url_under
 from connector.engine.clusters import Cluster, Relation, Shape, build_clusters
 from connector.engine.locks import UnitBusy, UnitLock
-from connector.engine.matcher import basic_evidence, evidence_record, pixel_check_job, with_evidence
+from connector.engine.matcher import (
+    basic_evidence,
+    check_not_run,
+    evidence_record,
+    pixel_check_job,
+    with_evidence,
+)
 from connector.engine.outbox import (
     PushReport,
     asset_ref,
@@ -529,16 +535,14 @@ class Checker:
             try:
                 return {key: pixel_check_job(thumb_a, thumb_b)}
             except Exception as exc:
-                return {key: {"passed": False, "reason": f"pixel check could not run: {exc}"}}
+                return {key: check_not_run(exc)}
         results: dict[tuple[str, str], dict[str, Any]] = {}
         if not jobs:
             return results
         with self._pool_lock:  # WorkerPool.map is one caller's at a time
             for outcome in self._worker_pool().map(pixel_check_job, jobs, describe_error):
                 results[outcome.key] = (
-                    outcome.value
-                    if outcome.error is None
-                    else {"passed": False, "reason": f"pixel check could not run: {outcome.error}"}
+                    outcome.value if outcome.error is None else check_not_run(outcome.error)
                 )
         return results
 

@@ -115,6 +115,12 @@ def pixel_check_job(thumb_a: bytes, thumb_b: bytes) -> dict[str, Any]:
     return verify_pair(_thumb_array(thumb_a), _thumb_array(thumb_b)).as_dict()
 
 
+def check_not_run(reason: object) -> dict[str, Any]:
+    """The record of a pixel check that could not run (a crash, a time-out):
+    it did not pass."""
+    return {"passed": False, "reason": f"pixel check could not run: {reason}"}
+
+
 def pixel_digest_job(data: bytes, max_pixels: int) -> str:
     return pixel_digest(data, max_pixels=max_pixels)
 
@@ -224,10 +230,9 @@ def match(
             settle(pair, evidence)
     for outcome in pool.map(pixel_check_job, check_jobs, describe_error):
         stats.pixel_checks += 1
-        check: dict[str, Any] = outcome.value if outcome.error is None else {
-            "passed": False,
-            "reason": f"pixel check could not run: {outcome.error}",
-        }  # fmt: skip
+        check: dict[str, Any] = (
+            outcome.value if outcome.error is None else check_not_run(outcome.error)
+        )
         settle(
             outcome.key,
             with_evidence(
