@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,12 +23,14 @@ from adapters.base import AdapterError, Marks
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
 from connector.core.index import (
+    IndexMissing,
     IndexStore,
     SchemaError,
     SQLiteStore,
     ordered,
 )
 from connector.core.settings import Settings
+from connector.core.sheets import write_csv
 from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
 from connector.daemon import (
     DEFAULT_JITTER,
@@ -113,30 +115,96 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], Non
         yield update
 
 
-def open_store(settings: Settings) -> IndexStore:
-    return SQLiteStore(settings.db)
+@dataclass(frozen=True)
+class Context:
+    """What every command resolves the same way: the configuration file (if
+    any), the process settings and the index, each with where it came from."""
+
+    settings: Settings
+    config: Config | None
+    db_source: str
+
+    @property
+    def db(self) -> Path:
+        return self.settings.db
+
+    @property
+    def index_line(self) -> str:
+        return f"index {self.settings.db} ({self.db_source})"
+
+    def need_config(self) -> Config:
+        if self.config is None:
+            raise UsageError(
+                f"no configuration at {DEFAULT_CONFIG}: copy config/damdup.example.toml there, "
+                "or give --config FILE (or $DAMDUP_CONFIG)"
+            )
+        return self.config
 
 
-def load_settings(args: argparse.Namespace) -> Settings:
+def config_path(args: argparse.Namespace) -> tuple[Path, str] | None:
+    """The configuration file: --config, then $DAMDUP_CONFIG, then
+    config/damdup.toml when it exists; None when there is none."""
+    if getattr(args, "config", None):
+        return Path(args.config), "--config"
+    if os.environ.get("DAMDUP_CONFIG"):
+        return Path(os.environ["DAMDUP_CONFIG"]), "$DAMDUP_CONFIG"
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG, "default"
+    return None
+
+
+def resolve_context(args: argparse.Namespace) -> Context:
+    """One rule for every command: a flag, then the environment, then the
+    configuration file, then the default."""
     overrides: dict[str, Any] = {}
     if getattr(args, "db", None):
         overrides["db"] = Path(args.db)
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    config: Config | None = None
+    found = config_path(args)
+    if found is not None:
+        path, origin = found
+        if not path.exists():
+            raise UsageError(f"no configuration file at {path} (from {origin})")
+        config = load_config(path, settings)
+        settings = config.settings
+    if getattr(args, "db", None):
+        source = "from --db"
+    elif os.environ.get("DAMDUP_DB"):
+        source = "from $DAMDUP_DB"
+    elif config is not None and "db" in config.settings.model_fields_set:
+        source = f"from {config.path}"
+    else:
+        source = "the default; give --db, $DAMDUP_DB or [damdup] db"
+    return Context(settings=settings, config=config, db_source=source)
+
+
+def open_store(ctx: Context, create: bool = False) -> IndexStore:
+    """The index; only commands that build one (`scan`, `sync`, `migrate`,
+    `daemon`) create it. Reading a missing index is an error naming the path."""
+    try:
+        return SQLiteStore(ctx.db, create=create)
+    except IndexMissing as exc:
+        raise UsageError(
+            f"no index at {ctx.db} ({ctx.db_source}): build one with `damdup scan PATH` or "
+            "`damdup sync`, or point --db, $DAMDUP_DB or the configuration's [damdup] db at it"
+        ) from exc
 
 
 # -- commands ----------------------------------------------------------------
 
 
-def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
+    settings = ctx.settings
     root = Path(args.path)
     unit = args.unit or "scan"
     try:
         adapter = Filesystem(FilesystemSettings(root=root, max_file_bytes=settings.max_file_bytes))
     except AdapterError as exc:
         raise UsageError(str(exc)) from exc
-    store = open_store(settings)
+    store = open_store(ctx, create=True)
     try:
         with progress_bar(err.is_terminal and not args.quiet) as progress:
             result = run(store, {unit: adapter}, settings, progress=progress)
@@ -172,20 +240,6 @@ def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
-def config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("DAMDUP_CONFIG") or DEFAULT_CONFIG)
-
-
-def read_config(args: argparse.Namespace, settings: Settings) -> Config:
-    path = config_path(args)
-    if not path.exists() and not args.config:
-        raise UsageError(
-            f"no configuration at {path}: copy config/damdup.example.toml there, "
-            "or give --config FILE (or $DAMDUP_CONFIG)"
-        )
-    return load_config(path, settings)
-
-
 def lock_units(
     locks: ExitStack, settings: Settings, adapters: dict[str, Any], wait_s: float = 0.0
 ) -> dict[str, str]:
@@ -201,11 +255,10 @@ def lock_units(
     return busy
 
 
-def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
-    config = read_config(args, settings)
-    settings = config.settings
+def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
+    config, settings = ctx.need_config(), ctx.settings
     adapters = build_adapters(config, args.unit)
-    store = open_store(settings)
+    store = open_store(ctx, create=True)
     try:
         with ExitStack() as locks:
             # Units another sync (a daemon, a webhook check) holds are skipped.
@@ -297,14 +350,12 @@ def _age(stamp: str | None) -> str:
     return f"{int(seconds)}s"
 
 
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    settings = ctx.settings
     configured: dict[str, str] = {}
-    path = config_path(args)
-    if path.exists():
-        config = load_config(path, settings)
-        settings = config.settings
-        configured = {name: unit.platform for name, unit in config.units.items()}
-    store = open_store(settings)
+    if ctx.config is not None:
+        configured = {name: unit.platform for name, unit in ctx.config.units.items()}
+    store = open_store(ctx)
     try:
         status = store.unit_status()
         figures = unit_figures(store, settings)
@@ -334,7 +385,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
-    table = Table(title=f"index {settings.db}", title_justify="left")
+    table = Table(title=ctx.index_line, title_justify="left")
     for column in ("unit", "platform", "last sync", "assets", "errors", "cursor age",
                    "duplicates", "to review", "redundancy"):  # fmt: skip
         table.add_column(
@@ -374,16 +425,16 @@ def _cluster_json(cluster: Cluster) -> dict[str, Any]:
     }
 
 
-def load_clusters(settings: Settings) -> tuple[list[Cluster], list[Relation]]:
-    store = open_store(settings)
+def load_clusters(ctx: Context) -> tuple[list[Cluster], list[Relation]]:
+    store = open_store(ctx)
     try:
-        return current_clusters(store, settings)
+        return current_clusters(store, ctx.settings)
     finally:
         store.close()
 
 
-def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
-    clusters, relations = load_clusters(settings)
+def cmd_clusters(args: argparse.Namespace, ctx: Context) -> int:
+    clusters, relations = load_clusters(ctx)
     if args.tier:
         wanted = Tier(args.tier)
         clusters = [c for c in clusters if any(m.edge.tier == wanted for m in c.members)]
@@ -409,7 +460,7 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
     if not clusters:
-        out.print("No duplicate clusters.")
+        out.print(f"No duplicate clusters in {ctx.index_line}.", markup=False, highlight=False)
     for cluster in clusters:
         table = Table(
             title=f"cluster {cluster.id} · {len(cluster.members) + 1} copies · {cluster.tier}",
@@ -448,8 +499,9 @@ def cmd_clusters(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+def cmd_explain(args: argparse.Namespace, ctx: Context) -> int:
+    settings = ctx.settings
+    store = open_store(ctx)
     try:
         a, b = resolve(store, args.a), resolve(store, args.b)
         assert a.sha256 is not None and b.sha256 is not None  # resolve refuses unindexed assets
@@ -519,8 +571,8 @@ def _maybe(value: bool | None) -> str:
     return "not needed" if value is None else str(value)
 
 
-def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+def cmd_errors(args: argparse.Namespace, ctx: Context) -> int:
+    store = open_store(ctx)
     try:
         rows = store.errors(args.unit)
     finally:
@@ -529,7 +581,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
         payload = [{"unit": r.unit, "id": r.asset_id, "reason": r.error} for r in rows]
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     elif not rows:
-        out.print("No errors.")
+        out.print(f"No errors in {ctx.index_line}.", markup=False, highlight=False)
     else:
         table = Table(title=f"{len(rows)} asset(s) could not be indexed", title_justify="left")
         table.add_column("unit")
@@ -557,14 +609,12 @@ def relation_rows(relations: list[Relation]) -> Iterator[dict[str, Any]]:
         }
 
 
-def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    _clusters, relations = load_clusters(settings)
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+    _clusters, relations = load_clusters(ctx)
     target: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout  # noqa: SIM115
     try:
         if args.format == "csv":
-            writer = csv.DictWriter(target, fieldnames=RELATION_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(relation_rows(relations))
+            write_csv(target, RELATION_FIELDS, relation_rows(relations))
         else:
             for row in relation_rows(relations):
                 target.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -588,12 +638,11 @@ def _marks_text(marks: Marks) -> str:
 PUSH_COLUMNS = [o for o in Outcome]
 
 
-def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
-    config = read_config(args, settings)
-    settings = config.settings
+def cmd_push(args: argparse.Namespace, ctx: Context) -> int:
+    config, settings = ctx.need_config(), ctx.settings
     adapters = build_adapters(config, args.unit)
     writes = {name: unit.writes for name, unit in config.units.items()}
-    store = open_store(settings)
+    store = open_store(ctx)
     try:
         if args.history:
             return _print_push_history(store)
@@ -690,10 +739,10 @@ PUSH_REPORT_FIELDS = [
 def _write_push_report(report: PushReport, path: Path) -> None:
     """Every change of the run, read-only units' marks included, as CSV."""
     with path.open("w", newline="", encoding="utf-8") as target:
-        writer = csv.DictWriter(target, fieldnames=PUSH_REPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for change in report.changes:
-            writer.writerow(
+        write_csv(
+            target,
+            PUSH_REPORT_FIELDS,
+            (
                 {
                     "run": report.run,
                     "unit": change.unit,
@@ -708,7 +757,9 @@ def _write_push_report(report: PushReport, path: Path) -> None:
                     "canonical": change.after.canonical_url or "",
                     "error": change.error or "",
                 }
-            )
+                for change in report.changes
+            ),
+        )
 
 
 def _print_push_history(store: IndexStore) -> int:
@@ -725,8 +776,8 @@ def _print_push_history(store: IndexStore) -> int:
     return EXIT_OK
 
 
-def cmd_review_decide(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+def cmd_review_decide(args: argparse.Namespace, ctx: Context) -> int:
+    store = open_store(ctx)
     try:
         decide(store, args.a, args.b, args.decision, args.by)
     finally:
@@ -735,8 +786,8 @@ def cmd_review_decide(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_review_list(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:
+    store = open_store(ctx)
     try:
         items = queue(store, include_decided=args.all, limit=args.limit)
     finally:
@@ -747,7 +798,7 @@ def cmd_review_list(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_OK
     if not items:
-        out.print("Nothing to review.")
+        out.print(f"Nothing to review in {ctx.index_line}.", markup=False, highlight=False)
         return EXIT_OK
     table = Table(title=f"{len(items)} pair(s) to review", title_justify="left")
     for column in ("kind", "a", "b", "pHash", "dHash", "decision"):
@@ -763,8 +814,8 @@ def cmd_review_list(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_review_export(args: argparse.Namespace, settings: Settings) -> int:
-    store = open_store(settings)
+def cmd_review_export(args: argparse.Namespace, ctx: Context) -> int:
+    store = open_store(ctx)
     try:
         # utf-8-sig: spreadsheets read ä and ö right only with the byte order mark.
         with open(args.csv, "w", newline="", encoding="utf-8-sig") as target:
@@ -775,12 +826,12 @@ def cmd_review_export(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_review_import(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_review_import(args: argparse.Namespace, ctx: Context) -> int:
     try:
         source = open(args.file, newline="", encoding="utf-8-sig")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from exc
-    store = open_store(settings)
+    store = open_store(ctx)
     try:
         with source:
             summary = import_csv(store, source, default_by=args.by)
@@ -793,16 +844,16 @@ def cmd_review_import(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
+    settings = ctx.settings
+    open_store(ctx).close()  # the review page and the checks read an index that exists
     service: WebhookService | None = None
-    if args.config or os.environ.get("DAMDUP_CONFIG"):
+    if ctx.config is not None:
         # With a configuration: the units' webhooks, their checks and lookups too.
-        config = read_config(args, settings)
-        settings = config.settings
-        service = WebhookService.from_config(config)
+        service = WebhookService.from_config(ctx.config)
 
     def announce(url: str) -> None:
-        err.print(f"damdup: review page at {url} (Ctrl-C stops it)")
+        err.print(f"damdup: review page at {url} (Ctrl-C stops it); {ctx.index_line}")
         if service is not None:
             base = url.removesuffix("/review")
             units = ", ".join(service.hook_units) or "none (no DAMDUP_<UNIT>_WEBHOOK_SECRET set)"
@@ -822,8 +873,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
-    config = read_config(args, settings)
+def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
+    config = ctx.need_config()
     adapters = build_adapters(config, args.unit)
     if not 0.0 <= args.jitter < 1.0:
         raise UsageError(f"--jitter {args.jitter}: give a fraction from 0 up to (not) 1")
@@ -837,15 +888,14 @@ def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"daemon: {exc}") from exc
 
 
-def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    config = read_config(args, settings)
-    settings = config.settings
+def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
+    config, settings = ctx.need_config(), ctx.settings
     units = [name.strip() for name in args.units.split(",") if name.strip()]
     if not units:
         raise UsageError("--units: name at least one configured unit (A,B,...)")
     adapters = build_adapters(config, units)
     directory = Path(args.report)
-    store = open_store(settings)
+    store = open_store(ctx, create=True)
     try:
         with ExitStack() as locks:
             # A migration covers every chosen unit: wait a while for a sync under way.
@@ -872,16 +922,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
 
 
-def cmd_lookup(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     """Which version of an image is the authoritative one."""
-    adapters: dict[str, Any] = {}
-    if args.config or config_path(args).exists():  # units are needed for URLs only
-        config = read_config(args, settings)
-        settings = config.settings
-        adapters = build_adapters(config)
-    if not settings.db.exists():
-        raise UsageError(f"no index at {settings.db}: run `damdup sync` first (or give --db)")
+    settings = ctx.settings
     target: str = args.image
+    adapters: dict[str, Any] = {}
+    if ctx.config is not None and "://" in target:  # units are needed for URLs only
+        adapters = build_adapters(ctx.config)
+    open_store(ctx).close()
     checker = Checker(settings.db, settings, adapters, {})
     try:
         if "://" in target:
@@ -937,18 +985,17 @@ def _print_lookup(answer: dict[str, Any]) -> None:
             )
 
 
-def cmd_audit_metadata(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_audit_metadata(args: argparse.Namespace, ctx: Context) -> int:
     units = args.unit
-    if args.config:  # its index, and its units in its order (no secrets needed)
-        config = read_config(args, settings)
-        settings = config.settings
+    config = ctx.config
+    if config is not None:  # its units in its order (no secrets needed)
         unknown = [name for name in units or () if name not in config.units]
         if unknown:
             raise UsageError(
                 f"unknown unit(s) {', '.join(unknown)}; configured: {', '.join(config.units)}"
             )
         units = units or list(config.units)
-    store = open_store(settings)
+    store = open_store(ctx)
     try:
         audit = migration.audit_metadata(store, units)
     finally:
@@ -970,6 +1017,19 @@ def cmd_audit_metadata(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser ------------------------------------------------------------------
 
 
+def index_options(sub: argparse.ArgumentParser) -> None:
+    """--db and --config, on every command, resolved by one rule (`resolve_context`)."""
+    sub.add_argument(
+        "--db",
+        help="index file (else $DAMDUP_DB, else the configuration's [damdup] db, "
+        "else damdup.sqlite)",
+    )
+    sub.add_argument(
+        "--config",
+        help=f"configuration file (else $DAMDUP_CONFIG, else {DEFAULT_CONFIG} when it exists)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="damdup", description="Find duplicate images across asset libraries."
@@ -979,7 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
+        index_options(sub)
         return sub
 
     scan = command("scan", "index every image under a folder and match it")
@@ -991,9 +1051,6 @@ def build_parser() -> argparse.ArgumentParser:
     scan.set_defaults(handler=cmd_scan)
 
     sync = command("sync", "bring the index up to date with the configured units, then match")
-    sync.add_argument(
-        "--config", help=f"configuration file (default $DAMDUP_CONFIG or {DEFAULT_CONFIG})"
-    )
     sync.add_argument("--unit", action="append", help="only this unit (repeatable)")
     sync.add_argument("--full", action="store_true", help="list everything, not only changes")
     sync.add_argument("--workers", type=int, help="worker processes (default: all cores)")
@@ -1002,7 +1059,6 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(handler=cmd_sync)
 
     status = command("status", "per unit: last sync, assets, errors, duplicates, redundancy")
-    status.add_argument("--config", help="configuration file (for the list of units)")
     status.add_argument("--format", choices=["table", "json"], default="table")
     status.set_defaults(handler=cmd_status)
 
@@ -1035,7 +1091,6 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     push_cmd = command("push", "write duplicate marks and canonical links back to the platforms")
-    push_cmd.add_argument("--config", help="configuration file")
     push_cmd.add_argument("--unit", action="append", help="only this unit (repeatable)")
     push_cmd.add_argument(
         "--dry-run", action="store_true", help="show what would change, even where writes are on"
@@ -1055,7 +1110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def review_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = review_commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
+        index_options(sub)
         return sub
 
     listing = review_command("list", "pairs awaiting a decision: duplicate-candidates, similar")
@@ -1089,14 +1144,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", metavar="NAME",
         help="a further name browsers reach this server by (with --host; repeatable)",
     )  # fmt: skip
-    serve_cmd.add_argument(
-        "--config",
-        help="configuration file: also serve the units' webhooks, /api/checks and /api/lookup",
-    )
     serve_cmd.set_defaults(handler=cmd_serve)
 
     daemon_cmd = command("daemon", "sync, match and push each unit on its schedule")
-    daemon_cmd.add_argument("--config", help="configuration file")
     daemon_cmd.add_argument("--unit", action="append", help="only this unit (repeatable)")
     daemon_cmd.add_argument("--once", action="store_true", help="one cycle of each unit, then exit")
     daemon_cmd.add_argument(
@@ -1116,7 +1166,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate_cmd = command("migrate", "full sync of some units, then a redundancy report")
     migrate_cmd.add_argument("--units", required=True, metavar="A,B", help="units, comma-separated")
-    migrate_cmd.add_argument("--config", help="configuration file")
     migrate_cmd.add_argument("--report", required=True, metavar="DIR", help="folder to write into")
     migrate_cmd.add_argument(
         "--full", action=argparse.BooleanOptionalAction, default=True,
@@ -1132,7 +1181,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     lookup_cmd = command("lookup", "which indexed version of an image is the authoritative one")
     lookup_cmd.add_argument("image", metavar="IMAGE_FILE|URL")
-    lookup_cmd.add_argument("--config", help="configuration file (needed for a URL)")
     lookup_cmd.add_argument("--format", choices=["text", "json"], default="text")
     lookup_cmd.set_defaults(handler=cmd_lookup)
 
@@ -1141,8 +1189,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata = audit_commands.add_parser(
         "metadata", help="assets missing location, date or department, per unit"
     )
-    audit_metadata.add_argument("--db", help="index file (default $DAMDUP_DB or damdup.sqlite)")
-    audit_metadata.add_argument("--config", help="configuration file (for the index and units)")
+    index_options(audit_metadata)
     audit_metadata.add_argument("--unit", action="append", help="only this unit (repeatable)")
     audit_metadata.add_argument("--csv", metavar="FILE", help="every such asset as CSV")
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
@@ -1155,9 +1202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
-        settings = load_settings(args)
-        handler: Callable[[argparse.Namespace, Settings], int] = args.handler
-        return handler(args, settings)
+        ctx = resolve_context(args)
+        handler: Callable[[argparse.Namespace, Context], int] = args.handler
+        return handler(args, ctx)
     except ValidationError as exc:
         err.print(f"damdup: bad setting: {exc}", style="red")
         return EXIT_USAGE

@@ -16,15 +16,23 @@ BAD = FIXTURES / "bad"
 
 
 def damdup(
-    *args: str, check: bool = True, env: dict[str, str] | None = None
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the real console entry point in a child process, as a user would."""
     result = subprocess.run(
         [sys.executable, "-m", "connector.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "DAMDUP_WORKERS": "2", **(env or {})},
-        cwd=ROOT,
+        env={
+            **os.environ,
+            "DAMDUP_WORKERS": "2",
+            "PYTHONPATH": str(ROOT),  # this checkout, wherever the command runs
+            **(env or {}),
+        },
+        cwd=cwd or ROOT,
         timeout=600,
     )
     if check and result.returncode not in (0, 3):

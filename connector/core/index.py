@@ -286,6 +286,14 @@ class SchemaError(Exception):
     pass
 
 
+class IndexMissing(SchemaError):
+    """A reading command named an index that does not exist: it never creates one."""
+
+
+class NotAnIndex(SchemaError):
+    """The file is not a damdup index (another program's database, or not SQLite)."""
+
+
 class Known(NamedTuple):
     """What the index holds of an asset, to tell what a listing changed."""
 
@@ -594,16 +602,36 @@ def _code_row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class SQLiteStore(IndexStore):
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, create: bool = True) -> None:
+        """Open the index at `path`; with `create` false a missing file is
+        IndexMissing instead of a new, empty index."""
         self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise IndexMissing(f"no index at {self.path}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        try:
+            self._check_ours()
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise NotAnIndex(f"{self.path} is not a damdup index ({exc})") from exc
+        except NotAnIndex:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode is durable against a killed process (not a power cut).
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+
+    def _check_ours(self) -> None:
+        """Refuse a database another program made: damdup adds its tables only
+        to a new file or to one of its own indexes."""
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if version == 0 and tables:
+            raise NotAnIndex(f"{self.path} is a database of another program, not a damdup index")
 
     def close(self) -> None:
         self.db.close()

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow, ordered
+from connector.core.sheets import uncell, write_csv
 from connector.core.tiers import TIER_ORDER, Decision, Tier
 from connector.engine.clusters import MANDATORY, resolve_conflicts
 
@@ -40,12 +41,11 @@ CSV_FIELDS = [
     "a_size", "b_size", "reasons", "decision", "decided_by", "decided_at",
 ]  # fmt: skip
 CSV_REQUIRED = ("a", "b", "a_sha256", "b_sha256", "decision")
+
+
 # Spreadsheets run a cell that starts with one of these as a formula; text
 # from the platforms (titles, places, URLs) must never do that on the reviewer's
 # machine, so such cells are written with a leading apostrophe.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 class ReviewError(Exception):
     """A decision that cannot be taken; the message says why, for a person."""
 
@@ -376,15 +376,6 @@ def decide(
 # -- spreadsheets ---------------------------------------------------------------
 
 
-def csv_cell(value: object) -> str:
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
-
-
-def _uncell(value: str) -> str:
-    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
-
-
 def _size(view: AssetView) -> str:
     return f"{view.width}x{view.height}" if view.width and view.height else ""
 
@@ -392,9 +383,8 @@ def _size(view: AssetView) -> str:
 def export_csv(store: IndexStore, stream: TextIO, *, include_decided: bool = False) -> int:
     """The queue as CSV, one row per pair; fill in `decision` (and `decided_by`)
     and import it back. Returns the number of rows written."""
-    writer = csv.DictWriter(stream, fieldnames=CSV_FIELDS, lineterminator="\r\n")
-    writer.writeheader()
     items = queue(store, include_decided=include_decided)
+    rows: list[dict[str, object]] = []
     for item in items:
         row: dict[str, object] = {
             "a": item.a.key,
@@ -416,8 +406,8 @@ def export_csv(store: IndexStore, stream: TextIO, *, include_decided: bool = Fal
         for name in MANDATORY:
             row[f"a_{name}"] = item.a.metadata.get(name)
             row[f"b_{name}"] = item.b.metadata.get(name)
-        writer.writerow({key: csv_cell(value) for key, value in row.items()})
-    return len(items)
+        rows.append(row)
+    return write_csv(stream, CSV_FIELDS, rows)
 
 
 @dataclass
@@ -475,7 +465,7 @@ def import_csv(
                 (line, f"{len(values)} fields where the header has {len(sheet.header)}")
             )
             continue
-        row = {name: _uncell(values[position].strip()) for name, position in column.items()}
+        row = {name: uncell(values[position].strip()) for name, position in column.items()}
         if not row["decision"]:
             skipped += 1
             continue

@@ -26,7 +26,6 @@ cells that a spreadsheet would run as a formula get a leading quote.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import posixpath
@@ -44,10 +43,10 @@ from rich.table import Table
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.settings import Settings
+from connector.core.sheets import write_csv
 from connector.core.tiers import MARK_FOR_TIER, Tier
 from connector.engine.clusters import Cluster
 from connector.engine.outbox import MANDATORY_METADATA, missing_metadata
-from connector.engine.review import csv_cell as cell
 from connector.engine.scan import current_clusters
 
 CLUSTERS_SHOWN = 500  # in the HTML, largest first; clusters.csv has every one
@@ -320,10 +319,7 @@ def build_report(
 def _write_csv(path: Path, fields: list[str], rows: Iterable[dict[str, Any]]) -> None:
     # utf-8-sig: spreadsheets read ä and ö right only with the byte order mark.
     with path.open("w", newline="", encoding="utf-8-sig") as target:
-        writer = csv.DictWriter(target, fieldnames=fields, lineterminator="\r\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: cell(row[key]) for key in fields})
+        write_csv(target, fields, rows)
 
 
 # -- chart --------------------------------------------------------------------

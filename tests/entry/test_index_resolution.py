@@ -1,0 +1,132 @@
+"""Every command finds the configuration and the index by one rule (flag,
+environment, configuration file, default), and no reading command creates an
+index: a missing one is an error that names the path, never an empty answer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PHOTOS, damdup
+
+UNIT = "hel-fi"
+
+
+def write_config(path: Path, db: Path) -> Path:
+    path.write_text(
+        f'[damdup]\ndb = "{db}"\n\n[units.{UNIT}]\nplatform = "filesystem"\n'
+        f'root = "{PHOTOS / UNIT}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A configuration whose [damdup] db names an index that `sync` built."""
+    base = tmp_path_factory.mktemp("resolution")
+    config = write_config(base / "damdup.toml", base / "index" / "damdup.sqlite")
+    elsewhere = base / "elsewhere"
+    elsewhere.mkdir()
+    damdup("sync", "-q", env={"DAMDUP_CONFIG": str(config)}, cwd=elsewhere)
+    return config, elsewhere
+
+
+def readers(tmp: Path) -> dict[str, list[str]]:
+    photo = str(PHOTOS / UNIT / "DSC_2041.jpg")
+    return {
+        "status": ["status"],
+        "clusters": ["clusters"],
+        "errors": ["errors"],
+        "export": ["export", "relations"],
+        "review list": ["review", "list"],
+        "review export": ["review", "export", "--csv", str(tmp / "queue.csv")],
+        "audit metadata": ["audit", "metadata"],
+        "lookup": ["lookup", photo],
+        "explain": ["explain", f"{UNIT}:DSC_2041.jpg", f"{UNIT}:DSC_2041_medium.jpg"],
+    }
+
+
+def test_every_reading_command_reads_the_configured_index(synced: tuple[Path, Path]) -> None:
+    config, elsewhere = synced
+    env = {"DAMDUP_CONFIG": str(config)}
+    answers = {
+        name: damdup(*argv, env=env, cwd=elsewhere) for name, argv in readers(elsewhere).items()
+    }
+    assert not (elsewhere / "damdup.sqlite").exists(), "a reading command made an index"
+    assert "canonical because" in answers["clusters"].stdout
+    assert "No duplicate clusters" not in answers["clusters"].stdout
+    assert f"{UNIT}:DSC_2041" in answers["export"].stdout
+    assert "to review" in answers["review list"].stdout
+    assert (elsewhere / "queue.csv").read_text(encoding="utf-8-sig").count("\n") > 1
+    assert "DSC_2041" in answers["lookup"].stdout
+    assert "pHash distance" in answers["explain"].stdout
+    assert UNIT in answers["audit metadata"].stdout
+    assert str(config.parent / "index" / "damdup.sqlite") in answers["status"].stdout
+
+
+def test_flag_beats_environment_beats_file(synced: tuple[Path, Path], tmp_path: Path) -> None:
+    config, elsewhere = synced
+    other = tmp_path / "other.sqlite"
+    damdup("scan", str(PHOTOS / "kuva"), "--db", str(other), "-q", "--unit", "kuva")
+    env = {"DAMDUP_CONFIG": str(config)}
+    by_file = json.loads(damdup("status", "--format", "json", env=env, cwd=elsewhere).stdout)
+    by_env = json.loads(
+        damdup("status", "--format", "json", env={**env, "DAMDUP_DB": str(other)}).stdout
+    )
+    by_flag = json.loads(
+        damdup(
+            "status", "--format", "json", "--db", str(other),
+            env={**env, "DAMDUP_DB": str(tmp_path / "nowhere.sqlite")},
+        ).stdout
+    )  # fmt: skip
+    assert {row["unit"] for row in by_file if row["assets"]} == {UNIT}
+    assert {row["unit"] for row in by_env if row["assets"]} == {"kuva"}
+    assert [row["assets"] for row in by_flag] == [row["assets"] for row in by_env]
+
+
+@pytest.mark.parametrize("name", sorted(readers(Path("/tmp"))))
+def test_a_missing_index_is_an_error_naming_it(name: str, tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / "index.sqlite"
+    config = write_config(tmp_path / "damdup.toml", missing)
+    result = damdup(
+        *readers(tmp_path)[name], env={"DAMDUP_CONFIG": str(config)}, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stdout
+    assert f"no index at {missing}" in result.stderr
+    assert str(config) in result.stderr  # where the path came from
+    assert not missing.exists() and not missing.parent.exists()
+    assert not (tmp_path / "damdup.sqlite").exists()
+
+
+def test_a_file_that_is_not_an_index_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "photos.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE albums (name TEXT)")
+    result = damdup("clusters", "--db", str(other), check=False)
+    assert result.returncode == 2
+    assert "not a damdup index" in result.stderr
+    with sqlite3.connect(other) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"albums"}, "damdup added its tables to another program's database"
+    text = tmp_path / "notes.sqlite"
+    text.write_text("not a database at all " * 100)
+    result = damdup("errors", "--db", str(text), check=False)
+    assert result.returncode == 2
+    assert "not a damdup index" in result.stderr
+
+
+def test_a_configuration_named_but_missing_is_an_error(tmp_path: Path) -> None:
+    result = damdup(
+        "clusters", env={"DAMDUP_CONFIG": str(tmp_path / "nope.toml")}, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2
+    assert f"no configuration file at {tmp_path / 'nope.toml'} (from $DAMDUP_CONFIG)" in (
+        result.stderr
+    )
+    assert not os.listdir(tmp_path)
