@@ -1,0 +1,46 @@
+"""CSV files damdup writes open in a spreadsheet as data: a carriage return in
+a name keeps its row whole, and a name that looks like a formula stays text."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+from connector.core.sheets import uncell
+from tests.conftest import PHOTOS, damdup
+
+ORIGINAL = PHOTOS / "hel-fi" / "DSC_2041.jpg"
+COPY = PHOTOS / "hel-fi" / "DSC_2041_medium.jpg"
+HOSTILE = ["=HYPERLINK(1)", "@SUM(A1)", "+1", "-2", "cr\rname"]
+
+
+def test_export_and_push_report_quote_and_neutralise(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in HOSTILE:
+        shutil.copy(ORIGINAL, folder / f"{name}.jpg")
+        shutil.copy(COPY, folder / f"{name} copy.jpg")
+    db = tmp_path / "index.sqlite"
+    damdup("scan", str(folder), "--db", str(db), "-q", "--unit", "share")
+
+    exported = tmp_path / "relations.csv"
+    damdup("export", "relations", "--db", str(db), "--output", str(exported))
+    with exported.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    names = {uncell(row[key]) for row in rows for key in ("id_a", "id_b")}
+    assert {f"{name}.jpg" for name in HOSTILE} <= names
+    for row in rows:
+        for value in row.values():
+            assert not value.startswith(("=", "@", "+", "-")), value
+
+    config = tmp_path / "damdup.toml"
+    config.write_text(
+        f'[damdup]\ndb = "{db}"\n\n[units.share]\nplatform = "filesystem"\nroot = "{folder}"\n'
+    )
+    report = tmp_path / "push.csv"
+    damdup("push", "--config", str(config), "--report", str(report))
+    with report.open(newline="", encoding="utf-8") as handle:
+        pushed = list(csv.DictReader(handle))
+    assert {uncell(row["asset_id"]) for row in pushed} >= {f"{name}.jpg" for name in HOSTILE}
+    assert all(not row["asset_id"].startswith(("=", "@", "+", "-")) for row in pushed)
