@@ -71,6 +71,10 @@ class UsageError(Exception):
     pass
 
 
+class Busy(Exception):
+    """Another run holds a unit this command needs; nothing was done."""
+
+
 def configure_logging(verbose: bool) -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False)
@@ -206,8 +210,17 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(str(exc)) from exc
     store = open_store(ctx, create=True)
     try:
-        with progress_bar(err.is_terminal and not args.quiet) as progress:
-            result = run(store, {unit: adapter}, settings, progress=progress)
+        # Two scans of one unit into one index would each retire what the
+        # other listed: the later one waits for the unit's lock.
+        adapters: dict[str, Any] = {unit: adapter}
+        with ExitStack() as locks:
+            busy = lock_units(locks, settings, adapters, wait_s=args.lock_wait)
+            if busy:
+                raise Busy(
+                    f"{busy[unit]}: try again when it has finished (or a longer --lock-wait)"
+                )
+            with progress_bar(err.is_terminal and not args.quiet) as progress:
+                result = run(store, adapters, settings, progress=progress)
         sync = result.syncs[0]
         summary = {
             "unit": unit,
@@ -639,13 +652,30 @@ PUSH_COLUMNS = [o for o in Outcome]
 
 
 def cmd_push(args: argparse.Namespace, ctx: Context) -> int:
-    config, settings = ctx.need_config(), ctx.settings
+    config = ctx.need_config()
     adapters = build_adapters(config, args.unit)
     writes = {name: unit.writes for name, unit in config.units.items()}
     store = open_store(ctx)
     try:
         if args.history:
             return _print_push_history(store)
+        return _push(args, ctx, store, adapters, writes)
+    finally:
+        store.close()
+
+
+def _push(
+    args: argparse.Namespace,
+    ctx: Context,
+    store: IndexStore,
+    adapters: dict[str, Any],
+    writes: dict[str, bool],
+) -> int:
+    settings = ctx.settings
+    with ExitStack() as locks:
+        # A push beside a sync or another push of a unit would journal marks
+        # that the other is changing: wait for each unit's lock, then skip it.
+        busy = lock_units(locks, settings, adapters, wait_s=args.lock_wait)
         if args.revert is not None:
             try:
                 report = revert(
@@ -668,8 +698,7 @@ def cmd_push(args: argparse.Namespace, ctx: Context) -> int:
                 dry_run=args.dry_run,
                 concurrency=settings.fetch_concurrency,
             )
-    finally:
-        store.close()
+    report.failed_units.update(busy)
     if args.report:
         _write_push_report(report, Path(args.report))
     if args.format == "json":
@@ -1048,6 +1077,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     scan.add_argument("--format", choices=["text", "json"], default="text")
     scan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    scan.add_argument(
+        "--lock-wait", type=float, default=600.0, metavar="SECONDS",
+        help="how long to wait for another scan or sync of the same unit (default 600)",
+    )  # fmt: skip
     scan.set_defaults(handler=cmd_scan)
 
     sync = command("sync", "bring the index up to date with the configured units, then match")
@@ -1103,6 +1136,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", metavar="FILE", help="every change as CSV, read-only units' marks included"
     )
     push_cmd.add_argument("--format", choices=["text", "json"], default="text")
+    push_cmd.add_argument(
+        "--lock-wait", type=float, default=120.0, metavar="SECONDS",
+        help="how long to wait for a sync or push of a unit under way (default 120)",
+    )  # fmt: skip
     push_cmd.set_defaults(handler=cmd_push)
 
     review = commands.add_parser("review", help="reviewer decisions")
@@ -1211,6 +1248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SchemaError, ConfigError, ReviewError) as exc:
         err.print(f"damdup: {exc}", style="red")
         return EXIT_USAGE
+    except Busy as exc:
+        err.print(f"damdup: {exc}", style="red")
+        return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         err.print("damdup: interrupted; the index keeps every page saved so far")
         return 130

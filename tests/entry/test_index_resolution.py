@@ -130,3 +130,49 @@ def test_a_configuration_named_but_missing_is_an_error(tmp_path: Path) -> None:
         result.stderr
     )
     assert not os.listdir(tmp_path)
+
+
+def test_two_scans_of_one_folder_wait_for_each_other(tmp_path: Path) -> None:
+    """The later scan waits for the unit's lock, so neither retires what the
+    other listed; with no wait it says the unit is busy and exits non-zero."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from connector.engine.locks import lock_path
+
+    db = tmp_path / "index.sqlite"
+    folder = PHOTOS / "kuva"
+    argv = [sys.executable, "-m", "connector.cli", "scan", str(folder), "--db", str(db), "-q"]
+    env = {**os.environ, "DAMDUP_WORKERS": "1"}
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as sink:
+            return subprocess.Popen(argv, env=env, stdout=sink, stderr=sink)
+
+    first = start(logs[0])
+    lock = lock_path(db, "scan")
+    deadline = time.monotonic() + 120
+    while True:  # until the first scan holds the unit's lock
+        assert first.poll() is None, logs[0].read_text()
+        if lock.exists():
+            with lock.open("rb") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+        assert time.monotonic() < deadline, "the first scan never took the unit's lock"
+        time.sleep(0.02)
+    refused = damdup("scan", str(folder), "--db", str(db), "-q", "--lock-wait", "0", check=False)
+    second = start(logs[1])
+    assert first.wait(timeout=600) == 0, logs[0].read_text()
+    assert second.wait(timeout=600) == 0, logs[1].read_text()
+    assert refused.returncode == 3
+    assert "unit scan is busy" in refused.stderr
+    status = json.loads(damdup("status", "--db", str(db), "--format", "json").stdout)
+    assert [(row["unit"], row["assets"]) for row in status] == [
+        ("scan", len([p for p in folder.iterdir() if p.is_file()]))
+    ]
