@@ -16,7 +16,9 @@ cannot) and, when the browser says where it comes from, come from this origin.
 Routes that other servers call (webhooks) opt out of both and check their
 callers themselves.
 Errors are JSON `{"error": message, "code": name}` with status 400, 403, 404,
-405, 409 or 415.
+405, 409, 413 or 415 (500 only for a defect), and each is logged as a
+`request.rejected` event (a route that logs its own, a webhook, says
+`webhook.rejected` instead).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -44,6 +47,8 @@ from connector.engine.review import (
     queue,
 )
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -51,6 +56,7 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_BODY_BYTES = 64 * 1024
 QUEUE_LIMIT = 200  # pairs sent to the page at once; it asks again when they are done
 QUEUE_LIMIT_MAX = 5000
+LOGGED_PATH_CHARS = 200
 
 Handler = Callable[[Request, IndexStore, Mapping[str, Any]], Response]
 
@@ -60,6 +66,7 @@ class Route(NamedTuple):
     same_origin: bool
     any_host: bool
     max_body_bytes: int | None
+    logs_refusals: bool
 
 
 class ServeError(Exception):
@@ -74,8 +81,31 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return response
 
 
-def json_error(status: int, code: str, message: str) -> Response:
-    return json_response({"error": message, "code": code}, status)
+class ErrorResponse(Response):
+    """A JSON error answer that remembers what it said, for the log."""
+
+    code: str
+    reason: str
+
+
+def json_error(status: int, code: str, message: str) -> ErrorResponse:
+    response = ErrorResponse(
+        json.dumps({"error": message, "code": code}, ensure_ascii=False),
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.code, response.reason = code, message
+    return response
+
+
+def json_body(request: Request) -> Any:
+    """The body parsed as JSON, None when it is not JSON. JSON nested deeper
+    than the parser's recursion limit is refused (400), not a crash."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidInput("the JSON is nested too deeply") from None
 
 
 ERROR_STATUS: dict[type[ReviewError], tuple[int, str]] = {
@@ -112,6 +142,7 @@ class App:
         same_origin: bool = True,
         any_host: bool = False,
         max_body_bytes: int | None = MAX_BODY_BYTES,
+        logs_refusals: bool = False,
     ) -> None:
         """Route `rule` to `handler`. A POST to a `same_origin` route must be
         JSON from this origin; a route called by other servers (a webhook)
@@ -119,10 +150,13 @@ class App:
         reached by whatever name the caller uses (platform hosts calling a
         webhook: the signature protects it, not the Host check).
         `max_body_bytes`: larger bodies are refused with 413 (None: the
-        handler reads and limits the body itself)."""
+        handler reads and limits the body itself). `logs_refusals`: the
+        handler logs the errors it answers with itself."""
         endpoint = f"{handler.__module__}.{handler.__qualname__}:{rule}"
         self.url_map.add(Rule(rule, endpoint=endpoint, methods=list(methods)))
-        self.handlers[endpoint] = Route(handler, same_origin, any_host, max_body_bytes)
+        self.handlers[endpoint] = Route(
+            handler, same_origin, any_host, max_body_bytes, logs_refusals
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -134,6 +168,31 @@ class App:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
+        """The route's answer; every error answer is logged once."""
+        try:
+            response, logged = self._dispatch(request)
+        except Exception:
+            log.exception(
+                "request.failed",
+                method=request.method,
+                path=request.path[:LOGGED_PATH_CHARS],
+                remote_addr=request.remote_addr,
+            )
+            return json_error(500, "internal", "the server failed on this request; see its log")
+        if isinstance(response, ErrorResponse) and not logged:
+            log.warning(
+                "request.rejected",
+                method=request.method,
+                path=request.path[:LOGGED_PATH_CHARS],
+                status=response.status_code,
+                code=response.code,
+                reason=response.reason[: LOGGED_PATH_CHARS * 2],
+                remote_addr=request.remote_addr,
+            )
+        return response
+
+    def _dispatch(self, request: Request) -> tuple[Response, bool]:
+        """The answer, and whether the handler logged it already."""
         known_host = _hostname(request.host) in self.allowed_hosts
 
         def refused_host() -> Response:
@@ -145,32 +204,34 @@ class App:
             endpoint, arguments = adapter.match()
         except NotFound:
             if not known_host:
-                return refused_host()
-            return json_error(404, "not_found", f"no such page: {request.path}")
+                return refused_host(), False
+            return json_error(404, "not_found", f"no such page: {request.path}"), False
         except MethodNotAllowed as exc:
             if not known_host:
-                return refused_host()
+                return refused_host(), False
             response = json_error(405, "method", f"{request.method} is not allowed here")
             response.headers["Allow"] = ", ".join(exc.valid_methods or ())
-            return response
+            return response, False
         except HTTPException as exc:  # a redirect to the canonical URL
-            return refused_host() if not known_host else exc.get_response(request.environ)
-        handler, same_origin, any_host, max_body_bytes = self.handlers[endpoint]
+            if not known_host:
+                return refused_host(), False
+            return exc.get_response(request.environ), False
+        handler, same_origin, any_host, max_body_bytes, logs_refusals = self.handlers[endpoint]
         if not known_host and not any_host:
-            return refused_host()
+            return refused_host(), False
         request.max_content_length = max_body_bytes
         if same_origin and request.method not in ("GET", "HEAD", "OPTIONS"):
             refused = self._cross_site(request)
             if refused is not None:
-                return refused
+                return refused, False
         store = SQLiteStore(self.db_path)
         try:
-            return handler(request, store, arguments)
+            return handler(request, store, arguments), logs_refusals
         except ReviewError as exc:
             status, code = ERROR_STATUS.get(type(exc), (400, "invalid"))
-            return json_error(status, code, str(exc))
+            return json_error(status, code, str(exc)), False
         except HTTPException as exc:  # a body over MAX_BODY_BYTES
-            return json_error(exc.code or 400, "request", exc.description or exc.name)
+            return json_error(exc.code or 400, "request", exc.description or exc.name), False
         finally:
             store.close()
 
@@ -226,7 +287,7 @@ def review_queue(request: Request, store: IndexStore, arguments: Mapping[str, An
 
 
 def review_decide(request: Request, store: IndexStore, arguments: Mapping[str, Any]) -> Response:
-    body = request.get_json(silent=True)
+    body = json_body(request)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object {a, b, decision, by}")
     fields: dict[str, str] = {}
