@@ -26,17 +26,22 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
+import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import structlog
+from waitress import wasyncore
+from waitress.server import create_server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from connector.core.index import IndexStore, SQLiteStore
+from connector.core.settings import Settings
 from connector.engine.review import (
     InvalidInput,
     ReviewError,
@@ -57,6 +62,10 @@ MAX_BODY_BYTES = 64 * 1024
 QUEUE_LIMIT = 200  # pairs sent to the page at once; it asks again when they are done
 QUEUE_LIMIT_MAX = 5000
 LOGGED_PATH_CHARS = 200
+SERVER_BODY_BYTES = 1024 * 1024  # the webhook body cap's largest setting
+MAX_HEADER_BYTES = 32 * 1024  # request line and headers; browsers send a few KiB
+LOOP_S = 1.0  # the server loop looks at its stop flag at least this often
+SHUTDOWN_S = 5.0  # requests under way finish within this at shutdown
 
 Handler = Callable[[Request, IndexStore, Mapping[str, Any]], Response]
 
@@ -125,7 +134,7 @@ def _hostname(host: str) -> str:
 class App:
     """A small router over one index: each request opens its own connection
     (an SQLite connection belongs to the thread that made it, and the server
-    answers each request in a thread of its own)."""
+    answers requests in several threads)."""
 
     def __init__(self, db_path: Path, allowed_hosts: Iterable[str] = ()) -> None:
         self.db_path = db_path
@@ -157,6 +166,15 @@ class App:
         self.handlers[endpoint] = Route(
             handler, same_origin, any_host, max_body_bytes, logs_refusals
         )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body the server reads before the app sees a request:
+        the largest any route takes, and at least SERVER_BODY_BYTES, so that
+        every route answers its own JSON 413 to a body a little over its cap.
+        A larger body gets waitress's plain-text 413, unread."""
+        caps = [route.max_body_bytes or 0 for route in self.handlers.values()]
+        return max([SERVER_BODY_BYTES, *caps])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -347,20 +365,106 @@ def make_app(
     return app
 
 
+class ReviewServer:
+    """The app behind waitress, bounded: `threads` threads answer whole
+    requests (waitress reads each request completely before a thread sees
+    it, so a slow or stalled sender holds no thread), at most `connections`
+    are open (more wait in the kernel's listen backlog until one closes), and
+    a connection that sends nothing for `read_timeout_s` while its request is
+    incomplete, or while idle between requests, is closed.
+
+    socketserver's shape, for callers of the werkzeug server this replaced:
+    `server_port`, `serve_forever()`, `shutdown()` (from another thread;
+    returns once the loop stopped), `server_close()`."""
+
+    def __init__(self, app: App, host: str, port: int, settings: Settings) -> None:
+        listener = _listening_socket(host, port)
+        self._map: dict[int, Any] = {}
+        timeout_s = settings.serve_read_timeout_s
+        try:
+            self.server: Any = create_server(
+                app,
+                map=self._map,
+                sockets=[listener],
+                threads=settings.serve_threads,
+                # The listener and waitress's wake-up pipe count as two.
+                connection_limit=settings.serve_connections + 2,
+                channel_timeout=timeout_s,
+                cleanup_interval=max(1, min(timeout_s // 4, 30)),
+                # poll(2): select(2) fails past 1024 open descriptors.
+                asyncore_use_poll=True,
+                # Buffered per connection before the request is whole: small, so
+                # many stalled senders cannot hold much memory (bodies spill to
+                # a temporary file beyond inbuf_overflow).
+                max_request_header_size=MAX_HEADER_BYTES,
+                inbuf_overflow=MAX_BODY_BYTES,
+                max_request_body_size=app.max_request_bytes,
+                ident="damdup",
+            )
+        except BaseException:
+            listener.close()
+            raise
+        self.server_port: int = self.server.effective_port
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=LOOP_S, use_poll=True, map=self._map, count=1)
+        finally:
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Ask the loop to stop within LOOP_S; safe in a signal handler."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.server.pull_trigger()  # wakes the loop's poll
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.server.task_dispatcher.shutdown(timeout=SHUTDOWN_S)
+        self.server.close()  # the listener and the wake-up pipe
+        for channel in list(self._map.values()):
+            channel.handle_close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bound to the first address `host` resolves to, as werkzeug did (waitress
+    would listen on every one, each with its own port 0)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return listener
+
+
 def make_review_server(
     db_path: str | Path,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     allowed_hosts: Iterable[str] = (),
     extend: Callable[[App], None] | None = None,
-) -> BaseWSGIServer:
-    """A threaded server bound to `host:port` (port 0: a free one, see
-    `server.server_port`); `serve_forever()` runs it, `shutdown()` stops it."""
+    settings: Settings | None = None,
+) -> ReviewServer:
+    """A server bound to `host:port` (port 0: a free one, see
+    `server.server_port`), limited by `settings` (default: from the
+    environment); `serve_forever()` runs it, `shutdown()` stops it."""
     app = make_app(db_path, allowed_hosts=[host, *allowed_hosts], extend=extend)
-    try:
-        return make_server(host, port, app, threaded=True)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return ReviewServer(app, host, port, settings or Settings())
 
 
 def serve(
@@ -371,16 +475,25 @@ def serve(
     allowed_hosts: Iterable[str] = (),
     announce: Callable[[str], None] | None = None,
     extend: Callable[[App], None] | None = None,
+    settings: Settings | None = None,
 ) -> None:
-    """Serve the review page until interrupted; `announce` is told its address
-    once the server listens (ServeError before that: no index, port taken)."""
-    server = make_review_server(db_path, host, port, allowed_hosts, extend)
-    if announce is not None:
-        shown = f"[{host}]" if ":" in host else host
-        announce(f"http://{shown}:{server.server_port}/review")
+    """Serve the review page until Ctrl-C or SIGTERM, then return once the
+    requests under way are answered; `announce` is told its address once the
+    server listens (ServeError before that: no index, port taken)."""
+    server = make_review_server(db_path, host, port, allowed_hosts, extend, settings)
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        # A flag the loop looks at, not an exception inside one of its handlers.
+        previous = {sig: signal.signal(sig, lambda *_: server.stop()) for sig in stopping}
     try:
+        if announce is not None:
+            shown = f"[{host}]" if ":" in host else host
+            announce(f"http://{shown}:{server.server_port}/review")
         server.serve_forever()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
 
 

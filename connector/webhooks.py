@@ -268,9 +268,6 @@ class WebhookService:
                 remote_addr=request.remote_addr,
             )
             response = json_error(refused.status, refused.code, refused.reason)
-            if refused.status == 413:
-                # The rest of the body is not read: the connection cannot be reused.
-                response.headers["Connection"] = "close"
             if refused.status == 503:
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response

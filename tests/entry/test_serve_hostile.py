@@ -6,9 +6,14 @@ refusal is logged, and the server's threads and memory stay bounded."""
 
 from __future__ import annotations
 
+import select
+import signal
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 
@@ -24,16 +29,23 @@ def nested(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    folder = tmp_path_factory.mktemp("hostile")
+def start(folder: Path, **settings: str) -> Serving:
+    """`damdup serve --config` over an empty synced unit with a webhook secret;
+    `settings` are DAMDUP_* process settings."""
     (folder / "archive").mkdir()
     config = folder / "damdup.toml"
     env = write_config(
         config, folder / "index.sqlite", {"archive": ("filesystem", {"root": folder / "archive"})}
     )
     damdup("sync", "--config", str(config), "-q", env=env)
-    server = Serving(config, {**env, "DAMDUP_ARCHIVE_WEBHOOK_SECRET": SECRET}, folder / "serve.log")
+    env = {**env, "DAMDUP_ARCHIVE_WEBHOOK_SECRET": SECRET}
+    env.update({f"DAMDUP_{key.upper()}": value for key, value in settings.items()})
+    return Serving(config, env, folder / "serve.log")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    server = start(tmp_path_factory.mktemp("hostile"))
     try:
         yield server
     finally:
@@ -135,3 +147,124 @@ def test_every_refusal_is_logged(served: Serving) -> None:
     refused(served, hook, 401, "webhook.rejected")
     # The webhook logs its own refusals: once, as webhook.rejected.
     assert not [e for e in served.events("request.rejected") if e["path"] == "/hooks/archive"]
+
+
+# -- connections that send half a request and then nothing -------------------------
+
+HALF_SENT = [
+    # Headers never finished.
+    b"GET /review HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/ht",
+    # Headers done, a tenth of the body sent.
+    b"POST /api/review/decide HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"a": "' + b"x" * 93,
+    # A webhook, its body cut short.
+    b"POST /hooks/archive HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n{",
+]
+
+
+def half_sent(port: int, count: int) -> list[socket.socket]:
+    opened = []
+    for number in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(HALF_SENT[number % len(HALF_SENT)])
+        opened.append(sock)
+    return opened
+
+
+def server_side(process: psutil.Process, port: int) -> int:
+    """Connections the server process holds open on its port."""
+    return sum(
+        1
+        for connection in process.net_connections(kind="tcp")
+        if connection.laddr and connection.laddr.port == port and connection.raddr
+    )
+
+
+def closed_by_server(sockets: list[socket.socket]) -> bool:
+    """Each socket has seen the server close it (end of stream or reset)."""
+    for sock in sockets:
+        if sock.fileno() == -1:
+            continue
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if data:  # an answer (none is expected to a half request): keep reading
+            return False
+        sock.close()
+    return True
+
+
+def test_half_sent_connections_hold_no_threads_and_are_closed_after_the_read_timeout(
+    tmp_path: Path,
+) -> None:
+    count = 300
+    server = start(tmp_path, serve_read_timeout_s="2", serve_connections="400", serve_threads="4")
+    opened: list[socket.socket] = []
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        process = psutil.Process(server.process.pid)
+        assert requests.get(server.url + "/api/review/queue", timeout=30).status_code == 200
+        threads_before = process.num_threads()
+        memory_before = process.memory_info().rss
+
+        opened = half_sent(port, count)
+        wait_for(
+            "the server to accept every connection",
+            lambda: server_side(process, port) >= count,
+            timeout_s=60,
+        )
+        # Held connections cost no thread and little memory (a thread per
+        # connection costs ~200 KiB of stack and bookkeeping each).
+        assert process.num_threads() <= threads_before + 2
+        assert process.memory_info().rss - memory_before < count * 64 * 1024
+        answer = requests.get(server.url + "/api/review/queue", timeout=30)
+        assert answer.status_code == 200 and answer.json()["total"] == 0
+
+        # Silent for longer than the read time-out: each is closed.
+        wait_for("the server to close every half-sent connection", lambda: closed_by_server(opened))
+        wait_for("the server to let go of them", lambda: server_side(process, port) == 0)
+        assert requests.get(server.url + "/api/review/queue", timeout=30).status_code == 200
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
+
+
+def test_connections_beyond_the_limit_wait_and_are_served_in_turn(tmp_path: Path) -> None:
+    limit = 20
+    server = start(tmp_path, serve_read_timeout_s="2", serve_connections=str(limit))
+    opened: list[socket.socket] = []
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        process = psutil.Process(server.process.pid)
+        opened = half_sent(port, 3 * limit)
+        held = wait_for(
+            "the server to take connections up to its limit",
+            lambda: (found := server_side(process, port)) >= limit and found,
+            timeout_s=60,
+        )
+        assert held <= limit
+        # A caller queued behind them is answered once the stalled ones time out.
+        answer = requests.get(server.url + "/api/review/queue", timeout=120)
+        assert answer.status_code == 200
+        assert server_side(process, port) <= limit
+        wait_for("every stalled connection to be closed", lambda: closed_by_server(opened))
+    finally:
+        for sock in opened:
+            sock.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_stop_the_server_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    server = start(tmp_path)
+    try:
+        assert requests.get(server.url + "/api/checks", timeout=30).status_code == 200
+        server.process.send_signal(stop)
+        assert server.process.wait(timeout=30) == 0, server.log.read_text()
+    finally:
+        server.stop()
