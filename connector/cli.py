@@ -892,7 +892,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         serve(
             settings.db, host=args.host, port=args.port,
             allowed_hosts=args.allow_host or (), announce=announce,
-            extend=service.mount if service is not None else None,
+            extend=service.mount if service is not None else None, settings=settings,
         )  # fmt: skip
     except ServeError as exc:
         raise UsageError(str(exc)) from exc

@@ -16,7 +16,9 @@ cannot) and, when the browser says where it comes from, come from this origin.
 Routes that other servers call (webhooks) opt out of both and check their
 callers themselves.
 Errors are JSON `{"error": message, "code": name}` with status 400, 403, 404,
-405, 409 or 415.
+405, 409, 413 or 415 (500 only for a defect), and each is logged as a
+`request.rejected` event (a route that logs its own, a webhook, says
+`webhook.rejected` instead).
 """
 
 from __future__ import annotations
@@ -24,16 +26,22 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import signal
+import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
+from waitress import wasyncore
+from waitress.server import create_server
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from connector.core.index import IndexStore, SQLiteStore
+from connector.core.settings import Settings
 from connector.engine.review import (
     InvalidInput,
     ReviewError,
@@ -44,6 +52,8 @@ from connector.engine.review import (
     queue,
 )
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -51,6 +61,11 @@ SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_BODY_BYTES = 64 * 1024
 QUEUE_LIMIT = 200  # pairs sent to the page at once; it asks again when they are done
 QUEUE_LIMIT_MAX = 5000
+LOGGED_PATH_CHARS = 200
+SERVER_BODY_BYTES = 1024 * 1024  # the webhook body cap's largest setting
+MAX_HEADER_BYTES = 32 * 1024  # request line and headers; browsers send a few KiB
+LOOP_S = 1.0  # the server loop looks at its stop flag at least this often
+SHUTDOWN_S = 5.0  # requests under way finish within this at shutdown
 
 Handler = Callable[[Request, IndexStore, Mapping[str, Any]], Response]
 
@@ -60,6 +75,7 @@ class Route(NamedTuple):
     same_origin: bool
     any_host: bool
     max_body_bytes: int | None
+    logs_refusals: bool
 
 
 class ServeError(Exception):
@@ -74,8 +90,31 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return response
 
 
-def json_error(status: int, code: str, message: str) -> Response:
-    return json_response({"error": message, "code": code}, status)
+class ErrorResponse(Response):
+    """A JSON error answer that remembers what it said, for the log."""
+
+    code: str
+    reason: str
+
+
+def json_error(status: int, code: str, message: str) -> ErrorResponse:
+    response = ErrorResponse(
+        json.dumps({"error": message, "code": code}, ensure_ascii=False),
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.code, response.reason = code, message
+    return response
+
+
+def json_body(request: Request) -> Any:
+    """The body parsed as JSON, None when it is not JSON. JSON nested deeper
+    than the parser's recursion limit is refused (400), not a crash."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise InvalidInput("the JSON is nested too deeply") from None
 
 
 ERROR_STATUS: dict[type[ReviewError], tuple[int, str]] = {
@@ -95,7 +134,7 @@ def _hostname(host: str) -> str:
 class App:
     """A small router over one index: each request opens its own connection
     (an SQLite connection belongs to the thread that made it, and the server
-    answers each request in a thread of its own)."""
+    answers requests in several threads)."""
 
     def __init__(self, db_path: Path, allowed_hosts: Iterable[str] = ()) -> None:
         self.db_path = db_path
@@ -112,6 +151,7 @@ class App:
         same_origin: bool = True,
         any_host: bool = False,
         max_body_bytes: int | None = MAX_BODY_BYTES,
+        logs_refusals: bool = False,
     ) -> None:
         """Route `rule` to `handler`. A POST to a `same_origin` route must be
         JSON from this origin; a route called by other servers (a webhook)
@@ -119,10 +159,22 @@ class App:
         reached by whatever name the caller uses (platform hosts calling a
         webhook: the signature protects it, not the Host check).
         `max_body_bytes`: larger bodies are refused with 413 (None: the
-        handler reads and limits the body itself)."""
+        handler reads and limits the body itself). `logs_refusals`: the
+        handler logs the errors it answers with itself."""
         endpoint = f"{handler.__module__}.{handler.__qualname__}:{rule}"
         self.url_map.add(Rule(rule, endpoint=endpoint, methods=list(methods)))
-        self.handlers[endpoint] = Route(handler, same_origin, any_host, max_body_bytes)
+        self.handlers[endpoint] = Route(
+            handler, same_origin, any_host, max_body_bytes, logs_refusals
+        )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body the server reads before the app sees a request:
+        the largest any route takes, and at least SERVER_BODY_BYTES, so that
+        every route answers its own JSON 413 to a body a little over its cap.
+        A larger body gets waitress's plain-text 413, unread."""
+        caps = [route.max_body_bytes or 0 for route in self.handlers.values()]
+        return max([SERVER_BODY_BYTES, *caps])
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -134,6 +186,31 @@ class App:
         return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
+        """The route's answer; every error answer is logged once."""
+        try:
+            response, logged = self._dispatch(request)
+        except Exception:
+            log.exception(
+                "request.failed",
+                method=request.method,
+                path=request.path[:LOGGED_PATH_CHARS],
+                remote_addr=request.remote_addr,
+            )
+            return json_error(500, "internal", "the server failed on this request; see its log")
+        if isinstance(response, ErrorResponse) and not logged:
+            log.warning(
+                "request.rejected",
+                method=request.method,
+                path=request.path[:LOGGED_PATH_CHARS],
+                status=response.status_code,
+                code=response.code,
+                reason=response.reason[: LOGGED_PATH_CHARS * 2],
+                remote_addr=request.remote_addr,
+            )
+        return response
+
+    def _dispatch(self, request: Request) -> tuple[Response, bool]:
+        """The answer, and whether the handler logged it already."""
         known_host = _hostname(request.host) in self.allowed_hosts
 
         def refused_host() -> Response:
@@ -145,32 +222,34 @@ class App:
             endpoint, arguments = adapter.match()
         except NotFound:
             if not known_host:
-                return refused_host()
-            return json_error(404, "not_found", f"no such page: {request.path}")
+                return refused_host(), False
+            return json_error(404, "not_found", f"no such page: {request.path}"), False
         except MethodNotAllowed as exc:
             if not known_host:
-                return refused_host()
+                return refused_host(), False
             response = json_error(405, "method", f"{request.method} is not allowed here")
             response.headers["Allow"] = ", ".join(exc.valid_methods or ())
-            return response
+            return response, False
         except HTTPException as exc:  # a redirect to the canonical URL
-            return refused_host() if not known_host else exc.get_response(request.environ)
-        handler, same_origin, any_host, max_body_bytes = self.handlers[endpoint]
+            if not known_host:
+                return refused_host(), False
+            return exc.get_response(request.environ), False
+        handler, same_origin, any_host, max_body_bytes, logs_refusals = self.handlers[endpoint]
         if not known_host and not any_host:
-            return refused_host()
+            return refused_host(), False
         request.max_content_length = max_body_bytes
         if same_origin and request.method not in ("GET", "HEAD", "OPTIONS"):
             refused = self._cross_site(request)
             if refused is not None:
-                return refused
+                return refused, False
         store = SQLiteStore(self.db_path)
         try:
-            return handler(request, store, arguments)
+            return handler(request, store, arguments), logs_refusals
         except ReviewError as exc:
             status, code = ERROR_STATUS.get(type(exc), (400, "invalid"))
-            return json_error(status, code, str(exc))
+            return json_error(status, code, str(exc)), False
         except HTTPException as exc:  # a body over MAX_BODY_BYTES
-            return json_error(exc.code or 400, "request", exc.description or exc.name)
+            return json_error(exc.code or 400, "request", exc.description or exc.name), False
         finally:
             store.close()
 
@@ -226,7 +305,7 @@ def review_queue(request: Request, store: IndexStore, arguments: Mapping[str, An
 
 
 def review_decide(request: Request, store: IndexStore, arguments: Mapping[str, Any]) -> Response:
-    body = request.get_json(silent=True)
+    body = json_body(request)
     if not isinstance(body, dict):
         raise InvalidInput("the body must be a JSON object {a, b, decision, by}")
     fields: dict[str, str] = {}
@@ -286,20 +365,106 @@ def make_app(
     return app
 
 
+class ReviewServer:
+    """The app behind waitress, bounded: `threads` threads answer whole
+    requests (waitress reads each request completely before a thread sees
+    it, so a slow or stalled sender holds no thread), at most `connections`
+    are open (more wait in the kernel's listen backlog until one closes), and
+    a connection that sends nothing for `read_timeout_s` while its request is
+    incomplete, or while idle between requests, is closed.
+
+    socketserver's shape, for callers of the werkzeug server this replaced:
+    `server_port`, `serve_forever()`, `shutdown()` (from another thread;
+    returns once the loop stopped), `server_close()`."""
+
+    def __init__(self, app: App, host: str, port: int, settings: Settings) -> None:
+        listener = _listening_socket(host, port)
+        self._map: dict[int, Any] = {}
+        timeout_s = settings.serve_read_timeout_s
+        try:
+            self.server: Any = create_server(
+                app,
+                map=self._map,
+                sockets=[listener],
+                threads=settings.serve_threads,
+                # The listener and waitress's wake-up pipe count as two.
+                connection_limit=settings.serve_connections + 2,
+                channel_timeout=timeout_s,
+                cleanup_interval=max(1, min(timeout_s // 4, 30)),
+                # poll(2): select(2) fails past 1024 open descriptors.
+                asyncore_use_poll=True,
+                # Buffered per connection before the request is whole: small, so
+                # many stalled senders cannot hold much memory (bodies spill to
+                # a temporary file beyond inbuf_overflow).
+                max_request_header_size=MAX_HEADER_BYTES,
+                inbuf_overflow=MAX_BODY_BYTES,
+                max_request_body_size=app.max_request_bytes,
+                ident="damdup",
+            )
+        except BaseException:
+            listener.close()
+            raise
+        self.server_port: int = self.server.effective_port
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        try:
+            while not self._stop.is_set():
+                wasyncore.loop(timeout=LOOP_S, use_poll=True, map=self._map, count=1)
+        finally:
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Ask the loop to stop within LOOP_S; safe in a signal handler."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.server.pull_trigger()  # wakes the loop's poll
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        self.server.task_dispatcher.shutdown(timeout=SHUTDOWN_S)
+        self.server.close()  # the listener and the wake-up pipe
+        for channel in list(self._map.values()):
+            channel.handle_close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bound to the first address `host` resolves to, as werkzeug did (waitress
+    would listen on every one, each with its own port 0)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return listener
+
+
 def make_review_server(
     db_path: str | Path,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     allowed_hosts: Iterable[str] = (),
     extend: Callable[[App], None] | None = None,
-) -> BaseWSGIServer:
-    """A threaded server bound to `host:port` (port 0: a free one, see
-    `server.server_port`); `serve_forever()` runs it, `shutdown()` stops it."""
+    settings: Settings | None = None,
+) -> ReviewServer:
+    """A server bound to `host:port` (port 0: a free one, see
+    `server.server_port`), limited by `settings` (default: from the
+    environment); `serve_forever()` runs it, `shutdown()` stops it."""
     app = make_app(db_path, allowed_hosts=[host, *allowed_hosts], extend=extend)
-    try:
-        return make_server(host, port, app, threaded=True)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return ReviewServer(app, host, port, settings or Settings())
 
 
 def serve(
@@ -310,16 +475,25 @@ def serve(
     allowed_hosts: Iterable[str] = (),
     announce: Callable[[str], None] | None = None,
     extend: Callable[[App], None] | None = None,
+    settings: Settings | None = None,
 ) -> None:
-    """Serve the review page until interrupted; `announce` is told its address
-    once the server listens (ServeError before that: no index, port taken)."""
-    server = make_review_server(db_path, host, port, allowed_hosts, extend)
-    if announce is not None:
-        shown = f"[{host}]" if ":" in host else host
-        announce(f"http://{shown}:{server.server_port}/review")
+    """Serve the review page until Ctrl-C or SIGTERM, then return once the
+    requests under way are answered; `announce` is told its address once the
+    server listens (ServeError before that: no index, port taken)."""
+    server = make_review_server(db_path, host, port, allowed_hosts, extend, settings)
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        # A flag the loop looks at, not an exception inside one of its handlers.
+        previous = {sig: signal.signal(sig, lambda *_: server.stop()) for sig in stopping}
     try:
+        if announce is not None:
+            shown = f"[{host}]" if ":" in host else host
+            announce(f"http://{shown}:{server.server_port}/review")
         server.serve_forever()
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
 
 

@@ -48,7 +48,7 @@ from connector.core.index import CheckRow, IndexStore, SQLiteStore
 from connector.core.settings import Settings
 from connector.core.urls import url_under
 from connector.engine.check import Checker, LookupRefused
-from connector.serve import App, json_error, json_response
+from connector.serve import App, json_body, json_error, json_response
 from connector.units import build_adapters
 
 __all__ = [
@@ -78,6 +78,8 @@ MAX_ASSET_ID_CHARS = 512
 RETRY_AFTER_S = 5
 RESUME_LIMIT = 10_000  # newest checks looked at for unfinished ones when the server starts
 CHECKS_LIMIT_MAX = 1000
+CHECK_ID = re.compile(r"[0-9]{1,19}")
+MAX_CHECK_ID = 2**63 - 1  # SQLite's largest INTEGER
 # Multipart framing around an uploaded image, on top of max_file_mb.
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 IMAGE_TYPES = re.compile(r"image/[a-z0-9.+-]+")
@@ -167,9 +169,12 @@ class WebhookService:
             same_origin=False,
             any_host=True,
             max_body_bytes=None,
+            logs_refusals=True,  # as webhook.rejected
         )
         app.add("/api/checks", self.list_checks, ["GET"])
-        app.add("/api/checks/<int:check_id>", self.one_check, ["GET"])
+        # Any path segment: an id that is no number a check can have gets a 400
+        # that says so, not a 404 for a missing page (or a crash past SQLite's range).
+        app.add("/api/checks/<check_id>", self.one_check, ["GET"])
         app.add(
             "/api/lookup",
             self.lookup,
@@ -257,14 +262,12 @@ class WebhookService:
             log.warning(
                 "webhook.rejected",
                 unit=unit[:100],
+                path=request.path[:200],
                 status=refused.status,
                 reason=refused.logged,
                 remote_addr=request.remote_addr,
             )
             response = json_error(refused.status, refused.code, refused.reason)
-            if refused.status == 413:
-                # The rest of the body is not read: the connection cannot be reused.
-                response.headers["Connection"] = "close"
             if refused.status == 503:
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
@@ -347,6 +350,8 @@ class WebhookService:
             payload = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise Refused(400, "invalid", f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise Refused(400, "invalid", "the body is JSON nested too deeply") from None
         if not isinstance(payload, dict):
             raise Refused(400, "invalid", "the body must be a JSON object")
         unknown = sorted(set(payload) - {"asset_id", "event", "url"})
@@ -386,7 +391,12 @@ class WebhookService:
     def one_check(
         self, request: Request, store: IndexStore, arguments: Mapping[str, Any]
     ) -> Response:
-        row = store.check(int(arguments["check_id"]))
+        text = str(arguments["check_id"])
+        if not CHECK_ID.fullmatch(text) or not 1 <= int(text) <= MAX_CHECK_ID:
+            return json_error(
+                400, "invalid", f"a check id is a whole number from 1 to {MAX_CHECK_ID}"
+            )
+        row = store.check(int(text))
         if row is None:
             return json_error(404, "unknown_check", f"no check {arguments['check_id']}")
         return json_response(check_dict(row))
@@ -405,7 +415,7 @@ class WebhookService:
         elif IMAGE_TYPES.fullmatch(mimetype):
             data = request.get_data(cache=False)
         elif mimetype == "application/json":
-            payload = request.get_json(silent=True)
+            payload = json_body(request)
             if not isinstance(payload, dict) or not isinstance(payload.get("url"), str):
                 return json_error(400, "invalid", 'send JSON {"url": "..."}')
             url = payload["url"]

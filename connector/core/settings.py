@@ -32,6 +32,15 @@ class Settings(BaseSettings):
     webhook_max_body_bytes: int = Field(
         64 * 1024, ge=1024, le=1024 * 1024, description="larger notifications are refused (413)"
     )
+    serve_threads: int = Field(
+        8, ge=1, le=256, description="`damdup serve`: threads answering whole requests"
+    )
+    serve_connections: int = Field(
+        500, ge=8, le=10_000, description="`damdup serve`: open connections, at most"
+    )
+    serve_read_timeout_s: int = Field(
+        30, ge=1, le=3600, description="`damdup serve`: a connection silent this long is closed"
+    )
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )
