@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters
@@ -975,6 +977,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="damdup", description="Find duplicate images across asset libraries."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress events")
+    parser.add_argument("--version", action="version", version=f"damdup {damdup_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -1147,7 +1150,35 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata.add_argument("--csv", metavar="FILE", help="every such asset as CSV")
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
     audit_metadata.set_defaults(handler=cmd_audit_metadata)
+
+    plugin_cmd = commands.add_parser(
+        "wordpress-plugin", help="write damdup's WordPress plugin into a folder",
+        description="write damdup's WordPress plugin into a folder "
+        "(wp-content/plugins/damdup on the site), then activate it in WordPress",
+    )  # fmt: skip
+    plugin_cmd.add_argument("--output", required=True, metavar="DIR", help="folder to write into")
+    plugin_cmd.add_argument("--force", action="store_true", help="replace files already there")
+    plugin_cmd.set_defaults(handler=cmd_wordpress_plugin)
     return parser
+
+
+def damdup_version() -> str:
+    try:
+        return importlib.metadata.version("damdup")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0+unknown"
+
+
+def cmd_wordpress_plugin(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        written = write_plugin(Path(args.output), force=args.force)
+    except PluginExists as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot write into {args.output}: {exc.strerror or exc}") from exc
+    for path in written:
+        out.print(str(path), markup=False, highlight=False)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
