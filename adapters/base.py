@@ -47,12 +47,28 @@ __all__ = [
     "is_mark_tag",
     "marks_to_tags",
     "pick",
+    "reason",
     "tags_to_marks",
 ]
 
 
 class AdapterError(Exception):
     """Base of every error an adapter may raise; no transport error crosses it."""
+
+
+def reason(exc: BaseException) -> str:
+    """What went wrong, for a person: the exception's own words, else its
+    cause's, else its type's name; never empty (some requests and OSError
+    exceptions have no text, and "...: " ending in nothing tells nobody anything)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text:
+            return text
+        current = current.__cause__ or current.__context__
+    return type(exc).__name__
 
 
 class Retryable(AdapterError):

@@ -10,13 +10,14 @@ logged URL and message.
 from __future__ import annotations
 
 import email.utils
+import importlib.metadata
 import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 import requests
@@ -35,6 +36,7 @@ from adapters.base import (
     RateLimited,
     RemoteSettings,
     Unavailable,
+    reason,
 )
 
 __all__ = [
@@ -53,7 +55,15 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-USER_AGENT = "damdup/0.3 (+duplicate-image connector)"
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("damdup")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0+unknown"
+
+
+USER_AGENT = f"damdup/{_version()} (+duplicate-image connector)"
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
@@ -71,6 +81,14 @@ SECRET_PARAMS = frozenset(
     {"key", "apikey", "api_key", "sign", "signature", "token", "access_token", "password",
      "pass", "secret", "client_secret", "sig", "code", "user_key", "auth", "tempauth"}
 )  # fmt: skip
+
+# A URL that needs no quoting: only the characters RFC 3986 allows, each %
+# starting an escape. Such a URL is sent exactly as given; requests would
+# otherwise decode escapes of unreserved characters (%7E to ~) and drop dot
+# segments, and a signed or pre-authenticated address no longer matches.
+VALID_URL = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+# user:password@ in a URL anywhere in a text.
+USERINFO = re.compile(r"(?<=//)[^/?#\s@]+@")
 
 Expect = Literal["json", "bytes", "any"]
 JSON_TYPES = re.compile(r"^application/([\w.+-]+\+)?json$|^text/json$")
@@ -269,6 +287,7 @@ def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
 
 
 def redact_text(text: str, secrets: Iterable[str]) -> str:
+    text = USERINFO.sub("", text)
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "REDACTED")
@@ -335,6 +354,8 @@ class HttpClient:
         self.max_file_bytes = max_file_bytes
         self.sleep = sleep  # how waits between attempts are spent
         self.secrets = [s for s in secrets if s]
+        # Settings refuse credentials in URLs; a caller's URL may still hold some.
+        self.secrets += [unquote(part) for part in (base.username, base.password) if part]
         self.session = requests.Session()
         self.session.auth = auth
         self.session.headers["User-Agent"] = USER_AGENT
@@ -456,9 +477,9 @@ class HttpClient:
                 Unavailable(f"{method} {shown} timed out ({self.timeout[1]} s)")
             ) from exc
         except requests.RequestException as exc:
-            reason = redact_text(_short(exc), self.secrets)
-            self._log(method, shown, None, started, attempt, reason)
-            raise _Transient(Unavailable(f"{method} {shown} failed: {reason}")) from exc
+            why = redact_text(_short(exc), self.secrets)
+            self._log(method, shown, None, started, attempt, why)
+            raise _Transient(Unavailable(f"{method} {shown} failed: {why}")) from exc
         with response:
             shown = redact_url(response.url, self.secrets)
             status = response.status_code
@@ -486,16 +507,14 @@ class HttpClient:
         """Redirects are followed here, not by requests, so that each hop is
         checked against the unit's hosts before anything is sent there."""
         for _hop in range(MAX_REDIRECTS + 1):
-            response = self.session.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                data=data,
-                headers=headers,
-                timeout=self.timeout,
-                stream=True,
-                allow_redirects=False,
+            prepared = self.session.prepare_request(
+                requests.Request(method, url, params=params, json=json, data=data, headers=headers)
+            )
+            if not params and VALID_URL.fullmatch(url):
+                prepared.url = url  # exactly as given (VALID_URL says why)
+            send = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+            response = self.session.send(
+                prepared, timeout=self.timeout, allow_redirects=False, **send
             )
             location = response.headers.get("Location")
             if not response.is_redirect or not location:
@@ -616,8 +635,28 @@ def _origin(url: str) -> str:
 
 
 def _short(exc: BaseException | str) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "…"
+    text = exc if isinstance(exc, str) else _last_words(exc)
+    # The end of a transport error says what happened ("Connection refused"):
+    # a long text loses its middle, never its end.
+    return text if len(text) <= 200 else text[:80] + " … " + text[-117:]
+
+
+def _last_words(exc: BaseException) -> str:
+    """The innermost cause's own words: requests wraps urllib3's
+    MaxRetryError, which wraps the socket's error, each repeating the URL and
+    an object's repr ("HTTPConnection(host=..., port=9): Failed to establish
+    a new connection: [Errno 111] Connection refused")."""
+    inner: BaseException = exc
+    for _depth in range(8):
+        nested = getattr(inner, "reason", None)
+        if not isinstance(nested, BaseException) and inner.args:
+            nested = inner.args[0]
+        if not isinstance(nested, BaseException) or nested is inner:
+            break
+        inner = nested
+    text = reason(inner)
+    text = re.sub(r"^(?:<[^>]*>|\w+\([^()]*\)):\s*", "", text)
+    return text or reason(exc)
 
 
 def _excerpt(reply: Reply) -> str:

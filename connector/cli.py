@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters
@@ -162,7 +164,7 @@ def resolve_context(args: argparse.Namespace) -> Context:
     configuration file, then the default."""
     overrides: dict[str, Any] = {}
     if getattr(args, "db", None):
-        overrides["db"] = Path(args.db)
+        overrides["db"] = args.db
     if getattr(args, "workers", None):
         overrides["workers"] = args.workers
     settings = Settings(**overrides)
@@ -1064,6 +1066,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="damdup", description="Find duplicate images across asset libraries."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress events")
+    parser.add_argument("--version", action="version", version=f"damdup {damdup_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -1231,7 +1234,35 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata.add_argument("--csv", metavar="FILE", help="every such asset as CSV")
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
     audit_metadata.set_defaults(handler=cmd_audit_metadata)
+
+    plugin_cmd = commands.add_parser(
+        "wordpress-plugin", help="write damdup's WordPress plugin into a folder",
+        description="write damdup's WordPress plugin into a folder "
+        "(wp-content/plugins/damdup on the site), then activate it in WordPress",
+    )  # fmt: skip
+    plugin_cmd.add_argument("--output", required=True, metavar="DIR", help="folder to write into")
+    plugin_cmd.add_argument("--force", action="store_true", help="replace files already there")
+    plugin_cmd.set_defaults(handler=cmd_wordpress_plugin)
     return parser
+
+
+def damdup_version() -> str:
+    try:
+        return importlib.metadata.version("damdup")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0+unknown"
+
+
+def cmd_wordpress_plugin(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        written = write_plugin(Path(args.output), force=args.force)
+    except PluginExists as exc:
+        raise UsageError(str(exc)) from exc
+    except OSError as exc:
+        raise UsageError(f"cannot write into {args.output}: {exc.strerror or exc}") from exc
+    for path in written:
+        out.print(str(path), markup=False, highlight=False)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1243,7 +1274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Callable[[argparse.Namespace, Context], int] = args.handler
         return handler(args, ctx)
     except ValidationError as exc:
-        err.print(f"damdup: bad setting: {exc}", style="red")
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            err.print(
+                f"damdup: bad setting {name} (${'DAMDUP_' + name.upper()} or [damdup] {name}): "
+                f"{message}",
+                style="red",
+                markup=False,
+                highlight=False,
+            )
         return EXIT_USAGE
     except (UsageError, SchemaError, ConfigError, ReviewError) as exc:
         err.print(f"damdup: {exc}", style="red")

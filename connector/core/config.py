@@ -25,6 +25,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -93,6 +94,37 @@ def describe(exc: ValidationError, prefix: str) -> str:
     return "; ".join(f"{prefix}{_where(error['loc'])}: {error['msg']}" for error in exc.errors())
 
 
+def holds_credentials(value: Any) -> bool:
+    """Whether a value is (or holds) a URL with a user name or password."""
+    if isinstance(value, dict):
+        return any(holds_credentials(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(holds_credentials(item) for item in value)
+    if not isinstance(value, str) or "://" not in value:
+        return False
+    try:
+        return "@" in urlsplit(value.strip()).netloc
+    except ValueError:
+        return False
+
+
+def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
+    """No process setting takes credentials: a URL holding a user name or
+    password (a database URL in db) would be printed in messages and logs.
+    Refused, naming the setting and never repeating the value."""
+    where = [f"damdup.{key}" for key, value in process.items() if holds_credentials(value)]
+    where += [
+        f"DAMDUP_{field.upper()}"
+        for field in Settings.model_fields
+        if holds_credentials(os.environ.get(f"DAMDUP_{field.upper()}"))
+    ]
+    if where:
+        raise ConfigError(
+            f"{path}: {', '.join(where)}: a URL must not hold a user name or password "
+            "(db is the index file's path)"
+        )
+
+
 def load_config(path: Path | str, base: Settings | None = None) -> Config:
     """Read and check a configuration file. Every problem is a ConfigError
     that names the file, the unit and the key."""
@@ -101,8 +133,11 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise ConfigError(f"{path}: cannot be read: {why}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot be read: not UTF-8 ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     unknown = set(raw) - {"damdup", "units"}
@@ -111,6 +146,7 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
     process = raw.get("damdup", {})
     if not isinstance(process, dict):
         raise ConfigError(f"{path}: [damdup] must be a table")
+    _refuse_credentials(path, process)
     # Environment variables win over the file, as operators expect.
     from_file = {k: v for k, v in process.items() if f"DAMDUP_{k.upper()}" not in os.environ}
     overrides = base.model_dump(exclude_unset=True) if base is not None else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connector.core.fingerprint import DEFAULT_MAX_PIXELS
@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )
+
+    @field_validator("db", mode="before")
+    @classmethod
+    def _db_is_a_path(cls, value: object) -> object:
+        # A URL taken as a path made a directory named "postgresql:" with a
+        # SQLite file in it: never guess, refuse what is not a file path.
+        if isinstance(value, str) and "://" in value:
+            scheme = value.split("://", 1)[0]
+            raise ValueError(
+                f"{scheme}:// is not a kind of index damdup knows; "
+                "db is the SQLite index file's path"
+            )
+        return value
 
     @property
     def max_file_bytes(self) -> int:

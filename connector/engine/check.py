@@ -15,6 +15,7 @@ brute force in a small side list, and folded into a rebuild once it grows.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported
+from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported, reason
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -78,6 +79,9 @@ from connector.engine.sync import (
 )
 
 __all__ = ["Checker", "LookupRefused", "MatchIndex"]
+
+# user:password@ in a URL.
+USERINFO = re.compile(r"(?<=//)[^/?#\s@]+@")
 
 log = structlog.get_logger(__name__)
 
@@ -360,10 +364,10 @@ class Checker:
                 except CheckFailed as exc:
                     error = str(exc)
                 except AdapterError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
+                    error = f"{type(exc).__name__}: {reason(exc)}"
                 except Exception as exc:  # a defect must not kill the worker thread
                     log.exception("check.crashed")
-                    error = f"unexpected {type(exc).__name__}: {exc}"
+                    error = f"unexpected {type(exc).__name__}: {reason(exc)}"
                 else:
                     store.finish_check(check_id, verdict)
                     log.info("check.finished", role=verdict["role"], tier=verdict["tier"])
@@ -381,7 +385,7 @@ class Checker:
         try:
             ref = adapter.describe(asset_id)
         except NotFound as exc:
-            raise CheckFailed(f"{unit} has no asset {asset_id}: {exc}") from exc
+            raise CheckFailed(f"{unit} has no asset {asset_id}: {reason(exc)}") from exc
         except Unsupported:
             return self._synced(store, unit, adapter, asset_id)
         if ref.problem is not None:
@@ -400,7 +404,7 @@ class Checker:
         try:
             data = adapter.fetch(ref, min_side=DECODE_SIDE)
         except AdapterError as exc:
-            store.save_asset(unit, asset_row(unit, ref, None, f"fetch failed: {exc}"), None)
+            store.save_asset(unit, asset_row(unit, ref, None, f"fetch failed: {reason(exc)}"), None)
             raise
         if len(data) > self.settings.max_file_bytes:
             error = f"file is over the {self.settings.max_file_bytes:,} byte limit"
@@ -439,7 +443,7 @@ class Checker:
                     max_bytes=self.settings.max_file_bytes,
                 )
         except UnitBusy as exc:
-            raise CheckFailed(f"{exc}; its sync will index {asset_id}") from exc
+            raise CheckFailed(f"{reason(exc)}; its sync will index {asset_id}") from exc
         row = store.find_asset(f"{unit}:{asset_id}")
         if row is None or not row.live:
             raise CheckFailed(f"{unit} has no asset {asset_id} (not in its listing)")
@@ -723,8 +727,11 @@ class Checker:
             store.close()
 
     def _fetch_url(self, url: str) -> bytes:
+        # The URL is fetched exactly as given; a user name and password in it
+        # (refused below) are never repeated in a message.
+        shown = USERINFO.sub("", url)
         if urlsplit(url).scheme not in ("http", "https"):
-            raise LookupRefused(f"only http(s) addresses can be looked up, not {url!r}")
+            raise LookupRefused(f"only http(s) addresses can be looked up, not {shown!r}")
         for unit, adapter in self.adapters.items():
             base = getattr(adapter.settings, "base_url", None)
             if base is None or url_under(url, str(base)) is not None:
@@ -732,9 +739,11 @@ class Checker:
             try:
                 return adapter.fetch_url(url)
             except Unsupported as exc:
-                raise LookupRefused(f"unit {unit} cannot fetch by URL: {exc}") from exc
+                raise LookupRefused(f"unit {unit} cannot fetch by URL: {reason(exc)}") from exc
             except AdapterError as exc:
-                raise LookupRefused(f"could not fetch {url} from unit {unit}: {exc}") from exc
+                raise LookupRefused(
+                    f"could not fetch {shown} from unit {unit}: {reason(exc)}"
+                ) from exc
         # Object stores have no base URL: each adapter knows its bucket's or
         # container's address and reads only an object under it (BadAsset else).
         for adapter in self.adapters.values():
@@ -745,9 +754,9 @@ class Checker:
             except (Unsupported, BadAsset):
                 continue
             except AdapterError as exc:
-                raise LookupRefused(f"could not fetch {url}: {exc}") from exc
+                raise LookupRefused(f"could not fetch {shown}: {reason(exc)}") from exc
         raise LookupRefused(
-            f"{url} is not under the base URL of any configured unit; "
+            f"{shown} is not under the base URL of any configured unit; "
             "damdup fetches only from the units' own platforms"
         )
 
@@ -766,7 +775,7 @@ class Checker:
         try:
             fingerprint = self._fingerprint(data)
         except ImageError as exc:
-            raise LookupRefused(f"not an image damdup can read: {exc}") from exc
+            raise LookupRefused(f"not an image damdup can read: {reason(exc)}") from exc
         index = self._matcher(store)
         matches: dict[str, Tier] = {}
         known = store.fingerprint(fingerprint.sha256)

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from adapters.base import AssetRef, MetadataMapping, Rendition, choose_rendition, pick
+from adapters.base import AssetRef, MetadataMapping, Rendition, choose_rendition, pick, reason
 from adapters.registry import ADAPTERS
 
 RECORD = {
@@ -98,3 +98,15 @@ def test_exported_names_are_sorted_and_exist(module: str) -> None:
         pytest.skip(f"{module} exports nothing by name")
     assert list(exported) == sorted(exported)
     assert all(hasattr(loaded, name) for name in exported)
+
+
+def test_reason_is_never_empty() -> None:
+    assert reason(OSError()) == "OSError"
+    assert reason(ValueError("bad value")) == "bad value"
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as inner:
+            raise RuntimeError() from inner
+    except RuntimeError as outer:
+        assert reason(outer) == "[Errno 111] Connection refused"

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from email.utils import formatdate
 
 import pytest
+import requests
 from structlog.testing import capture_logs
 from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
@@ -38,7 +39,9 @@ class Echo(Emulator):
         return image_response(JPEG)
 
     def status(self, request: Request, code: int) -> Response:
-        return json_response({"message": f"platform says {code}"}, status=code)
+        # Platforms often repeat the address asked for in their error message.
+        said = f"platform says {code} {request.args.get('next', '')}".strip()
+        return json_response({"message": said}, status=code)
 
     def away(self, request: Request) -> Response:
         return redirect("http://example.invalid/elsewhere")
@@ -210,3 +213,24 @@ def test_a_bare_allowed_host_matches_either_scheme(proxy: FaultProxy) -> None:
     bare = proxy.url.removeprefix("http://").rstrip("/")
     other = HttpClient("https://images.example.invalid/", allowed_hosts=[bare])
     assert other.get_bytes(proxy.url + "file.jpg") == JPEG
+
+
+def test_user_info_in_urls_never_reaches_messages_or_the_log(proxy: FaultProxy) -> None:
+    with_user = proxy.url.replace("http://", "http://editor:pa55w0rd-in-url@")
+    http = HttpClient(with_user, attempts=1, timeout=(10.0, 10.0))
+    with capture_logs() as logs, pytest.raises(NotFound) as caught:
+        # The platform's answer repeats the address with its user info.
+        http.get_json("status/404?next=" + with_user)
+    assert "pa55w0rd-in-url" not in str(caught.value) + repr(logs)
+
+
+def test_a_transport_error_without_words_still_says_what_it_was(proxy: FaultProxy) -> None:
+    class Silent(requests.adapters.HTTPAdapter):
+        def send(self, *args: object, **kwargs: object) -> requests.Response:
+            raise requests.ConnectionError()
+
+    http = client(proxy, attempts=1)
+    http.session.mount("http://", Silent())
+    with pytest.raises(Unavailable) as caught:
+        http.get_json("items")
+    assert str(caught.value).endswith("failed: ConnectionError")

@@ -176,3 +176,13 @@ def test_two_scans_of_one_folder_wait_for_each_other(tmp_path: Path) -> None:
     assert [(row["unit"], row["assets"]) for row in status] == [
         ("scan", len([p for p in folder.iterdir() if p.is_file()]))
     ]
+
+
+@pytest.mark.parametrize("how", ["--db", "DAMDUP_DB"])
+def test_a_database_url_is_never_taken_as_a_path(how: str, tmp_path: Path) -> None:
+    url = "postgresql://damdup@db.example/damdup"
+    argv, env = (["--db", url], {}) if how == "--db" else ([], {"DAMDUP_DB": url})
+    result = damdup("scan", str(PHOTOS / "kuva"), *argv, env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert "postgresql:// is not a kind of index damdup knows" in result.stderr
+    assert not os.listdir(tmp_path), "a folder named after the URL was made"
