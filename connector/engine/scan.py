@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -124,7 +125,8 @@ def run(
             failed[unit] = f"{type(exc).__name__}: {exc}"
             return SyncStats(unit=unit)
         except Exception as exc:  # a defect in one adapter must not stop the others
-            log.exception("unit.crashed", unit=unit)
+            # The traceback as text: it reaches the log whatever the renderer.
+            log.error("unit.crashed", unit=unit, error=repr(exc), exception=traceback.format_exc())
             failed[unit] = f"unexpected {type(exc).__name__}: {exc}"
             return SyncStats(unit=unit)
         finally:
