@@ -61,7 +61,8 @@ class OriginalReader:
                     )
                     return adapter.fetch_original(ref)
                 if asset.url.startswith("file://"):
-                    return Path(unquote(urlparse(asset.url).path)).read_bytes()
+                    path = unquote(urlparse(asset.url).path, errors="surrogateescape")
+                    return Path(path).read_bytes()
             except (AdapterError, OSError) as exc:
                 log.warning("original.unreadable", asset=asset.key, reason=str(exc))
         return None
