@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
+import structlog
 
 import connector.engine.scan
 from connector import cli
@@ -77,6 +78,16 @@ def test_odd_names_are_indexed_and_a_broken_one_is_an_error_of_its_own(
     assert json.loads(again.stdout)["unchanged"] == len(ODD_NAMES) + 2
 
 
+@pytest.fixture
+def logging_restored() -> Iterator[None]:
+    """cli.main configures structlog to write to this test's captured stderr,
+    which is closed once the test ends: later tests must not log there."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("logging_restored")
 def test_a_crashed_unit_fails_the_scan_with_its_reason_and_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
