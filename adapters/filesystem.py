@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
+from urllib.parse import unquote, urlsplit
 
+import structlog
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +24,8 @@ from adapters.base import (
     NotFound,
     Page,
 )
+
+log = structlog.get_logger(__name__)
 
 # Extensions listed as images. SVG is listed so that it is reported as
 # unsupported rather than silently ignored.
@@ -65,7 +70,7 @@ class Filesystem(Adapter[FilesystemCursor]):
         self._listing: list[AssetRef] | None = None
 
     def _walk(self) -> list[AssetRef]:
-        refs: list[AssetRef] = []
+        refs: dict[str, AssetRef] = {}
         for directory, subdirs, files in os.walk(self.root, onerror=None, followlinks=False):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             for name in files:
@@ -73,13 +78,21 @@ class Filesystem(Adapter[FilesystemCursor]):
                     continue
                 path = Path(directory) / name
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path):
-                    refs.append(self._ref(path))
-        refs.sort(key=lambda ref: ref.id)
-        return refs
+                    ref = self._ref(path)
+                    taken = refs.get(ref.id)
+                    if taken is not None:
+                        # Only a name that is not UTF-8 can get an id already
+                        # taken (its readable form is another file's real name);
+                        # the file really named so keeps it.
+                        if not _is_text(path.relative_to(self.root).as_posix()):
+                            ref, taken = taken, ref
+                        log.warning("asset.name_collision", asset_id=ref.id, skipped=taken.url)
+                    refs[ref.id] = ref
+        return sorted(refs.values(), key=lambda ref: ref.id)
 
     def _ref(self, path: Path) -> AssetRef:
-        relative = path.relative_to(self.root).as_posix()
-        url = path.as_uri()
+        relative = asset_id_of(path.relative_to(self.root).as_posix())
+        url = path.as_uri()  # percent-encodes the name's bytes, whatever they are
         problem: str | None = None
         size: int | None = None
         modified: str | None = None
@@ -88,7 +101,7 @@ class Filesystem(Adapter[FilesystemCursor]):
             info = path.stat()  # follows links: a loop or a dangling link fails here
             if not stat.S_ISREG(info.st_mode):
                 problem = "not a regular file"
-            elif path.is_symlink() and not path.resolve().is_relative_to(self.root):
+            elif not self._inside(path):
                 problem = "symbolic link points outside the scanned folder; not followed"
             elif info.st_size > self.settings.max_file_bytes:
                 problem = (
@@ -102,8 +115,8 @@ class Filesystem(Adapter[FilesystemCursor]):
             problem = _describe(exc, path)
         facts = {
             "path": relative,
-            "folder": path.parent.name if path.parent != self.root else "",
-            "name": path.name,
+            "folder": asset_id_of(path.parent.name) if path.parent != self.root else "",
+            "name": asset_id_of(path.name),
             "modified": modified,
         }
         return AssetRef(
@@ -128,36 +141,145 @@ class Filesystem(Adapter[FilesystemCursor]):
         next_cursor = None if complete or not items else FilesystemCursor(after=items[-1].id)
         return Page(items=items, cursor=next_cursor, complete=complete)
 
-    def describe(self, asset_id: str) -> AssetRef:
-        relative = Path(asset_id)
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+    def _inside(self, path: Path) -> bool:
+        return Path(os.path.realpath(path)).is_relative_to(self.root)
+
+    def _locate(self, asset_id: str) -> Path:
+        """The file an id names, only where a listing could have found it:
+        under the root, reached through no linked folder (a listing never
+        follows one), its real path inside the root. NotFound otherwise."""
+        relative = PurePosixPath(asset_id)
+        if (
+            not asset_id
+            or "\0" in asset_id
+            or relative.is_absolute()
+            or ".." in relative.parts
+            or not relative.parts
+        ):
             raise NotFound(f"{asset_id!r} is not a path inside the folder")
+        path = self.root.joinpath(*relative.parts)
+        if not os.path.lexists(path) and _is_escaped(asset_id):
+            path = self.root.joinpath(*PurePosixPath(path_of_id(asset_id)).parts)
+        if Path(os.path.realpath(path.parent)) != path.parent:
+            raise NotFound(
+                f"{asset_id!r} is reached through a symbolic link to a folder, "
+                "which a listing does not follow"
+            )
+        if not self._inside(path):
+            raise NotFound(
+                f"{asset_id!r} is a symbolic link to {os.path.realpath(path)}, "
+                f"outside the folder {self.root}; not followed"
+            )
+        return path
+
+    def describe(self, asset_id: str) -> AssetRef:
+        path = self._locate(asset_id)
+        relative = path.relative_to(self.root)
         if any(part.startswith(".") for part in relative.parts[:-1]) or relative.name.startswith(
             "._"
         ):
-            raise NotFound(f"{asset_id} is in a hidden folder, which a listing skips")
-        path = self.root / relative
+            raise NotFound(f"{asset_id!r} is in a hidden folder, which a listing skips")
         if not path.is_file() or not (
             path.suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path)
         ):
-            raise NotFound(f"{asset_id} is not an image file in {self.root}")
+            raise NotFound(f"{asset_id!r} is not an image file in {self.root}")
         return self._ref(path)
 
+    def exists(self, asset: AssetRef) -> bool | None:
+        self._locate(asset.id)  # NotFound for a path that leads out of the root
+        try:
+            self.describe(asset.id)
+        except NotFound:  # gone, or no longer where a listing looks
+            return False
+        return True
+
     def local_path(self, asset: AssetRef) -> str | None:
-        return str(self.root / asset.id)
+        # The real path: a link swapped in after this check is not followed out.
+        return os.path.realpath(self._locate(asset.id))
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
-        path = self.root / asset.id
+        return self._read(self._locate(asset.id), asset.id)
+
+    def fetch_url(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or parts.query:
+            raise BadAsset(f"{url} is not a file address")
+        path = Path(unquote(parts.path, errors="surrogateescape"))
+        if not path.is_relative_to(self.root):
+            raise BadAsset(f"{url} is not in the folder {self.root}")
+        asset_id = asset_id_of(path.relative_to(self.root).as_posix())
+        return self._read(self._locate(asset_id), asset_id)
+
+    def _read(self, path: Path, asset_id: str) -> bytes:
         try:
             with path.open("rb") as handle:
+                # The file opened, not its name, must be inside the root: a
+                # link swapped in after _locate's check is caught here.
+                opened = f"/proc/self/fd/{handle.fileno()}"
+                if os.path.exists(opened) and not Path(os.readlink(opened)).is_relative_to(
+                    self.root
+                ):
+                    raise NotFound(f"{asset_id!r} now leads outside the folder {self.root}")
                 data = handle.read(self.settings.max_file_bytes + 1)
         except FileNotFoundError as exc:
-            raise NotFound(f"{asset.id} no longer exists") from exc
+            raise NotFound(f"{asset_id!r} no longer exists") from exc
         except OSError as exc:
             raise BadAsset(_describe(exc, path)) from exc
         if len(data) > self.settings.max_file_bytes:
             raise BadAsset(f"file is over the {self.settings.max_file_bytes:,} byte limit")
         return data
+
+
+# A name that is not valid UTF-8 (any byte string but "/" and NUL is a valid
+# Linux file name) gets a readable id: each byte that is not UTF-8 as \xNN,
+# and, in such names only, "\" as "\\", so that the id leads back to the name.
+# Every other id is the path itself, as before.
+_ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|\\)")
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode kept undecodable bytes as surrogates
+        return False
+    return True
+
+
+def _is_escaped(asset_id: str) -> bool:
+    return _ESCAPE.search(asset_id) is not None
+
+
+def asset_id_of(relative: str) -> str:
+    """The id of a relative path as os.fsdecode gives it."""
+    if _is_text(relative):
+        return relative
+    raw = relative.encode("utf-8", "surrogateescape")
+    out: list[str] = []
+    position = 0
+    while position < len(raw):
+        try:
+            text = raw[position:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = raw[position : position + exc.start].decode("utf-8")
+            out.append(text.replace("\\", "\\\\"))
+            out.append(f"\\x{raw[position + exc.start]:02x}")
+            position += exc.start + 1
+            continue
+        out.append(text.replace("\\", "\\\\"))
+        break
+    return "".join(out)
+
+
+def path_of_id(asset_id: str) -> str:
+    """The relative path (as os.fsdecode gives it) of an id asset_id_of made
+    from a name that is not UTF-8."""
+    raw = asset_id.encode("utf-8")
+    unescaped = re.sub(
+        rb"\\(x([0-9a-f]{2})|\\)",
+        lambda m: bytes([int(m[2], 16)]) if m[2] else b"\\",
+        raw,
+    )
+    return os.fsdecode(unescaped)
 
 
 def _worth_a_look(path: Path) -> bool:

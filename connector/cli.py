@@ -232,10 +232,14 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
             "reused": sync.reused,
             "retired": sync.retired,
             "errors": result.errors,
+            "failed_units": result.failed_units,
             "candidates": result.match.candidates,
             "pairs_checked": result.match.evaluated,
             "db": str(settings.db),
         }
+        # A scan that stopped must say so even with --format json: its index is incomplete.
+        for reason in result.failed_units.values():
+            err.print(f"{unit}: scan stopped: {reason}", style="red", markup=False)
         if args.format == "json":
             out.print_json(json.dumps(summary))
         else:
@@ -250,7 +254,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                     f"{result.errors} file(s) could not be indexed: see `damdup errors`",
                     style="yellow",
                 )
-        return EXIT_SOME_FAILED if result.errors else EXIT_OK
+        return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
     finally:
         store.close()
 

@@ -9,10 +9,14 @@ with it: the other jobs in flight are re-run one at a time to find the culprit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import resource
+import select
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -48,7 +52,54 @@ def _alarm(signum: int, frame: object) -> None:
     raise JobTimeout
 
 
-def _init_worker(limits: Limits) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with(owner: int) -> None:
+    """End this worker when the process that owns the pool ends, however it
+    ends (kill -9 included).
+
+    The forkserver, not the owner, forks the workers, and each worker holds
+    the write ends of its own job queue, of the forkserver's liveness pipe
+    and of the resource tracker's pipe. Once the owner is killed, none of
+    them reaches end of file: workers, forkserver and tracker would all live
+    on, a worker with its ~200 MB. So each worker watches the owner itself;
+    when the workers are gone, the forkserver and the tracker read end of
+    file and exit on their own. The owner is watched through a pidfd, not
+    with PR_SET_PDEATHSIG: that follows the thread that forked the
+    forkserver (a unit's thread, which ends long before the process), and
+    the worker's own parent is the forkserver. PR_SET_PDEATHSIG still ends a
+    worker whose forkserver is killed."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    try:
+        handle: int | None = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)  # the owner died before this worker started
+    except (AttributeError, OSError):  # no pidfd (not Linux, or before 5.3): poll
+        handle = None
+    threading.Thread(target=_watch, args=(owner, handle), name="owner-watch", daemon=True).start()
+
+
+def _watch(owner: int, handle: int | None) -> None:
+    if handle is not None:
+        select.select([handle], [], [])  # readable once the owner has exited
+    else:
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, under another user (a reused pid)
+                pass
+            time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGKILL)  # at once, even mid-decode
+
+
+def _init_worker(limits: Limits, owner: int | None = None) -> None:
+    if owner is not None:
+        _die_with(owner)  # its thread is started before the memory limit applies
     # Threads inside a worker would only fight the other worker for the 2 cores.
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -96,7 +147,7 @@ class WorkerPool:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("forkserver"),
                 initializer=_init_worker,
-                initargs=(self.limits,),
+                initargs=(self.limits, os.getpid()),
             )
         return self._executor
 

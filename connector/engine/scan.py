@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -60,7 +61,8 @@ class OriginalReader:
                     )
                     return adapter.fetch_original(ref)
                 if asset.url.startswith("file://"):
-                    return Path(unquote(urlparse(asset.url).path)).read_bytes()
+                    path = unquote(urlparse(asset.url).path, errors="surrogateescape")
+                    return Path(path).read_bytes()
             except (AdapterError, OSError) as exc:
                 log.warning("original.unreadable", asset=asset.key, reason=str(exc))
         return None
@@ -124,7 +126,8 @@ def run(
             failed[unit] = f"{type(exc).__name__}: {exc}"
             return SyncStats(unit=unit)
         except Exception as exc:  # a defect in one adapter must not stop the others
-            log.exception("unit.crashed", unit=unit)
+            # The traceback as text: it reaches the log whatever the renderer.
+            log.error("unit.crashed", unit=unit, error=repr(exc), exception=traceback.format_exc())
             failed[unit] = f"unexpected {type(exc).__name__}: {exc}"
             return SyncStats(unit=unit)
         finally:
