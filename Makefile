@@ -38,7 +38,8 @@ lint: $(STAMP)
 
 bench: $(STAMP) servers
 	bench/install.sh $(VENV)
-	$(PY) bench/accuracy.py
+	$(PY) bench/largeset.py
+	$(PY) bench/accuracy.py --set large
 	$(PY) bench/verify.py
 	$(PY) bench/hashing.py
 	$(PY) bench/search.py

@@ -1,6 +1,7 @@
 """Accuracy on the labelled real photos in fixtures/, damdup beside its peers.
 
     .venv/bin/python bench/accuracy.py [--photos fixtures/photos] [--labels fixtures/labels.json]
+                                       [--set large] [--out accuracy.json]
 
 Prints, in one run: damdup's recall per kind of copy, precision over the pairs it
 puts in the three duplicate tiers, and different shots merged; the same for
@@ -9,6 +10,10 @@ the calibration sweep behind damdup's candidate radius (how many true copies
 each radius proposes, and how many different shots a hash-only rule would merge
 at that radius). Point --photos/--labels at any labelled folder of real photos
 to judge it beyond the fixtures. Results also go to bench/results/accuracy.json.
+
+--set large also scores the large set (photos of 2 MP and more that bench/largeset.py
+builds into bench/results/large/) in the same run, with the same output for it, and ends
+with damdup's figures on both sets side by side (its results: accuracy_large.json).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,10 +97,64 @@ def row(name: str, report: AccuracyReport, seconds: float | None = None) -> dict
     }
 
 
+LARGE = ROOT / "bench" / "results" / "large"
+
+
+def merged_by_kind(labels: dict[str, dict[str, str]], report: AccuracyReport) -> dict[str, int]:
+    """Different shots merged, by the kind of their scene (the large set's `scene_kind`)."""
+    merged: dict[str, int] = {}
+    for a, _ in report.merged_different_shots:
+        kind = labels[a].get("scene_kind", "unlabelled")
+        merged[kind] = merged.get(kind, 0) + 1
+    return merged
+
+
+def run_large() -> dict[str, Any]:
+    """This script on the large set, in a child process; its results."""
+    if not (LARGE / "labels.json").is_file():
+        sys.exit("no large set: run bench/largeset.py first")
+    subprocess.run(
+        [sys.executable, __file__, "--photos", str(LARGE / "photos"),
+         "--labels", str(LARGE / "labels.json"), "--out", "accuracy_large.json"],
+        check=True, cwd=ROOT,
+    )  # fmt: skip
+    large: dict[str, Any] = json.loads((ROOT / "bench/results/accuracy_large.json").read_text())
+    return large
+
+
+def side_by_side(sets: dict[str, dict[str, Any]]) -> None:
+    """damdup's recall per kind, precision and different shots merged, one column a set."""
+    ours = [result["damdup"] for result in sets.values()]
+    rows = [("files", [str(result["files"]) for result in sets.values()])]
+    for kind in sorted({kind for r in ours for kind in r["recall"]}):
+        hits = [r["recall"].get(kind) for r in ours]
+        rows.append((f"recall {kind}", [f"{h['found']}/{h['total']}" if h else "-" for h in hits]))
+    for key in ("recall_copies", "recall_edits", "precision"):
+        rows.append((key, [f"{r[key]:.3f}" for r in ours]))
+    rows.append(("false positives", [str(len(r["false_positives"])) for r in ours]))
+    rows.append(("different-shot pairs", [str(r["different_shot_pairs"]) for r in ours]))
+    rows.append(("different shots merged", [str(len(r["merged_different_shots"])) for r in ours]))
+    for kind in sorted({kind for r in ours for kind in r.get("merged_by_kind", {})}):
+        rows.append((f"  of them {kind}", [str(r["merged_by_kind"].get(kind, 0)) for r in ours]))
+    rows.append(("marked similar", [str(r["different_shots_marked_similar"]) for r in ours]))
+    width = max(len(label) for label, _ in rows)
+    print("\ndamdup on both sets (tiers exact+same_pixels+near_identical)\n")
+    print(f"{'':<{width}} | " + " | ".join(f"{name:>12}" for name in sets))
+    for label, cells in rows:
+        print(f"{label:<{width}} | " + " | ".join(f"{cell:>12}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=Path, default=ROOT / "fixtures" / "photos")
     parser.add_argument("--labels", type=Path, default=ROOT / "fixtures" / "labels.json")
+    parser.add_argument(
+        "--set",
+        choices=("fixtures", "large"),
+        default="fixtures",
+        help="large: also the large set (bench/largeset.py), side by side",
+    )
+    parser.add_argument("--out", default="accuracy.json", help="file name in bench/results/")
     args = parser.parse_args()
     labels = load_labels(args.labels)
     results: dict[str, object] = {"photos": str(args.photos), "files": len(labels)}
@@ -106,7 +166,7 @@ def main() -> None:
         ours = score(labels, damdup_relations(args.photos, db))
         table.append(row("damdup (tiers exact+same_pixels+near_identical)", ours,
                          time.perf_counter() - started))  # fmt: skip
-        results["damdup"] = ours.as_dict()
+        results["damdup"] = {**ours.as_dict(), "merged_by_kind": merged_by_kind(labels, ours)}
         pair_distances = distances(db)
 
     try:
@@ -143,6 +203,8 @@ def main() -> None:
     print("\nRecall per kind of copy (damdup):")
     for kind, (found, total) in sorted(ours.recall.items()):
         print(f"  {kind:<14} {found}/{total}")
+    for kind, count in sorted(merged_by_kind(labels, ours).items()):
+        print(f"  different shots merged, {kind}: {count}")
     print(
         f"\nCalibration of the candidate radius (damdup uses {CANDIDATE_RADIUS}): a radius "
         "only PROPOSES pairs; the pixel check and capture facts decide.\n"
@@ -157,8 +219,10 @@ def main() -> None:
         )
     target = ROOT / "bench" / "results"
     target.mkdir(parents=True, exist_ok=True)
-    (target / "accuracy.json").write_text(json.dumps(results, indent=2))
-    print(f"\nwritten: {target / 'accuracy.json'}")
+    (target / args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwritten: {target / args.out}")
+    if args.set == "large":
+        side_by_side({args.photos.parent.name: results, "large": run_large()})
 
 
 if __name__ == "__main__":

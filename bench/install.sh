@@ -14,6 +14,21 @@ cd "$(dirname "$0")/.."
 VENV="${1:-.venv}"
 PY="$VENV/bin/python"
 
+# The large set's photographs (bench/largeset.py) come from Debian's wallpaper packages:
+# lomiri's two (camera photos under CC BY / CC BY-SA / CC0) and KDE's (photographs by
+# Risto Saukonpää and others). About 120 MB installed, no dependencies; a no-op when present.
+photos="lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 plasma-workspace-wallpapers"
+missing=""
+for package in $photos; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+fi
+
 check() {
   "$PY" - <<'PY'
 import sys
