@@ -32,7 +32,7 @@ from connector.core.index import (
 )
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
-from connector.core.tiers import DUPLICATE_TIERS, MARK_FOR_TIER, Decision, Tier
+from connector.core.tiers import DUPLICATE_TIERS, Decision, Tier
 from connector.daemon import (
     DEFAULT_JITTER,
     DEFAULT_METRICS_HOST,
@@ -350,7 +350,7 @@ def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, i
     for cluster in clusters:
         for member in cluster.members:
             entry = figures.setdefault(member.asset.unit, {"duplicates": 0, "candidates": 0})
-            if member.edge.tier in (Tier.EXACT, Tier.SAME_PIXELS):
+            if member.edge.confirmed:
                 entry["duplicates"] += 1
             else:
                 entry["candidates"] += 1
@@ -434,7 +434,7 @@ def _cluster_json(cluster: Cluster) -> dict[str, Any]:
                 "unit": member.asset.unit,
                 "id": member.asset.asset_id,
                 "tier": member.edge.tier.value,
-                "mark": MARK_FOR_TIER[member.edge.tier],
+                "mark": member.edge.mark,
                 "phash_distance": member.edge.phash_distance,
                 "dhash_distance": member.edge.dhash_distance,
                 "decision": member.edge.decision,
@@ -494,7 +494,7 @@ def cmd_clusters(args: argparse.Namespace, ctx: Context) -> int:
         table.add_row("canonical", cluster.canonical.unit, cluster.canonical.asset_id, "", "", "")
         for member in cluster.members:
             table.add_row(
-                MARK_FOR_TIER[member.edge.tier],
+                member.edge.mark,
                 member.asset.unit,
                 member.asset.asset_id,
                 member.edge.tier.value,

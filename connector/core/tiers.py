@@ -126,6 +126,21 @@ def place(evidence: Evidence) -> Verdict:
     return Verdict(Tier.NEAR_IDENTICAL, reasons)
 
 
+def mark_for(tier: Tier, decision: str | None = None) -> str:
+    """The mark a pair's member carries: `duplicate` for the same bytes or
+    pixels, and for any duplicate-tier pair a reviewer called `same` (or whose
+    canonical they chose); `duplicate-candidate` until then; `related` for
+    another shot."""
+    if tier in DUPLICATE_TIERS and decision in (Decision.SAME, Decision.CANONICAL):
+        return "duplicate"
+    return MARK_FOR_TIER[tier]
+
+
+def confirmed(tier: Tier, decision: str | None = None) -> bool:
+    """Whether a member is a confirmed duplicate (not awaiting review)."""
+    return mark_for(tier, decision) == "duplicate"
+
+
 def apply_decision(tier: Tier | None, decision: Decision | None) -> Tier | None:
     """A reviewer's word outranks automation: `same` makes a pair a duplicate,
     `different` keeps it out of every duplicate tier."""

@@ -249,10 +249,6 @@ def asset_dict(asset: AssetRow, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _role(tier: Tier) -> str:
-    return "duplicate" if tier in (Tier.EXACT, Tier.SAME_PIXELS) else "duplicate-candidate"
-
-
 @dataclass
 class Component:
     """The assets linked to some contents by pairs or decisions, and their
@@ -286,7 +282,7 @@ def cluster_dict(cluster: Cluster, exclude: str | None = None) -> dict[str, Any]
         "tier": cluster.tier.value,
         "canonical": asset_dict(cluster.canonical, reason=cluster.reason),
         "copies": [
-            asset_dict(member.asset, tier=member.edge.tier.value, role=_role(member.edge.tier))
+            asset_dict(member.asset, tier=member.edge.tier.value, role=member.edge.mark)
             for member in cluster.members
             if member.asset.key != exclude
         ],
@@ -667,7 +663,7 @@ class Checker:
                 tier = cluster.tier.value
             else:
                 edge = next(m.edge for m in cluster.members if m.asset.key == asset.key)
-                role, tier = _role(edge.tier), edge.tier.value
+                role, tier = edge.mark, edge.tier.value
         keys = {asset.key}
         if cluster is not None:
             keys |= {cluster.canonical.key} | {m.asset.key for m in cluster.members}

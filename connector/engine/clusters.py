@@ -15,7 +15,14 @@ from typing import Any
 
 from connector.core.fingerprint import FORMATS_ORIGINAL
 from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
-from connector.core.tiers import DUPLICATE_TIERS, TIER_ORDER, Decision, Tier, apply_decision
+from connector.core.tiers import (
+    DUPLICATE_TIERS,
+    TIER_ORDER,
+    Decision,
+    Tier,
+    apply_decision,
+    mark_for,
+)
 
 MANDATORY = ("location", "date", "department")
 
@@ -27,6 +34,16 @@ class Edge:
     dhash_distance: int
     decision: str | None = None
     reasons: tuple[str, ...] = ()
+
+    @property
+    def mark(self) -> str:
+        """`duplicate`, `duplicate-candidate` or `related`: the tier after the
+        reviewer's word, as every command shows it and push writes it."""
+        return mark_for(self.tier, self.decision)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.mark == "duplicate"
 
 
 @dataclass(frozen=True)

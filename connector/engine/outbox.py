@@ -33,7 +33,7 @@ from adapters.base import (
     Unsupported,
 )
 from connector.core.index import AssetRow, IndexStore, OutboxRow
-from connector.core.tiers import MARK_FOR_TIER, Tier
+from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Relation
 
 log = structlog.get_logger("damdup.push")
@@ -78,7 +78,7 @@ def intended_marks(
         labels.setdefault(key(cluster.canonical), set()).add("canonical")
         cluster_of[key(cluster.canonical)] = cluster.id
         for member in cluster.members:
-            labels.setdefault(key(member.asset), set()).add(MARK_FOR_TIER[member.edge.tier])
+            labels.setdefault(key(member.asset), set()).add(member.edge.mark)
             cluster_of[key(member.asset)] = cluster.id
             canonical_of[key(member.asset)] = cluster.canonical.url
     for relation in relations:

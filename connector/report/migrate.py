@@ -44,7 +44,6 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
-from connector.core.tiers import MARK_FOR_TIER, Tier
 from connector.engine.clusters import Cluster
 from connector.engine.outbox import MANDATORY_METADATA, missing_metadata
 from connector.engine.scan import current_clusters
@@ -52,7 +51,6 @@ from connector.engine.scan import current_clusters
 CLUSTERS_SHOWN = 500  # in the HTML, largest first; clusters.csv has every one
 FOLDERS_SHOWN = 300  # likewise, most redundant first; folders.csv has every one
 THUMB_SIDE = 160  # long side of the thumbnails inlined in the HTML
-CONFIRMED = (Tier.EXACT, Tier.SAME_PIXELS)
 LINK_SCHEMES = ("http", "https", "file")
 
 UNIT_FIELDS = [
@@ -135,8 +133,8 @@ class Figures:
         if not missing:
             self.complete += 1
 
-    def count_copy(self, tier: Tier, size_bytes: int) -> None:
-        if tier in CONFIRMED:
+    def count_copy(self, confirmed: bool, size_bytes: int) -> None:
+        if confirmed:
             self.redundant_confirmed += 1
             self.bytes_confirmed += size_bytes
         else:
@@ -238,7 +236,7 @@ class MigrationReport:
                         "unit": asset.unit,
                         "asset_id": asset.asset_id,
                         "tier": member.edge.tier.value,
-                        "mark": MARK_FOR_TIER[member.edge.tier],
+                        "mark": member.edge.mark,
                         "size_bytes": self.sizes.get((asset.unit, asset.asset_id), 0),
                         "folder": folder_of(asset),
                         "url": asset.url,
@@ -294,7 +292,7 @@ def build_report(
                 per_folder[(asset.unit, folder_of(asset))],
                 total,
             ):
-                figures.count_copy(member.edge.tier, size)
+                figures.count_copy(member.edge.confirmed, size)
 
     def weight(cluster: Cluster) -> tuple[int, int, str]:
         reclaim = sum(sizes[(m.asset.unit, m.asset.asset_id)] for m in cluster.members)
