@@ -378,6 +378,9 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     try:
         status = store.unit_status()
         figures = unit_figures(store, settings)
+        held: dict[str, int] = {}
+        for holding in store.held(sorted(set(status) | set(configured))):
+            held[holding.unit] = held.get(holding.unit, 0) + 1
     finally:
         store.close()
     rows: list[dict[str, Any]] = []
@@ -399,6 +402,7 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
                 "duplicates": counts["duplicates"],
                 "candidates": counts["candidates"],
                 "redundancy_pct": round(100.0 * redundant / live, 1) if live else 0.0,
+                "held": held.get(unit, 0),
             }
         )
     if args.format == "json":
@@ -406,7 +410,7 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
         return EXIT_OK
     table = Table(title=ctx.index_line, title_justify="left")
     for column in ("unit", "platform", "last sync", "assets", "errors", "cursor age",
-                   "duplicates", "to review", "redundancy"):  # fmt: skip
+                   "duplicates", "to review", "redundancy", "held"):  # fmt: skip
         table.add_column(
             column, justify="right" if column not in ("unit", "platform", "last sync") else "left"
         )
@@ -417,9 +421,15 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
         table.add_row(
             row["unit"], row["platform"], last, str(row["assets"]), str(row["errors"]),
             row["cursor_age"], str(row["duplicates"]), str(row["candidates"]),
-            f"{row['redundancy_pct']:.1f} %",
+            f"{row['redundancy_pct']:.1f} %", str(row["held"]),
         )  # fmt: skip
     out.print(table)
+    if any(row["held"] for row in rows):
+        out.print(
+            "held: assets whose marks a revert holds back; `damdup push --release` writes them",
+            markup=False,
+            highlight=False,
+        )
     return EXIT_OK
 
 
@@ -682,6 +692,11 @@ def _push(
         # A push beside a sync or another push of a unit would journal marks
         # that the other is changing: wait for each unit's lock, then skip it.
         busy = lock_units(locks, settings, adapters, wait_s=args.lock_wait)
+        released = 0
+        if args.release and (args.dry_run or args.revert is not None):
+            raise UsageError("--release ends holds and pushes: not with --dry-run or --revert")
+        if args.release:
+            released = store.release_holds(list(adapters))
         if args.revert is not None:
             try:
                 report = revert(
@@ -714,15 +729,21 @@ def _push(
             "dry_run_units": report.dry_run_units,
             "report_only_units": report.report_only_units,
             "failed_units": report.failed_units,
+            "released": released,
+            "held": [{"unit": unit, "asset_id": asset_id} for unit, asset_id in report.held],
             "changes": [change.as_dict() for change in report.changes],
         }
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
-        _print_push(report, list(adapters), args.revert)
+        if released:
+            out.print(f"released {released} held asset(s)")
+        _print_push(report, list(adapters), args.revert, writes)
     return EXIT_SOME_FAILED if report.failed_units or report.count(Outcome.FAILED) else EXIT_OK
 
 
-def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> None:
+def _print_push(
+    report: PushReport, units: list[str], revert_of: int | None, writes: dict[str, bool]
+) -> None:
     what = f"revert of push run {revert_of}" if revert_of is not None else "push"
     out.print(f"[bold]{what}[/]: run {report.run}")
     table = Table(title_justify="left")
@@ -739,7 +760,9 @@ def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> 
             mode = "writes"
         table.add_row(unit, mode, *(str(report.count(o, unit)) for o in PUSH_COLUMNS))
     out.print(table)
-    shown = [c for c in report.changes if c.outcome not in (Outcome.ALREADY, Outcome.APPLIED)]
+    # Every asset this run changed or would change, and why any was not: a
+    # real push says what it wrote as plainly as a dry run says what it would.
+    shown = [c for c in report.changes if c.outcome not in (Outcome.ALREADY, Outcome.REPORT_ONLY)]
     for change in shown:
         line = (
             f"  {change.outcome.value:>12}  {change.unit}:{change.asset_id}  "
@@ -757,10 +780,24 @@ def _print_push(report: PushReport, units: list[str], revert_of: int | None) -> 
             )
     for unit, reason in report.failed_units.items():
         err.print(f"{unit}: push stopped: {reason}", style="red")
-    if report.dry_run_units and any(c.outcome == Outcome.WOULD_CHANGE for c in report.changes):
+    if report.held:
+        held_units = sorted({unit for unit, _ in report.held})
+        out.print(
+            f"{len(report.held)} asset(s) held back by a revert in {', '.join(held_units)}: "
+            "their marks are not written until they change; `damdup push --release` "
+            "writes them now (docs/writeback.md, Revert)",
+            markup=False,
+            highlight=False,
+        )
+    would = {c.unit for c in report.changes if c.outcome == Outcome.WOULD_CHANGE}
+    writes_off = [u for u in report.dry_run_units if u in would and not writes.get(u, False)]
+    asked = [u for u in report.dry_run_units if u in would and writes.get(u, False)]
+    if asked:
+        out.print("Dry run (--dry-run): nothing was sent to " + ", ".join(asked) + ".")
+    if writes_off:
         out.print(
             "Dry run: nothing was sent to "
-            + ", ".join(u for u in report.dry_run_units if u not in report.report_only_units)
+            + ", ".join(writes_off)
             + ". Set `writes = true` in a unit's configuration to write its marks."
         )
 
@@ -1139,6 +1176,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--revert", type=int, metavar="RUN", help="put back what push run RUN changed"
     )
     push_cmd.add_argument("--history", action="store_true", help="list earlier push runs")
+    push_cmd.add_argument(
+        "--release", action="store_true",
+        help="end every hold a revert left, then push the marks the index holds",
+    )  # fmt: skip
     push_cmd.add_argument(
         "--report", metavar="FILE", help="every change as CSV, read-only units' marks included"
     )

@@ -440,6 +440,15 @@ class IndexStore(ABC):
         and are not held back by a revert."""
 
     @abstractmethod
+    def held(self, units: Sequence[str]) -> list[OutboxRow]:
+        """Rows of live assets whose intended marks a revert holds back: push
+        leaves them until their intended marks change or they are released."""
+
+    @abstractmethod
+    def release_holds(self, units: Sequence[str]) -> int:
+        """End every hold of `units`; how many assets were held."""
+
+    @abstractmethod
     def start_push(
         self, units: Sequence[str], dry_run: bool, revert_of: int | None = None
     ) -> int: ...
@@ -988,6 +997,26 @@ class SQLiteStore(IndexStore):
                          AND (o.held IS NULL OR o.held != o.intended)"""
         rows = self.db.execute(query + " ORDER BY o.unit, o.asset_id", tuple(units))
         return [OutboxRow(**dict(row)) for row in rows]  # the columns are its fields
+
+    def held(self, units: Sequence[str]) -> list[OutboxRow]:
+        marks = ",".join("?" for _ in units)
+        rows = self.db.execute(
+            f"""SELECT o.* FROM outbox o JOIN assets a USING (unit, asset_id)
+                WHERE a.live = 1 AND o.unit IN ({marks}) AND o.held = o.intended
+                  AND o.intended != COALESCE(o.applied, '')
+                ORDER BY o.unit, o.asset_id""",
+            tuple(units),
+        )
+        return [OutboxRow(**dict(row)) for row in rows]
+
+    def release_holds(self, units: Sequence[str]) -> int:
+        marks = ",".join("?" for _ in units)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE outbox SET held = NULL WHERE held IS NOT NULL AND unit IN ({marks})",
+                tuple(units),
+            )
+            return int(cursor.rowcount)
 
     def start_push(self, units: Sequence[str], dry_run: bool, revert_of: int | None = None) -> int:
         with self._transaction() as db:

@@ -120,6 +120,7 @@ class Outcome(StrEnum):
     GONE = "gone"  # the asset is no longer on the platform
     NO_ROOM = "no-room"  # the store's limits leave no room (MarksDoNotFit)
     FAILED = "failed"  # retried at the next push
+    SUPERSEDED = "superseded"  # a revert skips it: a later push changed it since
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class PushReport:
     report_only_units: list[str]
     changes: list[Change] = field(default_factory=list)
     failed_units: dict[str, str] = field(default_factory=dict)
+    # (unit, asset id) whose intended marks a revert holds back: not written.
+    held: list[tuple[str, str]] = field(default_factory=list)
 
     def count(self, outcome: Outcome, unit: str | None = None) -> int:
         return len(
@@ -170,6 +173,7 @@ class PushReport:
             "outcomes": {o.value: self.count(o) for o in Outcome if self.count(o)},
             "failed_units": self.failed_units,
             "dry_run_units": self.dry_run_units,
+            "held": len(self.held),
         }
 
 
@@ -323,7 +327,9 @@ def push(
             if (row.unit, row.asset_id) in assets
         ]
 
-    return _run_units(store, adapters, writes, targets, None, dry_run, concurrency)
+    report = _run_units(store, adapters, writes, targets, None, dry_run, concurrency)
+    report.held = [(row.unit, row.asset_id) for row in store.held(list(adapters))]
+    return report
 
 
 def push_assets(
@@ -361,26 +367,51 @@ def revert(
     dry_run: bool = False,
     concurrency: int = 4,
 ) -> PushReport:
-    """Put back the marks push run `run` changed. The outbox keeps its
-    intended marks held back, so the next push does not redo the run; they
-    are released when the intended marks change (a new match or a decision)."""
+    """Put back the marks push run `run` changed, on the assets no later push
+    has changed since (those are `superseded` and left as they are: replaying
+    older marks over them would undo a newer decision). The outbox holds the
+    reverted assets' intended marks back, so the next push does not redo the
+    run; the hold ends when an asset's intended marks change, or with
+    `push --release`. Reverting a revert ends its holds and brings its assets
+    to the marks the index holds now, never to marks from before."""
     runs = {r.id: r for r in store.push_runs()}
     if run not in runs:
         raise UnknownRun(f"no push run {run}; runs: {', '.join(map(str, runs)) or 'none'}")
     entries = store.journal(run)
     if not entries and runs[run].dry_run:
         raise UnknownRun(f"push run {run} was a dry run: it changed nothing")
+    undoing_a_revert = runs[run].revert_of is not None
     assets = {(a.unit, a.asset_id): a for a in store.live_assets()}
     rows = {(r.unit, r.asset_id): r for r in store.outbox(list(adapters), pending_only=False)}
-
-    def targets(unit: str) -> list[Target]:
-        chosen = []
-        for entry in entries:
-            key = (entry.unit, entry.asset_id)
-            if entry.unit != unit or key not in assets or key not in rows:
-                continue
-            chosen.append(Target(rows[key], assets[key], decode(entry.before), rows[key].intended))
-        return chosen
-
+    chosen: dict[str, list[Target]] = {}
+    superseded: list[Change] = []
+    for entry in entries:
+        key = (entry.unit, entry.asset_id)
+        if entry.unit not in adapters or key not in assets or key not in rows:
+            continue
+        row, asset = rows[key], assets[key]
+        if (row.applied or "") != entry.after:
+            superseded.append(
+                Change(
+                    entry.unit,
+                    entry.asset_id,
+                    asset.url,
+                    decode(row.applied),
+                    decode(entry.before),
+                    Outcome.SUPERSEDED,
+                    f"changed by a later push since run {run}: left as it is",
+                )
+            )
+            continue
+        if undoing_a_revert:
+            target = Target(row, asset, decode(row.intended), None)
+        else:
+            target = Target(row, asset, decode(entry.before), row.intended)
+        chosen.setdefault(entry.unit, []).append(target)
     involved = {entry.unit: adapters[entry.unit] for entry in entries if entry.unit in adapters}
-    return _run_units(store, involved, writes, targets, run, dry_run, concurrency)
+    report = _run_units(
+        store, involved, writes, lambda unit: chosen.get(unit, []), run, dry_run, concurrency
+    )
+    report.changes.extend(superseded)
+    report.held = [(row.unit, row.asset_id) for row in store.held(list(adapters))]
+    return report

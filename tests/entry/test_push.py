@@ -408,3 +408,73 @@ def test_writes_in_flight_stay_within_the_unit_bound(tmp_path: Path) -> None:
         assert [drupal.stored_marks(i) for i in ids] == [want[("museo", i)] for i in ids]
     finally:
         drupal.close()
+
+
+def test_revert_rules_hold_release_and_converge(site: dict[str, Any]) -> None:
+    """A revert never replays marks over an asset a later push changed; the
+    assets it holds back are shown (push, status) and released on request;
+    reverting a revert brings its assets to the marks the index holds."""
+    config, env = configure(site, writes=True)
+    damdup("sync", "--config", str(config), "-q", env=env)
+    first = push(config, env)
+    want = expected(site["db"])
+    copy = ("opendata", site["ids"]["opendata"][1])
+    canonical = next(
+        key
+        for key, m in want.items()
+        if "canonical" in m.labels and m.cluster == want[copy].cluster
+    )
+
+    # Revert the first run: everything it wrote is taken back and held.
+    reverted = push(config, env, "--revert", str(first["run"]))
+    assert all(marks == Marks() for marks in stored(site).values())
+    held_keys = {(h["unit"], h["asset_id"]) for h in reverted["held"]}
+    assert held_keys == {
+        (c["unit"], c["asset_id"]) for c in first["changes"] if c["outcome"] == "applied"
+    }
+    shown = damdup("push", "--config", str(config), "--dry-run", env=env).stdout
+    assert f"{len(held_keys)} asset(s) held back by a revert" in shown
+    assert "damdup push --release" in shown
+    rows = json.loads(damdup("status", "--config", str(config), "--format", "json").stdout)
+    assert sum(row["held"] for row in rows) == len(held_keys)
+
+    # A reviewer decides on one pair: its assets' marks change, their hold
+    # ends, and the next push writes them.
+    damdup(
+        "review", "decide", f"{copy[0]}:{copy[1]}", f"{canonical[0]}:{canonical[1]}",
+        "different", "--by", "archivist", "--config", str(config),
+    )  # fmt: skip
+    later = push(config, env)
+    changed_later = {
+        (c["unit"], c["asset_id"]) for c in later["changes"] if c["outcome"] == "applied"
+    }
+    assert copy in changed_later
+
+    # Reverting the revert: assets a later push changed are left as they are
+    # (superseded); the others get the marks the index holds now, not the
+    # marks from before the first revert.
+    undo = push(config, env, "--revert", str(reverted["run"]))
+    superseded = {
+        (c["unit"], c["asset_id"]) for c in undo["changes"] if c["outcome"] == "superseded"
+    }
+    assert superseded == changed_later & held_keys
+    assert copy in superseded
+    want_now = expected(site["db"])
+    for key, marks in stored(site).items():
+        assert marks == want_now.get(key, Marks()), key
+    assert undo["held"] == []
+    again = push(config, env)
+    assert outcomes(again, "museum") == {} and outcomes(again, "opendata") == {}
+
+    # Revert the reviewer's push, then release: push converges to the index.
+    back = push(config, env, "--revert", str(later["run"]))
+    assert copy in {(h["unit"], h["asset_id"]) for h in back["held"]}
+    text = damdup("push", "--config", str(config), "--release", env=env).stdout
+    assert f"released {len(back['held'])} held asset(s)" in text
+    assert "applied" in text, "a real push lists what it wrote"
+    assert "Set `writes = true`" not in text, "writes are on: no dry-run advice"
+    for key, marks in stored(site).items():
+        assert marks == want_now.get(key, Marks()), key
+    rows = json.loads(damdup("status", "--config", str(config), "--format", "json").stdout)
+    assert sum(row["held"] for row in rows) == 0
+    assert deletes(site) == []
