@@ -8,7 +8,9 @@ puts in the three duplicate tiers, and different shots merged; the same for
 imagededup's PHash at its default threshold and for plain pHash thresholds; and
 the calibration sweep behind damdup's candidate radius (how many true copies
 each radius proposes, and how many different shots a hash-only rule would merge
-at that radius). Point --photos/--labels at any labelled folder of real photos
+at that radius); and how often a cluster's canonical is the original of its photo,
+beside the share the old rule (least compressed) reached in the same clusters.
+Point --photos/--labels at any labelled folder of real photos
 to judge it beyond the fixtures. Results also go to bench/results/accuracy.json.
 
 --set large also scores the large set (photos of 2 MP and more that bench/largeset.py
@@ -40,6 +42,7 @@ from connector.report.accuracy import (  # noqa: E402
     EDIT_KINDS,
     EXACT_KINDS,
     AccuracyReport,
+    canonical_report,
     load_labels,
     score,
 )
@@ -168,6 +171,12 @@ def main() -> None:
                          time.perf_counter() - started))  # fmt: skip
         results["damdup"] = {**ours.as_dict(), "merged_by_kind": merged_by_kind(labels, ours)}
         pair_distances = distances(db)
+        store = SQLiteStore(db)
+        try:
+            canon = canonical_report(store, labels)
+        finally:
+            store.close()
+        results["canonical"] = canon.as_dict()
 
     try:
         from peers import imagededup_available, imagededup_phash_duplicates
@@ -217,6 +226,13 @@ def main() -> None:
             f"{entry['recall_edits']:>14} | {entry['precision']:>19} | "
             f"{entry['different_shots_merged']:>6}"
         )
+    print(
+        f"\nCanonical is the original (or a copy with its pixels) in {canon.original} of "
+        f"{canon.groups} clusters holding their original: {canon.share:.1%} "
+        f"(the old rule, least compressed: {canon.legacy_share:.1%})"
+    )
+    for name, variant in canon.wrong:
+        print(f"  canonical is a derivative: {name} ({variant})")
     target = ROOT / "bench" / "results"
     target.mkdir(parents=True, exist_ok=True)
     (target / args.out).write_text(json.dumps(results, indent=2))

@@ -69,7 +69,7 @@ from connector.engine.outbox import (
     push_assets,
 )
 from connector.engine.pool import Limits, WorkerPool
-from connector.engine.scan import worker_pool
+from connector.engine.scan import OriginalReader, lineage_of, worker_pool
 from connector.engine.sync import (
     asset_row,
     awaits_retry,
@@ -634,7 +634,12 @@ class Checker:
             key: row for key, row in decisions.items() if key[0] in seen or key[1] in seen
         }
         clusters, relations = build_clusters(
-            assets, shapes, kept, component_decisions, self.settings.authoritative_units
+            assets,
+            shapes,
+            kept,
+            component_decisions,
+            self.settings.authoritative_units,
+            lineage_of(store, OriginalReader(store, self.adapters)),
         )
         return Component(assets, clusters, relations)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from connector.core.fingerprint import FORMATS_ORIGINAL
 from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
+from connector.core.provenance import Family
 from connector.core.tiers import (
     DUPLICATE_TIERS,
     TIER_ORDER,
@@ -82,6 +83,11 @@ class Shape:
     size_bytes: int = 0
 
 
+# The lineage of one group of copies, from their content digests (and the true
+# size of each, for images only a reduced rendition can be read of).
+Lineage = Callable[[list[str], dict[str, tuple[int, int]]], Family]
+
+
 def cluster_id(canonical: AssetRow) -> str:
     """Short, stable while the canonical stays; letters and digits only, so it
     is a valid tag value on S3 and Azure (which reject ?&%#)."""
@@ -91,19 +97,24 @@ def cluster_id(canonical: AssetRow) -> str:
 
 class Policy:
     """Canonical choice: a reviewer's choice; else the authoritative unit; else
-    complete mandatory metadata; else largest resolution, original format,
-    camera capture facts kept, least compressed, earliest upload; ties by unit
-    and id."""
+    the original the others were made from (image phylogeny: a derivative never
+    wins over it, whatever its size or metadata); among copies with the
+    original's pixels, complete mandatory metadata; then largest resolution,
+    original format, camera capture facts kept, earliest upload; ties by unit
+    and id. Byte size is not evidence: a q95 re-save of a q75 original is larger
+    and worse."""
 
     def __init__(
         self,
         shapes: dict[str, Shape],
         authoritative_units: Iterable[str],
         reviewer_choices: set[str],
+        families: dict[str, Family] | None = None,
     ) -> None:
         self.shapes = shapes
         self.authoritative = set(authoritative_units)
         self.reviewer_choices = reviewer_choices
+        self.families = families or {}  # sha256 -> the lineage of its group
 
     def _shape(self, asset: AssetRow) -> Shape:
         return self.shapes.get(asset.sha256 or "") or Shape(0, 0, "")
@@ -116,24 +127,27 @@ class Policy:
         shape = self._shape(asset)
         return shape.width * shape.height
 
-    def _bytes(self, asset: AssetRow) -> int:
-        return asset.size_bytes or self._shape(asset).size_bytes
-
     def _original(self, asset: AssetRow) -> bool:
         return self._shape(asset).format in FORMATS_ORIGINAL
 
     def _complete(self, asset: AssetRow) -> bool:
         return all(asset.metadata.get(name) for name in MANDATORY)
 
+    def _derived(self, asset: AssetRow) -> int:
+        """How many copies in its group it was found made from (0: an original)."""
+        sha = asset.sha256 or ""
+        family = self.families.get(sha)
+        return family.derived.get(sha, 0) if family is not None else 0
+
     def key(self, asset: AssetRow) -> tuple[Any, ...]:
         return (
             asset.sha256 not in self.reviewer_choices,
             asset.unit not in self.authoritative,
+            self._derived(asset),
             not self._complete(asset),
             -self._pixels(asset),
             not self._original(asset),
             not self._shape(asset).has_capture,
-            -self._bytes(asset),
             _instant(asset.modified),
             asset.unit,
             asset.asset_id,
@@ -148,16 +162,39 @@ class Policy:
             return "a reviewer chose it as the canonical version"
         if mine[1] != theirs[1]:
             return f"unit {canonical.unit} is configured as authoritative"
+        lineage = self._lineage(canonical, others)
         if mine[2] != theirs[2]:
-            return "it has complete mandatory metadata (location, date, department)"
+            return lineage
+        why = self._tie_break(canonical, runner, mine, theirs)
+        if lineage and mine[2] == 0 and any(self._derived(o) for o in others):
+            return f"{lineage}; {why}"
+        return why
+
+    def _lineage(self, canonical: AssetRow, others: list[AssetRow]) -> str:
+        family = self.families.get(canonical.sha256 or "")
+        if family is None:
+            return ""
+        exact = sum(1 for other in others if other.sha256 == canonical.sha256)
+        words = family.describe(
+            canonical.sha256 or "",
+            [o.sha256 or "" for o in others if o.sha256 != canonical.sha256],
+        )
+        if exact:
+            copies = "an exact copy" if exact == 1 else f"{exact} exact copies"
+            words = f"{words} and {copies}" if words else copies
+        return f"the original: the others are {words}"
+
+    def _tie_break(
+        self, canonical: AssetRow, runner: AssetRow, mine: tuple[Any, ...], theirs: tuple[Any, ...]
+    ) -> str:
         if mine[3] != theirs[3]:
-            return f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
+            return "it has complete mandatory metadata (location, date, department)"
         if mine[4] != theirs[4]:
-            return f"original format ({self._shape(canonical).format})"
+            return f"largest resolution ({self._describe(canonical)} vs {self._describe(runner)})"
         if mine[5] != theirs[5]:
-            return "it keeps the camera's capture facts (EXIF); the others lost them"
+            return f"original format ({self._shape(canonical).format})"
         if mine[6] != theirs[6]:
-            return f"least compressed ({self._bytes(canonical):,} bytes vs {self._bytes(runner):,})"
+            return "it keeps the camera's capture facts (EXIF); the others lost them"
         if mine[7] != theirs[7]:
             return f"earliest upload ({canonical.modified})"
         return "all else equal: first by unit and id"
@@ -297,22 +334,68 @@ def _edges(
     return graph
 
 
+def _groups(
+    graph: dict[str, dict[str, Edge]], duplicates_of: Callable[[str], list[str]]
+) -> list[list[str]]:
+    """Connected groups of duplicates (before they are cut into stars)."""
+    seen: set[str] = set()
+    groups: list[list[str]] = []
+    for start in sorted(graph):
+        if start in seen or not duplicates_of(start):
+            continue
+        group, todo = [], [start]
+        seen.add(start)
+        while todo:
+            key = todo.pop()
+            group.append(key)
+            for neighbour in duplicates_of(key):
+                if neighbour not in seen:
+                    seen.add(neighbour)
+                    todo.append(neighbour)
+        groups.append(sorted(group))
+    return groups
+
+
+def _size(
+    sha: str, group: list[str], by_key: dict[str, AssetRow], shapes: dict[str, Shape]
+) -> tuple[int, int]:
+    for key in group:
+        asset = by_key[key]
+        if asset.sha256 == sha and asset.width and asset.height:
+            return asset.width, asset.height
+    shape = shapes.get(sha) or Shape(0, 0, "")
+    return shape.width, shape.height
+
+
 def build_clusters(
     assets: list[AssetRow],
     shapes: dict[str, Shape],
     pairs: list[PairRow],
     decisions: dict[tuple[str, str], DecisionRow],
     authoritative_units: Iterable[str] = (),
+    lineage: Lineage | None = None,
 ) -> tuple[list[Cluster], list[Relation]]:
-    """Stars around canonicals, and every related pair (similar ones included)."""
+    """Stars around canonicals, and every related pair (similar ones included).
+    `lineage`: tells which copy of a group is the original; without it every
+    copy counts as a possible original."""
     live = [asset for asset in assets if asset.sha256 is not None and asset.live]
     by_key = {asset.key: asset for asset in live}
     graph = _edges(live, resolve_conflicts(pairs, decisions), decisions)
     choices = {d.canonical_sha for d in decisions.values() if d.canonical_sha}
-    policy = Policy(shapes, authoritative_units, choices)
 
     def duplicates_of(key: str) -> list[str]:
         return [k for k, e in graph.get(key, {}).items() if e.tier in DUPLICATE_TIERS]
+
+    families: dict[str, Family] = {}
+    if lineage is not None:
+        for group in _groups(graph, duplicates_of):
+            shas = sorted({by_key[k].sha256 or "" for k in group})
+            if len(shas) < 2:
+                continue
+            sizes = {sha: _size(sha, group, by_key, shapes) for sha in shas}
+            family = lineage(shas, sizes)
+            families.update(dict.fromkeys(shas, family))
+    policy = Policy(shapes, authoritative_units, choices, families)
 
     # The best-ranked asset with any duplicate becomes a canonical and takes its
     # direct matches; what is left forms further stars the same way.

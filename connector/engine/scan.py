@@ -17,8 +17,9 @@ import structlog
 from adapters.base import Adapter, AdapterError, AssetRef
 from connector.core.fingerprint import RECIPE
 from connector.core.index import IndexStore
+from connector.core.provenance import Examiner
 from connector.core.settings import Settings
-from connector.engine.clusters import Cluster, Relation, Shape, build_clusters
+from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
 from connector.engine.matcher import MatchStats, match
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import Concurrency, SyncStats, sync_unit
@@ -162,7 +163,25 @@ def run(
     return RunResult(syncs=syncs, match=stats, errors=errors, failed_units=failed)
 
 
-def current_clusters(store: IndexStore, settings: Settings) -> tuple[list[Cluster], list[Relation]]:
+def lineage_of(
+    store: IndexStore, read_original: Callable[[str], bytes | None] | None = None
+) -> Lineage:
+    """Which copy of a group is the original, from the images themselves: the
+    original bytes where they can be read (folder scans, or through `read_original`),
+    else the stored thumbnail."""
+
+    def thumbnail(sha256: str) -> bytes | None:
+        found = store.fingerprint(sha256)
+        return found.thumb if found is not None else None
+
+    return Examiner(read_original or OriginalReader(store, {}), thumbnail).family
+
+
+def current_clusters(
+    store: IndexStore,
+    settings: Settings,
+    read_original: Callable[[str], bytes | None] | None = None,
+) -> tuple[list[Cluster], list[Relation]]:
     shapes = {
         row["sha256"]: Shape(
             row["width"], row["height"], row["format"], row["has_capture"], row["size_bytes"]
@@ -175,4 +194,5 @@ def current_clusters(store: IndexStore, settings: Settings) -> tuple[list[Cluste
         store.pairs(),
         store.decisions(),
         settings.authoritative_units,
+        lineage_of(store, read_original),
     )

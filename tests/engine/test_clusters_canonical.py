@@ -1,0 +1,96 @@
+"""The canonical is the original the others were made from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from connector.core.index import AssetRow, PairRow, SQLiteStore
+from connector.core.provenance import Family, Finding
+from connector.core.tiers import Tier
+from connector.engine.clusters import Shape, build_clusters
+from connector.report.accuracy import SAME_PIXEL_KINDS, canonical_report, load_labels
+from tests.conftest import FIXTURES, damdup
+
+LABELS = load_labels(FIXTURES / "labels.json")
+DERIVATIVES = (
+    "reencode_q85", "reencode_q60", "resize_50", "resize_25", "webp", "crop_5", "watermark",
+    "brighter_15", "darker_15",
+)  # fmt: skip
+
+
+def asset(index: int, sha: str, **metadata: str) -> AssetRow:
+    return AssetRow(
+        unit="u", asset_id=f"a{index}", version="1", url="", size_bytes=None, modified=None,
+        sha256=sha, error=None, metadata=dict(metadata), live=True,
+    )  # fmt: skip
+
+
+COMPLETE = {"location": "Oodi", "date": "2024-01-01", "department": "kuva"}
+
+
+def lineage(kind: str, same_pixels: bool = False) -> object:
+    def family(shas: list[str], sizes: dict[str, tuple[int, int]]) -> Family:
+        found = Finding(None if same_pixels else "orig", kind, same_pixels)
+        derived = {"orig": 0, "copy": 0 if same_pixels else 1}
+        return Family(derived=derived, findings={("copy", "orig"): found})
+
+    return family
+
+
+def test_a_derivative_never_wins_over_its_original_whatever_its_metadata() -> None:
+    assets = [asset(0, "orig"), asset(1, "copy", **COMPLETE)]
+    big_copy = {"orig": Shape(100, 100, "JPEG"), "copy": Shape(100, 100, "JPEG", True, 10**7)}
+    pairs = [PairRow("copy", "orig", Tier.NEAR_IDENTICAL.value, 2, 2, {})]
+    without, _ = build_clusters(assets, big_copy, pairs, {})
+    assert without[0].canonical.sha256 == "copy"  # metadata decides when nothing else tells
+    clusters, _ = build_clusters(assets, big_copy, pairs, {}, (), lineage("a watermarked copy"))  # type: ignore[arg-type]
+    assert clusters[0].canonical.sha256 == "orig"
+    assert clusters[0].reason == "the original: the others are a watermarked copy"
+
+
+def test_a_same_pixel_copy_with_complete_metadata_may_win() -> None:
+    assets = [asset(0, "orig"), asset(1, "copy", **COMPLETE)]
+    same = {"orig": Shape(100, 100, "JPEG", True), "copy": Shape(100, 100, "PNG")}
+    pairs = [PairRow("copy", "orig", Tier.SAME_PIXELS.value, 0, 0, {})]
+    found = lineage("a copy with the same pixels", same_pixels=True)
+    clusters, _ = build_clusters(assets, same, pairs, {}, (), found)  # type: ignore[arg-type]
+    assert clusters[0].canonical.sha256 == "copy"
+    assert "complete mandatory metadata" in clusters[0].reason
+
+
+def test_the_authoritative_unit_still_comes_first() -> None:
+    assets = [asset(0, "orig"), replace_unit(asset(1, "copy"), "kuva")]
+    shapes = {"orig": Shape(100, 100, "JPEG"), "copy": Shape(100, 100, "JPEG")}
+    pairs = [PairRow("copy", "orig", Tier.NEAR_IDENTICAL.value, 2, 2, {})]
+    clusters, _ = build_clusters(assets, shapes, pairs, {}, ["kuva"], lineage("a copy"))  # type: ignore[arg-type]
+    assert clusters[0].canonical.sha256 == "copy"
+
+
+def replace_unit(row: AssetRow, unit: str) -> AssetRow:
+    from dataclasses import replace
+
+    return replace(row, unit=unit)
+
+
+def test_canonical_is_the_original_on_the_labelled_fixtures(scanned_fixtures: Path) -> None:
+    store = SQLiteStore(scanned_fixtures)
+    try:
+        report = canonical_report(store, LABELS)
+    finally:
+        store.close()
+    assert report.groups >= 15
+    assert report.share >= 0.95, report.wrong
+    named = {variant for _name, variant in report.wrong}
+    assert not named & set(DERIVATIVES), report.wrong
+    assert SAME_PIXEL_KINDS[0] == "original"
+
+
+def test_clusters_command_says_why(scanned_fixtures: Path) -> None:
+    shown = damdup("clusters", "--db", str(scanned_fixtures))
+    assert "canonical because: the original: the others are" in shown.stdout
+    payload = json.loads(
+        damdup("clusters", "--format", "json", "--db", str(scanned_fixtures)).stdout
+    )
+    reasons = [cluster["reason"] for cluster in payload["clusters"]]
+    assert any("watermark" in reason for reason in reasons), reasons
