@@ -19,8 +19,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from adapters.base import AdapterError, Marks
+from adapters.base import reason as error_text
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
 from connector.core.index import (
@@ -69,6 +71,13 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)  # messages are never broken mid-path
 
 
+def plain(value: str) -> Text:
+    """A table cell shown as it is: no rich markup read into a file name
+    (`[red]x.jpg`), and a newline or carriage return in it shown escaped
+    instead of breaking the row."""
+    return Text(value.replace("\r", "\\r").replace("\n", "\\n"))
+
+
 class UsageError(Exception):
     pass
 
@@ -88,6 +97,7 @@ def configure_logging(verbose: bool) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,  # a crash's traceback, as text
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -209,7 +219,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
     try:
         adapter = Filesystem(FilesystemSettings(root=root, max_file_bytes=settings.max_file_bytes))
     except AdapterError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(error_text(exc)) from exc
     store = open_store(ctx, create=True)
     try:
         # Two scans of one unit into one index would each retire what the
@@ -269,7 +279,7 @@ def lock_units(
         try:
             locks.enter_context(UnitLock(settings.db, unit, wait_s=wait_s))
         except UnitBusy as exc:
-            busy[unit] = str(exc)
+            busy[unit] = error_text(exc)
             del adapters[unit]
     return busy
 
@@ -501,12 +511,12 @@ def cmd_clusters(args: argparse.Namespace, ctx: Context) -> int:
         table.add_column("tier")
         table.add_column("pHash", justify="right")
         table.add_column("dHash", justify="right")
-        table.add_row("canonical", cluster.canonical.unit, cluster.canonical.asset_id, "", "", "")
+        table.add_row("canonical", cluster.canonical.unit, plain(cluster.canonical.asset_id))
         for member in cluster.members:
             table.add_row(
                 member.edge.mark,
                 member.asset.unit,
-                member.asset.asset_id,
+                plain(member.asset.asset_id),
                 member.edge.tier.value,
                 str(member.edge.phash_distance),
                 str(member.edge.dhash_distance),
@@ -617,7 +627,7 @@ def cmd_errors(args: argparse.Namespace, ctx: Context) -> int:
         table.add_column("id", overflow="fold")
         table.add_column("reason", overflow="fold")
         for row in rows:
-            table.add_row(row.unit, row.asset_id, row.error or "")
+            table.add_row(row.unit, plain(row.asset_id), plain(row.error or ""))
         out.print(table)
     return EXIT_SOME_FAILED if rows else EXIT_OK
 
@@ -708,7 +718,7 @@ def _push(
                     concurrency=settings.fetch_concurrency,
                 )
             except UnknownRun as exc:
-                raise UsageError(str(exc)) from exc
+                raise UsageError(error_text(exc)) from exc
         else:
             clusters, relations = current_clusters(store, settings)
             plan(store, list(adapters), clusters, relations)
@@ -878,7 +888,7 @@ def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:
     for item in items:
         decided = f"{item.decision.decision} by {item.decision.decided_by}" if item.decision else ""
         table.add_row(
-            item.label, item.a.key, item.b.key, str(item.phash_distance),
+            item.label, plain(item.a.key), plain(item.b.key), str(item.phash_distance),
             str(item.dhash_distance), decided,
         )  # fmt: skip
     out.print(table)
@@ -938,7 +948,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
             extend=service.mount if service is not None else None, settings=settings,
         )  # fmt: skip
     except ServeError as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(error_text(exc)) from exc
     finally:
         if service is not None:
             service.close()
@@ -957,7 +967,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
             port=args.metrics_port, port_file=Path(args.port_file) if args.port_file else None,
         )  # fmt: skip
     except OSError as exc:  # the metrics port is taken, the port file cannot be written
-        raise UsageError(f"daemon: {exc}") from exc
+        raise UsageError(f"daemon: {error_text(exc)}") from exc
 
 
 def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
@@ -980,7 +990,9 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
         try:
             migration.write_report(report, store, directory)
         except OSError as exc:
-            raise UsageError(f"cannot write the report into {directory}: {exc}") from exc
+            raise UsageError(
+                f"cannot write the report into {directory}: {error_text(exc)}"
+            ) from exc
     finally:
         store.close()
     migration.print_summary(report, out)
@@ -1014,7 +1026,7 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
                 raise UsageError(f"cannot read {target}: {exc.strerror or exc}") from exc
             answer = checker.lookup(data=data)
     except LookupRefused as exc:
-        raise UsageError(f"lookup refused: {exc}") from exc
+        raise UsageError(f"lookup refused: {error_text(exc)}") from exc
     finally:
         checker.close()
     if args.format == "json":
@@ -1043,8 +1055,8 @@ def _print_lookup(answer: dict[str, Any]) -> None:
             table.add_column(column)
         for row in [{**canonical, "role": "canonical", "tier": ""}, *cluster["copies"]]:
             table.add_row(
-                row["unit"], row["asset_id"], row["role"], row["tier"] or "",
-                row.get("match") or "", row["url"],
+                row["unit"], plain(row["asset_id"]), row["role"], row["tier"] or "",
+                row.get("match") or "", plain(row["url"]),
             )  # fmt: skip
         out.print(table)
     if answer["similar"]:
@@ -1302,7 +1314,7 @@ def cmd_wordpress_plugin(args: argparse.Namespace, ctx: Context) -> int:
     try:
         written = write_plugin(Path(args.output), force=args.force)
     except PluginExists as exc:
-        raise UsageError(str(exc)) from exc
+        raise UsageError(error_text(exc)) from exc
     except OSError as exc:
         raise UsageError(f"cannot write into {args.output}: {exc.strerror or exc}") from exc
     for path in written:
@@ -1331,14 +1343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return EXIT_USAGE
     except (UsageError, SchemaError, ConfigError, ReviewError) as exc:
-        err.print(f"damdup: {exc}", style="red")
+        err.print(f"damdup: {error_text(exc)}", style="red", markup=False, highlight=False)
         return EXIT_USAGE
     except Busy as exc:
-        err.print(f"damdup: {exc}", style="red")
+        err.print(f"damdup: {error_text(exc)}", style="red", markup=False, highlight=False)
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         err.print("damdup: interrupted; the index keeps every page saved so far")
         return 130
+    except BrokenPipeError:
+        # `damdup export relations | head`: the reader has what it wanted.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from werkzeug.wrappers import Request, Response
 
 from adapters import http
 from adapters.base import Adapter
+from adapters.base import reason as error_text
 from connector.core.config import Config
 from connector.core.index import IndexStore, SQLiteStore
 from connector.core.settings import Settings
@@ -328,7 +329,7 @@ class Daemon:
                 pool.shutdown(wait=True, cancel_futures=True)
         except BaseException as exc:
             # Recorded, not raised: /healthz answers 503 from now on.
-            self.scheduler_error = f"{type(exc).__name__}: {exc}"
+            self.scheduler_error = f"{type(exc).__name__}: {error_text(exc)}"
             log.exception("scheduler.died")
         finally:
             log.info("scheduler.stopped", stopping=self.stop.is_set())
@@ -415,11 +416,11 @@ class Daemon:
                     return FAILED, f"push: marks of {failed_marks} asset(s) could not be written"
                 return OK, None
         except UnitBusy as exc:
-            log.warning("cycle.skipped", unit=unit, reason=str(exc), holder_pid=exc.pid)
-            return BUSY, str(exc)
+            log.warning("cycle.skipped", unit=unit, reason=error_text(exc), holder_pid=exc.pid)
+            return BUSY, error_text(exc)
         except Exception as exc:  # one unit's defect must not stop the others
             log.exception("cycle.crashed", unit=unit)
-            return CRASHED, f"unexpected {type(exc).__name__}: {exc}"
+            return CRASHED, f"unexpected {type(exc).__name__}: {error_text(exc)}"
         finally:
             if store is not None:
                 store.close()

@@ -40,6 +40,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from adapters.base import reason as error_text
 from connector.core.index import IndexStore, SQLiteStore
 from connector.core.settings import Settings
 from connector.engine.review import (
@@ -247,7 +248,7 @@ class App:
             return handler(request, store, arguments), logs_refusals
         except ReviewError as exc:
             status, code = ERROR_STATUS.get(type(exc), (400, "invalid"))
-            return json_error(status, code, str(exc)), False
+            return json_error(status, code, error_text(exc)), False
         except HTTPException as exc:  # a body over MAX_BODY_BYTES
             return json_error(exc.code or 400, "request", exc.description or exc.name), False
         finally:

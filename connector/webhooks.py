@@ -43,6 +43,7 @@ import structlog
 from werkzeug.wrappers import Request, Response
 
 from adapters.base import Adapter
+from adapters.base import reason as error_text
 from connector.core.config import Config, ConfigError, env_prefix
 from connector.core.index import CheckRow, IndexStore, SQLiteStore
 from connector.core.settings import Settings
@@ -246,7 +247,9 @@ class WebhookService:
                 log.exception("check.crashed", unit=unit, asset_id=asset_id, check=check_id)
                 store = SQLiteStore(self.checker.db_path)
                 try:
-                    store.finish_check(check_id, None, f"unexpected {type(exc).__name__}: {exc}")
+                    store.finish_check(
+                        check_id, None, f"unexpected {type(exc).__name__}: {error_text(exc)}"
+                    )
                 finally:
                     store.close()
 
@@ -349,7 +352,7 @@ class WebhookService:
         try:
             payload = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise Refused(400, "invalid", f"the body is not JSON: {exc}") from None
+            raise Refused(400, "invalid", f"the body is not JSON: {error_text(exc)}") from None
         except RecursionError:
             raise Refused(400, "invalid", "the body is JSON nested too deeply") from None
         if not isinstance(payload, dict):
@@ -435,8 +438,8 @@ class WebhookService:
         try:
             answer = self.checker.lookup(data=data, url=url)
         except LookupRefused as exc:
-            log.info("lookup.refused", reason=str(exc), remote_addr=request.remote_addr)
-            return json_error(422, "refused", str(exc))
+            log.info("lookup.refused", reason=error_text(exc), remote_addr=request.remote_addr)
+            return json_error(422, "refused", error_text(exc))
         return json_response(answer)
 
 

@@ -27,7 +27,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported, reason
+from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported
+from adapters.base import reason as error_text
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -358,12 +359,12 @@ class Checker:
                 try:
                     verdict = self._check(store, unit, asset_id)
                 except CheckFailed as exc:
-                    error = str(exc)
+                    error = error_text(exc)
                 except AdapterError as exc:
-                    error = f"{type(exc).__name__}: {reason(exc)}"
+                    error = f"{type(exc).__name__}: {error_text(exc)}"
                 except Exception as exc:  # a defect must not kill the worker thread
                     log.exception("check.crashed")
-                    error = f"unexpected {type(exc).__name__}: {reason(exc)}"
+                    error = f"unexpected {type(exc).__name__}: {error_text(exc)}"
                 else:
                     store.finish_check(check_id, verdict)
                     log.info("check.finished", role=verdict["role"], tier=verdict["tier"])
@@ -381,7 +382,7 @@ class Checker:
         try:
             ref = adapter.describe(asset_id)
         except NotFound as exc:
-            raise CheckFailed(f"{unit} has no asset {asset_id}: {reason(exc)}") from exc
+            raise CheckFailed(f"{unit} has no asset {asset_id}: {error_text(exc)}") from exc
         except Unsupported:
             return self._synced(store, unit, adapter, asset_id)
         if ref.problem is not None:
@@ -400,7 +401,9 @@ class Checker:
         try:
             data = adapter.fetch(ref, min_side=DECODE_SIDE)
         except AdapterError as exc:
-            store.save_asset(unit, asset_row(unit, ref, None, f"fetch failed: {reason(exc)}"), None)
+            store.save_asset(
+                unit, asset_row(unit, ref, None, f"fetch failed: {error_text(exc)}"), None
+            )
             raise
         if len(data) > self.settings.max_file_bytes:
             error = f"file is over the {self.settings.max_file_bytes:,} byte limit"
@@ -412,7 +415,7 @@ class Checker:
             try:
                 fingerprint = self._fingerprint(data)
             except ImageError as exc:
-                error = str(exc)
+                error = error_text(exc)
                 store.save_asset(unit, asset_row(unit, ref, None, error), None)
                 raise CheckFailed(f"{unit}:{asset_id}: {error}") from exc
         row = asset_row(unit, ref, sha, None)
@@ -439,7 +442,7 @@ class Checker:
                     max_bytes=self.settings.max_file_bytes,
                 )
         except UnitBusy as exc:
-            raise CheckFailed(f"{reason(exc)}; its sync will index {asset_id}") from exc
+            raise CheckFailed(f"{error_text(exc)}; its sync will index {asset_id}") from exc
         row = store.find_asset(f"{unit}:{asset_id}")
         if row is None or not row.live:
             raise CheckFailed(f"{unit} has no asset {asset_id} (not in its listing)")
@@ -589,7 +592,7 @@ class Checker:
                 data = adapter.fetch_original(asset_ref(asset))
                 digest = pixel_digest(data, self.settings.max_pixels)
             except (AdapterError, ImageError, OSError, ValueError) as exc:
-                log.warning("pixel_digest.failed", asset=asset.key, reason=str(exc))
+                log.warning("pixel_digest.failed", asset=asset.key, reason=error_text(exc))
                 continue
             if query_data is None:  # a lookup saves nothing
                 store.set_pixel_digest(sha256, digest)
@@ -740,10 +743,10 @@ class Checker:
             try:
                 return adapter.fetch_url(url)
             except Unsupported as exc:
-                raise LookupRefused(f"unit {unit} cannot fetch by URL: {reason(exc)}") from exc
+                raise LookupRefused(f"unit {unit} cannot fetch by URL: {error_text(exc)}") from exc
             except AdapterError as exc:
                 raise LookupRefused(
-                    f"could not fetch {shown} from unit {unit}: {reason(exc)}"
+                    f"could not fetch {shown} from unit {unit}: {error_text(exc)}"
                 ) from exc
         # Object stores have no base URL: each adapter knows its bucket's or
         # container's address and reads only an object under it (BadAsset else).
@@ -755,7 +758,7 @@ class Checker:
             except (Unsupported, BadAsset):
                 continue
             except AdapterError as exc:
-                raise LookupRefused(f"could not fetch {shown}: {reason(exc)}") from exc
+                raise LookupRefused(f"could not fetch {shown}: {error_text(exc)}") from exc
         raise LookupRefused(
             f"{shown} is not under the base URL of any configured unit; "
             "damdup fetches only from the units' own platforms"
@@ -776,7 +779,7 @@ class Checker:
         try:
             fingerprint = self._fingerprint(data)
         except ImageError as exc:
-            raise LookupRefused(f"not an image damdup can read: {reason(exc)}") from exc
+            raise LookupRefused(f"not an image damdup can read: {error_text(exc)}") from exc
         index = self._matcher(store)
         matches: dict[str, Tier] = {}
         known = store.fingerprint(fingerprint.sha256)

@@ -32,6 +32,9 @@ from adapters.base import (
     NotFound,
     Unsupported,
 )
+from adapters.base import (
+    reason as error_text,
+)
 from connector.core.index import AssetRow, IndexStore, OutboxRow
 from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Relation
@@ -259,11 +262,11 @@ def _write_one(
     except NotFound:
         return before, Outcome.GONE, "not on the platform any more"
     except MarksDoNotFit as exc:
-        return before, Outcome.NO_ROOM, f"no room: {exc}"
+        return before, Outcome.NO_ROOM, f"no room: {error_text(exc)}"
     except (AuthFailed, Unsupported):
         raise  # the whole unit stops: every other write would fail the same way
     except AdapterError as exc:
-        return before, Outcome.FAILED, str(exc)
+        return before, Outcome.FAILED, error_text(exc)
     if before == target.after:
         return before, Outcome.ALREADY, None
     return before, Outcome.WOULD_CHANGE if dry_run else Outcome.APPLIED, None
@@ -276,7 +279,7 @@ def _platform_marks(adapter: Adapter[Any], target: Target) -> Marks:
     try:
         return adapter.read_marks(asset_ref(target.asset))
     except BadAsset as exc:
-        log.warning("push.unreadable_marks", asset=target.asset.key, error=str(exc))
+        log.warning("push.unreadable_marks", asset=target.asset.key, error=error_text(exc))
         return decode(target.row.applied)
 
 
@@ -300,8 +303,8 @@ def _run_units(
                 store, run, unit, adapters[unit], targets_of(unit), unit in dry, report, concurrency
             )
         except AdapterError as exc:
-            report.failed_units[unit] = str(exc)
-            log.error("push.unit_failed", unit=unit, error=str(exc))
+            report.failed_units[unit] = error_text(exc)
+            log.error("push.unit_failed", unit=unit, error=error_text(exc))
         except Exception as exc:  # an adapter's bug stops its unit, not the run
             report.failed_units[unit] = f"unexpected error: {exc!r}"
             log.exception("push.unit_failed", unit=unit)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow, ordered
 from connector.core.sheets import uncell, write_csv
@@ -436,7 +437,7 @@ def _read_sheet(stream: TextIO) -> _Rows:
                 sheet.rows.append((line, values))
             line = reader.line_num + 1
     except csv.Error as exc:
-        raise ImportRejected([(line, f"not valid CSV: {exc}")]) from None
+        raise ImportRejected([(line, f"not valid CSV: {error_text(exc)}")]) from None
     return sheet
 
 
@@ -479,7 +480,7 @@ def import_csv(
                 row["a"], row["b"], row["decision"], by, (row["a_sha256"], row["b_sha256"]), stamp
             )
         except ReviewError as exc:
-            problems.append((line, str(exc)))
+            problems.append((line, error_text(exc)))
             continue
         key = ordered(decision.sha_a, decision.sha_b)
         verdict = _verdict(decision)

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlparse
 import structlog
 
 from adapters.base import Adapter, AdapterError, AssetRef
+from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import IndexStore
 from connector.core.provenance import Examiner
@@ -65,7 +66,7 @@ class OriginalReader:
                     path = unquote(urlparse(asset.url).path, errors="surrogateescape")
                     return Path(path).read_bytes()
             except (AdapterError, OSError) as exc:
-                log.warning("original.unreadable", asset=asset.key, reason=str(exc))
+                log.warning("original.unreadable", asset=asset.key, reason=error_text(exc))
         return None
 
 
@@ -123,13 +124,13 @@ def run(
                     stop=stop,
                 )
         except AdapterError as exc:
-            log.error("unit.failed", unit=unit, reason=str(exc))
-            failed[unit] = f"{type(exc).__name__}: {exc}"
+            log.error("unit.failed", unit=unit, reason=error_text(exc))
+            failed[unit] = f"{type(exc).__name__}: {error_text(exc)}"
             return SyncStats(unit=unit)
         except Exception as exc:  # a defect in one adapter must not stop the others
             # The traceback as text: it reaches the log whatever the renderer.
             log.error("unit.crashed", unit=unit, error=repr(exc), exception=traceback.format_exc())
-            failed[unit] = f"unexpected {type(exc).__name__}: {exc}"
+            failed[unit] = f"unexpected {type(exc).__name__}: {error_text(exc)}"
             return SyncStats(unit=unit)
         finally:
             if own_store is not store:

@@ -25,6 +25,9 @@ from adapters.base import (
     NotFound,
     Retryable,
 )
+from adapters.base import (
+    reason as error_text,
+)
 from connector.core.fingerprint import (
     DECODE_SIDE,
     RECIPE,
@@ -113,13 +116,13 @@ def asset_row(
 
 def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ImageError):
-        return str(exc)
+        return error_text(exc)
     if isinstance(exc, Image.DecompressionBombError):
-        return f"decompression bomb refused: {exc}"
+        return f"decompression bomb refused: {error_text(exc)}"
     if isinstance(exc, (OSError, ValueError, SyntaxError, struct.error, EOFError)):
-        return f"damaged image data: {exc}"
+        return f"damaged image data: {error_text(exc)}"
     log.error("fingerprint.crashed", error=repr(exc), exc_info=exc)
-    return f"unexpected {type(exc).__name__} while decoding: {exc}"
+    return f"unexpected {type(exc).__name__} while decoding: {error_text(exc)}"
 
 
 def fingerprint_job(source: bytes | str, max_pixels: int, max_bytes: int) -> Fingerprint:
@@ -167,7 +170,7 @@ def _cursor(adapter: Adapter[Any], saved: str | None) -> Any:
     try:
         return adapter.cursor_model.model_validate_json(saved)
     except ValidationError as exc:
-        log.warning("cursor.unusable", reason=str(exc).splitlines()[0], cursor=saved[:200])
+        log.warning("cursor.unusable", reason=error_text(exc).splitlines()[0], cursor=saved[:200])
         return None
 
 
@@ -185,7 +188,7 @@ def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) 
         except NotFound:
             there = False
         except AdapterError as exc:
-            log.warning("asset.unconfirmed", asset_id=row.asset_id, reason=str(exc))
+            log.warning("asset.unconfirmed", asset_id=row.asset_id, reason=error_text(exc))
             there = True
         if there is None:
             return keep  # the adapter cannot tell: the listing decides

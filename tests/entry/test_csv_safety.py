@@ -44,3 +44,18 @@ def test_export_and_push_report_quote_and_neutralise(tmp_path: Path) -> None:
         pushed = list(csv.DictReader(handle))
     assert {uncell(row["asset_id"]) for row in pushed} >= {f"{name}.jpg" for name in HOSTILE}
     assert all(not row["asset_id"].startswith(("=", "@", "+", "-")) for row in pushed)
+
+
+def test_tables_show_names_as_they_are(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "[red]rikki\nkuva.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    shutil.copy(ORIGINAL, folder / "[bold]alkuperäinen.jpg")
+    shutil.copy(COPY, folder / "kopio.jpg")
+    db = tmp_path / "index.sqlite"
+    damdup("scan", str(folder), "--db", str(db), "-q")
+    errors = damdup("errors", "--db", str(db), check=False)
+    assert errors.returncode == 3
+    assert "[red]rikki\\nkuva.jpg" in errors.stdout
+    clusters = damdup("clusters", "--db", str(db)).stdout
+    assert "[bold]alkuperäinen.jpg" in clusters
