@@ -277,6 +277,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_seen_at ON webhook_seen(seen_at);
     """,
+    # 6: the lineage of each group of copies (which one the others were made
+    # from), kept so that reading the clusters never reads originals again
+    """
+    CREATE TABLE lineage (
+        group_key TEXT PRIMARY KEY,
+        family TEXT NOT NULL,
+        full INTEGER NOT NULL,
+        made_at TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -438,6 +448,14 @@ class IndexStore(ABC):
     def outbox(self, units: Sequence[str], pending_only: bool = True) -> list[OutboxRow]:
         """Rows of live assets; pending ones differ from what was last written
         and are not held back by a revert."""
+
+    @abstractmethod
+    def lineage(self, group_key: str) -> tuple[str, bool] | None:
+        """A group's lineage as saved (opaque JSON) and whether it was made
+        from the originals; None when not saved."""
+
+    @abstractmethod
+    def save_lineage(self, group_key: str, family: str, full: bool) -> None: ...
 
     @abstractmethod
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
@@ -997,6 +1015,19 @@ class SQLiteStore(IndexStore):
                          AND (o.held IS NULL OR o.held != o.intended)"""
         rows = self.db.execute(query + " ORDER BY o.unit, o.asset_id", tuple(units))
         return [OutboxRow(**dict(row)) for row in rows]  # the columns are its fields
+
+    def lineage(self, group_key: str) -> tuple[str, bool] | None:
+        row = self.db.execute(
+            "SELECT family, full FROM lineage WHERE group_key = ?", (group_key,)
+        ).fetchone()
+        return (str(row["family"]), bool(row["full"])) if row is not None else None
+
+    def save_lineage(self, group_key: str, family: str, full: bool) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?)",
+                (group_key, family, int(full), now_iso()),
+            )
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
         marks = ",".join("?" for _ in units)

@@ -20,7 +20,9 @@ small) and nothing is stored.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -497,6 +499,21 @@ def _same_pixels(a: Specimen, b: Specimen) -> bool:
         return False
 
 
+# Bump when a rule above may find a group's lineage otherwise: saved families
+# of an older version are found again.
+LINEAGE_VERSION = 1
+
+
+def group_key(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> str:
+    """The key a group's family is saved under: its members' content digests
+    (and the sizes told for reduced renditions), in order."""
+    text = "|".join(
+        f"{sha}:{sizes[sha][0]}x{sizes[sha][1]}" if sizes and sha in sizes else sha
+        for sha in sorted(set(shas))
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass
 class Family:
     """The lineage of one group of copies: for each image, how many of the
@@ -504,6 +521,38 @@ class Family:
 
     derived: dict[str, int] = field(default_factory=dict)
     findings: dict[tuple[str, str], Finding] = field(default_factory=dict)
+    # True when every copy's original was read (not only a reduced rendition):
+    # a family found from renditions is worth finding again from originals.
+    full: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": LINEAGE_VERSION,
+                "derived": self.derived,
+                "findings": [
+                    [a, b, f.parent, f.kind, f.same_pixels]
+                    for (a, b), f in sorted(self.findings.items())
+                ],
+                "full": self.full,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Family | None:
+        """None for a family saved by another version of these rules."""
+        data = json.loads(text)
+        if data.get("version") != LINEAGE_VERSION:
+            return None
+        return cls(
+            derived={str(k): int(v) for k, v in data["derived"].items()},
+            findings={
+                (a, b): Finding(parent, kind, bool(same))
+                for a, b, parent, kind, same in data["findings"]
+            },
+            full=bool(data["full"]),
+        )
 
     def finding(self, a: str, b: str) -> Finding:
         return self.findings.get((a, b) if a < b else (b, a), UNDECIDED)
@@ -563,7 +612,10 @@ class Examiner:
         for sha, spec in specimens.items():
             if spec is not None and not spec.full and sizes and sha in sizes:
                 spec.width, spec.height = sizes[sha]
-        out = Family(derived=dict.fromkeys(members, 0))
+        out = Family(
+            derived=dict.fromkeys(members, 0),
+            full=all(spec is not None and spec.full for spec in specimens.values()),
+        )
         readable = [sha for sha in members if specimens[sha] is not None]
         # Copies with the same pixels are one image to the lineage: each takes
         # the relations of the one in a camera format (a PNG of the original is

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import IndexStore
-from connector.core.provenance import Examiner
+from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
 from connector.engine.matcher import MatchStats, match
@@ -175,7 +175,24 @@ def lineage_of(
         found = store.fingerprint(sha256)
         return found.thumb if found is not None else None
 
-    return Examiner(read_original or OriginalReader(store, {}), thumbnail).family
+    examiner = Examiner(read_original or OriginalReader(store, {}), thumbnail)
+
+    def family(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> Family:
+        # Saved per group: reading the clusters (status, clusters, push) never
+        # reads originals again. A family found from renditions alone is found
+        # again when this run can read the originals.
+        members = sorted(set(shas))
+        key = group_key(members, sizes)
+        saved = store.lineage(key)
+        if saved is not None:
+            known = Family.from_json(saved[0])
+            if known is not None and (known.full or read_original is None):
+                return known
+        found = examiner.family(members, sizes)
+        store.save_lineage(key, found.to_json(), found.full)
+        return found
+
+    return family
 
 
 def current_clusters(

@@ -94,3 +94,36 @@ def test_clusters_command_says_why(scanned_fixtures: Path) -> None:
     )
     reasons = [cluster["reason"] for cluster in payload["clusters"]]
     assert any("watermark" in reason for reason in reasons), reasons
+
+
+def test_a_groups_lineage_is_found_once_then_read_from_the_index(tmp_path: Path) -> None:
+    """Reading the clusters (status, clusters, push) must not read every
+    copy's original again: the lineage of each group is saved in the index."""
+    from connector.core.settings import Settings
+    from connector.engine.scan import OriginalReader, current_clusters
+
+    db = tmp_path / "index.sqlite"
+    damdup("scan", str(FIXTURES / "photos" / "hel-fi"), "--db", str(db), "-q")
+    store = SQLiteStore(db)
+    try:
+        store.db.execute("DELETE FROM lineage")
+        reader = OriginalReader(store, {})
+        reads: list[str] = []
+
+        def counting(sha256: str) -> bytes | None:
+            reads.append(sha256)
+            return reader(sha256)
+
+        settings = Settings(db=db)
+        first, _ = current_clusters(store, settings, counting)
+        assert reads, "the first reading finds the lineage from the originals"
+        reads.clear()
+        again, _ = current_clusters(store, settings, counting)
+        assert reads == []
+        assert [(c.canonical.key, c.reason) for c in again] == [
+            (c.canonical.key, c.reason) for c in first
+        ]
+        plain, _ = current_clusters(store, settings)  # as a reading command does
+        assert [c.reason for c in plain] == [c.reason for c in first]
+    finally:
+        store.close()
