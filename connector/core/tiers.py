@@ -60,7 +60,8 @@ class Evidence:
     same_pixels: bool | None = None  # None: full decode not needed / not made
     pixel_check_passed: bool | None = None  # None: not run
     pixel_check: dict[str, Any] | None = None
-    contradictions: tuple[str, ...] = ()
+    contradictions: tuple[str, ...] = ()  # every capture fact that disagrees
+    other_moment: tuple[str, ...] = ()  # those that show two exposures (capture.other_moment)
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,17 @@ def place(evidence: Evidence) -> Verdict:
             return Verdict(None, reasons)
         return Verdict(Tier.SIMILAR, reasons)
     reasons.append(f"pixel check passed: {check_reason}")
-    if evidence.contradictions:
-        reasons.append("capture facts contradict: " + "; ".join(evidence.contradictions))
+    if evidence.other_moment:
+        # Only another moment of the same camera outweighs agreeing pixels:
+        # burst frames of a still scene look like re-encodes.
+        reasons.append("another exposure: " + "; ".join(evidence.other_moment))
         return Verdict(Tier.SIMILAR, reasons)
+    if evidence.contradictions:
+        # A rewritten camera make, another serial or GPS: what editing and
+        # archive imports do to one photo's metadata. The pixels decide; a
+        # person reviews (near_identical is marked duplicate-candidate).
+        reasons.append("capture facts disagree, for review: " + "; ".join(evidence.contradictions))
+        return Verdict(Tier.NEAR_IDENTICAL, reasons)
     reasons.append("capture facts do not contradict")
     return Verdict(Tier.NEAR_IDENTICAL, reasons)
 

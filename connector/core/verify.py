@@ -99,6 +99,23 @@ PRIOR_MIN_KEPT = 0.25
 # rounding); the negatives this check decides sit at >= 5.6 px.
 MAX_DISTORTION_PX = 1.5
 
+# --- padding ----------------------------------------------------------------
+# A side of an image is padding (an added border, letterboxing) when its
+# outermost lines are one colour: at least PAD_LINE_SHARE of each line within
+# PAD_TOLERANCE grey levels (JPEG ringing) of the outermost line's median,
+# for at least PAD_MIN_SHARE of the side's length (a dark edge row of a
+# photo is not padding). Padding is no content: it is left out of the
+# comparison and of the coverage, with PAD_MARGIN_PX more px next to it,
+# where resampling and JPEG blend the border's colour into the photo's edge
+# (bench: without that margin 1-3 px of blend read as 0.6-1.3 px of shift).
+# The padding itself is still compared where the other image has content
+# there: a photo's own flat side can pass for padding, and something pasted
+# over it in a copy is a difference.
+PAD_TOLERANCE = 12.0
+PAD_LINE_SHARE = 0.98
+PAD_MIN_SHARE = 0.02
+PAD_MARGIN_PX = 3
+
 # --- coverage ---------------------------------------------------------------
 # The overlap must span at least this share of each image's width and of its
 # height (a linear measure: a 5 % crop on every side keeps 0.90 of each axis
@@ -163,6 +180,38 @@ MAX_SHIFT_PX = 0.55
 # Differing blocks are accepted only inside a strip this deep along one edge
 # (share of the overlap's width/height), or a corner where two strips meet.
 EDGE_STRIP_DEPTH = 0.2
+# ...and only in the shapes an edit has: a compact block in a corner (logo,
+# watermark, date stamp), or a caption band along one edge whose differing
+# blocks span at least this share of that edge. New scene content entering
+# at an edge (an arm, a passer-by) differs in a patch along the middle of
+# one edge, which is neither. Bench: caption bands span 1.0, the "arm"
+# negatives 0.3-0.45, with a watermark in the corner beside them up to 0.75.
+CAPTION_MIN_SPAN = 0.8
+# A band must also be an edit's fill in one of the two images: at least
+# BAND_MIN_FLAT of its differing pixels flatter than BAND_FLAT_GRADIENT (grey
+# levels/px after the blur). New content along an edge beside a watermark
+# spans as far as a band but is texture. Bench: caption bands 0.25-1.0 (the
+# band's boundary row and the text are not flat), the fixtures' object at an
+# edge beside a corner watermark 0.16: a thin margin.
+BAND_FLAT_GRADIENT = 1.0
+BAND_MIN_FLAT = 0.2
+# A block along one edge counts as in a corner when it reaches this close
+# to either end of that edge (share of the edge): a logo wider than the
+# corner square (text beside a symbol) still starts at a corner.
+CORNER_REACH = 0.1
+# ...and spans at most this share of it: new content along the middle of an
+# edge next to a watermark in its corner is not one corner block.
+CORNER_MAX_SPAN = 0.4
+# A differing block that A shifted by MOVE_MIN_PX..MOVE_SEARCH_PX explains
+# (its residual drops to MOVE_EXPLAINED of the unshifted one or below) is
+# content that moved against the rest (parallax, a moved subject), never an
+# edit: an overlay cannot be explained by moving the photo under it. The
+# pair fails when at least MOVE_MIN_SHARE of the differing blocks are such
+# (a caption band's boundary blocks alone can be, over dark photo content).
+MOVE_SEARCH_PX = 4
+MOVE_MIN_PX = 1
+MOVE_EXPLAINED = 0.4
+MOVE_MIN_SHARE = 0.5
 # Pearson correlation of the tone-matched, blurred images outside the strip
 # (bench: positives >= 0.993). A backstop: the checks before it reject every
 # bench negative first.
@@ -420,12 +469,19 @@ def _similarity_parts(w: Mat3) -> tuple[float, float, float]:
     return scale, rot, float(np.linalg.norm(resid, 2))
 
 
-def _overlap(w: Mat3, a_hw: tuple[int, int], b_hw: tuple[int, int]) -> tuple[F32, float]:
-    """Overlap polygon in A's frame and its area (A px^2)."""
-    ha, wa = a_hw
-    hb, wb = b_hw
-    rect_a = np.array([[-0.5, -0.5], [wa - 0.5, -0.5], [wa - 0.5, ha - 0.5], [-0.5, ha - 0.5]])
-    rect_b = np.array([[-0.5, -0.5], [wb - 0.5, -0.5], [wb - 0.5, hb - 0.5], [-0.5, hb - 0.5]])
+def _rect(box: Box) -> F64:
+    x0, y0, x1, y1 = box
+    return np.array(
+        [[x0 - 0.5, y0 - 0.5], [x1 - 0.5, y0 - 0.5], [x1 - 0.5, y1 - 0.5], [x0 - 0.5, y1 - 0.5]],
+        dtype=np.float64,
+    )
+
+
+def _overlap(w: Mat3, box_a: Box, box_b: Box) -> tuple[F32, float]:
+    """Overlap of the two images' content (padding left out) as a polygon in
+    A's frame, and its area (A px^2)."""
+    rect_a = _rect(box_a)
+    rect_b = _rect(box_b)
     inv = np.linalg.inv(w)
     b_in_a = (inv[:2, :2] @ rect_b.T).T + inv[:2, 2]
     area, poly = cv2.intersectConvexConvex(
@@ -436,12 +492,67 @@ def _overlap(w: Mat3, a_hw: tuple[int, int], b_hw: tuple[int, int]) -> tuple[F32
     return np.asarray(poly, dtype=np.float32).reshape(-1, 2), float(area)
 
 
-def _extent(poly: F32, hw: tuple[int, int]) -> float:
-    """Smallest share of the image's width/height that ``poly`` spans."""
+def _extent(poly: F32, box: Box) -> float:
+    """Smallest share of the content's width/height that ``poly`` spans."""
     if len(poly) == 0:
         return 0.0
     span = poly.max(axis=0) - poly.min(axis=0)
-    return float(min(span[0] / hw[1], span[1] / hw[0]))
+    return float(min(span[0] / (box[2] - box[0]), span[1] / (box[3] - box[1])))
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (end exclusive), pixels
+
+
+def _content_box(grey: U8) -> Box:
+    """The image inside any uniform padding on each side (see PAD_*)."""
+    h, w = grey.shape
+    g = grey.astype(np.float32)
+
+    def depth(lines: F32) -> int:
+        """Leading lines of ``lines`` (line index first) that are padding."""
+        ref = float(np.median(lines[0]))
+        near = np.abs(lines - ref) <= PAD_TOLERANCE
+        uniform = near.mean(axis=1) >= PAD_LINE_SHARE
+        n = int(np.argmin(uniform)) if not uniform.all() else len(uniform)
+        return n if n >= PAD_MIN_SHARE * len(uniform) else 0
+
+    top = depth(g)
+    bottom = depth(g[::-1])
+    left = depth(g.T)
+    right = depth(g.T[::-1])
+    if h - top - bottom < 16 or w - left - right < 16:
+        return 0, 0, w, h  # (nearly) all one colour: leave it to the detail check
+    return left, top, w - right, h - bottom
+
+
+def _is_full(box: Box, hw: tuple[int, int]) -> bool:
+    return box == (0, 0, hw[1], hw[0])
+
+
+def _content_mask(box: Box, hw: tuple[int, int], *, band_only: bool = False) -> F32:
+    """1 inside ``box`` less PAD_MARGIN_PX on padded sides, else 0; with
+    ``band_only`` the padding itself is kept and only the PAD_MARGIN_PX band
+    on either side of where it meets the photo is 0 (content pasted over one
+    image's padding is still compared)."""
+    x0, y0, x1, y1 = box
+    h, w = hw
+    m = PAD_MARGIN_PX
+    mask = np.zeros(hw, dtype=np.float32)
+    mask[
+        y0 + (m if y0 > 0 else 0) : y1 - (m if y1 < h else 0),
+        x0 + (m if x0 > 0 else 0) : x1 - (m if x1 < w else 0),
+    ] = 1.0
+    if not band_only:
+        return mask
+    out = np.ones(hw, dtype=np.float32)
+    for side, edge, ext in ((0, y0, h), (0, y1, h), (1, x0, w), (1, x1, w)):
+        if 0 < edge < ext:
+            lo, hi = max(0, edge - m), min(ext, edge + m)
+            if side == 0:
+                out[lo:hi, x0:x1] = 0.0
+            else:
+                out[y0:y1, lo:hi] = 0.0
+    return out
 
 
 def _isotonic(y: F64, wt: F64) -> F64:
@@ -610,8 +721,11 @@ class _Blocks:
     valid: npt.NDArray[np.bool_]
 
 
-def _compare(a: U8, b: U8, w: Mat3, bs: int) -> _Blocks | None:
-    """Warp B into A, match tones, blur, compare block by block."""
+def _compare(
+    a: U8, b: U8, w: Mat3, bs: int, boxes: tuple[Box, Box] | None = None
+) -> _Blocks | None:
+    """Warp B into A, match tones, blur, compare block by block; ``boxes``
+    (A's and B's content inside any padding) leave the padding out."""
     ha, wa = a.shape[:2]
     hb, wb = b.shape[:2]
     bw = np.asarray(
@@ -625,13 +739,13 @@ def _compare(a: U8, b: U8, w: Mat3, bs: int) -> _Blocks | None:
         ),
         dtype=np.uint8,
     )
-    cover = cv2.warpAffine(
-        np.ones((hb, wb), dtype=np.float32),
-        w[:2],
-        (wa, ha),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-    )
-    valid8 = (np.asarray(cover) > 0.999).astype(np.uint8)
+    ones_b = np.ones((hb, wb), dtype=np.float32)
+    own_a = np.ones((ha, wa), dtype=np.float32)
+    if boxes is not None:
+        ones_b = _content_mask(boxes[1], (hb, wb), band_only=True)
+        own_a = _content_mask(boxes[0], (ha, wa), band_only=True)
+    cover = cv2.warpAffine(ones_b, w[:2], (wa, ha), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    valid8 = ((np.asarray(cover) > 0.999) & (own_a > 0)).astype(np.uint8)
     # One pixel in from the overlap border: interpolation there mixes in black.
     valid = np.asarray(cv2.erode(valid8, np.ones((3, 3), np.uint8)), dtype=np.uint8).astype(bool)
     if int(valid.sum()) < 64:
@@ -748,7 +862,70 @@ def _edge_strip(
         horiz = "right"
     if vert and horiz:
         return f"{vert}-{horiz}"
-    return vert or horiz
+
+    def shape(lo: float, hi: float, start: float, end: float, q: float) -> str:
+        """ "caption", "corner" or "" for a region lo..hi along an edge start..end."""
+        length = max(end - start, 1.0)
+        if (hi - lo) / length >= CAPTION_MIN_SPAN:
+            return "caption"
+        reach = max(CORNER_REACH * length, q) + 0.5
+        compact = hi - lo <= max(CORNER_MAX_SPAN * length, q) + 0.5
+        if compact and (lo <= start + reach or hi >= end - reach):
+            return "corner"
+        return ""
+
+    if vert:
+        kind = shape(float(left.min()), float(right.max()), x0, x1, float(bs))
+    elif horiz:
+        kind = shape(float(top.min()), float(bottom.max()), y0, y1, float(bs))
+    else:
+        return None
+    edge = vert or horiz
+    return None if not kind else f"{edge} band" if kind == "caption" else edge
+
+
+def _flat_share(blk: _Blocks, diff: npt.NDArray[np.bool_], bs: int) -> float:
+    """Of the differing blocks' pixels, the larger share (over A and B) that is
+    flat: a caption band is a fill with text on it, scene content is texture."""
+    px = _expand(diff, bs, blk.valid.shape) & blk.valid
+    if not px.any():
+        return 0.0
+    shares = []
+    for img in (blk.pb, blk.qb):
+        grey = np.asarray(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), np.float32)
+        gx = np.asarray(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=1), np.float32) * 0.5
+        gy = np.asarray(cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=1), np.float32) * 0.5
+        shares.append(float(np.mean(np.hypot(gx, gy)[px] < BAND_FLAT_GRADIENT)))
+    return max(shares)
+
+
+def _moved_blocks(blk: _Blocks, diff: npt.NDArray[np.bool_], bs: int) -> int:
+    """How many differing blocks a small shift of A explains (see MOVE_*)."""
+    r = MOVE_SEARCH_PX
+    p = cv2.transform(blk.pb, np.full((1, 3), 1.0 / 3.0, np.float32))
+    q = cv2.transform(blk.qb, np.full((1, 3), 1.0 / 3.0, np.float32))
+    pp = np.pad(np.asarray(p, np.float32), r, mode="edge")
+    h, w = blk.valid.shape
+    moved = 0
+    for by, bx in zip(*np.nonzero(diff), strict=True):
+        y0, x0 = int(by) * bs, int(bx) * bs
+        y1, x1 = min(y0 + bs, h), min(x0 + bs, w)
+        ok = blk.valid[y0:y1, x0:x1]
+        if ok.sum() < 4:
+            continue
+        target = np.asarray(q, np.float32)[y0:y1, x0:x1]
+        best, still = math.inf, math.inf
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                src = pp[y0 + r + dy : y1 + r + dy, x0 + r + dx : x1 + r + dx]
+                e = float(np.mean(np.abs(src - target)[ok]))
+                if dy == 0 and dx == 0:
+                    still = e
+                elif max(abs(dy), abs(dx)) >= MOVE_MIN_PX and e < best:
+                    best = e
+        if best <= MOVE_EXPLAINED * still:
+            moved += 1
+    return moved
 
 
 def _correlation(blk: _Blocks, keep: npt.NDArray[np.bool_], bs: int) -> float:
@@ -824,6 +1001,7 @@ def _verify(
     ha, wa = a.shape[:2]
     hb, wb = b.shape[:2]
     bs = max(2, round(max(ha, wa) / BLOCKS_LONG))
+    boxes = (_content_box(ga8), _content_box(gb8))
 
     # --- alignment -------------------------------------------------------------
     if side >= FEATURE_SIDE:
@@ -842,7 +1020,10 @@ def _verify(
         )
         mask_b = _prior_mask(a, b, w0, bs)
     else:
-        ar_a, ar_b = wa / ha, wb / hb
+        # Without features: content box onto content box (a padded copy's
+        # frame has another aspect than its photo).
+        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+        ar_a, ar_b = (ax1 - ax0) / (ay1 - ay0), (bx1 - bx0) / (by1 - by0)
         if abs(math.log(ar_a / ar_b)) > ASPECT_TOL:
             reason = (
                 f"too few feature matches ({inliers}) and aspect ratios differ"
@@ -851,8 +1032,14 @@ def _verify(
             diag = _diag("alignment", compare_side=side, detail_std=detail, inliers=inliers)
             return _result(False, reason), diag
         aligned_by = "resize"
-        w0 = _scale_map(a.shape[:2], b.shape[:2])
+        shift_a = np.array([[1.0, 0.0, -ax0], [0.0, 1.0, -ay0], [0.0, 0.0, 1.0]])
+        shift_b = np.array([[1.0, 0.0, bx0], [0.0, 1.0, by0], [0.0, 0.0, 1.0]])
+        w0 = shift_b @ _scale_map((ay1 - ay0, ax1 - ax0), (by1 - by0, bx1 - bx0)) @ shift_a
 
+    if not _is_full(boxes[1], (hb, wb)):
+        # ECC must not fit B's padding or the photo's edge blended into it.
+        pad = (_content_mask(boxes[1], (hb, wb)) * 255).astype(np.uint8)
+        mask_b = pad if mask_b is None else np.minimum(mask_b, pad)
     w = _refine(ga, gb, w0, mask_b)
     scale_w, rot, nonsim = _similarity_parts(w)
     if not (math.isfinite(scale_w) and scale_w > 1e-3 and np.linalg.det(w[:2, :2]) > 0):
@@ -868,12 +1055,19 @@ def _verify(
     distortion = nonsim * math.hypot(wa, ha) / 2.0 / scale_w
     scale_ab = scale_w * max(b0.shape[:2]) / max(a0.shape[:2])
 
-    poly, area = _overlap(w, (ha, wa), (hb, wb))
-    cov = (area / (ha * wa), min(1.0, area * float(np.linalg.det(w[:2, :2])) / (hb * wb)))
-    poly_b = (w[:2, :2] @ poly.T.astype(np.float64)).T + w[:2, 2] if len(poly) else poly
-    ext = (_extent(poly, (ha, wa)), _extent(np.asarray(poly_b, np.float32), (hb, wb)))
+    # Each image's coverage: how much of its own content (padding left out)
+    # the other image's whole frame shows.
+    full = ((0, 0, wa, ha), (0, 0, wb, hb))
+    poly, area = _overlap(w, boxes[0], full[1])
+    poly_o, area_o = _overlap(w, full[0], boxes[1])
+    content = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes]
+    cov = (area / content[0], min(1.0, area_o * float(np.linalg.det(w[:2, :2])) / content[1]))
+    poly_b = (w[:2, :2] @ poly_o.T.astype(np.float64)).T + w[:2, 2] if len(poly_o) else poly_o
+    ext = (_extent(poly, boxes[0]), _extent(np.asarray(poly_b, np.float32), boxes[1]))
+    poly, area = _overlap(w, *boxes)
 
-    blk = _compare(a, b, w, bs) if area > 0 else None
+    padded = not (_is_full(boxes[0], (ha, wa)) and _is_full(boxes[1], (hb, wb)))
+    blk = _compare(a, b, w, bs, boxes if padded else None) if area > 0 else None
     if blk is None or not blk.counted.any():
         reason = "images do not overlap after alignment"
         check = _result(False, reason, coverage=cov, scale=scale_ab, rotation_deg=rot)
@@ -895,7 +1089,11 @@ def _verify(
     x0, y0 = poly.min(axis=0)
     x1, y1 = poly.max(axis=0)
     strip = _edge_strip(differs, bs, (float(x0), float(y0), float(x1), float(y1)))
-    if n_diff == 0:
+    if n_diff == 0 or (
+        strip is not None
+        and strip.endswith(" band")
+        and _flat_share(blk, differs, bs) < BAND_MIN_FLAT
+    ):
         strip = None
     # Blocks next to a differing block share some of its pixels (blur, block
     # grid); they are judged like any block but left out of the statistics
@@ -924,6 +1122,16 @@ def _verify(
         reason = (
             f"content shifts by up to {max_shift:.1f} px after alignment"
             " (parallax or another viewpoint)"
+        )
+    elif (
+        n_diff
+        and strip is not None
+        and (n_moved := _moved_blocks(blk, differs, bs)) >= MOVE_MIN_SHARE * n_diff
+    ):
+        failed = "shift"
+        reason = (
+            f"{n_moved} of {n_diff} differing blocks in the {strip} edge strip are content"
+            " shifted against the rest (parallax or a moved subject)"
         )
     elif n_diff and strip is None:
         failed = "blocks"

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import structlog
 from PIL import Image
 
-from connector.core.capture import contradictions
+from connector.core.capture import contradictions, other_moment
 from connector.core.fingerprint import RECIPE, Fingerprint, codes_of, pixel_digest
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
@@ -135,6 +135,7 @@ def basic_evidence(
         dhash_distance=dhash_distance,
         either_flat=a.flat or b.flat,
         contradictions=tuple(contradictions(a.capture, b.capture)),
+        other_moment=tuple(other_moment(a.capture, b.capture)),
     )
 
 
@@ -148,6 +149,7 @@ def evidence_record(evidence: Evidence, verdict: Verdict) -> dict[str, Any]:
         "same_pixels": evidence.same_pixels,
         "pixel_check": evidence.pixel_check,
         "contradictions": list(evidence.contradictions),
+        "other_moment": list(evidence.other_moment),
         "reasons": verdict.reasons,
     }
 

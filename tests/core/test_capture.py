@@ -5,7 +5,7 @@ import warnings
 
 from PIL import Image
 
-from connector.core.capture import CaptureFacts, contradictions, read_capture_facts
+from connector.core.capture import CaptureFacts, contradictions, other_moment, read_capture_facts
 
 
 def jpeg_with_exif(**tags: object) -> Image.Image:
@@ -61,3 +61,36 @@ def test_corrupt_exif_gives_no_facts_instead_of_an_error() -> None:
         warnings.simplefilter("ignore")  # Pillow's own complaint on open is not under test
         opened = Image.open(io.BytesIO(buffer.getvalue()))
     assert read_capture_facts(opened) == CaptureFacts()
+
+
+def test_burst_frames_of_one_camera_are_another_moment() -> None:
+    a = read_capture_facts(jpeg_with_exif(subsec="120"))
+    b = read_capture_facts(jpeg_with_exif(subsec="153"))
+    assert other_moment(a, b)
+    later = read_capture_facts(jpeg_with_exif(taken_at="2024:05:01 12:00:03"))
+    assert other_moment(a, later)
+
+
+def test_rewritten_camera_facts_are_not_another_moment() -> None:
+    a = CaptureFacts(taken_at="2024:05:01 12:00:00", make="Canon", model="EOS R5")
+    rewritten = CaptureFacts(taken_at="2024:05:01 12:00:00", make="Adobe", model="Lightroom")
+    assert contradictions(a, rewritten)  # still shown, for review
+    assert other_moment(a, rewritten) == []
+    # Another camera at another time is not "the same camera, later" either.
+    other = CaptureFacts(taken_at="2024:05:01 12:00:09", make="Nikon", model="D750")
+    assert other_moment(a, other) == []
+
+
+def test_time_zone_correction_and_shortened_subseconds_are_one_moment() -> None:
+    a = CaptureFacts(taken_at="2024:05:01 12:00:00", subsec="120", make="Canon", serial="1")
+    shifted = CaptureFacts(taken_at="2024:05:01 15:00:00", subsec="12", make="Canon", serial="1")
+    assert other_moment(a, shifted) == []
+    short = CaptureFacts(taken_at="2024:05:01 12:00:00", subsec="1", make="Canon", serial="1")
+    assert other_moment(a, short) == []
+    assert contradictions(a, short) == []
+
+
+def test_frame_numbers_apart_are_another_moment() -> None:
+    a = CaptureFacts(make="Canon", serial="1", image_number="4411")
+    b = CaptureFacts(make="Canon", serial="1", image_number="4412")
+    assert other_moment(a, b)

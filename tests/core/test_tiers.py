@@ -53,16 +53,29 @@ def test_codes_that_agree_by_chance_on_images_that_do_not_align_are_unrelated() 
     assert place(evidence(pixel_check_passed=False, pixel_check=other_angle)).tier is Tier.SIMILAR
 
 
-def test_contradicting_capture_facts_keep_a_pair_out_of_duplicates() -> None:
+def test_another_moment_keeps_a_pair_out_of_duplicates() -> None:
+    burst = "sub-second capture time differs (12 vs 45)"
     verdict = place(
         evidence(
             pixel_check_passed=True,
             pixel_check={"reason": "aligned"},
-            contradictions=("sub-second capture time differs (12 vs 45)",),
+            contradictions=(burst,),
+            other_moment=(burst,),
         )
     )
     assert verdict.tier is Tier.SIMILAR
     assert verdict.tier not in DUPLICATE_TIERS
+
+
+def test_other_metadata_disagreements_send_a_pixel_match_to_review() -> None:
+    rewritten = "camera make differs (Canon vs Adobe)"
+    verdict = place(
+        evidence(
+            pixel_check_passed=True, pixel_check={"reason": "aligned"}, contradictions=(rewritten,)
+        )
+    )
+    assert verdict.tier is Tier.NEAR_IDENTICAL  # marked duplicate-candidate, for review
+    assert any("review" in reason and rewritten in reason for reason in verdict.reasons)
 
 
 def test_beyond_radius_is_unrelated_and_flat_images_are_never_paired() -> None:

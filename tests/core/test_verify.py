@@ -301,3 +301,117 @@ def test_typical_pair_is_fast() -> None:
     for _ in range(5):
         verify_pair(a, b)
     assert (time.thread_time() - t0) / 5 < 0.25
+
+
+# --- padding, translucent logos, and new content or parallax at an edge ----------
+
+
+def pad(
+    im: Image.Image, left: float, top: float, right: float, bottom: float, colour: int
+) -> Image.Image:
+    """Uniform padding of these shares of the width/height on each side."""
+    w, h = im.size
+    lp, tp, rp, bp = round(w * left), round(h * top), round(w * right), round(h * bottom)
+    out = Image.new("RGB", (w + lp + rp, h + tp + bp), (colour,) * 3)
+    out.paste(im, (lp, tp))
+    return out
+
+
+def letterbox(im: Image.Image) -> Image.Image:
+    """Towards a square canvas (at most 10 % a side), padded with the photo enlarged
+    and blurred, as social media letterbox a photo."""
+    w, h = im.size
+    cw, ch = (w, min(w, round(h * 1.2))) if w >= h else (min(h, round(w * 1.2)), h)
+    f = max(cw / w, ch / h)
+    big = im.resize((round(w * f) + 1, round(h * f) + 1))
+    x0, y0 = (big.width - cw) // 2, (big.height - ch) // 2
+    canvas = big.crop((x0, y0, x0 + cw, y0 + ch)).filter(ImageFilter.GaussianBlur(max(cw, ch) / 30))
+    canvas.paste(im, ((cw - w) // 2, (ch - h) // 2))
+    return canvas
+
+
+def translucent_logo(im: Image.Image) -> Image.Image:
+    base = im.convert("RGBA")
+    w = base.size[0]
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    lw, lh = round(0.2 * w), round(0.06 * w)
+    x0, y0 = w - round(0.03 * w) - lw, round(0.03 * w)
+    draw.ellipse((x0, y0, x0 + lh, y0 + lh), fill=(255, 255, 255, 128))
+    draw.text((x0 + lh + 4, y0), "HELSINKI", fill=(255, 255, 255, 128), font=font(0.8 * lh))
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def object_at_edge(im: Image.Image, donor: Image.Image) -> Image.Image:
+    """A limb-like region of another photo entering along the middle of the left edge."""
+    arr = np.asarray(im).astype(np.float32)
+    other = np.asarray(donor.resize(im.size)).astype(np.float32)
+    h, w = arr.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = (xx / (0.15 * w)) ** 2 + ((yy - 0.5 * h) / (0.18 * h)) ** 2 <= 1.0
+    out = np.where(inside[:, :, None], other, arr)
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def parallax(im: Image.Image, fg: tuple[float, float, float, float]) -> Image.Image:
+    """Camera moved 1.5 px; a foreground ellipse in ``fg`` (shares) moved 4 px more."""
+    import cv2
+
+    arr = np.asarray(im).astype(np.float32)
+    h, w = arr.shape[:2]
+
+    def moved(x: np.ndarray, dx: float, dy: float) -> np.ndarray:
+        m = np.float32([[1, 0, dx], [0, 1, dy]])
+        return np.asarray(
+            cv2.warpAffine(x, m, (w, h), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        )
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = (fg[0] + fg[2]) / 2 * w, (fg[1] + fg[3]) / 2 * h
+    rx, ry = (fg[2] - fg[0]) / 2 * w, (fg[3] - fg[1]) / 2 * h
+    mask = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1.0).astype(np.float32)
+    mask = moved(mask, 5.5, 0.5)[:, :, None]
+    out = moved(arr, 5.5, 0.5) * mask + moved(arr, 1.5, 0.0) * (1 - mask)
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
+
+
+PADDINGS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "white_all_5": lambda im: pad(im, 0.05, 0.05, 0.05, 0.05, 255),
+    "black_left_right_10": lambda im: pad(im, 0.10, 0, 0.10, 0, 0),
+    "grey_top_8": lambda im: pad(im, 0, 0.08, 0, 0, 128),
+    "blurred_letterbox": letterbox,
+    "translucent_logo": translucent_logo,
+}
+
+
+@pytest.mark.parametrize("edit", sorted(PADDINGS))
+@pytest.mark.parametrize("name", ["astronaut.png", "camera.png", "coffee.png", "rocket.jpg"])
+def test_padded_or_logo_copy_passes(name: str, edit: str) -> None:
+    im = photo(name)
+    copy = reencode(PADDINGS[edit](im), "JPEG", quality=88)
+    check = verify_pair(thumb(im), thumb(copy))
+    assert check.passed is True, check.reason
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"])
+def test_new_content_entering_at_an_edge_fails(name: str) -> None:
+    im = photo(name)
+    donor = photo("brick.png" if name != "brick.png" else "coffee.png")
+    check = verify_pair(thumb(im), thumb(object_at_edge(im, donor)))
+    assert check.passed is False, check.reason
+
+
+@pytest.mark.parametrize(
+    ("name", "fg"),
+    [
+        ("astronaut.png", (0.30, 0.25, 0.65, 0.75)),
+        ("coffee.png", (0.02, 0.50, 0.30, 0.95)),  # at an edge, most of the frame static
+        ("chelsea.png", (0.70, 0.05, 0.98, 0.40)),  # in a corner
+    ],
+)
+def test_parallax_with_most_of_the_frame_static_fails(
+    name: str, fg: tuple[float, float, float, float]
+) -> None:
+    im = photo(name)
+    check = verify_pair(thumb(im), thumb(parallax(im, fg)))
+    assert check.passed is False, check.reason
