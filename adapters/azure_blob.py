@@ -78,6 +78,7 @@ from adapters.base import (
     MetadataMapping,
     NotFound,
     Page,
+    PublicLinkSettings,
     RateLimited,
     RemoteSettings,
     Unavailable,
@@ -109,7 +110,7 @@ SAS_SIGNATURE = re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>)]+")
 T = TypeVar("T")
 
 
-class AzureBlobSettings(RemoteSettings):
+class AzureBlobSettings(RemoteSettings, PublicLinkSettings):
     model_config = SettingsConfigDict(env_prefix="DAMDUP_AZURE_BLOB_", extra="forbid")
     # base_url: the account's blob endpoint, https://<account>.blob.core.windows.net/
     # (Azurite: http://127.0.0.1:10000/devstoreaccount1/).
@@ -305,6 +306,9 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         if name is None or not name.startswith(self.settings.prefix):
             raise BadAsset(f"{url} is not a blob's address in container {self.settings.container}")
         return self._download(name, None)
+
+    def relative_path(self, asset: AssetRef) -> str:
+        return asset.id.removeprefix(self.settings.prefix)
 
     def _blob_url(self, name: str) -> str:
         return f"{self.container.url.split('?')[0]}/{quote(name, safe='~/')}"

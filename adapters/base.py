@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 from pydantic_settings import BaseSettings
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "MetadataMapping",
     "NotFound",
     "Page",
+    "PublicLinkSettings",
     "RateLimited",
     "RemoteSettings",
     "Rendition",
@@ -49,6 +50,7 @@ __all__ = [
     "pick",
     "reason",
     "tags_to_marks",
+    "web_link",
 ]
 
 
@@ -199,6 +201,39 @@ class RemoteSettings(BaseSettings):
         60.0, ge=0, description="longer Retry-After waits end the request; the sync retries later"
     )
     metadata: MetadataMapping = MetadataMapping()
+
+
+class PublicLinkSettings(BaseSettings):
+    """For platforms whose own addresses editors cannot open (a folder on the
+    damdup host, a private bucket): where the same files are published on the
+    web. The link to an asset is this address followed by the asset's path
+    under the unit's folder, bucket prefix or container prefix."""
+
+    public_base_url: HttpUrl | None = Field(
+        None, description="where editors open the unit's files, e.g. https://kuvat.hel.fi/arkisto/"
+    )
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _plain_base(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is None:
+            return None
+        if value.username or value.password:
+            raise ValueError("a URL must not hold a user name or password")
+        if value.query or value.fragment:
+            raise ValueError("public_base_url must have no query (?) and no fragment (#)")
+        if not (value.path or "/").endswith("/"):  # a base names a folder: paths go under it
+            return HttpUrl(f"{value}/")
+        return value
+
+
+def web_link(base_url: str, path: str) -> str:
+    """`path` (segments separated by "/") under `base_url`, each segment
+    percent-encoded as UTF-8 (a name's undecodable bytes as themselves), so
+    that a space, `#`, `?` or `%` in a name stays part of the name."""
+    return base_url + "/".join(
+        quote(segment.encode("utf-8", "surrogateescape"), safe="") for segment in path.split("/")
+    )
 
 
 @dataclass(frozen=True)
@@ -499,6 +534,23 @@ class Adapter(ABC, Generic[CursorT]):
         """The bytes at `url`, an address on this unit's platform (a lookup by
         URL), through the adapter's own client, which refuses other hosts."""
         raise Unsupported(f"{self.kind} cannot fetch an address by URL")
+
+    def link(self, asset: AssetRef) -> str | None:
+        """Where a person opens the asset: the canonical link written on its
+        copies and shown by lookup and reports. The unit's `public_base_url`
+        when its settings have one and it is set, else the asset's own `url`.
+        None when the platform has no address a person can open (a folder on
+        the damdup host): the engine then names the unit and the path in words."""
+        base = getattr(self.settings, "public_base_url", None)
+        if base is not None:
+            return web_link(str(base), self.relative_path(asset))
+        return asset.url
+
+    def relative_path(self, asset: AssetRef) -> str:
+        """The asset's path under what the unit reads (its folder, or its bucket's
+        or container's prefix), "/"-separated; `link` appends it to the unit's
+        public base URL."""
+        return asset.id
 
     def local_path(self, asset: AssetRef) -> str | None:
         """A file this machine can read for the asset, when there is one: the

@@ -12,8 +12,8 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 import structlog
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
     Adapter,
@@ -23,6 +23,7 @@ from adapters.base import (
     MetadataMapping,
     NotFound,
     Page,
+    PublicLinkSettings,
 )
 
 log = structlog.get_logger(__name__)
@@ -37,7 +38,7 @@ IMAGE_EXTENSIONS = frozenset(
 )  # fmt: skip
 
 
-class FilesystemSettings(BaseSettings):
+class FilesystemSettings(PublicLinkSettings):
     model_config = SettingsConfigDict(env_prefix="DAMDUP_FILESYSTEM_", extra="forbid")
     root: Path
     page_size: int = Field(500, ge=1, le=100_000)
@@ -46,6 +47,34 @@ class FilesystemSettings(BaseSettings):
     # `folder` (often a place or an event), `name` and `modified` time, and
     # literals for what a whole share has in common (`department = "=..."`).
     metadata: MetadataMapping = MetadataMapping()
+    # How editors reach `root` from their own machines, when not over the web
+    # (public_base_url): a Windows share (\\fileserver\kuvat) or a mount point.
+    share_path: str | None = Field(
+        None, description="the folder as editors' machines reach it, e.g. \\\\fileserver\\kuvat"
+    )
+
+    @field_validator("share_path")
+    @classmethod
+    def _share(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or any(ord(char) < 32 for char in value):
+            raise ValueError("give the share's path, e.g. \\\\fileserver\\kuvat")
+        if "://" in value:
+            raise ValueError("a web address goes in public_base_url; share_path is a path")
+        if not (value.startswith(("\\\\", "/")) or re.match(r"^[A-Za-z]:\\", value)):
+            raise ValueError(
+                "share_path is a UNC path (\\\\server\\share), a drive path (K:\\kuvat) "
+                "or a mount point (/Volumes/kuvat)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_link(self) -> FilesystemSettings:
+        if self.public_base_url is not None and self.share_path is not None:
+            raise ValueError("give public_base_url or share_path, not both")
+        return self
 
 
 class FilesystemCursor(BaseModel):
@@ -192,6 +221,20 @@ class Filesystem(Adapter[FilesystemCursor]):
         except NotFound:  # gone, or no longer where a listing looks
             return False
         return True
+
+    def link(self, asset: AssetRef) -> str | None:
+        # Never the file:// address: it names a file on the damdup host, which
+        # no editor's machine can open.
+        share: str | None = self.settings.share_path
+        if share is not None:
+            separator = "\\" if "\\" in share else "/"
+            return share.rstrip("\\/") + separator + asset.id.replace("/", separator)
+        if self.settings.public_base_url is not None:
+            return super().link(asset)
+        return None
+
+    def relative_path(self, asset: AssetRef) -> str:
+        return path_of_id(asset.id) if _is_escaped(asset.id) else asset.id
 
     def local_path(self, asset: AssetRef) -> str | None:
         # The real path: a link swapped in after this check is not followed out.

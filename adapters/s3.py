@@ -69,7 +69,7 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
     Adapter,
@@ -83,6 +83,7 @@ from adapters.base import (
     MetadataMapping,
     NotFound,
     Page,
+    PublicLinkSettings,
     RateLimited,
     Unavailable,
     is_mark_tag,
@@ -113,7 +114,7 @@ TAG_LIMIT = 10  # tags an object may carry
 # -- settings and cursor ---------------------------------------------------------
 
 
-class S3Settings(BaseSettings):
+class S3Settings(PublicLinkSettings):
     """One bucket (and prefix) of S3 or an S3-compatible store. `timeout_s` and
     `attempts` mean what they mean for every platform reached over HTTP."""
 
@@ -335,6 +336,9 @@ class S3(Adapter[S3Cursor]):
             metadata=self.settings.metadata.apply(record),
             problem=problem,
         )
+
+    def relative_path(self, asset: AssetRef) -> str:
+        return asset.id.removeprefix(self.prefix)
 
     def _object_url(self, key: str) -> str:
         path = quote(key, safe="/~")

@@ -52,6 +52,7 @@ from adapters.base import (
     MetadataMapping,
     NotFound,
     Page,
+    PublicLinkSettings,
     RemoteSettings,
 )
 from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, dav_propfind
@@ -69,7 +70,7 @@ FOLDERS_PER_PAGE = 50
 LISTED = ("resourcetype", "getetag", "getlastmodified", "getcontentlength", "getcontenttype")
 
 
-class WebDavSettings(RemoteSettings):
+class WebDavSettings(RemoteSettings, PublicLinkSettings):
     """`base_url` is the folder to walk, e.g. https://dav.example.fi/kuvat/."""
 
     model_config = SettingsConfigDict(env_prefix="DAMDUP_WEBDAV_", extra="forbid")

@@ -44,6 +44,7 @@ from connector.daemon import (
 )
 from connector.engine.check import Checker, LookupRefused
 from connector.engine.clusters import Cluster, Relation
+from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
@@ -52,7 +53,7 @@ from connector.engine.scan import OriginalReader, RunResult, current_clusters, r
 from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
-from connector.units import build_adapters
+from connector.units import build_adapters, link_adapters
 from connector.webhooks import WebhookService
 
 EXIT_OK = 0
@@ -721,7 +722,8 @@ def _push(
                 raise UsageError(error_text(exc)) from exc
         else:
             clusters, relations = current_clusters(store, settings)
-            plan(store, list(adapters), clusters, relations)
+            links = Links(link_adapters(ctx.config, adapters))
+            plan(store, list(adapters), clusters, relations, links)
             report = push(
                 store,
                 adapters,
@@ -986,7 +988,8 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
                 raise UsageError("; ".join(busy.values()) + ": try again when it has finished")
             with progress_bar(err.is_terminal and not args.quiet) as progress:
                 result = run(store, adapters, settings, full=args.full, progress=progress)
-        report = migration.build_report(store, settings, list(adapters), result.failed_units)
+        links = Links(link_adapters(config, adapters))
+        report = migration.build_report(store, settings, list(adapters), result.failed_units, links)
         try:
             migration.write_report(report, store, directory)
         except OSError as exc:
@@ -1010,9 +1013,10 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     """Which version of an image is the authoritative one."""
     settings = ctx.settings
     target: str = args.image
-    adapters: dict[str, Any] = {}
-    if ctx.config is not None and "://" in target:  # units are needed for URLs only
+    if ctx.config is not None and "://" in target:  # every unit must be usable for a URL
         adapters = build_adapters(ctx.config)
+    else:  # for the links only: a unit that cannot be built is left out
+        adapters = link_adapters(ctx.config)
     open_store(ctx).close()
     checker = Checker(settings.db, settings, adapters, {})
     try:
@@ -1043,7 +1047,7 @@ def _print_lookup(answer: dict[str, Any]) -> None:
         canonical = cluster["canonical"]
         title = f"cluster {cluster['id']}" if cluster["id"] else "single copy"
         out.print(f"[bold]{title}[/]: canonical {canonical['unit']}:{canonical['asset_id']}")
-        out.print(f"  {canonical['url']}", markup=False, highlight=False)
+        out.print(f"  {canonical['link']}", markup=False, highlight=False)
         out.print(f"  why: {canonical['reason']}", markup=False, highlight=False)
         facts = ", ".join(
             f"{name} {canonical['metadata'].get(name) or '(missing)'}"
@@ -1051,19 +1055,19 @@ def _print_lookup(answer: dict[str, Any]) -> None:
         )
         out.print(f"  {facts}", markup=False, highlight=False)
         table = Table(title_justify="left")
-        for column in ("unit", "asset id", "role", "tier", "this image", "url"):
+        for column in ("unit", "asset id", "role", "tier", "this image", "link"):
             table.add_column(column)
         for row in [{**canonical, "role": "canonical", "tier": ""}, *cluster["copies"]]:
             table.add_row(
                 row["unit"], plain(row["asset_id"]), row["role"], row["tier"] or "",
-                row.get("match") or "", plain(row["url"]),
+                row.get("match") or "", plain(row["link"]),
             )  # fmt: skip
         out.print(table)
     if answer["similar"]:
         out.print("[bold]other shots of this scene[/] (not copies):")
         for other in answer["similar"]:
             out.print(
-                f"  {other['unit']}:{other['asset_id']}  {other['url']}",
+                f"  {other['unit']}:{other['asset_id']}  {other['link']}",
                 markup=False,
                 highlight=False,
             )

@@ -44,9 +44,11 @@ from connector.core.config import Config
 from connector.core.index import IndexStore, SQLiteStore
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster
+from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.outbox import Outcome, plan, push
 from connector.engine.scan import current_clusters, run
+from connector.units import link_adapters
 
 __all__ = [
     "DEFAULT_JITTER",
@@ -246,6 +248,8 @@ class Daemon:
     ) -> None:
         self.settings: Settings = config.settings
         self.adapters = adapters
+        # Canonicals may sit on units this daemon does not sync.
+        self.links = Links(link_adapters(config, adapters))
         self.once = once
         self.units = list(adapters)
         self.writes = {unit: config.units[unit].writes for unit in self.units}
@@ -393,7 +397,7 @@ class Daemon:
                 if self.stop.is_set():
                     return STOPPED, None
                 clusters, relations = current_clusters(store, self.settings)
-                plan(store, [unit], clusters, relations)
+                plan(store, [unit], clusters, relations, self.links)
                 report = push(
                     store,
                     {unit: adapter},

@@ -48,6 +48,27 @@ def build_adapters(config: Config, only: list[str] | None = None) -> dict[str, A
     return adapters
 
 
+def link_adapters(
+    config: Config | None, built: dict[str, Adapter[Any]] | None = None
+) -> dict[str, Adapter[Any]]:
+    """An adapter for every configured unit, for the links to its assets
+    (`Adapter.link`): those already `built`, and the others built here. A
+    canonical may sit on a unit the command does not read or write. A unit
+    that cannot be built (a secret unset for a command that needs none of it)
+    is left out: its assets get the link the engine gives without an adapter."""
+    adapters = dict(built or {})
+    if config is None:
+        return adapters
+    for name, unit in config.units.items():
+        if name in adapters:
+            continue
+        try:
+            adapters[name] = build_adapter(name, unit.platform, unit.adapter_options)
+        except ConfigError:
+            continue
+    return adapters
+
+
 def build_adapter(name: str, platform: str, options: dict[str, Any]) -> Adapter[Any]:
     cls, settings = unit_settings(name, platform, options)
     try:

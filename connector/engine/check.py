@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from connector.core.tiers import (
 )
 from connector.core.urls import url_under
 from connector.engine.clusters import Cluster, Relation, Shape, build_clusters
+from connector.engine.links import Links, default_link
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.matcher import (
     basic_evidence,
@@ -239,11 +240,15 @@ class MatchIndex:
 # -- the checker ----------------------------------------------------------------
 
 
-def asset_dict(asset: AssetRow, **extra: Any) -> dict[str, Any]:
+def asset_dict(
+    asset: AssetRow, link: Callable[[AssetRow], str] = default_link, **extra: Any
+) -> dict[str, Any]:
+    """`url` is where damdup reads the asset; `link` where a person opens it."""
     return {
         "unit": asset.unit,
         "asset_id": asset.asset_id,
         "url": asset.url,
+        "link": link(asset),
         "original_url": asset.original_url,
         "metadata": asset.metadata,
         **extra,
@@ -277,13 +282,15 @@ class Component:
         return [found[key] for key in sorted(found)]
 
 
-def cluster_dict(cluster: Cluster, exclude: str | None = None) -> dict[str, Any]:
+def cluster_dict(
+    cluster: Cluster, exclude: str | None = None, link: Callable[[AssetRow], str] = default_link
+) -> dict[str, Any]:
     return {
         "id": cluster.id,
         "tier": cluster.tier.value,
-        "canonical": asset_dict(cluster.canonical, reason=cluster.reason),
+        "canonical": asset_dict(cluster.canonical, link, reason=cluster.reason),
         "copies": [
-            asset_dict(member.asset, tier=member.edge.tier.value, role=member.edge.mark)
+            asset_dict(member.asset, link, tier=member.edge.tier.value, role=member.edge.mark)
             for member in cluster.members
             if member.asset.key != exclude
         ],
@@ -304,6 +311,7 @@ class Checker:
         self.db_path = Path(db_path)
         self.settings = settings
         self.adapters = dict(adapters)
+        self.links = Links(self.adapters)
         self.writes = dict(writes)
         self._index: MatchIndex | None = None
         self._index_lock = threading.Lock()
@@ -651,7 +659,9 @@ class Checker:
     ) -> PushReport:
         """The component's intended marks into the outbox (its assets only), then
         pushed where the unit writes, else a dry run."""
-        marks = intended_marks(component.clusters, component.relations, component.assets)
+        marks = intended_marks(
+            component.clusters, component.relations, component.assets, self.links
+        )
         keys = [(asset.unit, asset.asset_id) for asset in component.assets]
         changed = store.set_intended_assets(
             {key: encode(marks[key]) if key in marks else "" for key in keys}
@@ -678,22 +688,24 @@ class Checker:
         copies = []
         if cluster is not None:
             if cluster.canonical.key != asset.key:
-                copies.append(asset_dict(cluster.canonical, tier="canonical", role="canonical"))
-            copies += cluster_dict(cluster, exclude=asset.key)["copies"]
+                copies.append(
+                    asset_dict(cluster.canonical, self.links, tier="canonical", role="canonical")
+                )
+            copies += cluster_dict(cluster, exclude=asset.key, link=self.links)["copies"]
         return {
             "unit": asset.unit,
             "asset_id": asset.asset_id,
-            "asset": asset_dict(asset, sha256=asset.sha256),
+            "asset": asset_dict(asset, self.links, sha256=asset.sha256),
             "role": role,
             "tier": tier,
             "cluster": cluster.id if cluster is not None else None,
             "canonical": (
-                asset_dict(cluster.canonical, reason=cluster.reason)
+                asset_dict(cluster.canonical, self.links, reason=cluster.reason)
                 if cluster is not None
                 else None
             ),
             "copies": copies,
-            "similar": [asset_dict(other) for other in component.similar_to(keys)],
+            "similar": [asset_dict(other, self.links) for other in component.similar_to(keys)],
             "metadata_missing": missing_metadata(asset),
             "marks": [
                 {
@@ -830,7 +842,10 @@ class Checker:
                             "id": None,
                             "tier": None,
                             "canonical": asset_dict(
-                                asset, reason="the only copy in the index", match=matches[sha].value
+                                asset,
+                                self.links,
+                                reason="the only copy in the index",
+                                match=matches[sha].value,
                             ),
                             "copies": [],
                         }
@@ -838,7 +853,7 @@ class Checker:
                     continue
                 members = [cluster.canonical] + [m.asset for m in cluster.members]
                 placed.update(member.key for member in members)
-                answer = cluster_dict(cluster)
+                answer = cluster_dict(cluster, link=self.links)
                 answer["canonical"]["match"] = _match(matches, cluster.canonical)
                 for copy, member in zip(answer["copies"], cluster.members, strict=True):
                     copy["match"] = _match(matches, member.asset)
@@ -850,7 +865,7 @@ class Checker:
             for asset in by_sha.get(sha, [])
         }
         similar = [
-            asset_dict(asset, match=Tier.SIMILAR.value)
+            asset_dict(asset, self.links, match=Tier.SIMILAR.value)
             for asset in component.assets
             if asset.key in similar_keys and asset.key not in placed
         ]

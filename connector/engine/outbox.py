@@ -38,6 +38,7 @@ from adapters.base import (
 from connector.core.index import AssetRow, IndexStore, OutboxRow
 from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Relation
+from connector.engine.links import default_link
 
 log = structlog.get_logger("damdup.push")
 
@@ -63,6 +64,7 @@ def intended_marks(
     clusters: Iterable[Cluster],
     relations: Iterable[Relation],
     assets: Iterable[AssetRow] = (),
+    link: Callable[[AssetRow], str] = default_link,
 ) -> dict[tuple[str, str], Marks]:
     """Marks per (unit, asset id): `canonical` with the cluster id on each
     canonical; `duplicate` or `duplicate-candidate` (by tier, after reviewers'
@@ -83,7 +85,7 @@ def intended_marks(
         for member in cluster.members:
             labels.setdefault(key(member.asset), set()).add(member.edge.mark)
             cluster_of[key(member.asset)] = cluster.id
-            canonical_of[key(member.asset)] = cluster.canonical.url
+            canonical_of[key(member.asset)] = link(cluster.canonical)
     for relation in relations:
         if relation.edge.tier == Tier.SIMILAR:
             for asset in (relation.a, relation.b):
@@ -106,12 +108,13 @@ def plan(
     units: Sequence[str],
     clusters: Iterable[Cluster],
     relations: Iterable[Relation],
+    link: Callable[[AssetRow], str] = default_link,
 ) -> None:
     """Refresh the outbox of `units` from the current clusters and the live
     assets' metadata; `push` then sends what differs from what was last written."""
     wanted = set(units)
     assets = [asset for asset in store.live_assets() if asset.unit in wanted]
-    marks = intended_marks(clusters, relations, assets)
+    marks = intended_marks(clusters, relations, assets, link)
     store.set_intended(units, {asset: encode(m) for asset, m in marks.items()})
 
 

@@ -29,7 +29,7 @@ import base64
 import html
 import io
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -45,6 +45,7 @@ from connector.core.index import AssetRow, IndexStore
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
 from connector.engine.clusters import Cluster
+from connector.engine.links import default_link
 from connector.engine.outbox import MANDATORY_METADATA, missing_metadata
 from connector.engine.scan import current_clusters
 
@@ -64,7 +65,7 @@ FOLDER_FIELDS = [
 ]  # fmt: skip
 CLUSTER_FIELDS = [
     "cluster", "cluster_tier", "role", "unit", "asset_id", "tier", "mark", "size_bytes",
-    "folder", "url", "reason", "phash_distance", "dhash_distance", "in_report",
+    "folder", "url", "link", "reason", "phash_distance", "dhash_distance", "in_report",
 ]  # fmt: skip
 METADATA_FIELDS = [
     "unit", "assets", "with_location", "with_date", "with_department", "complete",
@@ -152,6 +153,9 @@ class MigrationReport:
     sizes: dict[tuple[str, str], int]  # (unit, asset id) -> bytes, for members shown
     failed_units: dict[str, str]
     generated_at: str
+    # Where a person opens an asset (its unit's Adapter.link); `url` is where
+    # damdup reads it, for a folder a file on the damdup host.
+    link: Callable[[AssetRow], str] = default_link
 
     @property
     def shown_units(self) -> set[str]:
@@ -221,6 +225,7 @@ class MigrationReport:
                     "size_bytes": self.sizes.get((canonical.unit, canonical.asset_id), 0),
                     "folder": folder_of(canonical),
                     "url": canonical.url,
+                    "link": self.link(canonical),
                     "reason": cluster.reason,
                     "phash_distance": "",
                     "dhash_distance": "",
@@ -240,6 +245,7 @@ class MigrationReport:
                         "size_bytes": self.sizes.get((asset.unit, asset.asset_id), 0),
                         "folder": folder_of(asset),
                         "url": asset.url,
+                        "link": self.link(asset),
                         "reason": "",
                         "phash_distance": member.edge.phash_distance,
                         "dhash_distance": member.edge.dhash_distance,
@@ -254,6 +260,7 @@ def build_report(
     settings: Settings,
     units: Sequence[str],
     failed_units: dict[str, str] | None = None,
+    link: Callable[[AssetRow], str] = default_link,
 ) -> MigrationReport:
     """The figures of `units` from the index as it is now."""
     chosen = list(units)
@@ -308,6 +315,7 @@ def build_report(
         sizes=sizes,
         failed_units=dict(failed_units or {}),
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        link=link,
     )
 
 
@@ -498,7 +506,7 @@ def _figure(
     return (
         f'<figure class="{classes}">{image}<figcaption>'
         f"<b>{html.escape(role)}</b> · {html.escape(asset.unit)}<br>{name}<br>"
-        f"{_bytes(size)} · {_link(asset.url)}</figcaption></figure>"
+        f"{_bytes(size)} · {_link(report.link(asset))}</figcaption></figure>"
     )
 
 
