@@ -309,6 +309,8 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             "errors": result.errors,
             "candidates": result.match.candidates,
             "pairs_checked": result.match.evaluated,
+            "originals_read": result.match.originals_read,
+            "originals_bytes": result.match.originals_bytes,
             "clusters": len(clusters),
             "cross_unit_clusters": len(cross_unit),
             "db": str(settings.db),
@@ -548,7 +550,9 @@ def cmd_explain(args: argparse.Namespace, ctx: Context) -> int:
         fa, fb = store.fingerprint(a.sha256), store.fingerprint(b.sha256)
         if fa is None or fb is None:
             raise UsageError("fingerprint missing: scan again")
-        evidence, verdict = explain_pair(fa, fb, OriginalReader(store, {}), settings.max_pixels)
+        evidence, verdict, originals = explain_pair(
+            fa, fb, OriginalReader(store, {}), settings.max_pixels, store
+        )
         decision = store.decisions().get(ordered(fa.sha256, fb.sha256))
         _clusters, relations = current_clusters(store, settings)
     finally:
@@ -564,6 +568,7 @@ def cmd_explain(args: argparse.Namespace, ctx: Context) -> int:
         "same_pixels": evidence.same_pixels,
         "pixel_check": evidence.pixel_check,
         "capture_contradictions": list(evidence.contradictions),
+        **originals,
         "tier": verdict.tier.value if verdict.tier else None,
         "duplicate": verdict.tier in DUPLICATE_TIERS,
         "reasons": verdict.reasons,

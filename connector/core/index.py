@@ -52,6 +52,7 @@ class AssetRow:
     original_url: str | None = None  # the file, when `url` is a page about it
     width: int | None = None  # of the original, as the platform reports it
     height: int | None = None
+    content_hash: str | None = None  # the platform's checksum of the original, "algo:hex"
 
     @property
     def key(self) -> str:
@@ -277,7 +278,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX webhook_seen_at ON webhook_seen(seen_at);
     """,
-    # 6: the lineage of each group of copies (which one the others were made
+    # 6: the checksum a platform reports of an original, and the SHA-256 of an
+    # original damdup fetched to settle a candidate pair, for the version read
+    """
+    ALTER TABLE assets ADD COLUMN content_hash TEXT;
+    CREATE TABLE originals (
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        PRIMARY KEY (unit, asset_id)
+    );
+    """,
+    # 7: the lineage of each group of copies (which one the others were made
     # from), kept so that reading the clusters never reads originals again
     """
     CREATE TABLE lineage (
@@ -313,8 +327,15 @@ class Known(NamedTuple):
     listed: str  # the listing's facts besides the bytes: addresses and metadata
 
 
-def listed_facts(url: str, original_url: str | None, metadata: dict[str, Any]) -> str:
-    return json.dumps([url, original_url, metadata], sort_keys=True, ensure_ascii=False)
+def listed_facts(
+    url: str, original_url: str | None, metadata: dict[str, Any], content_hash: str | None = None
+) -> str:
+    # The checksum only where there is one: assets without change nothing; an
+    # index from before checksums were kept takes them in at the next listing.
+    facts: list[Any] = [url, original_url, metadata]
+    if content_hash:
+        facts.append(content_hash)
+    return json.dumps(facts, sort_keys=True, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -417,6 +438,17 @@ class IndexStore(ABC):
 
     @abstractmethod
     def set_pixel_digest(self, sha256: str, digest: str) -> None: ...
+
+    def originals(self, assets: Iterable[AssetRow]) -> dict[str, tuple[str, int]]:
+        """Asset key -> (SHA-256, byte size) of the original damdup read for the
+        asset's current version; nothing for an asset whose original it never
+        read, or whose version has changed since."""
+        raise NotImplementedError
+
+    def record_original(self, asset: AssetRow, sha256: str, size_bytes: int) -> None:
+        """Keep the SHA-256 of the original read for the asset's version, so
+        that it is never fetched again for that version."""
+        raise NotImplementedError
 
     @abstractmethod
     def evaluated_pairs(self, recipe: int) -> set[tuple[str, str]]: ...
@@ -567,9 +599,10 @@ _SAVE_FINGERPRINT = """INSERT OR REPLACE INTO fingerprints(sha256, recipe, size_
 # `seen_run` NULL: a new asset counts as seen by the unit's latest run (a
 # listing under way does not retire it) and a known one keeps its own.
 _SAVE_ASSET = """INSERT INTO assets(unit, asset_id, version, url, size_bytes, modified,
-       sha256, error, metadata, live, seen_run, updated_at, original_url, width, height)
+       sha256, error, metadata, live, seen_run, updated_at, original_url, width, height,
+       content_hash)
    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1,
-       COALESCE(?, (SELECT COALESCE(MAX(id), 0) FROM runs WHERE unit = ?)), ?, ?, ?, ?)
+       COALESCE(?, (SELECT COALESCE(MAX(id), 0) FROM runs WHERE unit = ?)), ?, ?, ?, ?, ?)
    ON CONFLICT(unit, asset_id) DO UPDATE SET
        version = excluded.version, url = excluded.url,
        size_bytes = excluded.size_bytes, modified = excluded.modified,
@@ -577,7 +610,7 @@ _SAVE_ASSET = """INSERT INTO assets(unit, asset_id, version, url, size_bytes, mo
        metadata = excluded.metadata, live = 1,
        seen_run = COALESCE(?, assets.seen_run), updated_at = excluded.updated_at,
        original_url = excluded.original_url, width = excluded.width,
-       height = excluded.height"""
+       height = excluded.height, content_hash = excluded.content_hash"""
 
 
 def _fingerprint_values(fp: Fingerprint) -> tuple[Any, ...]:
@@ -594,7 +627,7 @@ def _asset_values(unit: str, row: AssetRow, run: int | None, stamp: str) -> tupl
     return (
         unit, row.asset_id, row.version, row.url, row.size_bytes, row.modified,
         row.sha256, row.error, json.dumps(row.metadata, sort_keys=True), run, unit,
-        stamp, row.original_url, row.width, row.height, run,
+        stamp, row.original_url, row.width, row.height, row.content_hash, run,
     )  # fmt: skip
 
 
@@ -722,7 +755,7 @@ class SQLiteStore(IndexStore):
 
     def asset_versions(self, unit: str) -> dict[str, Known]:
         rows = self.db.execute(
-            "SELECT asset_id, version, sha256, error, url, original_url, metadata "
+            "SELECT asset_id, version, sha256, error, url, original_url, metadata, content_hash "
             "FROM assets WHERE unit = ?",
             (unit,),
         )
@@ -731,7 +764,12 @@ class SQLiteStore(IndexStore):
                 row["version"],
                 row["sha256"],
                 row["error"],
-                listed_facts(row["url"], row["original_url"], json.loads(row["metadata"])),
+                listed_facts(
+                    row["url"],
+                    row["original_url"],
+                    json.loads(row["metadata"]),
+                    row["content_hash"],
+                ),
             )
             for row in rows
         }
@@ -835,6 +873,7 @@ class SQLiteStore(IndexStore):
             original_url=row["original_url"],
             width=row["width"],
             height=row["height"],
+            content_hash=row["content_hash"],
         )
 
     def live_assets(self, unit: str | None = None) -> list[AssetRow]:
@@ -917,6 +956,28 @@ class SQLiteStore(IndexStore):
         with self._transaction() as db:
             db.execute(
                 "UPDATE fingerprints SET pixel_digest = ? WHERE sha256 = ?", (digest, sha256)
+            )
+
+    # -- originals read to settle candidate pairs ---------------------------
+
+    def originals(self, assets: Iterable[AssetRow]) -> dict[str, tuple[str, int]]:
+        wanted = {(asset.unit, asset.asset_id): asset.version for asset in assets}
+        found: dict[str, tuple[str, int]] = {}
+        for (unit, asset_id), version in wanted.items():
+            row = self.db.execute(
+                "SELECT sha256, size_bytes FROM originals "
+                "WHERE unit = ? AND asset_id = ? AND version = ?",
+                (unit, asset_id, version),
+            ).fetchone()
+            if row is not None:
+                found[f"{unit}:{asset_id}"] = (row["sha256"], row["size_bytes"])
+        return found
+
+    def record_original(self, asset: AssetRow, sha256: str, size_bytes: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO originals VALUES (?, ?, ?, ?, ?)",
+                (asset.unit, asset.asset_id, asset.version, sha256, size_bytes),
             )
 
     # -- pairs and decisions --------------------------------------------

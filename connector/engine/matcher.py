@@ -34,13 +34,15 @@ from connector.core.tiers import (
     place,
 )
 from connector.core.verify import verify_pair
+from connector.engine.originals import Originals, ReadsOriginals
 from connector.engine.pool import WorkerPool
 from connector.engine.sync import describe_error
 
 log = structlog.get_logger(__name__)
 
-# sha256 -> the original bytes of some live asset with that content, or None.
-ReadOriginal = Callable[[str], bytes | None]
+# sha256 -> the original bytes of some live asset with that content, or None;
+# `read(sha256)` gives the asset read as well (scan.OriginalReader).
+ReadOriginal = ReadsOriginals
 
 SAVE_BATCH = 200
 
@@ -53,6 +55,8 @@ class MatchStats:
     cached: int = 0
     pixel_digests: int = 0
     pixel_checks: int = 0
+    originals_read: int = 0  # originals fetched to settle candidate pairs
+    originals_bytes: int = 0
     tiers: dict[str, int] = field(default_factory=dict)
 
 
@@ -183,14 +187,20 @@ def match(
         return cache[sha]
 
     evidences: dict[tuple[str, str], Evidence] = {}
-    digest_wanted: set[str] = set()
     for pair in todo:
-        a, b = load(pair[0]), load(pair[1])
-        evidence = basic_evidence(a, b, *candidates[pair])
-        evidences[pair] = evidence
-        if needs_pixel_digest(evidence, (a.width, a.height) == (b.width, b.height)):
+        evidences[pair] = basic_evidence(load(pair[0]), load(pair[1]), *candidates[pair])
+    # The originals behind each pair (fingerprints may be of renditions): the
+    # same bytes are `exact`; only candidates' originals are read, each once.
+    originals = Originals(store, read_original, load)
+    originals.settle(evidences)
+    stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
+    digest_wanted: set[str] = set()
+    for pair, evidence in evidences.items():
+        if needs_pixel_digest(evidence, originals.same_shape(pair)):
             digest_wanted.update(pair)
-    digests = _pixel_digests(store, pool, read_original, digest_wanted, max_pixels, stats)
+    originals.release(digest_wanted)
+    digests = _pixel_digests(store, pool, originals, digest_wanted, max_pixels, stats)
+    stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
 
     check_jobs: list[tuple[tuple[str, str], tuple[bytes, bytes]]] = []
     for pair, evidence in evidences.items():
@@ -216,7 +226,7 @@ def match(
                 tier=tier,
                 phash_distance=evidence.phash_distance,
                 dhash_distance=evidence.dhash_distance,
-                evidence=evidence_record(evidence, verdict),
+                evidence=evidence_record(evidence, verdict) | originals.record(pair),
             )
         )
         finished += 1
@@ -251,7 +261,7 @@ def match(
 def _pixel_digests(
     store: IndexStore,
     pool: WorkerPool,
-    read_original: ReadOriginal,
+    read_original: Callable[[str], bytes | None],
     wanted: set[str],
     max_pixels: int,
     stats: MatchStats,
@@ -282,14 +292,32 @@ def _pixel_digests(
 
 
 def explain_pair(
-    a: Fingerprint, b: Fingerprint, read_original: ReadOriginal, max_pixels: int
-) -> tuple[Evidence, Verdict]:
-    """Every piece of evidence for one pair, computed now, in this process."""
+    a: Fingerprint,
+    b: Fingerprint,
+    read_original: ReadOriginal,
+    max_pixels: int,
+    store: IndexStore | None = None,
+) -> tuple[Evidence, Verdict, dict[str, Any]]:
+    """Every piece of evidence for one pair, computed now, in this process;
+    with `store`, what it knows of the originals too (and the originals'
+    part of the record)."""
     phash_distance = distance(a.codes("phash"), b.codes("phash"))
     dhash_distance = distance(a.codes("dhash"), b.codes("dhash"))
     evidence = basic_evidence(a, b, phash_distance, dhash_distance)
-    if needs_pixel_digest(evidence, (a.width, a.height) == (b.width, b.height)):
-        data_a, data_b = read_original(a.sha256), read_original(b.sha256)
+    same_shape = (a.width, a.height) == (b.width, b.height)
+    read_bytes: Callable[[str], bytes | None] = read_original
+    record: dict[str, Any] = {}
+    pair = ordered(a.sha256, b.sha256)
+    if store is not None and a.sha256 != b.sha256:
+        fingerprints = {a.sha256: a, b.sha256: b}
+        originals = Originals(store, read_original, fingerprints.__getitem__)
+        settled = {pair: evidence}
+        originals.settle(settled)
+        evidence, same_shape = settled[pair], originals.same_shape(pair)
+        record = originals.record(pair)
+        read_bytes = originals
+    if needs_pixel_digest(evidence, same_shape):
+        data_a, data_b = read_bytes(a.sha256), read_bytes(b.sha256)
         if data_a is not None and data_b is not None:
             same = pixel_digest(data_a, max_pixels) == pixel_digest(data_b, max_pixels)
             evidence = with_evidence(evidence, same_pixels=same)
@@ -298,4 +326,4 @@ def explain_pair(
         evidence = with_evidence(
             evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check
         )
-    return evidence, place(evidence)
+    return evidence, place(evidence), record

@@ -17,7 +17,7 @@ import structlog
 from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
-from connector.core.index import IndexStore
+from connector.core.index import AssetRow, IndexStore
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
@@ -43,9 +43,15 @@ class OriginalReader:
     def __init__(self, store: IndexStore, adapters: dict[str, Adapter[Any]]) -> None:
         self.store = store
         self.adapters = adapters
-        self._by_sha: dict[str, list[Any]] | None = None
+        self._by_sha: dict[str, list[AssetRow]] | None = None
 
     def __call__(self, sha256: str) -> bytes | None:
+        found = self.read(sha256)
+        return found[1] if found is not None else None
+
+    def read(self, sha256: str) -> tuple[AssetRow, bytes] | None:
+        """The original of the first live asset with this content that can be
+        read, with that asset."""
         if self._by_sha is None:
             self._by_sha = {}
             for asset in self.store.live_assets():
@@ -61,10 +67,10 @@ class OriginalReader:
                         url=asset.url,
                         original_url=asset.original_url,
                     )
-                    return adapter.fetch_original(ref)
+                    return asset, adapter.fetch_original(ref)
                 if asset.url.startswith("file://"):
                     path = unquote(urlparse(asset.url).path, errors="surrogateescape")
-                    return Path(path).read_bytes()
+                    return asset, Path(path).read_bytes()
             except (AdapterError, OSError) as exc:
                 log.warning("original.unreadable", asset=asset.key, reason=error_text(exc))
         return None

@@ -65,6 +65,7 @@ def _retry_refs(store: IndexStore, unit: str, listed: set[str]) -> list[AssetRef
             original_url=row.original_url,
             width=row.width,
             height=row.height,
+            content_hash=row.content_hash,
         )
         for row in store.errors(unit)
         if awaits_retry(row.error) and row.asset_id not in listed
@@ -111,6 +112,7 @@ def asset_row(
         original_url=ref.original_url,
         width=ref.width,
         height=ref.height,
+        content_hash=ref.content_hash,
     )
 
 
@@ -370,7 +372,9 @@ def _sync_page(
                 # Unchanged bytes: nothing fetched, nothing decoded. Metadata
                 # edited on the platform (or a new mapping) is still taken in.
                 stats.unchanged += 1
-                facts = listed_facts(ref.url, ref.original_url, asdict(ref.metadata))
+                facts = listed_facts(
+                    ref.url, ref.original_url, asdict(ref.metadata), ref.content_hash
+                )
                 if before.error is None and facts != before.listed:
                     record(ref, before.sha256, None, ref.version)
                 else:
@@ -435,6 +439,6 @@ def _sync_page(
             row.version,
             row.sha256,
             row.error,
-            listed_facts(row.url, row.original_url, row.metadata),
+            listed_facts(row.url, row.original_url, row.metadata, row.content_hash),
         )
     return list(rows.values()), list(fingerprints.values()), touched
