@@ -259,6 +259,10 @@ def test_revert_of_an_unknown_run_is_a_clear_error(site: dict[str, Any]) -> None
     config, env = configure(site, writes=True)
     result = damdup("push", "--config", str(config), "--revert", "999", check=False, env=env)
     assert result.returncode == 2
+    assert f"no index at {site['db']}" in result.stderr, "nothing synced yet: no index"
+    damdup("sync", "--config", str(config), "-q", env=env)
+    result = damdup("push", "--config", str(config), "--revert", "999", check=False, env=env)
+    assert result.returncode == 2
     assert "no push run 999" in result.stderr
 
 
