@@ -295,7 +295,11 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             busy = lock_units(locks, settings, adapters)
             with progress_bar(err.is_terminal and not args.quiet) as progress:
                 result = run(store, adapters, settings, full=args.full, progress=progress)
-            clusters, _relations = current_clusters(store, settings)
+            # The units' originals tell which copy is the original (read once
+            # per group of copies; saved in the index).
+            clusters, _relations = current_clusters(
+                store, settings, OriginalReader(store, adapters)
+            )
     finally:
         store.close()
     cross_unit = [
@@ -994,7 +998,10 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
             with progress_bar(err.is_terminal and not args.quiet) as progress:
                 result = run(store, adapters, settings, full=args.full, progress=progress)
         links = Links(link_adapters(config, adapters))
-        report = migration.build_report(store, settings, list(adapters), result.failed_units, links)
+        report = migration.build_report(
+            store, settings, list(adapters), result.failed_units, links,
+            OriginalReader(store, adapters),
+        )  # fmt: skip
         try:
             migration.write_report(report, store, directory)
         except OSError as exc:

@@ -47,7 +47,7 @@ from connector.engine.clusters import Cluster
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.outbox import Outcome, plan, push
-from connector.engine.scan import current_clusters, run
+from connector.engine.scan import OriginalReader, current_clusters, run
 from connector.units import link_adapters
 
 __all__ = [
@@ -396,7 +396,9 @@ class Daemon:
                     return FAILED, result.failed_units[unit]
                 if self.stop.is_set():
                     return STOPPED, None
-                clusters, relations = current_clusters(store, self.settings)
+                clusters, relations = current_clusters(
+                    store, self.settings, OriginalReader(store, self.adapters)
+                )
                 plan(store, [unit], clusters, relations, self.links)
                 report = push(
                     store,

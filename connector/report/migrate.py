@@ -261,8 +261,10 @@ def build_report(
     units: Sequence[str],
     failed_units: dict[str, str] | None = None,
     link: Callable[[AssetRow], str] = default_link,
+    read_original: Callable[[str], bytes | None] | None = None,
 ) -> MigrationReport:
-    """The figures of `units` from the index as it is now."""
+    """The figures of `units` from the index as it is now; `read_original`
+    reads a copy's original, to tell which one the others were made from."""
     chosen = list(units)
     wanted = set(chosen)
     fingerprint_sizes = {
@@ -276,7 +278,7 @@ def build_report(
         folder = per_folder.setdefault((asset.unit, folder_of(asset)), Figures())
         for figures in (per_unit[asset.unit], folder, total):
             figures.count_asset(asset)
-    clusters, _relations = current_clusters(store, settings)
+    clusters, _relations = current_clusters(store, settings, read_original)
     shown: list[Cluster] = []
     sizes: dict[tuple[str, str], int] = {}
     for cluster in clusters:
