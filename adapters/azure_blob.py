@@ -167,9 +167,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
     kind: ClassVar[str] = "azure_blob"
     settings_model = AzureBlobSettings
     cursor_model = AzureBlobCursor
-    capabilities = Capabilities(
-        incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
-    )
+    capabilities = Capabilities(incremental=False, deletions=False, renditions=False, annotate=True)
 
     def __init__(self, settings: AzureBlobSettings) -> None:
         self.settings = settings

@@ -118,14 +118,13 @@ class Capabilities:
     deletions: an incremental listing reports assets deleted upstream
         (`Page.deleted`); without it, only a full listing notices them.
     renditions: `fetch` can return a smaller, aspect-preserving copy.
-    annotate: marks can be written back. webhooks: the platform can call us.
+    annotate: marks can be written back.
     """
 
     incremental: bool = False
     deletions: bool = False
     renditions: bool = False
     annotate: bool = False
-    webhooks: bool = False
 
 
 @dataclass(frozen=True)
@@ -587,6 +586,3 @@ class Adapter(ABC, Generic[CursorT]):
         Raises NotFound for an asset gone upstream and MarksDoNotFit when the
         store's limits leave no room without dropping someone else's data."""
         raise Unsupported(f"{self.kind} cannot store marks")
-
-    def parse_webhook(self, headers: dict[str, str], body: bytes) -> list[str]:
-        raise Unsupported(f"{self.kind} does not send webhooks")

@@ -92,9 +92,7 @@ class Finna(Adapter[FinnaCursor]):
     kind: ClassVar[str] = "finna"
     settings_model = FinnaSettings
     cursor_model = FinnaCursor
-    capabilities = Capabilities(
-        incremental=False, deletions=False, renditions=True, annotate=False, webhooks=False
-    )
+    capabilities = Capabilities(incremental=False, deletions=False, renditions=True, annotate=False)
 
     def __init__(self, settings: FinnaSettings) -> None:
         self.settings = settings

@@ -185,9 +185,7 @@ class S3(Adapter[S3Cursor]):
     kind: ClassVar[str] = "s3"
     settings_model = S3Settings
     cursor_model = S3Cursor
-    capabilities = Capabilities(
-        incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
-    )
+    capabilities = Capabilities(incremental=False, deletions=False, renditions=False, annotate=True)
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings

@@ -244,9 +244,7 @@ class SharePoint(Adapter[SharePointCursor]):
     kind: ClassVar[str] = "sharepoint"
     settings_model = SharePointSettings
     cursor_model = SharePointCursor
-    capabilities = Capabilities(
-        incremental=True, deletions=True, renditions=True, annotate=True, webhooks=False
-    )
+    capabilities = Capabilities(incremental=True, deletions=True, renditions=True, annotate=True)
 
     def __init__(self, settings: SharePointSettings) -> None:
         self.settings = settings

@@ -119,9 +119,7 @@ class WordPress(Adapter[WordPressCursor]):
     kind: ClassVar[str] = "wordpress"
     settings_model = WordPressSettings
     cursor_model = WordPressCursor
-    capabilities = Capabilities(
-        incremental=True, deletions=False, renditions=True, annotate=True, webhooks=False
-    )
+    capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
 
     def __init__(self, settings: WordPressSettings) -> None:
         self.settings = settings
