@@ -167,7 +167,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
     kind: ClassVar[str] = "azure_blob"
     settings_model = AzureBlobSettings
     cursor_model = AzureBlobCursor
-    capabilities = Capabilities(incremental=False, deletions=False, renditions=False, annotate=True)
+    capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: AzureBlobSettings) -> None:
         self.settings = settings
@@ -331,7 +331,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         data: bytes = self._call(what, downloader.readall)
         return data
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         blob = self.container.get_blob_client(asset.id)
         try:
             self._call(f"reading blob {asset.id}", blob.get_blob_properties)

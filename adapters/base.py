@@ -13,7 +13,7 @@ import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -111,20 +111,44 @@ class MarksDoNotFit(AdapterError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What an adapter really does; the engine and the contract suite read it.
+    """What an adapter really does; the engine, the entry points and the
+    contract suite read it. The engine calls an optional method only when its
+    ability is declared, and an undeclared one raises `Unsupported`. An
+    adapter whose settings take an ability away (Finna's `filters` and
+    `describe`) declares less on that instance.
 
     incremental: a listing can start from where the last one ended and list
         only what changed since.
     deletions: an incremental listing reports assets deleted upstream
         (`Page.deleted`); without it, only a full listing notices them.
     renditions: `fetch` can return a smaller, aspect-preserving copy.
-    annotate: marks can be written back.
+    annotate: damdup's marks can be read (`read_marks`) and written back
+        (`annotate`).
+    describe: one asset can be asked for by id (`describe`); without it a
+        webhook's check syncs the unit instead.
+    exists: whether one asset is still there can be asked (`exists`); without
+        it an asset a full listing did not show is retired.
+    fetch_url: an address on the platform can be read through the unit's own
+        client (`fetch_url`, a lookup by URL).
+    local_path: an asset is a file this machine can read (`local_path`).
     """
 
     incremental: bool = False
     deletions: bool = False
     renditions: bool = False
     annotate: bool = False
+    describe: bool = False
+    exists: bool = False
+    fetch_url: bool = False
+    local_path: bool = False
+
+    def without(self, *abilities: str) -> Capabilities:
+        """These capabilities less `abilities`, for an instance whose settings
+        take them away."""
+        unknown = [name for name in abilities if name not in self.__dataclass_fields__]
+        if unknown:
+            raise ValueError(f"no abilities {unknown} in Capabilities")
+        return replace(self, **dict.fromkeys(abilities, False))
 
 
 @dataclass(frozen=True)
@@ -498,7 +522,8 @@ class Adapter(ABC, Generic[CursorT]):
     kind: ClassVar[str]
     settings_model: ClassVar[type[BaseSettings]]
     cursor_model: ClassVar[type[BaseModel]]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Per class; an instance whose settings take an ability away replaces it.
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, settings: Any) -> None:
         """Every adapter is built from its `settings_model`; none contacts
@@ -516,22 +541,22 @@ class Adapter(ABC, Generic[CursorT]):
     def fetch_original(self, asset: AssetRef) -> bytes:
         return self.fetch(asset, min_side=0)
 
-    def exists(self, asset: AssetRef) -> bool | None:
-        """Whether the asset is still on the platform, asked one by one; None
-        when the adapter cannot tell outside a listing. The engine asks before
-        it retires an asset that a full listing did not show: a listing paged
-        by offsets skips a live asset when one before it is deleted meanwhile."""
-        return None
+    def exists(self, asset: AssetRef) -> bool:
+        """Whether the asset is still on the platform, asked one by one
+        (`Capabilities.exists`). The engine asks before it retires an asset
+        that a full listing did not show: a listing paged by offsets skips a
+        live asset when one before it is deleted meanwhile."""
+        raise Unsupported(f"{self.kind} cannot tell whether one asset is there outside a listing")
 
     def describe(self, asset_id: str) -> AssetRef:
-        """One asset as a listing gives it, asked by id (a webhook check);
-        NotFound when it is gone. Unsupported where the platform has no
-        record endpoint: the engine then syncs the unit instead."""
+        """One asset as a listing gives it, asked by id (a webhook's check;
+        `Capabilities.describe`); NotFound when it is gone."""
         raise Unsupported(f"{self.kind} cannot describe one asset outside a listing")
 
     def fetch_url(self, url: str) -> bytes:
         """The bytes at `url`, an address on this unit's platform (a lookup by
-        URL), through the adapter's own client, which refuses other hosts."""
+        URL; `Capabilities.fetch_url`), through the adapter's own client, which
+        refuses other hosts."""
         raise Unsupported(f"{self.kind} cannot fetch an address by URL")
 
     def link(self, asset: AssetRef) -> str | None:
@@ -551,10 +576,10 @@ class Adapter(ABC, Generic[CursorT]):
         public base URL."""
         return asset.id
 
-    def local_path(self, asset: AssetRef) -> str | None:
-        """A file this machine can read for the asset, when there is one: the
-        engine's workers then read it themselves instead of being sent its bytes."""
-        return None
+    def local_path(self, asset: AssetRef) -> str:
+        """A file this machine can read for the asset (`Capabilities.local_path`):
+        the engine's workers then read it themselves instead of being sent its bytes."""
+        raise Unsupported(f"{self.kind} has no files on this machine")
 
     def iter_pages(self, cursor: CursorT | None = None) -> Iterator[Page[CursorT]]:
         seen: set[str] = set()
@@ -572,7 +597,8 @@ class Adapter(ABC, Generic[CursorT]):
             cursor = page.cursor
 
     def read_marks(self, asset: AssetRef) -> Marks:
-        """damdup's marks on the asset as the platform holds them now."""
+        """damdup's marks on the asset as the platform holds them now
+        (`Capabilities.annotate`)."""
         raise Unsupported(f"{self.kind} cannot store marks")
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:

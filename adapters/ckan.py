@@ -169,7 +169,7 @@ class Ckan(Adapter[CkanCursor]):
     kind: ClassVar[str] = "ckan"
     settings_model = CkanSettings
     cursor_model = CkanCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=False, annotate=True)
+    capabilities = Capabilities(incremental=True, annotate=True, describe=True, fetch_url=True)
 
     def __init__(self, settings: CkanSettings) -> None:
         self.settings = settings

@@ -166,7 +166,9 @@ class Drupal(Adapter[DrupalCursor]):
     kind: ClassVar[str] = "drupal"
     settings_model = DrupalSettings
     cursor_model = DrupalCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
+    capabilities = Capabilities(
+        incremental=True, renditions=True, annotate=True, describe=True, fetch_url=True
+    )
 
     def __init__(self, settings: DrupalSettings) -> None:
         self.settings = settings

@@ -85,7 +85,8 @@ class Filesystem(Adapter[FilesystemCursor]):
     kind: ClassVar[str] = "filesystem"
     settings_model = FilesystemSettings
     cursor_model = FilesystemCursor
-    capabilities = Capabilities(incremental=False, deletions=False)  # every listing is full
+    # Every listing is full: no incremental listing, no deletions reported.
+    capabilities = Capabilities(describe=True, exists=True, fetch_url=True, local_path=True)
 
     def __init__(self, settings: FilesystemSettings) -> None:
         self.settings = settings
@@ -214,7 +215,7 @@ class Filesystem(Adapter[FilesystemCursor]):
             raise NotFound(f"{asset_id!r} is not an image file in {self.root}")
         return self._ref(path)
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         self._locate(asset.id)  # NotFound for a path that leads out of the root
         try:
             self.describe(asset.id)
@@ -236,7 +237,7 @@ class Filesystem(Adapter[FilesystemCursor]):
     def relative_path(self, asset: AssetRef) -> str:
         return path_of_id(asset.id) if _is_escaped(asset.id) else asset.id
 
-    def local_path(self, asset: AssetRef) -> str | None:
+    def local_path(self, asset: AssetRef) -> str:
         # The real path: a link swapped in after this check is not followed out.
         return os.path.realpath(self._locate(asset.id))
 

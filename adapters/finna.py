@@ -92,7 +92,7 @@ class Finna(Adapter[FinnaCursor]):
     kind: ClassVar[str] = "finna"
     settings_model = FinnaSettings
     cursor_model = FinnaCursor
-    capabilities = Capabilities(incremental=False, deletions=False, renditions=True, annotate=False)
+    capabilities = Capabilities(renditions=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: FinnaSettings) -> None:
         self.settings = settings
@@ -105,6 +105,8 @@ class Finna(Adapter[FinnaCursor]):
             headers={"Accept": "application/json"},
             allowed_hosts=[self.image_base],
         )
+        if settings.filters:  # they cannot be checked on one record (describe)
+            self.capabilities = self.capabilities.without("describe")
 
     # -- listing ---------------------------------------------------------
 

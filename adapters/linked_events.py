@@ -86,7 +86,7 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
     kind: ClassVar[str] = "linked_events"
     settings_model = LinkedEventsSettings
     cursor_model = LinkedEventsCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=False, annotate=False)
+    capabilities = Capabilities(incremental=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: LinkedEventsSettings) -> None:
         self.settings = settings

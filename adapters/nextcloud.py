@@ -125,7 +125,9 @@ class Nextcloud(Adapter[NextcloudCursor]):
     kind: ClassVar[str] = "nextcloud"
     settings_model = NextcloudSettings
     cursor_model = NextcloudCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
+    capabilities = Capabilities(
+        incremental=True, renditions=True, annotate=True, describe=True, exists=True, fetch_url=True
+    )
 
     def __init__(self, settings: NextcloudSettings) -> None:
         self.settings = settings
@@ -299,7 +301,7 @@ class Nextcloud(Adapter[NextcloudCursor]):
                 return data
         return self.http.get_bytes(self._path(asset))
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         try:
             self._propfind(asset, ["{DAV:}getetag"])
         except NotFound:

@@ -128,12 +128,16 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
     kind: ClassVar[str] = "resourcespace"
     settings_model = ResourceSpaceSettings
     cursor_model = ResourceSpaceCursor
-    capabilities = Capabilities(incremental=True, renditions=True, annotate=True)
+    capabilities = Capabilities(
+        incremental=True, renditions=True, annotate=True, describe=True, exists=True, fetch_url=True
+    )
 
     def __init__(self, settings: ResourceSpaceSettings) -> None:
         self.settings = settings
         self._private_key = settings.private_key.get_secret_value()
         self.http = HttpClient.for_settings(settings, secrets=[self._private_key])
+        if settings.search.strip().startswith("!"):  # cannot be combined with !list (describe)
+            self.capabilities = self.capabilities.without("describe")
 
     # -- the API -------------------------------------------------------------
 

@@ -185,7 +185,7 @@ class S3(Adapter[S3Cursor]):
     kind: ClassVar[str] = "s3"
     settings_model = S3Settings
     cursor_model = S3Cursor
-    capabilities = Capabilities(incremental=False, deletions=False, renditions=False, annotate=True)
+    capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
@@ -423,7 +423,7 @@ class S3(Adapter[S3Cursor]):
             finally:
                 body.close()
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         try:
             self._call("head_object", asset.id, Key=asset.id)
         except NotFound:

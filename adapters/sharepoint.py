@@ -244,7 +244,15 @@ class SharePoint(Adapter[SharePointCursor]):
     kind: ClassVar[str] = "sharepoint"
     settings_model = SharePointSettings
     cursor_model = SharePointCursor
-    capabilities = Capabilities(incremental=True, deletions=True, renditions=True, annotate=True)
+    capabilities = Capabilities(
+        incremental=True,
+        deletions=True,
+        renditions=True,
+        annotate=True,
+        describe=True,
+        exists=True,
+        fetch_url=True,
+    )
 
     def __init__(self, settings: SharePointSettings) -> None:
         self.settings = settings
@@ -528,7 +536,7 @@ class SharePoint(Adapter[SharePointCursor]):
             raise BadAsset(f"{exc}; add {host} to the unit's download_hosts") from exc
         return self.http.get_bytes(url)
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         try:
             self.http.get_json(self._item_path(asset.id), {"$select": "id"})
         except NotFound:

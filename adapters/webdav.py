@@ -112,7 +112,7 @@ class WebDav(Adapter[WebDavCursor]):
     kind: ClassVar[str] = "webdav"
     settings_model = WebDavSettings
     cursor_model = WebDavCursor
-    capabilities = Capabilities(incremental=False, deletions=False, annotate=True)
+    capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: WebDavSettings) -> None:
         self.settings = settings
@@ -229,7 +229,7 @@ class WebDav(Adapter[WebDavCursor]):
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         return self.http.get_bytes(asset.original_url or self._url(asset.id))
 
-    def exists(self, asset: AssetRef) -> bool | None:
+    def exists(self, asset: AssetRef) -> bool:
         try:
             self._propfind(asset.id, "0", ["{DAV:}getetag"])
         except NotFound:

@@ -119,7 +119,9 @@ class WordPress(Adapter[WordPressCursor]):
     kind: ClassVar[str] = "wordpress"
     settings_model = WordPressSettings
     cursor_model = WordPressCursor
-    capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
+    capabilities = Capabilities(
+        incremental=True, renditions=True, annotate=True, describe=True, fetch_url=True
+    )
 
     def __init__(self, settings: WordPressSettings) -> None:
         self.settings = settings

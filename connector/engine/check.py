@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from adapters.base import Adapter, AdapterError, BadAsset, NotFound, Unsupported
+from adapters.base import Adapter, AdapterError, BadAsset, NotFound
 from adapters.base import reason as error_text
 from connector.core.fingerprint import (
     DECODE_SIDE,
@@ -387,12 +387,12 @@ class Checker:
         self, store: IndexStore, unit: str, adapter: Adapter[Any], asset_id: str
     ) -> AssetRow:
         """The asset as the platform has it now, fingerprinted into the index."""
+        if not adapter.capabilities.describe:
+            return self._synced(store, unit, adapter, asset_id)
         try:
             ref = adapter.describe(asset_id)
         except NotFound as exc:
             raise CheckFailed(f"{unit} has no asset {asset_id}: {error_text(exc)}") from exc
-        except Unsupported:
-            return self._synced(store, unit, adapter, asset_id)
         if ref.problem is not None:
             store.save_asset(unit, asset_row(unit, ref, None, ref.problem), None)
             raise CheckFailed(f"{unit}:{asset_id} cannot be read: {ref.problem}")
@@ -752,10 +752,10 @@ class Checker:
             base = getattr(adapter.settings, "base_url", None)
             if base is None or url_under(url, str(base)) is not None:
                 continue
+            if not adapter.capabilities.fetch_url:
+                raise LookupRefused(f"unit {unit} ({adapter.kind}) cannot fetch by URL")
             try:
                 return adapter.fetch_url(url)
-            except Unsupported as exc:
-                raise LookupRefused(f"unit {unit} cannot fetch by URL: {error_text(exc)}") from exc
             except AdapterError as exc:
                 raise LookupRefused(
                     f"could not fetch {shown} from unit {unit}: {error_text(exc)}"
@@ -763,11 +763,14 @@ class Checker:
         # Object stores have no base URL: each adapter knows its bucket's or
         # container's address and reads only an object under it (BadAsset else).
         for adapter in self.adapters.values():
-            if getattr(adapter.settings, "base_url", None) is not None:
+            if (
+                getattr(adapter.settings, "base_url", None) is not None
+                or not adapter.capabilities.fetch_url
+            ):
                 continue
             try:
                 return adapter.fetch_url(url)
-            except (Unsupported, BadAsset):
+            except BadAsset:
                 continue
             except AdapterError as exc:
                 raise LookupRefused(f"could not fetch {shown}: {error_text(exc)}") from exc

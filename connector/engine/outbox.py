@@ -267,7 +267,11 @@ def _write_one(
     except MarksDoNotFit as exc:
         return before, Outcome.NO_ROOM, f"no room: {error_text(exc)}"
     except (AuthFailed, Unsupported):
-        raise  # the whole unit stops: every other write would fail the same way
+        # The whole unit stops: every other write would fail the same way. The
+        # unit declares `annotate` (checked before any write), so Unsupported
+        # is the platform refusing at run time: WordPress without damdup's
+        # plugin, a Drupal, ResourceSpace or SharePoint field not set up.
+        raise
     except AdapterError as exc:
         return before, Outcome.FAILED, error_text(exc)
     if before == target.after:

@@ -181,6 +181,8 @@ def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) 
     one by one, where the adapter can tell): they stay live. An asset whose
     answer fails stays live too, until a listing decides."""
     keep: list[str] = []
+    if not adapter.capabilities.exists:
+        return keep  # the listing decides
     for row in store.unseen_assets(unit, run):
         ref = AssetRef(
             id=row.asset_id, version=row.version, url=row.url, original_url=row.original_url
@@ -192,8 +194,6 @@ def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) 
         except AdapterError as exc:
             log.warning("asset.unconfirmed", asset_id=row.asset_id, reason=error_text(exc))
             there = True
-        if there is None:
-            return keep  # the adapter cannot tell: the listing decides
         if there:
             log.warning("asset.missed_by_listing", asset_id=row.asset_id)
             keep.append(row.asset_id)
@@ -380,7 +380,7 @@ def _sync_page(
                 else:
                     touched.append(ref.id)
                 continue
-            path = adapter.local_path(ref)
+            path = adapter.local_path(ref) if adapter.capabilities.local_path else None
             size = ref.size_bytes
             if (
                 path is not None

@@ -1,4 +1,5 @@
-"""The contract's shared pieces: metadata paths and the choice of rendition."""
+"""The contract's shared pieces: metadata paths, the choice of rendition and
+the declared capabilities."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ import importlib
 
 import pytest
 
-from adapters.base import AssetRef, MetadataMapping, Rendition, choose_rendition, pick, reason
+from adapters.base import (
+    AssetRef,
+    Capabilities,
+    MetadataMapping,
+    Rendition,
+    Unsupported,
+    choose_rendition,
+    pick,
+    reason,
+)
 from adapters.registry import ADAPTERS
 
 RECORD = {
@@ -110,3 +120,30 @@ def test_reason_is_never_empty() -> None:
             raise RuntimeError() from inner
     except RuntimeError as outer:
         assert reason(outer) == "[Errno 111] Connection refused"
+
+
+def test_settings_that_take_an_ability_away_leave_it_undeclared() -> None:
+    """Finna's filters and a ResourceSpace special search cannot be checked on
+    one asset: such a unit declares no describe, and describe refuses."""
+    from adapters.finna import Finna, FinnaSettings
+    from adapters.resourcespace import ResourceSpace, ResourceSpaceSettings
+
+    finna = Finna(FinnaSettings(building="0/HKM/", filters=['online_boolean:"1"']))
+    space = ResourceSpace(
+        ResourceSpaceSettings(
+            base_url="https://rs.example/", username="u", private_key="k", search="!collection12"
+        )
+    )
+    for adapter in (finna, space):
+        assert not adapter.capabilities.describe
+        assert type(adapter).capabilities.describe  # the class still can
+        with pytest.raises(Unsupported):
+            adapter.describe("12")
+    assert Finna(FinnaSettings(building="0/HKM/")).capabilities.describe
+
+
+def test_capabilities_without_names_only_abilities_it_has() -> None:
+    declared = Capabilities(incremental=True, describe=True)
+    assert declared.without("describe") == Capabilities(incremental=True)
+    with pytest.raises(ValueError, match="webhooks"):
+        declared.without("webhooks")

@@ -1,6 +1,6 @@
 """Single-asset checks and lookups (`connector.engine.check`) against emulators
-on 127.0.0.1: Drupal and CKAN (which describe one asset by id) and Finna
-(which cannot: the check syncs the unit instead)."""
+on 127.0.0.1: Drupal, CKAN and Finna describe one asset by id; a Finna unit
+with filters cannot, and its check syncs the unit instead."""
 
 from __future__ import annotations
 
@@ -190,13 +190,26 @@ def test_a_corrupt_upload_is_recorded_not_raised(site: dict[str, Any]) -> None:
     assert row is not None and row.error is not None and row.sha256 is None
 
 
-def test_a_platform_without_describe_is_synced_instead(site: dict[str, Any]) -> None:
-    new_id = site["servers"]["finna"].add(
-        "finna.jpg", photo("china", "resize_25").read_bytes(), None
+def test_a_unit_without_describe_is_synced_instead(site: dict[str, Any]) -> None:
+    """Finna's filters cannot be checked on one record: a unit with them
+    declares no describe, so its check syncs the unit and asks for no record."""
+    finna = site["servers"]["finna"]
+    adapter = finna.adapter(filters=['online_boolean:"1"'])
+    assert not adapter.capabilities.describe
+    new_id = finna.add("finna.jpg", photo("china", "resize_25").read_bytes(), None)
+    checker = Checker(
+        site["db"],
+        site["settings"],
+        {**site["checker"].adapters, "finna": adapter},
+        dict.fromkeys(KINDS, False),
     )
-    verdict = check(site, "finna", new_id)
+    try:
+        verdict = checker.check("finna", new_id, site["store"].start_check("finna", new_id, "test"))
+    finally:
+        checker.close()
     assert verdict["role"] in ("duplicate", "duplicate-candidate")
     assert verdict["canonical"]["asset_id"] == site["ids"]["original"]
+    assert finna.emulator.requests_for("GET", "/api/v1/record") == []
 
 
 def test_checks_run_from_several_threads(site: dict[str, Any]) -> None:
