@@ -331,13 +331,9 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         data: bytes = self._call(what, downloader.readall)
         return data
 
-    def exists(self, asset: AssetRef) -> bool:
+    def probe(self, asset: AssetRef) -> None:
         blob = self.container.get_blob_client(asset.id)
-        try:
-            self._call(f"reading blob {asset.id}", blob.get_blob_properties)
-        except NotFound:
-            return False
-        return True
+        self._call(f"reading blob {asset.id}", blob.get_blob_properties)
 
     # -- marks -----------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
@@ -28,6 +28,7 @@ __all__ = [
     "AuthFailed",
     "BadAsset",
     "Capabilities",
+    "HttpAdapter",
     "MARK_FIELDS",
     "MARK_LABELS",
     "Marks",
@@ -545,7 +546,18 @@ class Adapter(ABC, Generic[CursorT]):
         """Whether the asset is still on the platform, asked one by one
         (`Capabilities.exists`). The engine asks before it retires an asset
         that a full listing did not show: a listing paged by offsets skips a
-        live asset when one before it is deleted meanwhile."""
+        live asset when one before it is deleted meanwhile. An adapter that
+        declares it gives `probe`, or overrides this where the platform's
+        answer says more than found or not found."""
+        try:
+            self.probe(asset)
+        except NotFound:
+            return False
+        return True
+
+    def probe(self, asset: AssetRef) -> None:
+        """Ask the platform for the asset alone, with its cheapest request;
+        NotFound when it is gone. Only `exists` calls it."""
         raise Unsupported(f"{self.kind} cannot tell whether one asset is there outside a listing")
 
     def describe(self, asset_id: str) -> AssetRef:
@@ -612,3 +624,22 @@ class Adapter(ABC, Generic[CursorT]):
         Raises NotFound for an asset gone upstream and MarksDoNotFit when the
         store's limits leave no room without dropping someone else's data."""
         raise Unsupported(f"{self.kind} cannot store marks")
+
+
+class _ByteClient(Protocol):
+    """What `HttpAdapter` needs of its client, `adapters.http.HttpClient`
+    (which imports this module, so it cannot be imported here)."""
+
+    def get_bytes(self, url: str, /) -> bytes: ...
+
+
+class HttpAdapter(Adapter[CursorT]):
+    """A platform reached through the shared HTTP client, which `__init__`
+    sets as `http` (annotate it as `HttpClient` in the subclass). The client
+    refuses every host but the unit's, so an address on the platform is
+    fetched as it is given (declare `fetch_url`)."""
+
+    http: _ByteClient
+
+    def fetch_url(self, url: str) -> bytes:
+        return self.http.get_bytes(url)

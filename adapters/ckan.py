@@ -54,11 +54,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     AuthFailed,
     BadAsset,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -165,11 +165,12 @@ class CkanCursor(BaseModel):
     newest: str | None = None
 
 
-class Ckan(Adapter[CkanCursor]):
+class Ckan(HttpAdapter[CkanCursor]):
     kind: ClassVar[str] = "ckan"
     settings_model = CkanSettings
     cursor_model = CkanCursor
     capabilities = Capabilities(incremental=True, annotate=True, describe=True, fetch_url=True)
+    http: HttpClient
 
     def __init__(self, settings: CkanSettings) -> None:
         self.settings = settings
@@ -335,9 +336,6 @@ class Ckan(Adapter[CkanCursor]):
         if modified is None:
             raise Unavailable(f"package_show {package['id']} answered without metadata_modified")
         return self._ref(resource, package, _changed(resource, modified))
-
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side) or asset.original_url

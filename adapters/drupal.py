@@ -59,11 +59,11 @@ from pydantic_settings import SettingsConfigDict
 from requests.auth import AuthBase
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     AuthFailed,
     BadAsset,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -162,13 +162,14 @@ class _BasicAuth(AuthBase):
         return request
 
 
-class Drupal(Adapter[DrupalCursor]):
+class Drupal(HttpAdapter[DrupalCursor]):
     kind: ClassVar[str] = "drupal"
     settings_model = DrupalSettings
     cursor_model = DrupalCursor
     capabilities = Capabilities(
         incremental=True, renditions=True, annotate=True, describe=True, fetch_url=True
     )
+    http: HttpClient
 
     def __init__(self, settings: DrupalSettings) -> None:
         self.settings = settings
@@ -476,9 +477,6 @@ class Drupal(Adapter[DrupalCursor]):
         return ref
 
     # -- bytes -------------------------------------------------------------
-
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side) or asset.original_url

@@ -40,11 +40,11 @@ from pydantic import BaseModel, Field, HttpUrl
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
-    Adapter,
     AssetMetadata,
     AssetRef,
     BadAsset,
     Capabilities,
+    HttpAdapter,
     MetadataMapping,
     NotFound,
     Page,
@@ -88,11 +88,12 @@ class FinnaCursor(BaseModel):
     page: int = Field(1, ge=1)  # the next page of the listing in progress
 
 
-class Finna(Adapter[FinnaCursor]):
+class Finna(HttpAdapter[FinnaCursor]):
     kind: ClassVar[str] = "finna"
     settings_model = FinnaSettings
     cursor_model = FinnaCursor
     capabilities = Capabilities(renditions=True, describe=True, exists=True, fetch_url=True)
+    http: HttpClient
 
     def __init__(self, settings: FinnaSettings) -> None:
         self.settings = settings
@@ -294,9 +295,6 @@ class Finna(Adapter[FinnaCursor]):
             if ref.id == asset_id:
                 return ref
         raise NotFound(f"finna: record {record_id!r} has no image {asset_id!r}")
-
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
 
     # -- files -----------------------------------------------------------
 

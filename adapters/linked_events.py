@@ -30,10 +30,10 @@ from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     BadAsset,
     Capabilities,
+    HttpAdapter,
     MetadataMapping,
     NotFound,
     Page,
@@ -82,11 +82,12 @@ class LinkedEventsCursor(BaseModel):
     ids_at_until: frozenset[str] = frozenset()
 
 
-class LinkedEvents(Adapter[LinkedEventsCursor]):
+class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
     kind: ClassVar[str] = "linked_events"
     settings_model = LinkedEventsSettings
     cursor_model = LinkedEventsCursor
     capabilities = Capabilities(incremental=True, describe=True, exists=True, fetch_url=True)
+    http: HttpClient
 
     def __init__(self, settings: LinkedEventsSettings) -> None:
         self.settings = settings
@@ -227,17 +228,10 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
                 )
         return self._ref(record)
 
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
-
     # -- files -----------------------------------------------------------
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self.http.get_json(f"image/{asset.id}/")
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self.http.get_json(f"image/{asset.id}/")
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         # Linked Events keeps one file per image: there is no smaller size.

@@ -63,9 +63,9 @@ from pydantic_settings import SettingsConfigDict
 from requests.auth import HTTPBasicAuth
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -121,13 +121,14 @@ class NextcloudCursor(BaseModel):
     seen: frozenset[str] = frozenset()  # handed out at exactly `after_mtime`
 
 
-class Nextcloud(Adapter[NextcloudCursor]):
+class Nextcloud(HttpAdapter[NextcloudCursor]):
     kind: ClassVar[str] = "nextcloud"
     settings_model = NextcloudSettings
     cursor_model = NextcloudCursor
     capabilities = Capabilities(
         incremental=True, renditions=True, annotate=True, describe=True, exists=True, fetch_url=True
     )
+    http: HttpClient
 
     def __init__(self, settings: NextcloudSettings) -> None:
         self.settings = settings
@@ -285,9 +286,6 @@ class Nextcloud(Adapter[NextcloudCursor]):
                 return self._ref(href, props)
         raise NotFound(f"Nextcloud has no image {asset_id} in {self.scope}")
 
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
-
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         preview = choose_rendition(asset, min_side)
         if preview:
@@ -301,12 +299,8 @@ class Nextcloud(Adapter[NextcloudCursor]):
                 return data
         return self.http.get_bytes(self._path(asset))
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self._propfind(asset, ["{DAV:}getetag"])
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self._propfind(asset, ["{DAV:}getetag"])
 
     # -- marks -------------------------------------------------------------
 

@@ -56,10 +56,10 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     AuthFailed,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -124,13 +124,14 @@ class ResourceSpaceCursor(BaseModel):
     seen_at_newest: frozenset[str] = frozenset()
 
 
-class ResourceSpace(Adapter[ResourceSpaceCursor]):
+class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
     kind: ClassVar[str] = "resourcespace"
     settings_model = ResourceSpaceSettings
     cursor_model = ResourceSpaceCursor
     capabilities = Capabilities(
         incremental=True, renditions=True, annotate=True, describe=True, exists=True, fetch_url=True
     )
+    http: HttpClient
 
     def __init__(self, settings: ResourceSpaceSettings) -> None:
         self.settings = settings
@@ -336,9 +337,6 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
         if str(rows[0].get("file_extension") or "").lower() not in IMAGE_EXTENSIONS:
             raise NotFound(f"resourcespace: resource {asset_id} is not an image")
         return self._refs(rows[:1])[0]
-
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
 
     # -- marks -------------------------------------------------------------------
 

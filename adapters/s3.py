@@ -423,12 +423,8 @@ class S3(Adapter[S3Cursor]):
             finally:
                 body.close()
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self._call("head_object", asset.id, Key=asset.id)
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self._call("head_object", asset.id, Key=asset.id)
 
     # -- marks -----------------------------------------------------------------
 

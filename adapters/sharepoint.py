@@ -536,12 +536,8 @@ class SharePoint(Adapter[SharePointCursor]):
             raise BadAsset(f"{exc}; add {host} to the unit's download_hosts") from exc
         return self.http.get_bytes(url)
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self.http.get_json(self._item_path(asset.id), {"$select": "id"})
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self.http.get_json(self._item_path(asset.id), {"$select": "id"})
 
     # -- marks ---------------------------------------------------------------
 

@@ -45,9 +45,9 @@ from pydantic_settings import SettingsConfigDict
 from requests.auth import HTTPBasicAuth
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -108,11 +108,12 @@ class _Entry:
     content_type: str | None = None
 
 
-class WebDav(Adapter[WebDavCursor]):
+class WebDav(HttpAdapter[WebDavCursor]):
     kind: ClassVar[str] = "webdav"
     settings_model = WebDavSettings
     cursor_model = WebDavCursor
     capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
+    http: HttpClient
 
     def __init__(self, settings: WebDavSettings) -> None:
         self.settings = settings
@@ -223,18 +224,11 @@ class WebDav(Adapter[WebDavCursor]):
                 return self._ref(entry)
         raise NotFound(f"PROPFIND {asset_id} answered without the file itself")
 
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
-
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         return self.http.get_bytes(asset.original_url or self._url(asset.id))
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self._propfind(asset.id, "0", ["{DAV:}getetag"])
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self._propfind(asset.id, "0", ["{DAV:}getetag"])
 
     # -- marks -------------------------------------------------------------
 

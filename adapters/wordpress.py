@@ -30,11 +30,11 @@ from pydantic_settings import SettingsConfigDict
 from requests.auth import HTTPBasicAuth
 
 from adapters.base import (
-    Adapter,
     AssetRef,
     AuthFailed,
     BadAsset,
     Capabilities,
+    HttpAdapter,
     Marks,
     MetadataMapping,
     NotFound,
@@ -115,13 +115,14 @@ class WordPressCursor(BaseModel):
     utc_offset_s: int | None = None
 
 
-class WordPress(Adapter[WordPressCursor]):
+class WordPress(HttpAdapter[WordPressCursor]):
     kind: ClassVar[str] = "wordpress"
     settings_model = WordPressSettings
     cursor_model = WordPressCursor
     capabilities = Capabilities(
         incremental=True, renditions=True, annotate=True, describe=True, fetch_url=True
     )
+    http: HttpClient
 
     def __init__(self, settings: WordPressSettings) -> None:
         self.settings = settings
@@ -305,9 +306,6 @@ class WordPress(Adapter[WordPressCursor]):
         return self._ref(record)
 
     # -- files ---------------------------------------------------------------
-
-    def fetch_url(self, url: str) -> bytes:
-        return self.http.get_bytes(url)
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
         url = choose_rendition(asset, min_side)
