@@ -42,7 +42,6 @@ SDK https://learn.microsoft.com/python/api/overview/azure/storage-blob-readme.
 from __future__ import annotations
 
 import logging
-import mimetypes
 import random
 import re
 from collections.abc import Callable
@@ -82,6 +81,7 @@ from adapters.base import (
     RateLimited,
     RemoteSettings,
     Unavailable,
+    has_image_extension,
     is_mark_tag,
     marks_to_tags,
     name_at,
@@ -100,8 +100,6 @@ log = structlog.get_logger(__name__)
 
 MAX_TAGS = 10  # index tags a blob may carry
 VAGUE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-# Image formats the standard library's table may not know on every machine.
-IMAGE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".webp", ".jxl", ".jfif"})
 # Status codes worth another attempt: Azure Storage throttles with 503
 # ServerBusy and 500 OperationTimedOut; 429 comes from gateways in front.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -576,9 +574,7 @@ def _is_image(blob: BlobProperties) -> bool:
         return True
     if kind not in VAGUE_TYPES:
         return False
-    name = str(blob.name).lower()
-    guessed = mimetypes.guess_type(name)[0] or ""
-    return guessed.startswith("image/") or any(name.endswith(s) for s in IMAGE_SUFFIXES)
+    return has_image_extension(str(blob.name))
 
 
 def _redact(text: str, secrets: list[str]) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "BadAsset",
     "Capabilities",
     "HttpAdapter",
+    "IMAGE_EXTENSIONS",
     "MARK_FIELDS",
     "MARK_LABELS",
     "Marks",
@@ -46,6 +47,7 @@ __all__ = [
     "choose_rendition",
     "decode_tag_value",
     "encode_tag_value",
+    "has_image_extension",
     "is_mark_tag",
     "marks_to_tags",
     "pick",
@@ -258,6 +260,23 @@ def web_link(base_url: str, path: str) -> str:
     return base_url + "/".join(
         quote(segment.encode("utf-8", "surrogateescape"), safe="") for segment in path.split("/")
     )
+
+
+# What a listing takes for an image by its name, where the platform gives no
+# type or a vague one (file stores hold any file): the extensions Pillow, with
+# pillow-heif, decodes for the formats photos and web images come in (JPEG,
+# PNG, GIF, WebP, TIFF, BMP, HEIF/HEIC with cameras' .hif, AVIF, JPEG 2000),
+# and SVG, listed so that it is reported as not raster rather than ignored.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp",
+     ".dib", ".heic", ".heif", ".hif", ".avif", ".jp2", ".j2k", ".jpf", ".jpx", ".svg",
+     ".svgz"}
+)  # fmt: skip
+
+
+def has_image_extension(name: str) -> bool:
+    """Whether a file name, key or path ends in one of IMAGE_EXTENSIONS, in any case."""
+    return name.lower().endswith(tuple(IMAGE_EXTENSIONS))
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
+    IMAGE_EXTENSIONS,
     AssetRef,
     AuthFailed,
     BadAsset,
@@ -66,6 +67,7 @@ from adapters.base import (
     RemoteSettings,
     Unavailable,
     choose_rendition,
+    has_image_extension,
 )
 from adapters.http import HttpClient, HttpError
 
@@ -74,13 +76,9 @@ __all__ = ["Ckan", "CkanCursor", "CkanSettings"]
 ACTION = "api/3/action/"
 SEARCH = ACTION + "package_search"
 SORT = "metadata_modified asc, id asc"
-# Format labels publishers give image resources (CKAN's resource_formats list
-# and what people type), lower case.
-IMAGE_FORMATS = frozenset(
-    {"jpeg", "jpg", "png", "gif", "webp", "tif", "tiff", "bmp", "heic", "heif", "avif",
-     "svg", "jp2"}
-)  # fmt: skip
-IMAGE_EXTENSIONS = frozenset(f".{name}" for name in IMAGE_FORMATS | {"jpe", "jfif"})
+# Format labels publishers give image resources, lower case: CKAN's
+# resource_formats list and what people type name them by their extensions.
+IMAGE_FORMATS = frozenset(extension.lstrip(".") for extension in IMAGE_EXTENSIONS)
 # Mimetypes that say nothing: CKAN guesses the mimetype from the URL.
 VAGUE_MIMETYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 HASH_ALGORITHMS = {32: "md5", 40: "sha1", 64: "sha256", 128: "sha512"}
@@ -494,7 +492,7 @@ def _is_image(resource: dict[str, Any]) -> bool:
     if label:
         return label in IMAGE_FORMATS or label.startswith("image/")
     path = urlsplit(str(resource.get("url") or "")).path.lower()
-    return any(path.endswith(extension) for extension in IMAGE_EXTENSIONS)
+    return has_image_extension(path)
 
 
 def _record(resource: dict[str, Any], package: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
+    IMAGE_EXTENSIONS,
     Adapter,
     AssetRef,
     BadAsset,
@@ -27,15 +28,6 @@ from adapters.base import (
 )
 
 log = structlog.get_logger(__name__)
-
-# Extensions listed as images. SVG is listed so that it is reported as
-# unsupported rather than silently ignored.
-IMAGE_EXTENSIONS = frozenset(
-    {
-        ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".tif", ".tiff", ".gif",
-        ".bmp", ".dib", ".heic", ".heif", ".avif", ".svg", ".svgz",
-    }
-)  # fmt: skip
 
 
 class FilesystemSettings(PublicLinkSettings):

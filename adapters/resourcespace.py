@@ -69,16 +69,11 @@ from adapters.base import (
     Unavailable,
     Unsupported,
     choose_rendition,
+    has_image_extension,
 )
 from adapters.http import HttpClient, Reply
 
 __all__ = ["ResourceSpace", "ResourceSpaceCursor", "ResourceSpaceSettings"]
-
-# Original file extensions listed as images (resource rows carry no MIME type).
-IMAGE_EXTENSIONS = frozenset(
-    {"jpg", "jpeg", "jpe", "jfif", "png", "gif", "webp", "tif", "tiff", "bmp", "heic", "heif",
-     "avif", "svg"}
-)  # fmt: skip
 
 
 class ResourceSpaceSettings(RemoteSettings):
@@ -199,7 +194,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 break
             if since is not None and modified == since and ref in cursor.seen_at_since:
                 continue
-            if str(row.get("file_extension") or "").lower() in IMAGE_EXTENSIONS:
+            if has_image_extension("." + str(row.get("file_extension") or "")):
                 wanted.append(row)
         items = self._refs(wanted)
         read = cursor.offset + len(rows)
@@ -334,7 +329,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 f"resourcespace: no resource {asset_id} in the unit's search (gone, archived, "
                 "or not visible to this user)"
             )
-        if str(rows[0].get("file_extension") or "").lower() not in IMAGE_EXTENSIONS:
+        if not has_image_extension("." + str(rows[0].get("file_extension") or "")):
             raise NotFound(f"resourcespace: resource {asset_id} is not an image")
         return self._refs(rows[:1])[0]
 

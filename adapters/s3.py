@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_val
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
+    IMAGE_EXTENSIONS,
     Adapter,
     AdapterError,
     AssetRef,
@@ -101,10 +102,6 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp",
-     ".heic", ".heif", ".avif", ".jp2", ".svg"}
-)  # fmt: skip
 HEAD_WORKERS = 8  # HeadObject requests in flight while a page's metadata is read
 
 # Marks are object tags (adapters.base: marks_to_tags, tags_to_marks).

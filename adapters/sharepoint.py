@@ -64,6 +64,7 @@ from pydantic_settings import SettingsConfigDict
 from requests.auth import AuthBase
 
 from adapters.base import (
+    IMAGE_EXTENSIONS,
     Adapter,
     AssetRef,
     AuthFailed,
@@ -91,9 +92,6 @@ MAX_PAGE_SIZE = 1000
 TOKEN_MARGIN_S = 300.0
 STANDARD_BOXES = {"small": 96, "medium": 176, "large": 800}
 CUSTOM_BOX = re.compile(r"^c([1-9]\d{0,4})x([1-9]\d{0,4})$")
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
-)
 # Record keys only the per-item request gives (delta omits them).
 ITEM_KEYS = frozenset({"fields", "path", "folder", "listItem", "parentReference"})
 

@@ -32,7 +32,6 @@ properties); tested against the real WsgiDAV server (tests/servers/webdav.py).
 
 from __future__ import annotations
 
-import mimetypes
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -54,6 +53,7 @@ from adapters.base import (
     Page,
     PublicLinkSettings,
     RemoteSettings,
+    has_image_extension,
 )
 from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, dav_propfind
 
@@ -284,5 +284,4 @@ def _iso(http_date: str | None) -> str | None:
 def _is_image(name: str, content_type: str | None) -> bool:
     if content_type and content_type.split(";")[0].strip().lower().startswith("image/"):
         return True
-    guessed, _ = mimetypes.guess_type(name)
-    return bool(guessed and guessed.startswith("image/"))
+    return has_image_extension(name)

@@ -1,5 +1,5 @@
-"""The contract's shared pieces: metadata paths, the choice of rendition and
-the declared capabilities."""
+"""The contract's shared pieces: metadata paths, the choice of rendition, the
+declared capabilities and the image extensions."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import importlib
 import pytest
 
 from adapters.base import (
+    IMAGE_EXTENSIONS,
     AssetRef,
     Capabilities,
     MetadataMapping,
     Rendition,
     Unsupported,
     choose_rendition,
+    has_image_extension,
     pick,
     reason,
 )
@@ -147,3 +149,25 @@ def test_capabilities_without_names_only_abilities_it_has() -> None:
     assert declared.without("describe") == Capabilities(incremental=True)
     with pytest.raises(ValueError, match="webhooks"):
         declared.without("webhooks")
+
+
+def test_image_extensions_are_formats_the_fingerprint_decodes() -> None:
+    """Every listed raster extension is one Pillow opens, with pillow-heif
+    registered as the fingerprint registers it; SVG is listed only to be
+    reported as not raster."""
+    from PIL import Image
+
+    import connector.core.fingerprint  # noqa: F401  (registers pillow-heif's opener)
+
+    Image.init()
+    decoded = set(Image.registered_extensions())
+    assert {".jpg", ".png", ".heic", ".hif", ".avif", ".jp2"} <= IMAGE_EXTENSIONS
+    assert IMAGE_EXTENSIONS - decoded == {".svg", ".svgz"}
+
+
+def test_an_image_extension_counts_in_any_case_and_only_at_the_end() -> None:
+    assert has_image_extension("kuvat/IMG_0001.HIF")
+    assert has_image_extension("https://a.example/x/kuva.Jpeg")
+    assert not has_image_extension("kuva.jpg.txt")
+    assert not has_image_extension("raw.cr2")
+    assert not has_image_extension("kuva.jxl")
