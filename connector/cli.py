@@ -42,10 +42,11 @@ from connector.daemon import (
     configure_json_logging,
     run_daemon,
 )
-from connector.engine.check import Checker, LookupRefused
+from connector.engine.check import Checker
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
+from connector.engine.lookup import LookupAnswer, LookupRefused
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
@@ -1052,7 +1053,7 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _print_lookup(answer: dict[str, Any]) -> None:
+def _print_lookup(answer: LookupAnswer) -> None:
     if not answer["match"]:
         out.print("[bold]no match[/]: no indexed asset is this image")
     for cluster in answer["clusters"]:
@@ -1069,9 +1070,13 @@ def _print_lookup(answer: dict[str, Any]) -> None:
         table = Table(title_justify="left")
         for column in ("unit", "asset id", "role", "tier", "this image", "link"):
             table.add_column(column)
-        for row in [{**canonical, "role": "canonical", "tier": ""}, *cluster["copies"]]:
+        table.add_row(
+            canonical["unit"], plain(canonical["asset_id"]), "canonical", "",
+            canonical.get("match") or "", plain(canonical["link"]),
+        )  # fmt: skip
+        for row in cluster["copies"]:
             table.add_row(
-                row["unit"], plain(row["asset_id"]), row["role"], row["tier"] or "",
+                row["unit"], plain(row["asset_id"]), row.get("role", ""), row.get("tier") or "",
                 row.get("match") or "", plain(row["link"]),
             )  # fmt: skip
         out.print(table)
