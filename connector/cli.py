@@ -50,7 +50,7 @@ from connector.engine.lookup import LookupAnswer, LookupRefused
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
-from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.engine.scan import OriginalReader, RunResult, current_clusters, sync_and_match
 from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
@@ -234,7 +234,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                     f"{busy[unit]}: try again when it has finished (or a longer --lock-wait)"
                 )
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, progress=progress)
+                result = sync_and_match(store, adapters, settings, progress=progress)
         sync = result.syncs[0]
         summary = {
             "unit": unit,
@@ -295,7 +295,9 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             # Units another sync (a daemon, a webhook check) holds are skipped.
             busy = lock_units(locks, settings, adapters)
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, full=args.full, progress=progress)
+                result = sync_and_match(
+                    store, adapters, settings, full=args.full, progress=progress
+                )
             # The units' originals tell which copy is the original (read once
             # per group of copies; saved in the index).
             clusters, _relations = current_clusters(
@@ -997,7 +999,9 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
             if busy:
                 raise UsageError("; ".join(busy.values()) + ": try again when it has finished")
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, full=args.full, progress=progress)
+                result = sync_and_match(
+                    store, adapters, settings, full=args.full, progress=progress
+                )
         links = Links(link_adapters(config, adapters))
         report = migration.build_report(
             store, settings, list(adapters), result.failed_units, links,

@@ -47,7 +47,7 @@ from connector.engine.clusters import Cluster
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.outbox import Outcome, plan, push
-from connector.engine.scan import OriginalReader, current_clusters, run
+from connector.engine.scan import OriginalReader, current_clusters, sync_and_match
 from connector.units import link_adapters
 
 __all__ = [
@@ -387,7 +387,7 @@ class Daemon:
         try:
             with UnitLock(self.settings.db, unit):
                 store = SQLiteStore(self.settings.db)
-                result = run(
+                result = sync_and_match(
                     store, {unit: adapter}, self.settings, stop=self.stop,
                     match_lock=self._match_lock,
                 )  # fmt: skip

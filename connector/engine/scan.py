@@ -83,7 +83,7 @@ def worker_pool(settings: Settings) -> WorkerPool:
     return WorkerPool(settings.workers, limits)
 
 
-def run(
+def sync_and_match(
     store: IndexStore,
     adapters: dict[str, Adapter[Any]],
     settings: Settings,

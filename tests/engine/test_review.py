@@ -31,7 +31,7 @@ from connector.engine.review import (
     import_csv,
     queue,
 )
-from connector.engine.scan import current_clusters, run
+from connector.engine.scan import current_clusters, sync_and_match
 from tests.conftest import PHOTOS
 
 # Two units, each with a folder per place (the folder is the asset's location).
@@ -87,7 +87,7 @@ def scan(db: Path, folders: dict[str, Path]) -> None:
     }
     store = SQLiteStore(db)
     try:
-        run(store, dict(adapters), Settings(db=db, workers=2))
+        sync_and_match(store, dict(adapters), Settings(db=db, workers=2))
     finally:
         store.close()
 
