@@ -301,25 +301,12 @@ class WordPress(Adapter[WordPressCursor]):
         return params
 
     def _ref(self, record: dict[str, Any]) -> AssetRef:
-        details = record.get("media_details") or {}
-        if not isinstance(details, dict):  # WordPress prints {} as [] for some files
-            details = {}
+        details = _media_details(record)
         source_url = record.get("source_url") or None
         width, height = _int(details.get("width")), _int(details.get("height"))
         size_bytes = _int(details.get("filesize")) or None
         original_url = source_url
-        renditions: list[Rendition] = []
-        sizes = details.get("sizes")
-        if not isinstance(sizes, dict):
-            sizes = {}
-        for name, size in sorted(sizes.items()):
-            if name == "full" or not isinstance(size, dict) or not size.get("source_url"):
-                continue
-            renditions.append(
-                Rendition(
-                    str(size["source_url"]), _int(size.get("width")), _int(size.get("height"))
-                )
-            )
+        renditions = _sizes(details)
         if details.get("original_image") and source_url:
             # Uploads over 2560 px (or rotated by EXIF) are served as a
             # "-scaled"/"-rotated" copy; the file as uploaded sits beside it.
@@ -501,6 +488,23 @@ def _past_tie(cursor: WordPressCursor, fresh: list[dict[str, Any]]) -> WordPress
     return cursor.model_copy(
         update={"tie_page": 0, "beyond": True, "seen_at_after": frozenset(seen)}
     )
+
+
+def _media_details(record: dict[str, Any]) -> dict[str, Any]:
+    details = record.get("media_details") or {}
+    return details if isinstance(details, dict) else {}  # WordPress prints {} as [] for some files
+
+
+def _sizes(details: dict[str, Any]) -> list[Rendition]:
+    """The smaller copies WordPress made of an upload (`full` is the file itself)."""
+    sizes = details.get("sizes")
+    if not isinstance(sizes, dict):
+        return []
+    return [
+        Rendition(str(size["source_url"]), _int(size.get("width")), _int(size.get("height")))
+        for name, size in sorted(sizes.items())
+        if name != "full" and isinstance(size, dict) and size.get("source_url")
+    ]
 
 
 def _paths(mapping: MetadataMapping) -> list[str]:
