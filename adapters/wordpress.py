@@ -467,7 +467,9 @@ class WordPress(Adapter[WordPressCursor]):
                 "off on sites without HTTPS."
             ) from exc
         except HttpError as exc:
-            if exc.status == 400 and "modified_" in str(exc):
+            # The platform's words (rest_invalid_param names the parameter), not
+            # the message, whose URL names `modified_after` on every listing.
+            if exc.status == 400 and "modified_" in exc.detail:
                 raise Unsupported(
                     f"WordPress at {self.settings.base_url} cannot filter by modification "
                     f"time (WordPress 5.7 or later is needed): {exc}"

@@ -140,6 +140,36 @@ def test_a_crowded_second_that_was_still_running_is_looked_at_again(
     assert sorted(ref.id for ref in changed) == sorted([ids[4], added])
 
 
+def test_a_crowded_second_that_empties_while_paged_by_number_is_passed(
+    wp: WordPressHarness,
+) -> None:
+    """Edits move media out of a crowded second while it is paged by number:
+    WordPress refuses the page number now past its last (400,
+    rest_post_invalid_page_number), and the listing goes on after it."""
+    ids = add_photos(wp, 5)
+    for asset_id in ids:
+        set_modified(wp, asset_id, "2026-01-05 08:00:00")
+    made = adapter(wp, page_size=2)
+    cursor, listed = None, []
+    while cursor is None or cursor.tie_page < 2:
+        page = made.list_assets(cursor)
+        listed += [ref.id for ref in page.items]
+        assert not page.complete
+        cursor = page.cursor
+    # One stays: the second now fills one page, and page 2 is past its last.
+    for asset_id in ids[1:]:
+        set_modified(wp, asset_id, "2026-01-05 09:00:00")
+    rest, _, _ = listing(made, cursor)
+    assert sorted(set(listed + [ref.id for ref in rest])) == sorted(ids)
+    assert sorted(ref.id for ref in rest if ref.id in listed) == sorted(set(listed) - {ids[0]})
+    assert any("page=2" in path and "orderby=id" in path for path in listing_requests(wp))
+
+
+def test_a_bad_time_filter_asks_for_wordpress_5_7(wp: WordPressHarness) -> None:
+    with pytest.raises(Unsupported, match=r"WordPress 5\.7 or later"):
+        adapter(wp)._get(MEDIA_PATH.lstrip("/"), {"modified_after": "not a time"})
+
+
 def test_edits_and_deletions_during_a_listing_skip_nothing(wp: WordPressHarness) -> None:
     ids = add_photos(wp, 6)
     for number, asset_id in enumerate(ids):
