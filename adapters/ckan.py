@@ -46,7 +46,7 @@ is unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -165,6 +165,9 @@ class CkanCursor(BaseModel):
     after_modified: AwareDatetime | None = None
     after_id: str | None = None
     newest: AwareDatetime | None = None
+    # While listing: when this listing began. The watermark never passes it,
+    # so a resource dated in the future cannot hide later uploads.
+    started: AwareDatetime | None = None
 
 
 class CkanPaginator:
@@ -175,8 +178,17 @@ class CkanPaginator:
     watermark, and a resource is handed out only when its change time is new
     for its id."""
 
-    def __init__(self, cursor: CkanCursor | None, rows: int, overlap: timedelta) -> None:
-        self.cursor = cursor or CkanCursor()
+    def __init__(
+        self,
+        cursor: CkanCursor | None,
+        rows: int,
+        overlap: timedelta,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        cursor = cursor or CkanCursor()
+        if cursor.started is None:  # the first page of a listing
+            cursor = cursor.model_copy(update={"started": now()})
+        self.cursor = cursor
         self.rows = rows
         self.overlap = overlap
         self.finished = False
@@ -226,6 +238,8 @@ class CkanPaginator:
     def _finish(self, seen: dict[str, datetime], newest: datetime | None) -> None:
         """The watermark: the newest change seen, with the ids handed out in
         the overlap before it."""
+        if newest is not None and self.cursor.started is not None:
+            newest = min(newest, self.cursor.started)
         if newest is not None:
             seen = _within(seen, newest - self.overlap)
         self.cursor = CkanCursor(since=newest, seen=seen)
@@ -245,6 +259,7 @@ class CkanPaginator:
             after_modified=_millisecond(_package_modified(last)),
             after_id=str(last["id"]),
             newest=newest,
+            started=self.cursor.started,
         )
         if following == self.cursor:  # a search that ignores the keyset would loop
             raise Unavailable(

@@ -21,6 +21,7 @@ https://developer.wordpress.org/reference/functions/register_post_meta/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
@@ -114,6 +115,9 @@ class WordPressCursor(BaseModel):
     # has a smaller UTC offset, the site's clocks went back (end of summer
     # time) and the hour just past repeats in local time.
     newest: AwareDatetime | None = None
+    # While listing: when this listing began. The boundary a listing ends with
+    # never passes it, so a medium dated in the future cannot hide later uploads.
+    started: AwareDatetime | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -143,8 +147,16 @@ class WordPressPaginator:
     A second holding more than a page is paged by number (`tie_page`), then
     passed (`beyond`)."""
 
-    def __init__(self, cursor: WordPressCursor | None, page_size: int) -> None:
-        self.cursor = cursor or WordPressCursor()
+    def __init__(
+        self,
+        cursor: WordPressCursor | None,
+        page_size: int,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        cursor = cursor or WordPressCursor()
+        if cursor.started is None:  # the first page of a listing
+            cursor = cursor.model_copy(update={"started": now()})
+        self.cursor = cursor
         self.page_size = page_size
         self.finished = False
 
@@ -242,6 +254,8 @@ class WordPressPaginator:
         return fresh
 
     def _move(self, following: WordPressCursor, finished: bool = False) -> None:
+        if finished:
+            following = _no_later_than_start(following)
         if not finished and following == self.cursor:  # a server that ignores the query
             raise Unavailable(
                 f"{MEDIA} answered so that the listing would read the same page again "
@@ -478,6 +492,18 @@ class WordPress(Adapter[WordPressCursor]):
 
     def close(self) -> None:
         self.http.close()
+
+
+def _no_later_than_start(cursor: WordPressCursor) -> WordPressCursor:
+    """The cursor a listing ends with: its boundary no later than the listing's
+    start (a medium dated in the future is listed again, unchanged, rather
+    than hiding what is uploaded before its date)."""
+    started, after = cursor.started, cursor.after
+    if started is not None and after is not None and after > started:
+        # WordPress keeps whole seconds: the boundary is the second it began in.
+        boundary = started.astimezone(after.tzinfo).replace(microsecond=0)
+        return WordPressCursor(after=boundary, newest=cursor.newest)
+    return cursor.model_copy(update={"started": None})
 
 
 def _past_tie(cursor: WordPressCursor, fresh: list[dict[str, Any]]) -> WordPressCursor:

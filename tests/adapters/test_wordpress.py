@@ -521,3 +521,24 @@ def test_the_media_library_list_shows_the_marks_escaped(wp: WordPressHarness) ->
     cell = wp.server.php(f"do_action('manage_media_custom_column', 'damdup', {int(asset_id)});")
     assert "duplicate" in cell and "dd0123456789" in cell
     assert "<script>" not in cell and 'href="https://a.example/' in cell
+
+
+def test_a_medium_dated_in_the_future_hides_no_later_upload(wp: WordPressHarness) -> None:
+    """The boundary a listing ends with never passes the listing's start: a
+    medium whose modification time lies in the future (a wrong clock, a hand
+    edit) must not make later incremental listings skip new uploads."""
+    [dated] = add_photos(wp, 1)
+    set_modified(wp, dated, "2030-01-01 00:00:00")
+    items, cursor, _ = listing(adapter(wp))
+    assert [ref.id for ref in items] == [dated]
+    assert cursor is not None and cursor.after is not None
+    assert cursor.after < datetime(2030, 1, 1, tzinfo=UTC)
+    assert cursor.started is None, "a finished listing's cursor keeps no start"
+    new = wp.add("uusi.jpg", PHOTOS[1].read_bytes())
+    found, again, _ = listing(adapter(wp), cursor)
+    assert new in [ref.id for ref in found]
+    # What comes again (the 2030 medium, anything of the second the listing
+    # began in) comes unchanged: the engine skips it by its version.
+    versions = {ref.id: ref.version for ref in found}
+    later, _, _ = listing(adapter(wp), again)
+    assert all(versions.get(ref.id) == ref.version for ref in later)
