@@ -21,7 +21,7 @@ blob, keys of 1-128 and values of 0-256 characters from letters, digits,
 space and `+ - . / : = _`. A value outside that set (a canonical URL with
 `?&%#` or "ä") is written as `b64:` + URL-safe base64 of its UTF-8, and a
 value longer than 256 characters continues in `<key>-2`, `<key>-3`, ...: the
-same tags as on S3 (`adapters.base.marks_to_tags`). When the other tags leave no room, nothing is
+same tags as on S3 (`adapters.tags.marks_to_tags`). When the other tags leave no room, nothing is
 written and `MarksDoNotFit` says why. Setting tags changes neither the
 blob's ETag nor its Last-Modified time, so marks never change `version`.
 
@@ -82,12 +82,10 @@ from adapters.base import (
     RateLimited,
     RemoteSettings,
     Unavailable,
-    is_mark_tag,
-    marks_to_tags,
     name_at,
-    tags_to_marks,
 )
 from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
+from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
 
 __all__ = [
     "AzureBlob",

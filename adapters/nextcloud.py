@@ -75,11 +75,12 @@ from adapters.base import (
     Unavailable,
     choose_rendition,
 )
-from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, Reply, dav_propfind
+from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
+from adapters.http import HttpClient, Reply
 
 __all__ = ["NAMESPACE", "Nextcloud", "NextcloudCursor", "NextcloudSettings"]
 
-NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.davxml.DavMarks)
 IMAGES = "<d:like><d:prop><d:getcontenttype/></d:prop><d:literal>image/%</d:literal></d:like>"
 OC, NC = "http://owncloud.org/ns", "http://nextcloud.org/ns"
 MAX_XML_BYTES = 32 * 1024 * 1024
@@ -210,7 +211,7 @@ class Nextcloud(Adapter[NextcloudCursor]):
             "</d:basicsearch></d:searchrequest>"
         )  # fmt: skip
         reply = self._dav("SEARCH", "remote.php/dav/", body)
-        return reply.dav_responses(), _server_time(reply)
+        return dav_responses(reply), _server_time(reply)
 
     def _ref(self, href: str, props: dict[str, ET.Element]) -> AssetRef:
         file_id = _text(props, f"{{{OC}}}fileid") or ""
@@ -320,9 +321,9 @@ class Nextcloud(Adapter[NextcloudCursor]):
         return asset.original_url
 
     def _propfind(self, asset: AssetRef, names: list[str]) -> dict[str, ET.Element]:
-        answers = self._dav(
-            "PROPFIND", self._path(asset), dav_propfind(names), depth="0"
-        ).dav_responses()
+        answers = dav_responses(
+            self._dav("PROPFIND", self._path(asset), dav_propfind(names), depth="0")
+        )
         if not answers:
             raise Unavailable(f"{asset.id}: PROPFIND answered no response")
         return answers[0][1]

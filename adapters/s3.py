@@ -26,7 +26,7 @@ Marks are object tags (`damdup-marks`, `damdup-cluster`, `damdup-canonical`),
 read with GetObjectTagging and written with PutObjectTagging, which replaces
 the whole tag set: the set written holds every tag of others unchanged. S3
 allows 10 tags an object and values of at most 256 characters from letters,
-digits, space and `+ - = . _ : / @`; see `adapters.base.marks_to_tags`.
+digits, space and `+ - = . _ : / @`; see `adapters.tags.marks_to_tags`.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObjectTagging.html
 
@@ -86,12 +86,10 @@ from adapters.base import (
     PublicLinkSettings,
     RateLimited,
     Unavailable,
-    is_mark_tag,
-    marks_to_tags,
     name_at,
-    tags_to_marks,
 )
 from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
+from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
 
 __all__ = [
     "S3",
@@ -107,7 +105,7 @@ IMAGE_EXTENSIONS = frozenset(
 )  # fmt: skip
 HEAD_WORKERS = 8  # HeadObject requests in flight while a page's metadata is read
 
-# Marks are object tags (adapters.base: marks_to_tags, tags_to_marks).
+# Marks are object tags (adapters.tags: marks_to_tags, tags_to_marks).
 TAG_LIMIT = 10  # tags an object may carry
 
 

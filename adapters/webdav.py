@@ -55,14 +55,15 @@ from adapters.base import (
     PublicLinkSettings,
     RemoteSettings,
 )
-from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, dav_propfind
+from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
+from adapters.http import HttpClient
 
 __all__ = ["NAMESPACE", "WebDav", "WebDavCursor", "WebDavSettings"]
 
 log = structlog.get_logger(__name__)
 
 # damdup's dead properties live in this namespace, named as Marks.to_fields().
-NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.davxml.DavMarks)
 MAX_XML_BYTES = 32 * 1024 * 1024
 # Folders read for one page at most: a tree of many empty folders still
 # returns a page (and a cursor to save) every so often.
@@ -257,7 +258,7 @@ class WebDav(Adapter[WebDavCursor]):
             expect="any",
             max_bytes=MAX_XML_BYTES,
         )
-        return reply.dav_responses()
+        return dav_responses(reply)
 
 
 def _entry(path: str, props: dict[str, ET.Element]) -> _Entry:

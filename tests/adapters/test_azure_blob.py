@@ -38,9 +38,8 @@ from adapters.base import (
     RateLimited,
     Retryable,
     Unavailable,
-    marks_to_tags,
-    tags_to_marks,
 )
+from adapters.tags import marks_to_tags, tags_to_marks
 from connector.core.config import ConfigError
 from connector.units import unit_settings
 from tests.servers.azure import (

@@ -27,12 +27,9 @@ from adapters.base import (
     MarksDoNotFit,
     RateLimited,
     Unavailable,
-    decode_tag_value,
-    encode_tag_value,
-    marks_to_tags,
-    tags_to_marks,
 )
 from adapters.s3 import S3, S3Settings
+from adapters.tags import decode_tag_value, encode_tag_value, marks_to_tags, tags_to_marks
 from connector.core.config import ConfigError
 from connector.units import build_adapter, secret_fields
 from tests.servers.common import photo_paths
