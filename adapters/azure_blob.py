@@ -84,8 +84,14 @@ from adapters.base import (
     Unavailable,
     name_at,
 )
-from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
 from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
+from adapters.transport import (
+    MAX_FILE_BYTES,
+    USER_AGENT,
+    HttpError,
+    parse_retry_after,
+    redact_text,
+)
 
 __all__ = [
     "AzureBlob",

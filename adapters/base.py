@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 from urllib.parse import quote, unquote, urlsplit
@@ -38,6 +38,8 @@ __all__ = [
     "RateLimited",
     "RemoteSettings",
     "Rendition",
+    "RequestEvent",
+    "RequestObserver",
     "Retryable",
     "Unavailable",
     "Unsupported",
@@ -386,6 +388,23 @@ class Marks:
 
 # The flat field names of `Marks.to_fields`, also the tag and property names.
 MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """One request attempt an adapter made, for its unit's observer (the
+    daemon's latency histogram): the adapter's `kind`, the HTTP method, the
+    status (None when no answer came) and the seconds to the whole answer."""
+
+    kind: str
+    method: str
+    status: int | None
+    elapsed_s: float
+
+
+# Given to an adapter when it is built and called after each request attempt
+# (adapters.transport.record_request); quick, and never raising.
+RequestObserver = Callable[[RequestEvent], None]
 
 
 CursorT = TypeVar("CursorT", bound=BaseModel)

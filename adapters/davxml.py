@@ -19,7 +19,8 @@ from adapters.base import (
     NotFound,
     Unavailable,
 )
-from adapters.http import HttpClient, Reply, redact_url
+from adapters.http import HttpClient, Reply
+from adapters.transport import looks_like_html, redact_url
 
 __all__ = [
     "DAMDUP_NAMESPACE",
@@ -43,9 +44,7 @@ def multistatus(reply: Reply) -> ET.Element:
     clear `Unavailable`."""
     body = reply.content
     shown = redact_url(reply.url).split("?")[0]
-    if reply.content_type == "text/html" or body[:200].lstrip().lower().startswith(
-        (b"<!doctype html", b"<html")
-    ):
+    if looks_like_html(reply.content_type, body):
         raise Unavailable(
             f"{shown}: expected a WebDAV multistatus (XML) but got an HTML page "
             "(a proxy, login or maintenance page, or base_url is not a WebDAV address?)"

@@ -1,37 +1,47 @@
-"""The one HTTP client every adapter uses: requests + tenacity.
+"""The one HTTP client every adapter reached over plain HTTP uses: requests +
+tenacity.
 
-Time-outs always; retries with exponential backoff and jitter on 5xx, 429 and
-connection failures, honouring Retry-After (seconds or an HTTP date); no retry
-on other 4xx; response size caps; content-type checks; status codes turned into
-the typed errors of `adapters.base` here, once; secrets redacted from every
-logged URL and message.
+Time-outs always; response size caps; redirects checked against the unit's
+hosts. What is retried and how long to wait, which typed error a status is,
+which answers are of the wrong type and what is redacted are the transport
+policy every adapter shares (`adapters.transport`); this client applies it
+with requests and tenacity, as the S3 and Azure adapters do with their SDKs.
 """
 
 from __future__ import annotations
 
-import email.utils
-import importlib.metadata
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-import structlog
 import tenacity
 from requests.auth import AuthBase
 
 from adapters.base import (
     AdapterError,
-    AuthFailed,
     BadAsset,
-    NotFound,
-    RateLimited,
     RemoteSettings,
     Unavailable,
     reason,
+)
+from adapters.transport import (
+    CHUNK_BYTES,
+    JSON_TYPES,
+    MAX_FILE_BYTES,
+    USER_AGENT,
+    HttpError,
+    RetryPolicy,
+    check_body,
+    error_for_status,
+    parse_retry_after,
+    record_request,
+    redact_text,
+    redact_url,
+    retryable_status,
 )
 
 __all__ = [
@@ -42,20 +52,7 @@ __all__ = [
     "redact_url",
 ]
 
-log = structlog.get_logger(__name__)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("damdup")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "0+unknown"
-
-
-USER_AGENT = f"damdup/{_version()} (+duplicate-image connector)"
 MAX_JSON_BYTES = 32 * 1024 * 1024
-MAX_FILE_BYTES = 512 * 1024 * 1024
-CHUNK_BYTES = 256 * 1024
 MAX_REDIRECTS = 5
 
 # Called after every attempt with (the client's base URL, method, status or
@@ -64,33 +61,13 @@ MAX_REDIRECTS = 5
 RequestObserver = Callable[[str, str, int | None, float], None]
 REQUEST_OBSERVERS: list[RequestObserver] = []
 
-# Query parameters whose values are credentials on some platform
-# (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
-SECRET_PARAMS = frozenset(
-    {"key", "apikey", "api_key", "sign", "signature", "token", "access_token", "password",
-     "pass", "secret", "client_secret", "sig", "code", "user_key", "auth", "tempauth"}
-)  # fmt: skip
-
 # A URL that needs no quoting: only the characters RFC 3986 allows, each %
 # starting an escape. Such a URL is sent exactly as given; requests would
 # otherwise decode escapes of unreserved characters (%7E to ~) and drop dot
 # segments, and a signed or pre-authenticated address no longer matches.
 VALID_URL = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
-# user:password@ in a URL anywhere in a text.
-USERINFO = re.compile(r"(?<=//)[^/?#\s@]+@")
 
 Expect = Literal["json", "bytes", "any"]
-JSON_TYPES = re.compile(r"^application/([\w.+-]+\+)?json$|^text/json$")
-
-
-class HttpError(AdapterError):
-    """A 4xx answer that is not about credentials, absence or rate: the request
-    itself was refused (a bad parameter, a platform rule)."""
-
-    def __init__(self, message: str, status: int, detail: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail  # the platform's own words, when it gave any
 
 
 @dataclass(frozen=True)
@@ -114,30 +91,6 @@ class Reply:
             raise Unavailable(f"{redact_url(self.url)} answered with invalid JSON: {exc}") from exc
 
 
-def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
-    """The URL without user info and with secret query values replaced."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    query = urlencode(
-        [
-            (name, "REDACTED" if name.lower() in SECRET_PARAMS else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    text = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return redact_text(text, secrets)
-
-
-def redact_text(text: str, secrets: Iterable[str]) -> str:
-    text = USERINFO.sub("", text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "REDACTED")
-    return text
-
-
 class _Transient(Exception):
     """Inside the retry loop only: worth another attempt."""
 
@@ -145,19 +98,6 @@ class _Transient(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class HttpClient:
@@ -191,10 +131,7 @@ class HttpClient:
             forms = [host] if "//" in host else [f"http://{host}", f"https://{host}"]
             self.hosts.update(_origin(form) for form in forms)
         self.timeout = timeout
-        self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.max_retry_after_s = max_retry_after_s
+        self.policy = RetryPolicy(attempts, backoff_s, max_backoff_s, max_retry_after_s)
         self.max_file_bytes = max_file_bytes
         self.sleep = sleep  # how waits between attempts are spent
         self.secrets = [s for s in secrets if s]
@@ -273,7 +210,7 @@ class HttpClient:
         url = self.url(path_or_url)
         limit = max_bytes or (MAX_JSON_BYTES if expect == "json" else self.max_file_bytes)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(_Transient),
             reraise=True,
@@ -294,10 +231,7 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             return exc.retry_after
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self.backoff_s, max=self.max_backoff_s
-        )
-        return float(backoff(state))
+        return self.policy.backoff(state.attempt_number)
 
     def _once(
         self,
@@ -400,50 +334,27 @@ class HttpClient:
         return b"".join(chunks)
 
     def _raise_for(self, method: str, shown: str, reply: Reply) -> None:
-        status = reply.status
-        detail = redact_text(_excerpt(reply), self.secrets)
-        if status in (401, 403):
-            raise AuthFailed(
-                f"{method} {shown} was refused with {status}"
-                f"{': ' + detail if detail else ''}; check the unit's credentials and their rights"
-            )
-        if status in (404, 410):
-            raise NotFound(f"{method} {shown}: {status} not found{': ' + detail if detail else ''}")
-        if status == 429 or status == 503:
-            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
-            error: AdapterError = (
-                RateLimited(retry_after, f"{method} {shown}: {status}")
-                if status == 429 or retry_after is not None
-                else Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
-            )
-            if retry_after is not None and retry_after > self.max_retry_after_s:
-                raise error  # too long to wait here: the engine comes back later
-            raise _Transient(error, retry_after)
-        if status >= 500:
-            raise _Transient(
-                Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
-            )
-        raise HttpError(
-            f"{method} {shown}: {status}{': ' + detail if detail else ''}", status, detail
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+        error = error_for_status(
+            reply.status,
+            f"{method} {shown}",
+            redact_text(_excerpt(reply), self.secrets),
+            retry_after=retry_after,
         )
+        if retryable_status(reply.status) and self.policy.waits_for(retry_after):
+            raise _Transient(error, retry_after)
+        raise error  # not worth another try here, or not soon: the engine comes back later
 
     def _check_type(self, method: str, shown: str, reply: Reply, expect: Expect) -> None:
-        kind = reply.content_type
-        if expect == "json" and not JSON_TYPES.match(kind):
-            head = reply.content[:200].decode("utf-8", "replace").strip()
-            if kind == "text/html" or head.lower().startswith(("<!doctype", "<html")):
-                title = re.search(r"<title>(.*?)</title>", head, re.I | re.S)
-                raise Unavailable(
-                    f"{method} {shown}: expected JSON but got an HTML page"
-                    f"{' titled ' + repr(title.group(1).strip()) if title else ''}"
-                    " (a proxy, login or maintenance page?)"
-                )
-            raise Unavailable(
-                f"{method} {shown}: expected JSON but got {kind or 'no content type'}"
-            )
-        if expect == "bytes" and (kind.startswith("text/") or JSON_TYPES.match(kind)):
-            detail = redact_text(_excerpt(reply), self.secrets)
-            raise BadAsset(f"{method} {shown}: expected a file but got {kind}: {detail}")
+        if expect == "any":
+            return
+        check_body(
+            f"{method} {shown}",
+            reply.content_type,
+            reply.content,
+            "json" if expect == "json" else "file",
+            lambda: redact_text(_excerpt(reply), self.secrets),
+        )
 
     def _log(
         self,
@@ -458,17 +369,16 @@ class HttpClient:
         elapsed_s = time.monotonic() - started
         for observe in list(REQUEST_OBSERVERS):
             observe(self.base_url, method, status, elapsed_s)
-        elapsed_ms = round(elapsed_s * 1000, 1)
-        event = log.warning if error or (status or 0) >= 400 else log.debug
-        event(
-            "http.request",
+        record_request(
+            "",
+            None,
             method=method,
             url=shown,
             status=status,
-            elapsed_ms=elapsed_ms,
+            elapsed_s=elapsed_s,
             attempt=attempt,
-            size_bytes=size_bytes,
             error=error,
+            size_bytes=size_bytes,
         )
 
 

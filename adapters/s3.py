@@ -88,8 +88,14 @@ from adapters.base import (
     Unavailable,
     name_at,
 )
-from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
 from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
+from adapters.transport import (
+    CHUNK_BYTES,
+    MAX_FILE_BYTES,
+    HttpError,
+    parse_retry_after,
+    redact_text,
+)
 
 __all__ = [
     "S3",

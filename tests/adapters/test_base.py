@@ -90,6 +90,7 @@ def test_no_rendition_without_the_originals_size_or_when_it_is_small() -> None:
         "adapters.http",
         "adapters.registry",
         "adapters.tags",
+        "adapters.transport",
         *sorted({target.split(":")[0] for target in ADAPTERS.values()}),
     ],
 )

@@ -14,7 +14,8 @@ from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
 from adapters.base import AuthFailed, BadAsset, NotFound, RateLimited, Unavailable
-from adapters.http import HttpClient, HttpError, parse_retry_after, redact_url
+from adapters.http import HttpClient, HttpError
+from adapters.transport import parse_retry_after, redact_url
 from tests.servers.common import Emulator, image_response, json_response
 from tests.servers.faults import FaultProxy
 
