@@ -82,6 +82,7 @@ from adapters.base import (
     Page,
     PublicLinkSettings,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     name_at,
 )
@@ -182,7 +183,9 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
     )
 
-    def __init__(self, settings: AzureBlobSettings) -> None:
+    def __init__(
+        self, settings: AzureBlobSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         self.secrets = [
             secret.get_secret_value()
@@ -202,6 +205,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
                     attempts=settings.attempts, max_retry_after_s=settings.max_retry_after_s
                 ),
                 self.secrets,
+                observer,
             ),
             # Proxies from the environment never see the unit's credentials.
             transport=RequestsTransport(
@@ -457,7 +461,9 @@ class _Retry(ExponentialRetry):
     waits 15 s and more between tries. The base class keeps its bookkeeping
     (history, rewinding a request body)."""
 
-    def __init__(self, policy: RetryPolicy, secrets: list[str]) -> None:
+    def __init__(
+        self, policy: RetryPolicy, secrets: list[str], observer: RequestObserver | None
+    ) -> None:
         retries = policy.attempts - 1
         super().__init__(
             retry_total=retries,
@@ -468,6 +474,7 @@ class _Retry(ExponentialRetry):
         )
         self.policy = policy
         self.secrets = secrets
+        self.observer = observer
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         settings = self.configure_retries(request)
@@ -514,7 +521,7 @@ class _Retry(ExponentialRetry):
     ) -> None:
         record_request(
             "azure_blob",
-            None,
+            self.observer,
             method=str(http_request.method),
             url=redact_url(str(http_request.url), self.secrets),
             status=status,

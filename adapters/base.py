@@ -434,10 +434,12 @@ class Adapter(ABC, Generic[CursorT]):
     cursor_model: ClassVar[type[BaseModel]]
     capabilities: ClassVar[Capabilities] = Capabilities()
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, observer: RequestObserver | None = None) -> None:
         """Every adapter is built from its `settings_model`; none contacts
-        the platform here."""
+        the platform here. The `observer`, when given, is told of each
+        request attempt the adapter makes (the daemon's metrics)."""
         self.settings = settings
+        self.observer = observer
 
     @abstractmethod
     def list_assets(self, cursor: CursorT | None) -> Page[CursorT]: ...

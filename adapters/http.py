@@ -25,6 +25,7 @@ from adapters.base import (
     AdapterError,
     BadAsset,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     reason,
 )
@@ -47,19 +48,12 @@ from adapters.transport import (
 __all__ = [
     "HttpClient",
     "HttpError",
-    "REQUEST_OBSERVERS",
     "Reply",
     "redact_url",
 ]
 
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_REDIRECTS = 5
-
-# Called after every attempt with (the client's base URL, method, status or
-# None, seconds): the daemon's request-latency histogram. An observer must be
-# quick and must not raise.
-RequestObserver = Callable[[str, str, int | None, float], None]
-REQUEST_OBSERVERS: list[RequestObserver] = []
 
 # A URL that needs no quoting: only the characters RFC 3986 allows, each %
 # starting an escape. Such a URL is sent exactly as given; requests would
@@ -120,6 +114,8 @@ class HttpClient:
         secrets: Iterable[str | None] = (),
         max_file_bytes: int = MAX_FILE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        kind: str = "",
+        observer: RequestObserver | None = None,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         base = urlsplit(self.base_url)
@@ -134,6 +130,8 @@ class HttpClient:
         self.policy = RetryPolicy(attempts, backoff_s, max_backoff_s, max_retry_after_s)
         self.max_file_bytes = max_file_bytes
         self.sleep = sleep  # how waits between attempts are spent
+        self.kind = kind  # the adapter's, for the observer
+        self.observer = observer  # told of every attempt (adapters.transport.record_request)
         self.secrets = [s for s in secrets if s]
         # Settings refuse credentials in URLs; a caller's URL may still hold some.
         self.secrets += [unquote(part) for part in (base.username, base.password) if part]
@@ -153,6 +151,8 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         secrets: Iterable[str | None] = (),
         allowed_hosts: Iterable[str] = (),
+        kind: str = "",
+        observer: RequestObserver | None = None,
     ) -> HttpClient:
         return cls(
             str(settings.base_url),
@@ -163,6 +163,8 @@ class HttpClient:
             max_retry_after_s=settings.max_retry_after_s,
             secrets=secrets,
             allowed_hosts=allowed_hosts,
+            kind=kind,
+            observer=observer,
         )
 
     def close(self) -> None:
@@ -366,16 +368,13 @@ class HttpClient:
         error: str | None,
         size_bytes: int | None = None,
     ) -> None:
-        elapsed_s = time.monotonic() - started
-        for observe in list(REQUEST_OBSERVERS):
-            observe(self.base_url, method, status, elapsed_s)
         record_request(
-            "",
-            None,
+            self.kind,
+            self.observer,
             method=method,
             url=shown,
             status=status,
-            elapsed_s=elapsed_s,
+            elapsed_s=time.monotonic() - started,
             attempt=attempt,
             error=error,
             size_bytes=size_bytes,

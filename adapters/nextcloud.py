@@ -72,6 +72,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     choose_rendition,
 )
@@ -128,11 +129,15 @@ class Nextcloud(Adapter[NextcloudCursor]):
     cursor_model = NextcloudCursor
     capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
 
-    def __init__(self, settings: NextcloudSettings) -> None:
+    def __init__(
+        self, settings: NextcloudSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         password = settings.app_password.get_secret_value()
         auth = HTTPBasicAuth(settings.username.encode(), password.encode())  # UTF-8
-        self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.http = HttpClient.for_settings(
+            settings, auth=auth, secrets=[password], kind=self.kind, observer=observer
+        )
         self.marks = DavMarks(self.http, MAX_XML_BYTES)
         user = settings.user_id or settings.username
         self.scope = "/files/" + quote(user) + "/" + quote(settings.folder.strip("/"))

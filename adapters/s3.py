@@ -87,6 +87,7 @@ from adapters.base import (
     NotFound,
     Page,
     PublicLinkSettings,
+    RequestObserver,
     Unavailable,
     name_at,
 )
@@ -207,7 +208,7 @@ class S3(Adapter[S3Cursor]):
         incremental=False, deletions=False, renditions=False, annotate=True, webhooks=False
     )
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self.prefix = settings.prefix
@@ -245,7 +246,7 @@ class S3(Adapter[S3Cursor]):
                 user_agent_extra=USER_AGENT,
             ),
         )
-        _Hooks(self._policy, self._secrets).install(self._client)
+        _Hooks(self._policy, self._secrets, observer).install(self._client)
         self._endpoint = endpoint
         mapping = settings.metadata
         paths = (mapping.location, mapping.date, mapping.department)
@@ -578,9 +579,12 @@ class _Hooks:
     the HTTP client's; an answer that is not XML stops before the parser.
     https://boto3.amazonaws.com/v1/documentation/api/latest/guide/events.html"""
 
-    def __init__(self, policy: RetryPolicy, secrets: list[str]) -> None:
+    def __init__(
+        self, policy: RetryPolicy, secrets: list[str], observer: RequestObserver | None
+    ) -> None:
         self.policy = policy
         self.secrets = secrets
+        self.observer = observer
         self.started = threading.local()  # HeadObject runs in several threads
 
     def install(self, client: Any) -> None:
@@ -611,7 +615,7 @@ class _Hooks:
         if response is None:
             error = redact_text(str(caught_exception or "no answer"), self.secrets)
             record_request(
-                "s3", None, method=method, url=url, status=None, elapsed_s=elapsed_s,
+                "s3", self.observer, method=method, url=url, status=None, elapsed_s=elapsed_s,
                 attempt=attempts, error=error,
             )  # fmt: skip
             # Broken connections and time-outs are retried; anything else is not a
@@ -622,7 +626,7 @@ class _Hooks:
         http_response, parsed = response
         status = int(http_response.status_code)
         record_request(
-            "s3", None, method=method, url=url, status=status, elapsed_s=elapsed_s,
+            "s3", self.observer, method=method, url=url, status=status, elapsed_s=elapsed_s,
             attempt=attempts,
         )  # fmt: skip
         code = str(((parsed or {}).get("Error") or {}).get("Code") or "")

@@ -54,6 +54,7 @@ from adapters.base import (
     Page,
     PublicLinkSettings,
     RemoteSettings,
+    RequestObserver,
 )
 from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
 from adapters.http import HttpClient
@@ -115,14 +116,16 @@ class WebDav(Adapter[WebDavCursor]):
     cursor_model = WebDavCursor
     capabilities = Capabilities(incremental=False, deletions=False, annotate=True)
 
-    def __init__(self, settings: WebDavSettings) -> None:
+    def __init__(self, settings: WebDavSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         password = settings.password.get_secret_value() if settings.password else None
         auth = None
         if settings.username is not None and password is not None:
             # Bytes, so that requests sends them as UTF-8 rather than Latin-1.
             auth = HTTPBasicAuth(settings.username.encode(), password.encode())
-        self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.http = HttpClient.for_settings(
+            settings, auth=auth, secrets=[password], kind=self.kind, observer=observer
+        )
         self.marks = DavMarks(self.http, MAX_XML_BYTES)
         self.base_url = self.http.base_url
         self.base_path = unquote(urlsplit(self.base_url).path)

@@ -36,6 +36,7 @@ from adapters.base import (
     MarksDoNotFit,
     NotFound,
     RateLimited,
+    RequestEvent,
     Retryable,
     Unavailable,
 )
@@ -246,6 +247,20 @@ def test_server_busy_is_retried(azure: AzureHarness) -> None:
         "503",
         "503",
         None,
+    ]
+
+
+def test_the_observer_hears_of_every_attempt(azure: AzureHarness) -> None:
+    azure.add("kuva.jpg", PHOTOS[0].read_bytes())
+    proxy = azure.proxy
+    assert proxy is not None
+    proxy.clear()
+    proxy.inject("503", times=1, path_contains="comp=list", retry_after=0)
+    events: list[RequestEvent] = []
+    listing(AzureBlob(AzureBlobSettings(**azure.settings()), observer=events.append))
+    assert [(e.kind, e.method, e.status) for e in events] == [
+        ("azure_blob", "GET", 503),
+        ("azure_blob", "GET", 200),
     ]
 
 
