@@ -69,6 +69,7 @@ from azure.storage.blob import BlobProperties, ContainerClient, ExponentialRetry
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from adapters import transport
 from adapters.base import (
     Adapter,
     AdapterError,
@@ -87,19 +88,6 @@ from adapters.base import (
     name_at,
 )
 from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
-from adapters.transport import (
-    MAX_FILE_BYTES,
-    USER_AGENT,
-    LogRedactor,
-    RetryPolicy,
-    check_body,
-    error_for_status,
-    parse_retry_after,
-    record_request,
-    redact_text,
-    redact_url,
-    retryable_status,
-)
 
 __all__ = [
     "AzureBlob",
@@ -142,7 +130,9 @@ class AzureBlobSettings(RemoteSettings, PublicLinkSettings):
     sas_token: SecretStr | None = Field(
         None, description="a SAS token (sv=...&sig=...): list and read, plus tag to write marks"
     )
-    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger blobs are skipped")
+    max_file_bytes: int = Field(
+        transport.MAX_FILE_BYTES, ge=1, description="larger blobs are skipped"
+    )
     # Blob Storage has no fields for these: units keep them in blob metadata
     # (x-ms-meta-*). The record is the blob: name, content_type, size,
     # last_modified, created, metadata.<key> and, when a path asks, tags.<key>.
@@ -192,7 +182,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             for secret in (settings.account_key, settings.sas_token)
             if secret is not None
         ]
-        LogRedactor.install(self.secrets)
+        transport.LogRedactor.install(self.secrets)
         account_url = str(settings.base_url).rstrip("/")
         credential = self._credential()
         self.anonymous = credential is None
@@ -201,7 +191,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             settings.container,
             credential=credential,
             retry_policy=_Retry(
-                RetryPolicy(
+                transport.RetryPolicy(
                     attempts=settings.attempts, max_retry_after_s=settings.max_retry_after_s
                 ),
                 self.secrets,
@@ -213,7 +203,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
                 connection_timeout=min(5.0, settings.timeout_s),
                 read_timeout=settings.timeout_s,
             ),
-            user_agent=USER_AGENT,
+            user_agent=transport.USER_AGENT,
             raw_response_hook=_check_answer,
         )
         self._include = ["metadata"]
@@ -435,7 +425,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             return Unavailable(f"{where} failed: {text}")
         else:
             return Unavailable(f"{where}: {type(exc).__name__}: {text}")
-        return error_for_status(
+        return transport.error_for_status(
             effective,
             where,
             text,
@@ -445,7 +435,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         )
 
     def _redact(self, text: str) -> str:
-        return redact_text(text, self.secrets)
+        return transport.redact_text(text, self.secrets)
 
 
 # -- the SDK's pipeline ----------------------------------------------------------
@@ -462,7 +452,7 @@ class _Retry(ExponentialRetry):
     (history, rewinding a request body)."""
 
     def __init__(
-        self, policy: RetryPolicy, secrets: list[str], observer: RequestObserver | None
+        self, policy: transport.RetryPolicy, secrets: list[str], observer: RequestObserver | None
     ) -> None:
         retries = policy.attempts - 1
         super().__init__(
@@ -478,7 +468,7 @@ class _Retry(ExponentialRetry):
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         settings = self.configure_retries(request)
-        transport = request.context.transport
+        sender = request.context.transport  # the SDK's, which sleeps
         http_request = request.http_request
         attempt = 0
         while True:
@@ -492,18 +482,20 @@ class _Retry(ExponentialRetry):
                 self._record(http_request, None, started, attempt, _first_line(exc))
                 wait_s = self.policy.delay(attempt) if isinstance(exc, TRANSIENT) else None
                 if wait_s is not None and self.increment(settings, request=http_request, error=exc):
-                    self._pause(wait_s, transport)
+                    self._pause(wait_s, sender)
                     continue
                 raise
             status = response.http_response.status_code
             self._record(http_request, status, started, attempt, None)
-            if retryable_status(status):
-                retry_after = parse_retry_after(response.http_response.headers.get("Retry-After"))
+            if transport.retryable_status(status):
+                retry_after = transport.parse_retry_after(
+                    response.http_response.headers.get("Retry-After")
+                )
                 wait_s = self.policy.delay(attempt, retry_after)
                 if wait_s is not None and self.increment(
                     settings, request=http_request, response=response.http_response
                 ):
-                    self._pause(wait_s, transport)
+                    self._pause(wait_s, sender)
                     continue
             break
         if settings["history"]:
@@ -512,22 +504,22 @@ class _Retry(ExponentialRetry):
         return response
 
     @staticmethod
-    def _pause(wait_s: float, transport: Any) -> None:
+    def _pause(wait_s: float, sender: Any) -> None:
         if wait_s > 0:
-            transport.sleep(wait_s)
+            sender.sleep(wait_s)
 
     def _record(
         self, http_request: Any, status: int | None, started: float, attempt: int, error: str | None
     ) -> None:
-        record_request(
+        transport.record_request(
             "azure_blob",
             self.observer,
             method=str(http_request.method),
-            url=redact_url(str(http_request.url), self.secrets),
+            url=transport.redact_url(str(http_request.url), self.secrets),
             status=status,
             elapsed_s=time.monotonic() - started,
             attempt=attempt,
-            error=redact_text(error, self.secrets) if error else None,
+            error=transport.redact_text(error, self.secrets) if error else None,
         )
 
 
@@ -541,8 +533,8 @@ def _check_answer(response: PipelineResponse[Any, Any]) -> None:
     comp = dict(parse_qsl(urlsplit(http_request.url).query)).get("comp")
     if comp not in ("list", "tags"):
         return
-    check_body(
-        f"GET {redact_url(http_request.url)}",
+    transport.check_body(
+        f"GET {transport.redact_url(http_request.url)}",
         http_response.headers.get("Content-Type") or "",
         http_response.body(),
         "xml",
@@ -581,4 +573,4 @@ def _url_of(exc: AzureError) -> str:
 def _retry_after(exc: AzureError) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
-    return parse_retry_after(headers.get("Retry-After"))
+    return transport.parse_retry_after(headers.get("Retry-After"))

@@ -74,6 +74,7 @@ from botocore.parsers import ResponseParserError
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from adapters import transport
 from adapters.base import (
     Adapter,
     AdapterError,
@@ -92,20 +93,6 @@ from adapters.base import (
     name_at,
 )
 from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
-from adapters.transport import (
-    CHUNK_BYTES,
-    MAX_FILE_BYTES,
-    USER_AGENT,
-    LogRedactor,
-    RetryPolicy,
-    check_body,
-    error_for_status,
-    parse_retry_after,
-    record_request,
-    redact_text,
-    redact_url,
-    retryable_status,
-)
 
 __all__ = [
     "S3",
@@ -151,7 +138,9 @@ class S3Settings(PublicLinkSettings):
     attempts: int = Field(
         4, ge=1, le=10, description="tries per request on 5xx, throttling, time-outs"
     )
-    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger objects are not read")
+    max_file_bytes: int = Field(
+        transport.MAX_FILE_BYTES, ge=1, description="larger objects are not read"
+    )
     # Secrets: only from the environment (DAMDUP_<UNIT>_ACCESS_KEY_ID, ...);
     # unset, boto3's default chain finds them (AWS_* variables, profiles, roles).
     access_key_id: SecretStr | None = None
@@ -221,8 +210,8 @@ class S3(Adapter[S3Cursor]):
             )
         )
         self._secrets = [secret for secret in (key_id, secret_key, token) if secret]
-        LogRedactor.install(self._secrets)
-        self._policy = RetryPolicy(attempts=settings.attempts)
+        transport.LogRedactor.install(self._secrets)
+        self._policy = transport.RetryPolicy(attempts=settings.attempts)
         endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
         self._style = settings.addressing_style or ("path" if endpoint else "virtual")
         # No keys given: boto3's own chain (AWS_* variables, profiles, roles).
@@ -243,7 +232,7 @@ class S3(Adapter[S3Cursor]):
                 # Proxy variables are ignored, as by every other adapter.
                 proxies={},
                 max_pool_connections=HEAD_WORKERS + 4,
-                user_agent_extra=USER_AGENT,
+                user_agent_extra=transport.USER_AGENT,
             ),
         )
         _Hooks(self._policy, self._secrets, observer).install(self._client)
@@ -538,17 +527,17 @@ class S3(Adapter[S3Cursor]):
         if code == "NoSuchBucket":
             raise NotFound(f"{where}: the bucket does not exist ({shown}); check the unit's bucket")
         headers = meta.get("HTTPHeaders") or {}
-        raise error_for_status(
+        raise transport.error_for_status(
             _status_of(status, code),
             f"{where}: {_operation_name(operation)}",
             message if message != code else "",
-            retry_after=parse_retry_after(headers.get("retry-after")),
+            retry_after=transport.parse_retry_after(headers.get("retry-after")),
             shown=shown,
             auth_hint=AUTH_HINT,
         )
 
     def _redact(self, text: str) -> str:
-        return redact_text(text, self._secrets)
+        return transport.redact_text(text, self._secrets)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -580,7 +569,7 @@ class _Hooks:
     https://boto3.amazonaws.com/v1/documentation/api/latest/guide/events.html"""
 
     def __init__(
-        self, policy: RetryPolicy, secrets: list[str], observer: RequestObserver | None
+        self, policy: transport.RetryPolicy, secrets: list[str], observer: RequestObserver | None
     ) -> None:
         self.policy = policy
         self.secrets = secrets
@@ -611,10 +600,10 @@ class _Hooks:
         started = getattr(self.started, "at", None)
         elapsed_s = time.monotonic() - started if started is not None else 0.0
         method = str((request_dict or {}).get("method") or "")
-        url = redact_url(str((request_dict or {}).get("url") or ""), self.secrets)
+        url = transport.redact_url(str((request_dict or {}).get("url") or ""), self.secrets)
         if response is None:
-            error = redact_text(str(caught_exception or "no answer"), self.secrets)
-            record_request(
+            error = transport.redact_text(str(caught_exception or "no answer"), self.secrets)
+            transport.record_request(
                 "s3", self.observer, method=method, url=url, status=None, elapsed_s=elapsed_s,
                 attempt=attempts, error=error,
             )  # fmt: skip
@@ -625,17 +614,17 @@ class _Hooks:
             return None
         http_response, parsed = response
         status = int(http_response.status_code)
-        record_request(
+        transport.record_request(
             "s3", self.observer, method=method, url=url, status=status, elapsed_s=elapsed_s,
             attempt=attempts,
         )  # fmt: skip
         code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
         if status < 400 and not code:
             return None
-        if not retryable_status(_status_of(status, code)):
+        if not transport.retryable_status(_status_of(status, code)):
             return None
         return self.policy.delay(
-            attempts, parse_retry_after(http_response.headers.get("Retry-After"))
+            attempts, transport.parse_retry_after(http_response.headers.get("Retry-After"))
         )
 
 
@@ -651,7 +640,7 @@ def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any)
         return
     headers = response_dict.get("headers") or {}
     name = getattr(operation_model, "name", "S3")
-    check_body(name, str(headers.get("content-type") or ""), body, "xml")
+    transport.check_body(name, str(headers.get("content-type") or ""), body, "xml")
 
 
 def _read(body: Any, cap: int) -> bytes:
@@ -660,7 +649,7 @@ def _read(body: Any, cap: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = body.read(CHUNK_BYTES)
+        chunk = body.read(transport.CHUNK_BYTES)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
