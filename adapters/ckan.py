@@ -65,6 +65,7 @@ from adapters.base import (
     NotFound,
     Page,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     choose_rendition,
 )
@@ -277,7 +278,7 @@ class Ckan(Adapter[CkanCursor]):
         incremental=True, deletions=False, renditions=False, annotate=True, webhooks=False
     )
 
-    def __init__(self, settings: CkanSettings) -> None:
+    def __init__(self, settings: CkanSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
         self.http = HttpClient.for_settings(
@@ -285,6 +286,8 @@ class Ckan(Adapter[CkanCursor]):
             headers={"Authorization": self._token} if self._token else None,
             secrets=[self._token],
             allowed_hosts=_origins(settings.file_hosts),
+            kind=self.kind,
+            observer=observer,
         )
         self._overlap = timedelta(seconds=settings.incremental_overlap_s)
         self._token_checked = self._token is None

@@ -70,6 +70,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -168,7 +169,7 @@ class Drupal(Adapter[DrupalCursor]):
     cursor_model = DrupalCursor
     capabilities = Capabilities(incremental=True, deletions=False, renditions=True, annotate=True)
 
-    def __init__(self, settings: DrupalSettings) -> None:
+    def __init__(self, settings: DrupalSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         password = settings.password.get_secret_value() if settings.password else None
         auth = (
@@ -185,6 +186,8 @@ class Drupal(Adapter[DrupalCursor]):
             headers=headers,
             secrets=[password],
             allowed_hosts=settings.file_hosts,
+            kind=self.kind,
+            observer=observer,
         )
         self.base_url = str(settings.base_url)
         self.entry_point = settings.jsonapi_path.strip("/")

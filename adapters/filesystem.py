@@ -24,6 +24,7 @@ from adapters.base import (
     NotFound,
     Page,
     PublicLinkSettings,
+    RequestObserver,
 )
 
 log = structlog.get_logger(__name__)
@@ -87,7 +88,9 @@ class Filesystem(Adapter[FilesystemCursor]):
     cursor_model = FilesystemCursor
     capabilities = Capabilities(incremental=False, deletions=False)  # every listing is full
 
-    def __init__(self, settings: FilesystemSettings) -> None:
+    def __init__(
+        self, settings: FilesystemSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         try:
             self.root = settings.root.resolve()

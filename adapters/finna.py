@@ -50,6 +50,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -96,7 +97,7 @@ class Finna(Adapter[FinnaCursor]):
         incremental=False, deletions=False, renditions=True, annotate=False, webhooks=False
     )
 
-    def __init__(self, settings: FinnaSettings) -> None:
+    def __init__(self, settings: FinnaSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         base = str(settings.base_url)
         image_base = str(settings.image_base_url or urljoin(base, "/"))
@@ -106,6 +107,8 @@ class Finna(Adapter[FinnaCursor]):
             settings,
             headers={"Accept": "application/json"},
             allowed_hosts=[self.image_base],
+            kind=self.kind,
+            observer=observer,
         )
 
     # -- listing ---------------------------------------------------------

@@ -38,6 +38,7 @@ from adapters.base import (
     NotFound,
     Page,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     choose_rendition,
 )
@@ -90,14 +91,21 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
         incremental=True, deletions=False, renditions=False, annotate=False, webhooks=False
     )
 
-    def __init__(self, settings: LinkedEventsSettings) -> None:
+    def __init__(
+        self, settings: LinkedEventsSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         key = settings.api_key.get_secret_value() if settings.api_key else None
         headers = {"Accept": "application/json"}
         if key:
             headers["apikey"] = key
         self.http = HttpClient.for_settings(
-            settings, headers=headers, secrets=[key], allowed_hosts=settings.image_hosts
+            settings,
+            headers=headers,
+            secrets=[key],
+            allowed_hosts=settings.image_hosts,
+            kind=self.kind,
+            observer=observer,
         )
 
     # -- listing ---------------------------------------------------------

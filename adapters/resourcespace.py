@@ -66,6 +66,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -130,10 +131,14 @@ class ResourceSpace(Adapter[ResourceSpaceCursor]):
     cursor_model = ResourceSpaceCursor
     capabilities = Capabilities(incremental=True, renditions=True, annotate=True)
 
-    def __init__(self, settings: ResourceSpaceSettings) -> None:
+    def __init__(
+        self, settings: ResourceSpaceSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         self._private_key = settings.private_key.get_secret_value()
-        self.http = HttpClient.for_settings(settings, secrets=[self._private_key])
+        self.http = HttpClient.for_settings(
+            settings, secrets=[self._private_key], kind=self.kind, observer=observer
+        )
 
     # -- the API -------------------------------------------------------------
 

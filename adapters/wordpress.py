@@ -42,6 +42,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -272,14 +273,21 @@ class WordPress(Adapter[WordPressCursor]):
         incremental=True, deletions=False, renditions=True, annotate=True, webhooks=False
     )
 
-    def __init__(self, settings: WordPressSettings) -> None:
+    def __init__(
+        self, settings: WordPressSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         password = settings.app_password.get_secret_value() if settings.app_password else None
         auth = (
             HTTPBasicAuth(settings.username, password) if settings.username and password else None
         )
         self.http = HttpClient.for_settings(
-            settings, auth=auth, secrets=[password], allowed_hosts=settings.media_hosts
+            settings,
+            auth=auth,
+            secrets=[password],
+            allowed_hosts=settings.media_hosts,
+            kind=self.kind,
+            observer=observer,
         )
         roots = {path.split(".")[0] for path in _paths(settings.metadata)}
         self._fields = ",".join(sorted(set(FIELDS) | roots))

@@ -39,6 +39,7 @@ from connector.daemon import (
     DEFAULT_JITTER,
     DEFAULT_METRICS_HOST,
     DEFAULT_METRICS_PORT,
+    Metrics,
     configure_json_logging,
     run_daemon,
 )
@@ -971,7 +972,9 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.need_config()
-    adapters = build_adapters(config, args.unit)
+    # Every request attempt of every unit's adapter is timed for /metrics.
+    metrics = Metrics()
+    adapters = build_adapters(config, args.unit, observer=metrics.observe_request)
     if not 0.0 <= args.jitter < 1.0:
         raise UsageError(f"--jitter {args.jitter}: give a fraction from 0 up to (not) 1")
     configure_json_logging()
@@ -979,6 +982,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
         return run_daemon(
             config, adapters, jitter=args.jitter, once=args.once, host=args.metrics_host,
             port=args.metrics_port, port_file=Path(args.port_file) if args.port_file else None,
+            metrics=metrics,
         )  # fmt: skip
     except OSError as exc:  # the metrics port is taken, the port file cannot be written
         raise UsageError(f"daemon: {error_text(exc)}") from exc
