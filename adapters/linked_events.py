@@ -179,7 +179,8 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
             if page == 1:
                 raise
             # Images deleted while the listing ran leave fewer pages than it
-            # counted: Django REST framework answers 404 "Invalid page." there.
+            # counted: Django REST framework answers 404 there ("Invalid
+            # page.", which Linked Events says in Finnish: "Epäkelpo sivu.").
             return [], False
         meta = body.get("meta") if isinstance(body, dict) else None
         data = body.get("data") if isinstance(body, dict) else None
@@ -228,7 +229,10 @@ class LinkedEvents(Adapter[LinkedEventsCursor]):
             raise Unavailable(f"linked_events: image/{asset_id}/ answered with another record")
         for name in ("publisher", "data_source"):
             wanted = getattr(self.settings, name)
-            if wanted and str(record.get(name) or "").lower() not in {
+            # As the list filters (ImageViewSet.get_queryset): the wanted ids
+            # lowercased, the record's id as it is, so an id with capitals is
+            # never the unit's, in a listing or here.
+            if wanted and str(record.get(name) or "") not in {
                 value.strip().lower() for value in wanted.split(",")
             }:
                 raise NotFound(
