@@ -264,7 +264,9 @@ def test_decisions_steer_clusters_and_the_marks_the_next_push_writes(
     }
     assert marks[HALF].labels == ("related",), "no longer a duplicate-candidate"
     member = BURST if canonical == COFFEE else COFFEE
-    assert "duplicate-candidate" in marks[member].labels
+    # A reviewer's `same` confirms the duplicate (issue 12): not a candidate.
+    assert "duplicate" in marks[member].labels
+    assert "duplicate-candidate" not in marks[member].labels
     assert "canonical" in marks[canonical].labels
     assert marks[member].cluster == marks[canonical].cluster is not None
 
