@@ -22,7 +22,13 @@ import structlog
 from PIL import Image
 
 from connector.core.capture import contradictions
-from connector.core.fingerprint import RECIPE, Fingerprint, codes_of, pixel_digest
+from connector.core.fingerprint import (
+    RECIPE,
+    Fingerprint,
+    codes_of,
+    pixel_digest,
+    thumbs_rule_out_same_pixels,
+)
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import (
@@ -186,7 +192,11 @@ def match(
         a, b = load(pair[0]), load(pair[1])
         evidence = basic_evidence(a, b, *candidates[pair])
         evidences[pair] = evidence
-        if needs_pixel_digest(evidence, (a.width, a.height) == (b.width, b.height)):
+        # The thumbnails rule most such pairs out (burst frames) without the
+        # full decode of both images that a digest costs.
+        if needs_pixel_digest(
+            evidence, (a.width, a.height) == (b.width, b.height)
+        ) and not thumbs_rule_out_same_pixels(a, b):
             digest_wanted.update(pair)
     digests = _pixel_digests(store, pool, read_original, digest_wanted, max_pixels, stats)
 
