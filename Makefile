@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) servers
 	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
-# The real servers the tests run against (WordPress, PHP, MariaDB, chromium for
+# The real servers the tests run against (WordPress, PHP, MariaDB, PostgreSQL, chromium for
 # the review page) from Debian's packages, and Azurite from the npm registry:
 # no-ops once they are there. The tests start them themselves.
 servers:

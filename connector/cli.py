@@ -25,15 +25,10 @@ from adapters.base import AdapterError, Marks
 from adapters.base import reason as error_text
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
-from connector.core.index import (
-    IndexMissing,
-    IndexStore,
-    SchemaError,
-    SQLiteStore,
-    ordered,
-)
+from connector.core.index import IndexMissing, IndexStore, SchemaError, ordered
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
+from connector.core.store import open_store as open_index
 from connector.core.tiers import DUPLICATE_TIERS, Decision, Tier
 from connector.daemon import (
     DEFAULT_JITTER,
@@ -143,7 +138,7 @@ class Context:
     db_source: str
 
     @property
-    def db(self) -> Path:
+    def db(self) -> Path | str:
         return self.settings.db
 
     @property
@@ -201,14 +196,17 @@ def resolve_context(args: argparse.Namespace) -> Context:
 
 def open_store(ctx: Context, create: bool = False) -> IndexStore:
     """The index; only commands that build one (`scan`, `sync`, `migrate`,
-    `daemon`) create it. Reading a missing index is an error naming the path."""
+    `daemon`) create it. Reading a missing index is an error naming the path
+    (or the database and its server)."""
     try:
-        return SQLiteStore(ctx.db, create=create)
+        return open_index(ctx.db, create=create)
     except IndexMissing as exc:
         raise UsageError(
-            f"no index at {ctx.db} ({ctx.db_source}): build one with `damdup scan PATH` or "
+            f"{exc} ({ctx.db_source}): build one with `damdup scan PATH` or "
             "`damdup sync`, or point --db, $DAMDUP_DB or the configuration's [damdup] db at it"
         ) from exc
+    except SchemaError as exc:  # not ours, newer, or a server out of reach
+        raise UsageError(f"{exc} ({ctx.db_source})") from exc
 
 
 # -- commands ----------------------------------------------------------------
@@ -1130,8 +1128,8 @@ def index_options(sub: argparse.ArgumentParser) -> None:
     """--db and --config, on every command, resolved by one rule (`resolve_context`)."""
     sub.add_argument(
         "--db",
-        help="index file (else $DAMDUP_DB, else the configuration's [damdup] db, "
-        "else damdup.sqlite)",
+        help="index: a SQLite file or a postgresql:// URL (else $DAMDUP_DB, else the "
+        "configuration's [damdup] db, else damdup.sqlite)",
     )
     sub.add_argument(
         "--config",
