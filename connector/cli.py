@@ -25,9 +25,11 @@ from adapters.base import AdapterError, Marks
 from adapters.base import reason as error_text
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
+from connector.core.dburl import DatabaseUrlError
 from connector.core.index import IndexMissing, IndexStore, SchemaError, ordered
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
+from connector.core.store import describe_db, migrate_to_postgresql
 from connector.core.store import open_store as open_index
 from connector.core.tiers import DUPLICATE_TIERS, Decision, Tier
 from connector.daemon import (
@@ -1315,6 +1317,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
     audit_metadata.set_defaults(handler=cmd_audit_metadata)
 
+    db_cmd = commands.add_parser("db", help="the index itself")
+    db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_migrate = db_commands.add_parser(
+        "migrate", help="copy the index (SQLite) into an empty PostgreSQL database",
+        description="copy the index (--db, $DAMDUP_DB or [damdup] db; SQLite) whole into an "
+        "empty PostgreSQL database: decisions, journal and outbox included",
+    )  # fmt: skip
+    index_options(db_migrate)
+    db_migrate.add_argument(
+        "--to", required=True, metavar="postgresql://USER@HOST/DATABASE",
+        help="the database; its password from $PGPASSWORD or ~/.pgpass, never the URL",
+    )  # fmt: skip
+    db_migrate.add_argument("--format", choices=["text", "json"], default="text")
+    db_migrate.set_defaults(handler=cmd_db_migrate)
+
     plugin_cmd = commands.add_parser(
         "wordpress-plugin", help="write damdup's WordPress plugin into a folder",
         description="write damdup's WordPress plugin into a folder "
@@ -1331,6 +1348,31 @@ def damdup_version() -> str:
         return importlib.metadata.version("damdup")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
         return "0+unknown"
+
+
+def cmd_db_migrate(args: argparse.Namespace, ctx: Context) -> int:
+    """The resolved SQLite index copied whole into an empty PostgreSQL
+    database: a pilot grows without fetching anything again."""
+    try:
+        counts = migrate_to_postgresql(ctx.db, args.to)
+    except IndexMissing as exc:
+        raise UsageError(f"{exc} ({ctx.db_source}): nothing to migrate") from exc
+    except DatabaseUrlError as exc:
+        raise UsageError(f"--to: {exc}") from exc
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.format == "json":
+        out.print_json(json.dumps({"from": str(ctx.db), "to": args.to, "rows": counts}))
+        return EXIT_OK
+    out.print(
+        f"copied {counts['assets']} assets, {counts['fingerprints']} fingerprints, "
+        f"{counts['pairs']} pairs, {counts['decisions']} decisions, {counts['outbox']} outbox "
+        f"rows and {counts['push_runs']} push runs from {ctx.db} into {describe_db(args.to)}; "
+        f"point --db, $DAMDUP_DB or [damdup] db at {args.to} to use it",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def cmd_wordpress_plugin(args: argparse.Namespace, ctx: Context) -> int:

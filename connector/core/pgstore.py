@@ -25,10 +25,12 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -67,6 +69,7 @@ __all__ = [
     "IndexUnreachable",
     "PostgreSQLStore",
     "close_pools",
+    "copy_from_sqlite",
 ]
 
 Connection = psycopg.Connection[DictRow]
@@ -1270,3 +1273,63 @@ class AdvisoryLock:
         db, self._db = self._db, None
         if db is not None:
             db.close()  # ending the session releases the lock
+
+
+# -- an SQLite index copied into PostgreSQL ------------------------------------
+
+# Parents before children (journal refers to push_runs); fingerprints in the
+# order they were saved, so that their watermarks keep it.
+_COPIED = [
+    ("fingerprints", "rowid"),
+    ("assets", "unit, asset_id"),
+    ("pairs", "sha_a, sha_b"),
+    ("decisions", "sha_a, sha_b"),
+    ("runs", "id"),
+    ("cursors", "unit"),
+    ("push_runs", "id"),
+    ("journal", "run, unit, asset_id"),
+    ("outbox", "unit, asset_id"),
+    ("checks", "id"),
+    ("webhook_seen", "unit, signature"),
+    ("originals", "unit, asset_id"),
+    ("lineage", "group_key"),
+]
+
+
+def copy_from_sqlite(source: Path, url: str) -> dict[str, int]:
+    """Every row of the SQLite index at `source` (at the latest schema) into
+    the empty damdup index in the database at `url`, in one transaction on
+    each side: the copy is of one moment, and lands whole or not at all.
+    Rows per table."""
+    prepare(url, create=True)
+    lite = sqlite3.connect(source)
+    try:
+        lite.execute("BEGIN")  # one snapshot, while a sync may go on writing
+        counts: dict[str, int] = {}
+        with connect(url) as db, db.transaction():
+            for table, _order in _COPIED:
+                row = db.execute(f"SELECT EXISTS (SELECT 1 FROM {table}) AS used").fetchone()
+                if row is not None and row["used"]:
+                    database, server = describe_url(url)
+                    raise SchemaError(
+                        f"database {database} on {server} already holds a damdup index "
+                        f"({table} is not empty): migrate into an empty one"
+                    )
+            for table, order in _COPIED:
+                columns = [row[1] for row in lite.execute(f"PRAGMA table_info({table})")]
+                names = ", ".join(f'"{name}"' for name in columns)
+                counts[table] = 0
+                with db.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for values in lite.execute(
+                        f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}"
+                    ):
+                        copy.write_row(values)
+                        counts[table] += 1
+            for table in ("runs", "push_runs", "checks"):
+                db.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}"
+                )
+        return counts
+    finally:
+        lite.close()
