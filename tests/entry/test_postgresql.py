@@ -1,6 +1,6 @@
-"""The index in PostgreSQL, end to end through the command line: `damdup db
-migrate` moves a pilot's SQLite index there whole (decisions, journal and
-outbox included)."""
+"""The index in PostgreSQL, end to end through the command line: the same
+scan gives the same answers as on SQLite, and `damdup db migrate` moves a
+pilot's SQLite index there whole (decisions, journal and outbox included)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from connector.core.index import SQLiteStore
 from connector.core.store import open_store
-from tests.conftest import damdup
+from tests.conftest import PHOTOS, damdup
 
 EXPORTS = [("export", "relations", "--format", "csv"), ("export", "relations", "--format", "jsonl")]
 
@@ -26,6 +28,22 @@ def answers(db: str | Path) -> dict[str, str]:
         unit.pop("cursor_age")  # how long ago, by the clock
     shown["status"] = json.dumps(status, sort_keys=True)
     return shown
+
+
+@pytest.mark.slow
+def test_a_scan_answers_the_same_on_sqlite_and_postgresql(
+    scanned_fixtures: Path, pg_url: str
+) -> None:
+    damdup("scan", str(PHOTOS), "--db", pg_url, "-q")
+    for argv in EXPORTS:
+        on_sqlite = damdup(*argv, "--db", str(scanned_fixtures)).stdout
+        on_postgresql = damdup(*argv, "--db", pg_url).stdout
+        assert on_sqlite.count("\n") > 20, "the fixtures have related pairs"
+        assert on_postgresql == on_sqlite, f"{' '.join(argv)} differs"
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT count(*) FROM assets").fetchone() == (
+            len(SQLiteStore(scanned_fixtures).live_assets()),
+        )
 
 
 @pytest.fixture
