@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) servers
 	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
-# The real servers the tests run against (WordPress, PHP, MariaDB, chromium for
-# the review page) from Debian's packages, Azurite from the npm registry, and
-# Linked Events from its source in shared/platforms/ (PostgreSQL + PostGIS from
-# Debian, its Python packages from PyPI into .damdup/linkedevents/): no-ops
-# once they are there. The tests start them themselves.
+# The real servers the tests run against (WordPress, PHP, MariaDB, PostgreSQL,
+# chromium for the review page) from Debian's packages, Azurite from the npm
+# registry, and Linked Events from its source in shared/platforms/ (PostGIS
+# from Debian, its Python packages from PyPI into .damdup/linkedevents/):
+# no-ops once they are there. The tests start them themselves.
 servers:
 	tests/servers/install-debian.sh
 	tests/servers/install-node.sh

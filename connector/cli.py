@@ -25,15 +25,12 @@ from adapters.base import AdapterError, Marks
 from adapters.base import reason as error_text
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
-from connector.core.index import (
-    IndexMissing,
-    IndexStore,
-    SchemaError,
-    SQLiteStore,
-    ordered,
-)
+from connector.core.dburl import DatabaseUrlError
+from connector.core.index import IndexMissing, IndexStore, SchemaError, ordered
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
+from connector.core.store import describe_db, migrate_to_postgresql
+from connector.core.store import open_store as open_index
 from connector.core.tiers import DUPLICATE_TIERS, Decision, Tier
 from connector.daemon import (
     DEFAULT_JITTER,
@@ -144,7 +141,7 @@ class Context:
     db_source: str
 
     @property
-    def db(self) -> Path:
+    def db(self) -> Path | str:
         return self.settings.db
 
     @property
@@ -202,14 +199,17 @@ def resolve_context(args: argparse.Namespace) -> Context:
 
 def open_store(ctx: Context, create: bool = False) -> IndexStore:
     """The index; only commands that build one (`scan`, `sync`, `migrate`,
-    `daemon`) create it. Reading a missing index is an error naming the path."""
+    `daemon`) create it. Reading a missing index is an error naming the path
+    (or the database and its server)."""
     try:
-        return SQLiteStore(ctx.db, create=create)
+        return open_index(ctx.db, create=create)
     except IndexMissing as exc:
         raise UsageError(
-            f"no index at {ctx.db} ({ctx.db_source}): build one with `damdup scan PATH` or "
+            f"{exc} ({ctx.db_source}): build one with `damdup scan PATH` or "
             "`damdup sync`, or point --db, $DAMDUP_DB or the configuration's [damdup] db at it"
         ) from exc
+    except SchemaError as exc:  # not ours, newer, or a server out of reach
+        raise UsageError(f"{exc} ({ctx.db_source})") from exc
 
 
 # -- commands ----------------------------------------------------------------
@@ -1134,8 +1134,8 @@ def index_options(sub: argparse.ArgumentParser) -> None:
     """--db and --config, on every command, resolved by one rule (`resolve_context`)."""
     sub.add_argument(
         "--db",
-        help="index file (else $DAMDUP_DB, else the configuration's [damdup] db, "
-        "else damdup.sqlite)",
+        help="index: a SQLite file or a postgresql:// URL (else $DAMDUP_DB, else the "
+        "configuration's [damdup] db, else damdup.sqlite)",
     )
     sub.add_argument(
         "--config",
@@ -1321,6 +1321,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
     audit_metadata.set_defaults(handler=cmd_audit_metadata)
 
+    db_cmd = commands.add_parser("db", help="the index itself")
+    db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_migrate = db_commands.add_parser(
+        "migrate", help="copy the index (SQLite) into an empty PostgreSQL database",
+        description="copy the index (--db, $DAMDUP_DB or [damdup] db; SQLite) whole into an "
+        "empty PostgreSQL database: decisions, journal and outbox included",
+    )  # fmt: skip
+    index_options(db_migrate)
+    db_migrate.add_argument(
+        "--to", required=True, metavar="postgresql://USER@HOST/DATABASE",
+        help="the database; its password from $PGPASSWORD or ~/.pgpass, never the URL",
+    )  # fmt: skip
+    db_migrate.add_argument("--format", choices=["text", "json"], default="text")
+    db_migrate.set_defaults(handler=cmd_db_migrate)
+
     plugin_cmd = commands.add_parser(
         "wordpress-plugin", help="write damdup's WordPress plugin into a folder",
         description="write damdup's WordPress plugin into a folder "
@@ -1337,6 +1352,31 @@ def damdup_version() -> str:
         return importlib.metadata.version("damdup")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
         return "0+unknown"
+
+
+def cmd_db_migrate(args: argparse.Namespace, ctx: Context) -> int:
+    """The resolved SQLite index copied whole into an empty PostgreSQL
+    database: a pilot grows without fetching anything again."""
+    try:
+        counts = migrate_to_postgresql(ctx.db, args.to)
+    except IndexMissing as exc:
+        raise UsageError(f"{exc} ({ctx.db_source}): nothing to migrate") from exc
+    except DatabaseUrlError as exc:
+        raise UsageError(f"--to: {exc}") from exc
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.format == "json":
+        out.print_json(json.dumps({"from": str(ctx.db), "to": args.to, "rows": counts}))
+        return EXIT_OK
+    out.print(
+        f"copied {counts['assets']} assets, {counts['fingerprints']} fingerprints, "
+        f"{counts['pairs']} pairs, {counts['decisions']} decisions, {counts['outbox']} outbox "
+        f"rows and {counts['push_runs']} push runs from {ctx.db} into {describe_db(args.to)}; "
+        f"point --db, $DAMDUP_DB or [damdup] db at {args.to} to use it",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def cmd_wordpress_plugin(args: argparse.Namespace, ctx: Context) -> int:

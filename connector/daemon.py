@@ -39,8 +39,9 @@ from werkzeug.wrappers import Request, Response
 from adapters.base import Adapter, RequestEvent
 from adapters.base import reason as error_text
 from connector.core.config import Config
-from connector.core.index import IndexStore, SQLiteStore
+from connector.core.index import IndexStore
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.engine.clusters import Cluster
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
@@ -276,7 +277,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        store = SQLiteStore(self.settings.db)
+        store = open_store(self.settings.db, create=True)
         try:
             clusters, _relations = current_clusters(store, self.settings)
             self.metrics.refresh(store, self.units, clusters)
@@ -377,10 +378,10 @@ class Daemon:
         return outcome
 
     def _run_cycle(self, unit: str, adapter: Adapter[Any]) -> tuple[str, str | None]:
-        store: SQLiteStore | None = None
+        store: IndexStore | None = None
         try:
             with UnitLock(self.settings.db, unit):
-                store = SQLiteStore(self.settings.db)
+                store = open_store(self.settings.db, create=True)
                 result = sync_and_match(
                     store, {unit: adapter}, self.settings, stop=self.stop,
                     match_lock=self._match_lock,

@@ -83,7 +83,7 @@ class Checker(Workbench):
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         settings: Settings,
         adapters: Mapping[str, Adapter[Any]],
         writes: Mapping[str, bool],

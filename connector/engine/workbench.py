@@ -19,8 +19,9 @@ import structlog
 from adapters.base import Adapter, AdapterError
 from adapters.base import reason as error_text
 from connector.core.fingerprint import Fingerprint, ImageError, pixel_digest
-from connector.core.index import IndexStore, SQLiteStore, ordered
+from connector.core.index import IndexStore, ordered
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.core.tiers import Evidence, needs_pixel_check, needs_pixel_digest
 from connector.engine.component import Component, component_of
 from connector.engine.links import Links
@@ -43,9 +44,9 @@ class Workbench:
     own index connection; the search structure and the workers are shared."""
 
     def __init__(
-        self, db_path: Path, settings: Settings, adapters: Mapping[str, Adapter[Any]]
+        self, db_path: Path | str, settings: Settings, adapters: Mapping[str, Adapter[Any]]
     ) -> None:
-        self.db_path = Path(db_path)
+        self.db_path = db_path  # a path, or a postgresql:// URL
         self.settings = settings
         self.adapters = dict(adapters)
         self.links = Links(self.adapters)
@@ -54,7 +55,7 @@ class Workbench:
         self._pool_lock = threading.Lock()
 
     def open_store(self) -> IndexStore:
-        return SQLiteStore(self.db_path)
+        return open_store(self.db_path, create=True)
 
     def warm(self) -> None:
         """Build the search structure and start the worker processes now, so
