@@ -21,11 +21,13 @@ demo: $(STAMP) servers
 	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
 # The real servers the tests run against (WordPress, PHP, MariaDB, chromium for
-# the review page) from Debian's packages, and Azurite from the npm registry:
-# no-ops once they are there. The tests start them themselves.
+# the review page; ResourceSpace's PHP extensions and ImageMagick when its
+# source is in ../shared/platforms) from Debian's packages, and Azurite from the
+# npm registry: no-ops once they are there. The tests start them themselves.
 servers:
 	tests/servers/install-debian.sh
 	tests/servers/install-node.sh
+	tests/servers/install-resourcespace.sh
 
 test: $(STAMP) servers
 	$(PY) -m pytest

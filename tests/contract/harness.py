@@ -19,7 +19,8 @@ from tests.servers.faults import FaultProxy, Forwarded
 # Methods that read; any other request the proxy forwards changes something.
 READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "SEARCH", "REPORT"})
 
-# Every adapter kind and its test server's harness, "module:Class".
+# Every adapter kind and its test server's harness, "module:Class"; an id
+# "<kind>-real" runs the same kind against the platform's real server.
 HARNESSES = {
     "azure_blob": "tests.servers.azure:AzureHarness",
     "ckan": "tests.servers.ckan:CkanHarness",
@@ -29,6 +30,8 @@ HARNESSES = {
     "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
     "nextcloud": "tests.servers.nextcloud:NextcloudHarness",
     "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    # The real ResourceSpace from its makers' source; skips without it.
+    "resourcespace-real": "tests.servers.resourcespace_real:ResourceSpaceRealHarness",
     "s3": "tests.servers.s3:S3Harness",
     "sharepoint": "tests.servers.sharepoint:SharePointHarness",
     "webdav": "tests.servers.webdav:WebDavHarness",
