@@ -238,11 +238,16 @@ def test_download_addresses_are_listed_without_their_one_time_key(
     assert ref.original_url == again.original_url
     assert ref.original_url is not None and "access_key" not in ref.original_url
     assert f"pages/download.php?ref={asset_id}&size=&ext=jpg&" in ref.original_url
-    assert requests.get(ref.original_url, timeout=5).status_code == 404  # no key, no file
+    # No key, no file: download.php sends the client to log in.
+    refused = requests.get(ref.original_url, timeout=5, allow_redirects=False)
+    assert refused.status_code == 302 and "/login.php?url=" in refused.headers["Location"]
     assert adapter(harness).fetch_url(ref.original_url) == PHOTOS[0].read_bytes()
     keyed = [entry.query for entry in harness.emulator.requests_for("GET", "/pages/download.php")]
     # The test's own request first, then the adapter's, with a fresh key.
     assert len(keyed) == 2 and "access_key=" in keyed[1]
+    # Downloading an original is logged, which moves `modified`, not the version.
+    [after], _ = listing(adapter(harness))
+    assert after.modified != ref.modified and after.version == ref.version
 
 
 def test_a_server_before_10_3_is_unsupported(make_harness: MakeHarness) -> None:
@@ -607,3 +612,17 @@ def test_function_calls_that_change_something_are_told_apart(
     assert harness.changing(get("user=u&function=delete_resource&resource=1"))
     assert harness.changing(Forwarded("POST", "/api/", 200, None, 0))
     assert not harness.changing(Forwarded("GET", "/filestore/1_abc/1_abc.jpg", 200, None, 0))
+
+
+def test_without_its_source_the_real_server_skips_saying_where_it_goes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from tests.servers import resourcespace_real
+
+    monkeypatch.setattr(resourcespace_real, "platform_sources", lambda: [tmp_path])
+    reason = resourcespace_real.skip_reason()
+    assert reason is not None
+    assert "resourcespace-<commit>.tar.gz" in reason and "shared/platforms" in reason
+    assert str(tmp_path) in reason and "DAMDUP_PLATFORM_SOURCES" in reason
+    with pytest.raises(pytest.skip.Exception, match="shared/platforms"):
+        resourcespace_real.ResourceSpaceRealHarness()

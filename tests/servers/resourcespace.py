@@ -59,7 +59,9 @@ not say, and which this emulator now does the same way:
   `!list<ref>` search (special searches for lists and collections ignore
   `archive`); a second delete removes it;
 - get_resource_field_data answers every field, values empty, for a resource
-  that does not exist; get_related_resources answers refs as numbers.
+  that does not exist; get_related_resources answers refs as numbers;
+- download.php without a valid key redirects to login.php; downloading an
+  original (not a preview) is logged, which moves the resource's `modified`.
 It has no API rate limit and rejects no parameter: an unknown `order_by` falls
 back to relevance, an invalid `sort` to ascending.
 """
@@ -77,7 +79,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit
 
 import requests
 from PIL import Image, ImageOps
@@ -236,6 +238,7 @@ class ResourceSpaceEmulator(Emulator):
             Rule("/filestore/<path:path>", endpoint="filestore", methods=["GET", "HEAD"]),
             Rule("/pages/view.php", endpoint="view", methods=["GET"]),
             Rule("/pages/download.php", endpoint="download", methods=["GET", "HEAD"]),
+            Rule("/login.php", endpoint="login", methods=["GET", "POST"]),
         ]
     )
 
@@ -474,12 +477,16 @@ class ResourceSpaceEmulator(Emulator):
                 "simple_search": 0, "help_text": "", "display_as_dropdown": 0,
                 "external_user_access": 1, "autocomplete_macro": "",
                 "hide_when_uploading": 0, "hide_when_restricted": 0, "value_filter": "",
-                "exiftool_filter": "", "omit_when_copying": "", "tooltip_text": "",
+                "exiftool_filter": "",
+                "omit_when_copying": "" if field in DEFAULT_FIELDS else 0, "tooltip_text": "",
                 "regexp_filter": "", "display_condition": "", "onchange_macro": "",
-                "linked_data_field": "", "automatic_nodes_ordering": "", "fits_field": "",
-                "personal_data": "", "include_in_csv_export": 1, "browse_bar": 1,
+                "linked_data_field": "",
+                # NULL in dbstruct's rows; 0 in the fields an administrator adds.
+                "automatic_nodes_ordering": "" if field in DEFAULT_FIELDS else 0,
+                "fits_field": "", "personal_data": "" if field in DEFAULT_FIELDS else 0,
+                "include_in_csv_export": 1, "browse_bar": 1,
                 "read_only": 1, "active": 1, "full_width": 0, "tab": 0, "complete_index": 0,
-                "sort_method": "",
+                "sort_method": "" if field in DEFAULT_FIELDS else 0,
                 "value": i18n_get_translated(
                     (self._value(asset, field.ref) if asset is not None else None) or ""
                 ),
@@ -588,6 +595,14 @@ class ResourceSpaceEmulator(Emulator):
             f"<!DOCTYPE html><html><head><title>{asset.name} - ResourceSpace</title></head>"
             f"<body><h1>Resource {asset.id}</h1></body></html>",
             content_type="text/html; charset=utf-8",
+        )
+
+    def login(self, request: Request) -> Response:
+        return Response(
+            "<!DOCTYPE html><html><head><title>ResourceSpace</title></head><body>"
+            '<form method="post"><input type="text" name="username" id="username"/>'
+            '<input type="password" name="password" id="password"/></form></body></html>',
+            content_type="text/html; charset=UTF-8",
         )
 
     def http_error(self, request: Request, exc: Any) -> Response:
@@ -809,9 +824,18 @@ class ResourceSpaceEmulator(Emulator):
         ref, size = request.args.get("ref", ""), request.args.get("size", "")
         asset = self._resource(ref)
         key = request.args.get("access_key", "")
-        if asset is None or not self._key_valid(key, ref, size):
+        if not self._key_valid(key, ref, size):
+            # No session and no key: authenticate.php sends the browser to log in.
+            target = quote(request.full_path.rstrip("?"), safe="")
+            return Response(status=302, headers={"Location": self.public_url(
+                request, f"login.php?url={target}")})  # fmt: skip
+        if asset is None:
             return self._not_found(request)
         if size == "":
+            # An original's download is logged (resource_log), which moves
+            # the resource's `modified` (update_timestamp), not its file's.
+            with self.library.lock:
+                asset.modified = self.library.clock.tick()
             return image_response(asset.data, asset.mime_type)
         if size not in self._previews(asset):
             return self._not_found(request)
