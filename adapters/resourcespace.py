@@ -15,6 +15,16 @@ share that second are told apart by ref. One `get_resource_path` call per page
 preview sizes are scale-to-fit boxes, and padded ones (`padtosize`) are
 rejected by their aspect ratio like any crop.
 
+What the real server does beyond its documents (tests/servers/resourcespace_real.py):
+`total` is a count cached for up to 30 minutes, so a listing ends at a short
+page; installations with `$hide_real_filepath` (all new ones) give
+download.php addresses with a one-time `access_key`, kept without it and
+re-keyed with get_resource_path when fetched; a deleted resource stays, in
+archive state 3, with its fields and files (and in `!list` searches), so the
+archive state is checked before fetching, describing, marking or confirming
+a resource; get_resource_field_data answers empty fields for a resource that
+does not exist.
+
 Metadata comes from the search rows' `field<N>` columns, which ResourceSpace
 fills only for its "resource table joins" (the display fields 8 title, 3 country
 and 12 date, plus the `$data_joins` of its config.php). A unit whose fields are
