@@ -22,13 +22,15 @@ demo: $(STAMP) servers
 
 # The real servers the tests run against (WordPress, PHP, MariaDB, PostgreSQL,
 # chromium for the review page) from Debian's packages, Azurite from the npm
-# registry, and Linked Events from its source in shared/platforms/ (PostGIS
-# from Debian, its Python packages from PyPI into .damdup/linkedevents/):
-# no-ops once they are there. The tests start them themselves.
+# registry, and the city's ResourceSpace and Linked Events from their source in
+# ../shared/platforms/ when it is there (ResourceSpace's PHP extensions and
+# ImageMagick, PostGIS from Debian; Linked Events' Python packages from PyPI into
+# .damdup/linkedevents/): no-ops once they are there. The tests start them.
 servers:
 	tests/servers/install-debian.sh
 	tests/servers/install-node.sh
 	tests/servers/install-linkedevents.sh
+	tests/servers/install-resourcespace.sh
 
 test: $(STAMP) servers
 	$(PY) -m pytest

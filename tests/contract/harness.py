@@ -32,6 +32,8 @@ HARNESSES = {
     "linked_events-real": "tests.servers.linked_events_real:LinkedEventsRealHarness",
     "nextcloud": "tests.servers.nextcloud:NextcloudHarness",
     "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    # The real ResourceSpace from its makers' source; skips without it.
+    "resourcespace-real": "tests.servers.resourcespace_real:ResourceSpaceRealHarness",
     "s3": "tests.servers.s3:S3Harness",
     "sharepoint": "tests.servers.sharepoint:SharePointHarness",
     "webdav": "tests.servers.webdav:WebDavHarness",
