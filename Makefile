@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) servers
 	$(PY) -m tests.servers.demo --workdir .damdup/demo
 
-# The real servers the tests run against (WordPress, PHP, MariaDB, chromium for
-# the review page) from Debian's packages, and Azurite from the npm registry:
-# no-ops once they are there. The tests start them themselves.
+# The real servers the tests run against (WordPress, PHP, MariaDB, PostgreSQL,
+# chromium for the review page) from Debian's packages, Azurite from the npm
+# registry, and the city's ResourceSpace and Linked Events from their source in
+# ../shared/platforms/ when it is there (ResourceSpace's PHP extensions and
+# ImageMagick, PostGIS from Debian; Linked Events' Python packages from PyPI into
+# .damdup/linkedevents/): no-ops once they are there. The tests start them.
 servers:
 	tests/servers/install-debian.sh
 	tests/servers/install-node.sh
+	tests/servers/install-linkedevents.sh
+	tests/servers/install-resourcespace.sh
 
 test: $(STAMP) servers
 	$(PY) -m pytest

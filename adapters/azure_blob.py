@@ -3,8 +3,12 @@ prefix), read and marked through the Azure SDK (azure-storage-blob).
 
 Blob Storage speaks a signed protocol (SharedKey, SAS, Microsoft Entra ID
 tokens) with its own XML paging and tag API, so this adapter uses Microsoft's
-SDK rather than `adapters.http`; it keeps that client's rules: time-outs,
-retries with backoff honouring Retry-After, typed errors, secrets redacted.
+SDK rather than `adapters.http`. The SDK sends every request; what is
+retried, how long to wait (Retry-After honoured up to `max_retry_after_s`),
+which typed error an answer is, which answers are of the wrong type and what
+is redacted are decided by `adapters.transport`, the policy of every adapter,
+through the SDK's pipeline (`_Retry`, `_check_answer`) and its errors
+(`_translate`).
 
 Listing: `List Blobs` in pages of `page_size` (`maxresults`, at most 5000);
 the cursor is the service's continuation marker. Blobs are listed in name
@@ -21,7 +25,7 @@ blob, keys of 1-128 and values of 0-256 characters from letters, digits,
 space and `+ - . / : = _`. A value outside that set (a canonical URL with
 `?&%#` or "ä") is written as `b64:` + URL-safe base64 of its UTF-8, and a
 value longer than 256 characters continues in `<key>-2`, `<key>-3`, ...: the
-same tags as on S3 (`adapters.base.marks_to_tags`). When the other tags leave no room, nothing is
+same tags as on S3 (`adapters.tags.marks_to_tags`). When the other tags leave no room, nothing is
 written and `MarksDoNotFit` says why. Setting tags changes neither the
 blob's ETag nor its Last-Modified time, so marks never change `version`.
 
@@ -41,20 +45,19 @@ SDK https://learn.microsoft.com/python/api/overview/azure/storage-blob-readme.
 
 from __future__ import annotations
 
-import logging
-import random
 import re
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
-import structlog
 from azure.core.credentials import AzureSasCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     DecodeError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -65,11 +68,11 @@ from azure.storage.blob import BlobProperties, ContainerClient, ExponentialRetry
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from adapters import transport
 from adapters.base import (
     Adapter,
     AdapterError,
     AssetRef,
-    AuthFailed,
     BadAsset,
     Capabilities,
     Marks,
@@ -78,16 +81,13 @@ from adapters.base import (
     NotFound,
     Page,
     PublicLinkSettings,
-    RateLimited,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     has_image_extension,
-    is_mark_tag,
-    marks_to_tags,
     name_at,
-    tags_to_marks,
 )
-from adapters.http import MAX_FILE_BYTES, USER_AGENT, HttpError, parse_retry_after, redact_text
+from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
 
 __all__ = [
     "AzureBlob",
@@ -96,14 +96,14 @@ __all__ = [
     "MAX_TAGS",
 ]
 
-log = structlog.get_logger(__name__)
-
 MAX_TAGS = 10  # index tags a blob may carry
 VAGUE_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
-# Status codes worth another attempt: Azure Storage throttles with 503
-# ServerBusy and 500 OperationTimedOut; 429 comes from gateways in front.
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-SAS_SIGNATURE = re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s'\"<>)]+")
+AUTH_HINT = (
+    "check the unit's credentials (account_key, sas_token or the Azure identity) and their rights"
+)
+# Failures below the retry policy worth another attempt: the connection
+# broke or timed out, or the answer's body was cut short.
+TRANSIENT = (ServiceRequestError, ServiceResponseError, IncompleteReadError)
 
 T = TypeVar("T")
 
@@ -128,7 +128,9 @@ class AzureBlobSettings(RemoteSettings, PublicLinkSettings):
     sas_token: SecretStr | None = Field(
         None, description="a SAS token (sv=...&sig=...): list and read, plus tag to write marks"
     )
-    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger blobs are skipped")
+    max_file_bytes: int = Field(
+        transport.MAX_FILE_BYTES, ge=1, description="larger blobs are skipped"
+    )
     # Blob Storage has no fields for these: units keep them in blob metadata
     # (x-ms-meta-*). The record is the blob: name, content_type, size,
     # last_modified, created, metadata.<key> and, when a path asks, tags.<key>.
@@ -167,14 +169,16 @@ class AzureBlob(Adapter[AzureBlobCursor]):
     cursor_model = AzureBlobCursor
     capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
-    def __init__(self, settings: AzureBlobSettings) -> None:
+    def __init__(
+        self, settings: AzureBlobSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         self.secrets = [
             secret.get_secret_value()
             for secret in (settings.account_key, settings.sas_token)
             if secret is not None
         ]
-        _RedactSignatures.install()
+        transport.LogRedactor.install(self.secrets)
         account_url = str(settings.base_url).rstrip("/")
         credential = self._credential()
         self.anonymous = credential is None
@@ -183,9 +187,11 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             settings.container,
             credential=credential,
             retry_policy=_Retry(
-                attempts=settings.attempts,
-                max_retry_after_s=settings.max_retry_after_s,
-                secrets=self.secrets,
+                transport.RetryPolicy(
+                    attempts=settings.attempts, max_retry_after_s=settings.max_retry_after_s
+                ),
+                self.secrets,
+                observer,
             ),
             # Proxies from the environment never see the unit's credentials.
             transport=RequestsTransport(
@@ -193,7 +199,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
                 connection_timeout=min(5.0, settings.timeout_s),
                 read_timeout=settings.timeout_s,
             ),
-            user_agent=USER_AGENT,
+            user_agent=transport.USER_AGENT,
             raw_response_hook=_check_answer,
         )
         self._include = ["metadata"]
@@ -384,7 +390,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
         code = getattr(exc, "error_code", None) or ""
         code = str(getattr(code, "value", code))  # the SDK's StorageErrorCode is an enum
         text = self._redact(_first_line(exc))
-        detail = f"{status or ''} {code}".strip()
+        shown = f"{status or ''} {code}".strip()
         where = f"{what} at {self._redact(self.container.url)}"
         anonymous = (
             " (the unit has no credentials: set account_key or sas_token in the environment, "
@@ -393,57 +399,54 @@ class AzureBlob(Adapter[AzureBlobCursor]):
             else ""
         )
         if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            return AuthFailed(
-                f"{where} was refused ({detail or 'no token'}): {text}; check the unit's "
-                f"credentials (account_key, sas_token or the Azure identity) and their rights"
-                f"{anonymous}"
-            )
-        if isinstance(exc, ResourceNotFoundError) or status == 404:
+            # No status: the credential found no token to send.
+            effective = status if status in (401, 403) else 401
+            shown = shown or "no token"
+        elif isinstance(exc, ResourceNotFoundError) or status == 404:
             if code == "ContainerNotFound" or (status == 404 and "comp=list" in _url_of(exc)):
                 return NotFound(
-                    f"{where}: the container does not exist ({detail})"
+                    f"{where}: the container does not exist ({shown})"
                     + (f", or it is private{anonymous}" if anonymous else "")
                 )
-            return NotFound(f"{where}: {detail or 'not found'}")
-        if status in RETRY_STATUSES:
-            retry_after = _retry_after(exc)
-            if status == 429 or retry_after is not None:
-                return RateLimited(retry_after, f"{where}: {detail}: {text}")
-            return Unavailable(f"{where}: {detail}: {text}")
-        if isinstance(exc, HttpResponseError) and status is not None and status >= 400:
-            if status >= 500:
-                return Unavailable(f"{where}: {detail}: {text}")
-            return HttpError(f"{where}: {detail}: {text}", status, code)
-        if isinstance(exc, DecodeError):
+            effective = 404
+        elif isinstance(exc, HttpResponseError) and status is not None and status >= 400:
+            effective = status
+        elif isinstance(exc, DecodeError):
             return Unavailable(f"{where}: the answer could not be read: {text}")
-        if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        elif isinstance(exc, (ServiceRequestError, ServiceResponseError)):
             return Unavailable(f"{where} failed: {text}")
-        return Unavailable(f"{where}: {type(exc).__name__}: {text}")
+        else:
+            return Unavailable(f"{where}: {type(exc).__name__}: {text}")
+        return transport.error_for_status(
+            effective,
+            where,
+            text,
+            retry_after=_retry_after(exc),
+            shown=shown or None,
+            auth_hint=AUTH_HINT + anonymous,
+        )
 
     def _redact(self, text: str) -> str:
-        return _redact(text, self.secrets)
+        return transport.redact_text(text, self.secrets)
 
 
 # -- the SDK's pipeline ----------------------------------------------------------
 
 
 class _Retry(ExponentialRetry):
-    """The storage SDK's retry policy with `adapters.http`'s rules: `attempts`
-    tries in all on 408, 429, 500, 502, 503, 504, time-outs and broken
-    connections; waits of Retry-After when given (a longer one than
-    `max_retry_after_s` ends the request: the engine comes back later), else
-    exponential backoff with full jitter. The SDK's own policy retries no 429
-    and waits 15 s and more between tries."""
+    """The storage SDK's retry policy, deciding by `adapters.transport`: a
+    status the policy retries, or a broken connection, time-out or cut body
+    (`TRANSIENT`), is tried again `attempts` times in all, waiting what the
+    policy says (Retry-After, else backoff with full jitter); a Retry-After
+    longer than `max_retry_after_s` ends the request. Each attempt is
+    recorded like the HTTP client's. The SDK's own policy retries no 429 and
+    waits 15 s and more between tries. The base class keeps its bookkeeping
+    (history, rewinding a request body)."""
 
     def __init__(
-        self,
-        attempts: int,
-        max_retry_after_s: float,
-        secrets: list[str],
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
+        self, policy: transport.RetryPolicy, secrets: list[str], observer: RequestObserver | None
     ) -> None:
-        retries = max(0, attempts - 1)
+        retries = policy.attempts - 1
         super().__init__(
             retry_total=retries,
             retry_connect=retries,
@@ -451,93 +454,65 @@ class _Retry(ExponentialRetry):
             retry_status=retries,
             retry_to_secondary=False,
         )
-        self.max_retry_after_s = max_retry_after_s
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.policy = policy
         self.secrets = secrets
-
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        retry_after = settings.get("retry_after")
-        if retry_after is not None:
-            return float(retry_after)
-        ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** settings["count"])
-        return random.uniform(0, ceiling)  # jitter, not secrecy
+        self.observer = observer
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         settings = self.configure_retries(request)
-        transport = request.context.transport
+        sender = request.context.transport  # the SDK's, which sleeps
+        http_request = request.http_request
+        attempt = 0
         while True:
-            settings["retry_after"] = None
+            attempt += 1
+            started = time.monotonic()
             try:
                 response = self.next.send(request)
             except ClientAuthenticationError:
                 raise  # a token that cannot be had: no retry makes one
             except AzureError as exc:
-                self._note(request, None, settings, _redact(_first_line(exc), self.secrets))
-                if self.increment(settings, request=request.http_request, error=exc):
-                    self._pause(settings, transport)
+                self._record(http_request, None, started, attempt, _first_line(exc))
+                wait_s = self.policy.delay(attempt) if isinstance(exc, TRANSIENT) else None
+                if wait_s is not None and self.increment(settings, request=http_request, error=exc):
+                    self._pause(wait_s, sender)
                     continue
                 raise
             status = response.http_response.status_code
-            if status in RETRY_STATUSES:
-                retry_after = parse_retry_after(response.http_response.headers.get("Retry-After"))
-                self._note(request, status, settings, None)
-                if retry_after is None or retry_after <= self.max_retry_after_s:
-                    settings["retry_after"] = retry_after
-                    if self.increment(
-                        settings, request=request.http_request, response=response.http_response
-                    ):
-                        self._pause(settings, transport)
-                        continue
+            self._record(http_request, status, started, attempt, None)
+            if transport.retryable_status(status):
+                retry_after = transport.parse_retry_after(
+                    response.http_response.headers.get("Retry-After")
+                )
+                wait_s = self.policy.delay(attempt, retry_after)
+                if wait_s is not None and self.increment(
+                    settings, request=http_request, response=response.http_response
+                ):
+                    self._pause(wait_s, sender)
+                    continue
             break
         if settings["history"]:
             response.context["history"] = settings["history"]
         response.http_response.location_mode = settings["mode"]
         return response
 
-    def _pause(self, settings: dict[str, Any], transport: Any) -> None:
-        backoff = self.get_backoff_time(settings)
-        if backoff > 0:
-            transport.sleep(backoff)
+    @staticmethod
+    def _pause(wait_s: float, sender: Any) -> None:
+        if wait_s > 0:
+            sender.sleep(wait_s)
 
-    def _note(
-        self,
-        request: PipelineRequest[Any],
-        status: int | None,
-        settings: dict[str, Any],
-        error: str | None,
+    def _record(
+        self, http_request: Any, status: int | None, started: float, attempt: int, error: str | None
     ) -> None:
-        log.warning(
-            "http.request",
-            method=request.http_request.method,
-            url=_redact(request.http_request.url, self.secrets),
+        transport.record_request(
+            "azure_blob",
+            self.observer,
+            method=str(http_request.method),
+            url=transport.redact_url(str(http_request.url), self.secrets),
             status=status,
-            attempt=settings["count"] + 1,
-            error=error,
+            elapsed_s=time.monotonic() - started,
+            attempt=attempt,
+            error=transport.redact_text(error, self.secrets) if error else None,
         )
-
-
-class _RedactSignatures(logging.Filter):
-    """urllib3 logs every request line, query included, at DEBUG: a SAS
-    signature would be there for anyone who turns DEBUG on. The SDK's own
-    logging policies already redact `sig` and the Authorization header."""
-
-    LOGGER = "urllib3.connectionpool"
-
-    @classmethod
-    def install(cls) -> None:
-        logger = logging.getLogger(cls.LOGGER)
-        if not any(isinstance(present, cls) for present in logger.filters):
-            logger.addFilter(cls())
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = _redact(record.msg, [])
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _redact(arg, []) if isinstance(arg, str) else arg for arg in record.args
-            )
-        return True
 
 
 def _check_answer(response: PipelineResponse[Any, Any]) -> None:
@@ -550,19 +525,12 @@ def _check_answer(response: PipelineResponse[Any, Any]) -> None:
     comp = dict(parse_qsl(urlsplit(http_request.url).query)).get("comp")
     if comp not in ("list", "tags"):
         return
-    kind = (http_response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if kind in ("application/xml", "text/xml"):
-        return
-    shown = _redact(http_request.url, [])
-    head = http_response.body()[:300].decode("utf-8", "replace")
-    if kind == "text/html" or head.lstrip().lower().startswith(("<!doctype", "<html")):
-        title = re.search(r"<title>(.*?)</title>", head, re.I | re.S)
-        raise Unavailable(
-            f"GET {shown}: expected XML but got an HTML page"
-            f"{' titled ' + repr(title.group(1).strip()) if title else ''}"
-            " (a proxy, login or maintenance page?)"
-        )
-    raise Unavailable(f"GET {shown}: expected XML but got {kind or 'no content type'}")
+    transport.check_body(
+        f"GET {transport.redact_url(http_request.url)}",
+        http_response.headers.get("Content-Type") or "",
+        http_response.body(),
+        "xml",
+    )
 
 
 # -- helpers ---------------------------------------------------------------------
@@ -575,14 +543,6 @@ def _is_image(blob: BlobProperties) -> bool:
     if kind not in VAGUE_TYPES:
         return False
     return has_image_extension(str(blob.name))
-
-
-def _redact(text: str, secrets: list[str]) -> str:
-    """A SAS signature (raw or percent-encoded, in any URL an error names) and
-    the unit's secrets never leave this module."""
-    text = SAS_SIGNATURE.sub(r"\1REDACTED", text)
-    forms = [form for secret in secrets for form in (secret, quote(secret, safe=""))]
-    return redact_text(text, forms)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -603,4 +563,4 @@ def _url_of(exc: AzureError) -> str:
 def _retry_after(exc: AzureError) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
-    return parse_retry_after(headers.get("Retry-After"))
+    return transport.parse_retry_after(headers.get("Retry-After"))

@@ -1,18 +1,17 @@
 """The adapter contract: what every platform module provides to the engine.
 
-An adapter imports only this module and `adapters.http`. Few required methods;
+An adapter imports only this module and the shared adapter modules (import-linter
+checks it: pyproject.toml). Few required methods;
 optional abilities are declared in `Capabilities` and the base raises
 `Unsupported` for the ones a platform lacks.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
@@ -41,18 +40,15 @@ __all__ = [
     "RateLimited",
     "RemoteSettings",
     "Rendition",
+    "RequestEvent",
+    "RequestObserver",
     "Retryable",
     "Unavailable",
     "Unsupported",
     "choose_rendition",
-    "decode_tag_value",
-    "encode_tag_value",
     "has_image_extension",
-    "is_mark_tag",
-    "marks_to_tags",
     "pick",
     "reason",
-    "tags_to_marks",
     "web_link",
 ]
 
@@ -433,88 +429,25 @@ class Marks:
         )
 
 
-# -- marks in tag stores (S3 object tags, Azure blob index tags) ----------------
-
-TAG_VALUE_MAX = 256  # characters in a tag value on S3 and Azure (ours are ASCII)
 # The flat field names of `Marks.to_fields`, also the tag and property names.
 MARK_FIELDS = ("damdup-marks", "damdup-cluster", "damdup-canonical")
-ENCODED = "b64:"
-# What a tag value may hold as it is, on every store damdup knows: AWS allows
-# letters, digits, space and `+ - = . _ : / @`, Azure the same without `@`,
-# S3-compatible stores sometimes less (Alibaba OSS refuses `@`, some refuse
-# letters outside ASCII): only this ASCII subset goes unencoded.
-_PLAIN = re.compile(r"[A-Za-z0-9 +\-=._:/]*")
-# damdup's tags: a field, or a continuation of a long value ("damdup-canonical-2").
-_MARK_TAG = re.compile(r"(damdup-(?:marks|cluster|canonical))(?:-([2-9]|[1-9][0-9]+))?")
-_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
 
 
-def encode_tag_value(text: str) -> str:
-    """A tag value every store accepts, decoded by `decode_tag_value`.
-    Labels, cluster ids and plain URLs stay readable; anything else (`?&%#~`,
-    letters outside ASCII, a leading or trailing space, or a value that itself
-    starts with "b64:") becomes "b64:" + URL-safe base64 of its UTF-8, without
-    `=` padding: letters, digits, `-` and `_` only."""
-    if _PLAIN.fullmatch(text) and not text.startswith(ENCODED) and text == text.strip():
-        return text
-    return ENCODED + base64.urlsafe_b64encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+@dataclass(frozen=True)
+class RequestEvent:
+    """One request attempt an adapter made, for its unit's observer (the
+    daemon's latency histogram): the adapter's `kind`, the HTTP method, the
+    status (None when no answer came) and the seconds to the whole answer."""
+
+    kind: str
+    method: str
+    status: int | None
+    elapsed_s: float
 
 
-def decode_tag_value(text: str) -> str:
-    """The inverse of `encode_tag_value`. A value damdup cannot decode (someone
-    edited the tag by hand) is read as it stands."""
-    if not text.startswith(ENCODED):
-        return text
-    body = text[len(ENCODED) :]
-    if not _BASE64.fullmatch(body):
-        return text
-    try:
-        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return text
-
-
-def marks_to_tags(marks: Marks) -> dict[str, str]:
-    """damdup's tags for `marks`, as few as possible: one per field that has a
-    value (none for `Marks()`). A value longer than 256 characters once
-    encoded (a long canonical URL) continues in `<field>-2`, `<field>-3`, ...,
-    each counting against the store's tag limit."""
-    tags: dict[str, str] = {}
-    for name, value in marks.to_fields().items():
-        encoded = encode_tag_value(value)
-        pieces = [encoded[at : at + TAG_VALUE_MAX] for at in range(0, len(encoded), TAG_VALUE_MAX)]
-        for number, piece in enumerate(pieces, 1):
-            tags[name if number == 1 else f"{name}-{number}"] = piece
-    return tags
-
-
-def is_mark_tag(key: str) -> bool:
-    return _MARK_TAG.fullmatch(key) is not None
-
-
-def tags_to_marks(tags: dict[str, str]) -> Marks:
-    """damdup's marks in an object's tags; other tags are ignored. Read
-    leniently: labels damdup does not know and a malformed cluster id (a hand
-    edit) are dropped rather than failing the read, so the next push puts
-    right marks in their place."""
-    fields: dict[str, str | None] = {}
-    for name in MARK_FIELDS:
-        if name not in tags:
-            continue
-        pieces = [tags[name]]
-        while f"{name}-{len(pieces) + 1}" in tags:
-            pieces.append(tags[f"{name}-{len(pieces) + 1}"])
-        fields[name] = decode_tag_value("".join(pieces))
-    labels = tuple(
-        label for label in (fields.get("damdup-marks") or "").split() if label in MARK_LABELS
-    )
-    canonical = fields.get("damdup-canonical") or None
-    try:
-        return Marks(
-            labels=labels, cluster=fields.get("damdup-cluster") or None, canonical_url=canonical
-        )
-    except ValueError:  # the cluster id is not damdup's form
-        return Marks(labels=labels, canonical_url=canonical)
+# Given to an adapter when it is built and called after each request attempt
+# (adapters.transport.record_request); quick, and never raising.
+RequestObserver = Callable[[RequestEvent], None]
 
 
 CursorT = TypeVar("CursorT", bound=BaseModel)
@@ -545,10 +478,12 @@ class Adapter(ABC, Generic[CursorT]):
     # Per class; an instance whose settings take an ability away replaces it.
     capabilities: Capabilities = Capabilities()
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Any, observer: RequestObserver | None = None) -> None:
         """Every adapter is built from its `settings_model`; none contacts
-        the platform here."""
+        the platform here. The `observer`, when given, is told of each
+        request attempt the adapter makes (the daemon's metrics)."""
         self.settings = settings
+        self.observer = observer
 
     @abstractmethod
     def list_assets(self, cursor: CursorT | None) -> Page[CursorT]: ...

@@ -46,11 +46,12 @@ is unchanged.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
@@ -65,13 +66,14 @@ from adapters.base import (
     NotFound,
     Page,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     choose_rendition,
     has_image_extension,
 )
 from adapters.http import HttpClient, HttpError
 
-__all__ = ["Ckan", "CkanCursor", "CkanSettings"]
+__all__ = ["Ckan", "CkanCursor", "CkanPaginator", "CkanSettings"]
 
 ACTION = "api/3/action/"
 SEARCH = ACTION + "package_search"
@@ -147,20 +149,123 @@ class CkanSettings(RemoteSettings):
 
 class CkanCursor(BaseModel):
     """A position in a listing. A completed listing's cursor has only `since`
-    and `seen`: where the next, incremental, listing starts."""
+    and `seen`: where the next, incremental, listing starts. Times are UTC, to
+    the microsecond as CKAN prints them; cursors saved as strings ("…Z") load
+    as the same times."""
 
     model_config = ConfigDict(frozen=True)
-    # Incremental: resources changed at or after this time (UTC, fixed-width
-    # "%Y-%m-%dT%H:%M:%S.%fZ", so strings compare as times); None: everything.
-    since: str | None = None
-    # Resources handed out whose change time lies in the overlap window:
-    # resource id -> change time.
-    seen: dict[str, str] = Field(default_factory=dict)
+    # Incremental: resources changed at or after this time; None: everything.
+    since: AwareDatetime | None = None
+    # The ids at the boundary: resources handed out whose change time lies in
+    # the overlap window, with that time.
+    seen: dict[str, AwareDatetime] = Field(default_factory=dict)
     # While listing: the last dataset handed out, as Solr orders them
     # (metadata_modified to the millisecond, then id), and the newest change seen.
-    after_modified: str | None = None
+    after_modified: AwareDatetime | None = None
     after_id: str | None = None
-    newest: str | None = None
+    newest: AwareDatetime | None = None
+    # While listing: when this listing began. The watermark never passes it,
+    # so a resource dated in the future cannot hide later uploads.
+    started: AwareDatetime | None = None
+
+
+class CkanPaginator:
+    """Keyset paging over `package_search` in Solr's order (module docstring),
+    as singer_sdk's paginators: it writes the search's paging clauses from its
+    cursor, reads an answer into the next cursor, and refuses to repeat one.
+    Closed at the start: an incremental search starts `overlap` before the
+    watermark, and a resource is handed out only when its change time is new
+    for its id."""
+
+    def __init__(
+        self,
+        cursor: CkanCursor | None,
+        rows: int,
+        overlap: timedelta,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        cursor = cursor or CkanCursor()
+        if cursor.started is None:  # the first page of a listing
+            cursor = cursor.model_copy(update={"started": now()})
+        self.cursor = cursor
+        self.rows = rows
+        self.overlap = overlap
+        self.finished = False
+
+    def clauses(self) -> list[str]:
+        clauses = []
+        cursor = self.cursor
+        if cursor.since is not None:
+            clauses.append(f"+metadata_modified:[{_solr(cursor.since - self.overlap)} TO *]")
+        if cursor.after_modified and cursor.after_id:
+            after = _solr(cursor.after_modified)
+            after_id = _quoted(cursor.after_id)
+            clauses.append(
+                f"+(metadata_modified:{{{after} TO *] OR "
+                f"(metadata_modified:[{after} TO {after}] AND id:{{{after_id} TO *]))"
+            )
+        return clauses
+
+    def advance(
+        self, packages: list[dict[str, Any]], count: int
+    ) -> list[tuple[dict[str, Any], dict[str, Any], datetime]]:
+        """The resources to hand out, each with its dataset and change time;
+        moves the cursor past the answer."""
+        cursor = self.cursor
+        window_start = cursor.since - self.overlap if cursor.since else None
+        newest = cursor.newest or cursor.since
+        seen = dict(cursor.seen)
+        handed: list[tuple[dict[str, Any], dict[str, Any], datetime]] = []
+        for package in packages:
+            package_modified = _package_modified(package)
+            newest = max(newest or package_modified, package_modified)
+            for resource, changed in _images(package, package_modified):
+                newest = max(newest, changed)
+                if window_start is not None and changed < window_start:
+                    continue  # unchanged: the dataset was modified for another reason
+                if seen.get(str(resource["id"])) == changed:
+                    continue  # already handed out (the overlap, or a dataset listed twice)
+                seen[str(resource["id"])] = changed
+                handed.append((resource, package, changed))
+        if len(packages) < self.rows or count <= len(packages):
+            self._finish(seen, newest)
+        else:
+            assert newest is not None  # packages is not empty here
+            self._follow(seen, window_start or newest - self.overlap, newest, packages[-1])
+        return handed
+
+    def _finish(self, seen: dict[str, datetime], newest: datetime | None) -> None:
+        """The watermark: the newest change seen, with the ids handed out in
+        the overlap before it."""
+        if newest is not None and self.cursor.started is not None:
+            newest = min(newest, self.cursor.started)
+        if newest is not None:
+            seen = _within(seen, newest - self.overlap)
+        self.cursor = CkanCursor(since=newest, seen=seen)
+        self.finished = True
+
+    def _follow(
+        self,
+        seen: dict[str, datetime],
+        window_start: datetime,
+        newest: datetime,
+        last: dict[str, Any],
+    ) -> None:
+        following = CkanCursor(
+            since=self.cursor.since,
+            # Entries from before the window may still be met in this listing.
+            seen=_within(seen, window_start),
+            after_modified=_millisecond(_package_modified(last)),
+            after_id=str(last["id"]),
+            newest=newest,
+            started=self.cursor.started,
+        )
+        if following == self.cursor:  # a search that ignores the keyset would loop
+            raise Unavailable(
+                f"{SEARCH} answered the same page again after dataset {last['id']} "
+                "(it ignores the fq paging clause)"
+            )
+        self.cursor = following
 
 
 class Ckan(HttpAdapter[CkanCursor]):
@@ -170,7 +275,7 @@ class Ckan(HttpAdapter[CkanCursor]):
     capabilities = Capabilities(incremental=True, annotate=True, describe=True, fetch_url=True)
     http: HttpClient
 
-    def __init__(self, settings: CkanSettings) -> None:
+    def __init__(self, settings: CkanSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
         self.http = HttpClient.for_settings(
@@ -178,6 +283,8 @@ class Ckan(HttpAdapter[CkanCursor]):
             headers={"Authorization": self._token} if self._token else None,
             secrets=[self._token],
             allowed_hosts=_origins(settings.file_hosts),
+            kind=self.kind,
+            observer=observer,
         )
         self._overlap = timedelta(seconds=settings.incremental_overlap_s)
         self._token_checked = self._token is None
@@ -186,10 +293,16 @@ class Ckan(HttpAdapter[CkanCursor]):
 
     def list_assets(self, cursor: CkanCursor | None) -> Page[CkanCursor]:
         self._check_token()
-        state = cursor or CkanCursor()
-        rows = self.settings.page_size
-        params: dict[str, Any] = {"q": "*:*", "sort": SORT, "rows": rows}
-        search_filter = self._filter(state)
+        paginator = CkanPaginator(cursor, self.settings.page_size, self._overlap)
+        packages, count = self._search(paginator.clauses())
+        handed = paginator.advance(packages, count)
+        items = [self._ref(resource, package, changed) for resource, package, changed in handed]
+        return Page(items=items, cursor=paginator.cursor, complete=paginator.finished)
+
+    def _search(self, paging: list[str]) -> tuple[list[dict[str, Any]], int]:
+        """One page of `package_search`: its datasets and the count matching."""
+        params: dict[str, Any] = {"q": "*:*", "sort": SORT, "rows": self.settings.page_size}
+        search_filter = " ".join(self._filter() + paging)
         if search_filter:
             params["fq"] = search_filter
         if self._token:
@@ -203,67 +316,17 @@ class Ckan(HttpAdapter[CkanCursor]):
             or not all(isinstance(package, dict) for package in packages)
         ):
             raise Unavailable(f"{SEARCH} answered without `count` and a list of `results`")
-        since = _moment(state.since)
-        window_start = since - self._overlap if since else None
-        newest = _moment(state.newest) or since
-        seen = dict(state.seen)
-        items: list[AssetRef] = []
-        for package in packages:
-            package_modified = _moment(package.get("metadata_modified"))
-            if package_modified is None or not package.get("id"):
-                raise Unavailable(f"{SEARCH} answered with a dataset without id or modified time")
-            newest = max(newest or package_modified, package_modified)
-            for resource in package.get("resources") or []:
-                if not isinstance(resource, dict) or not resource.get("id"):
-                    continue
-                if resource.get("state", "active") != "active" or not _is_image(resource):
-                    continue
-                changed = _changed(resource, package_modified)
-                newest = max(newest, changed)
-                if window_start is not None and changed < window_start:
-                    continue  # unchanged: the dataset was modified for another reason
-                stamp = _stamp(changed)
-                if seen.get(str(resource["id"])) == stamp:
-                    continue  # already handed out (the overlap, or a dataset listed twice)
-                seen[str(resource["id"])] = stamp
-                items.append(self._ref(resource, package, changed))
-        complete = len(packages) < rows or count <= len(packages)
-        if complete:
-            if newest is not None:
-                seen = _within(seen, newest - self._overlap)
-            watermark = _stamp(newest) if newest else None
-            return Page(items=items, cursor=CkanCursor(since=watermark, seen=seen), complete=True)
-        last = packages[-1]
-        assert newest is not None  # packages is not empty here
-        # Entries from before the window may still be met in this listing.
-        seen = _within(seen, window_start or newest - self._overlap)
-        following = CkanCursor(
-            since=state.since,
-            seen=seen,
-            after_modified=_solr(_moment(last["metadata_modified"]) or newest),
-            after_id=str(last["id"]),
-            newest=_stamp(newest),
-        )
-        return Page(items=items, cursor=following, complete=False)
+        return packages, count
 
-    def _filter(self, state: CkanCursor) -> str:
-        """Solr clauses, each required (+): CKAN adds its own (public, active)."""
+    def _filter(self) -> list[str]:
+        """The unit's Solr clauses, each required (+): CKAN adds its own
+        (public, active)."""
         clauses = []
         if self.settings.organization:
             clauses.append(f"+organization:{self.settings.organization}")
         if self.settings.filter_query:
             clauses.append(f"+({self.settings.filter_query})")
-        since = _moment(state.since)
-        if since is not None:
-            clauses.append(f"+metadata_modified:[{_solr(since - self._overlap)} TO *]")
-        if state.after_modified and state.after_id:
-            after = state.after_modified
-            after_id = _quoted(state.after_id)
-            clauses.append(
-                f"+(metadata_modified:{{{after} TO *] OR "
-                f"(metadata_modified:[{after} TO {after}] AND id:{{{after_id} TO *]))"
-            )
-        return " ".join(clauses)
+        return clauses
 
     def _ref(
         self, resource: dict[str, Any], package: dict[str, Any], changed: datetime
@@ -450,8 +513,28 @@ def _moment(value: Any) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _package_modified(package: dict[str, Any]) -> datetime:
+    modified = _moment(package.get("metadata_modified"))
+    if modified is None or not package.get("id"):
+        raise Unavailable(f"{SEARCH} answered with a dataset without id or modified time")
+    return modified
+
+
+def _images(
+    package: dict[str, Any], package_modified: datetime
+) -> Iterator[tuple[dict[str, Any], datetime]]:
+    """The dataset's active image resources, each with its change time."""
+    for resource in package.get("resources") or []:
+        if not isinstance(resource, dict) or not resource.get("id"):
+            continue
+        if resource.get("state", "active") != "active" or not _is_image(resource):
+            continue
+        yield resource, _changed(resource, package_modified)
+
+
+def _millisecond(moment: datetime) -> datetime:
+    """Cut to the millisecond, as Solr keeps CKAN's times."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _solr(moment: datetime) -> str:
@@ -464,9 +547,8 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _within(seen: dict[str, str], start: datetime) -> dict[str, str]:
-    cutoff = _stamp(start)
-    return {key: value for key, value in seen.items() if value >= cutoff}
+def _within(seen: dict[str, datetime], start: datetime) -> dict[str, datetime]:
+    return {key: value for key, value in seen.items() if value >= start}
 
 
 def _changed(resource: dict[str, Any], package_modified: datetime) -> datetime:

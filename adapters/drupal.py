@@ -70,6 +70,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -171,7 +172,7 @@ class Drupal(HttpAdapter[DrupalCursor]):
     )
     http: HttpClient
 
-    def __init__(self, settings: DrupalSettings) -> None:
+    def __init__(self, settings: DrupalSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         password = settings.password.get_secret_value() if settings.password else None
         auth = (
@@ -188,6 +189,8 @@ class Drupal(HttpAdapter[DrupalCursor]):
             headers=headers,
             secrets=[password],
             allowed_hosts=settings.file_hosts,
+            kind=self.kind,
+            observer=observer,
         )
         self.base_url = str(settings.base_url)
         self.entry_point = settings.jsonapi_path.strip("/")

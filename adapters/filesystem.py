@@ -25,6 +25,7 @@ from adapters.base import (
     NotFound,
     Page,
     PublicLinkSettings,
+    RequestObserver,
 )
 
 log = structlog.get_logger(__name__)
@@ -80,7 +81,9 @@ class Filesystem(Adapter[FilesystemCursor]):
     # Every listing is full: no incremental listing, no deletions reported.
     capabilities = Capabilities(describe=True, exists=True, fetch_url=True, local_path=True)
 
-    def __init__(self, settings: FilesystemSettings) -> None:
+    def __init__(
+        self, settings: FilesystemSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         try:
             self.root = settings.root.resolve()

@@ -50,6 +50,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -95,7 +96,7 @@ class Finna(HttpAdapter[FinnaCursor]):
     capabilities = Capabilities(renditions=True, describe=True, exists=True, fetch_url=True)
     http: HttpClient
 
-    def __init__(self, settings: FinnaSettings) -> None:
+    def __init__(self, settings: FinnaSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         base = str(settings.base_url)
         image_base = str(settings.image_base_url or urljoin(base, "/"))
@@ -105,6 +106,8 @@ class Finna(HttpAdapter[FinnaCursor]):
             settings,
             headers={"Accept": "application/json"},
             allowed_hosts=[self.image_base],
+            kind=self.kind,
+            observer=observer,
         )
         if settings.filters:  # they cannot be checked on one record (describe)
             self.capabilities = self.capabilities.without("describe")

@@ -1,107 +1,67 @@
-"""The one HTTP client every adapter uses: requests + tenacity.
+"""The one HTTP client every adapter reached over plain HTTP uses: requests +
+tenacity.
 
-Time-outs always; retries with exponential backoff and jitter on 5xx, 429 and
-connection failures, honouring Retry-After (seconds or an HTTP date); no retry
-on other 4xx; response size caps; content-type checks; status codes turned into
-the typed errors of `adapters.base` here, once; secrets redacted from every
-logged URL and message.
+Time-outs always; response size caps; redirects checked against the unit's
+hosts. What is retried and how long to wait, which typed error a status is,
+which answers are of the wrong type and what is redacted are the transport
+policy every adapter shares (`adapters.transport`); this client applies it
+with requests and tenacity, as the S3 and Azure adapters do with their SDKs.
 """
 
 from __future__ import annotations
 
-import email.utils
-import importlib.metadata
 import re
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
-from xml.sax.saxutils import escape
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-import structlog
 import tenacity
 from requests.auth import AuthBase
 
 from adapters.base import (
-    MARK_FIELDS,
     AdapterError,
-    AuthFailed,
     BadAsset,
-    Marks,
-    MarksDoNotFit,
-    NotFound,
-    RateLimited,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     reason,
 )
+from adapters.transport import (
+    CHUNK_BYTES,
+    JSON_TYPES,
+    MAX_FILE_BYTES,
+    USER_AGENT,
+    HttpError,
+    RetryPolicy,
+    check_body,
+    error_for_status,
+    parse_retry_after,
+    record_request,
+    redact_text,
+    redact_url,
+    retryable_status,
+)
 
 __all__ = [
-    "DAMDUP_NAMESPACE",
-    "DAV_XML",
-    "DavMarks",
     "HttpClient",
     "HttpError",
-    "REQUEST_OBSERVERS",
     "Reply",
-    "dav_propertyupdate",
-    "dav_propfind",
-    "dav_status",
     "redact_url",
 ]
 
-log = structlog.get_logger(__name__)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("damdup")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree
-        return "0+unknown"
-
-
-USER_AGENT = f"damdup/{_version()} (+duplicate-image connector)"
 MAX_JSON_BYTES = 32 * 1024 * 1024
-MAX_FILE_BYTES = 512 * 1024 * 1024
-CHUNK_BYTES = 256 * 1024
 MAX_REDIRECTS = 5
-
-# Called after every attempt with (the client's base URL, method, status or
-# None, seconds): the daemon's request-latency histogram. An observer must be
-# quick and must not raise.
-RequestObserver = Callable[[str, str, int | None, float], None]
-REQUEST_OBSERVERS: list[RequestObserver] = []
-
-# Query parameters whose values are credentials on some platform
-# (ResourceSpace `sign`, Drupal image style `itok` is not secret but harmless).
-SECRET_PARAMS = frozenset(
-    {"key", "apikey", "api_key", "sign", "signature", "token", "access_token", "password",
-     "pass", "secret", "client_secret", "sig", "code", "user_key", "auth", "tempauth"}
-)  # fmt: skip
 
 # A URL that needs no quoting: only the characters RFC 3986 allows, each %
 # starting an escape. Such a URL is sent exactly as given; requests would
 # otherwise decode escapes of unreserved characters (%7E to ~) and drop dot
 # segments, and a signed or pre-authenticated address no longer matches.
 VALID_URL = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
-# user:password@ in a URL anywhere in a text.
-USERINFO = re.compile(r"(?<=//)[^/?#\s@]+@")
 
 Expect = Literal["json", "bytes", "any"]
-JSON_TYPES = re.compile(r"^application/([\w.+-]+\+)?json$|^text/json$")
-
-
-class HttpError(AdapterError):
-    """A 4xx answer that is not about credentials, absence or rate: the request
-    itself was refused (a bad parameter, a platform rule)."""
-
-    def __init__(self, message: str, status: int, detail: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail  # the platform's own words, when it gave any
 
 
 @dataclass(frozen=True)
@@ -124,175 +84,6 @@ class Reply:
         except ValueError as exc:
             raise Unavailable(f"{redact_url(self.url)} answered with invalid JSON: {exc}") from exc
 
-    # -- WebDAV (RFC 4918), shared by the webdav and nextcloud adapters ------
-
-    def multistatus(self) -> ET.Element:
-        """The answer's 207 multistatus element. An HTML page (a proxy, login
-        or maintenance page), another status, XML with a DTD (refused unread:
-        entity expansion) or not in UTF-8, unreadable XML, or another root
-        element: a clear `Unavailable`."""
-        body = self.content
-        shown = redact_url(self.url).split("?")[0]
-        if self.content_type == "text/html" or body[:200].lstrip().lower().startswith(
-            (b"<!doctype html", b"<html")
-        ):
-            raise Unavailable(
-                f"{shown}: expected a WebDAV multistatus (XML) but got an HTML page "
-                "(a proxy, login or maintenance page, or base_url is not a WebDAV address?)"
-            )
-        if self.status != 207:
-            raise Unavailable(f"{shown}: answered {self.status}, not 207 Multi-Status")
-        if b"\x00" in body or b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
-            raise Unavailable(f"{shown}: refused an XML answer with a DTD or not in UTF-8")
-        try:
-            root = ET.fromstring(body)
-        except ET.ParseError as exc:
-            raise Unavailable(
-                f"{shown}: answered {self.status} with unreadable XML: {exc}"
-            ) from exc
-        if root.tag != "{DAV:}multistatus":
-            raise Unavailable(f"{shown}: answered {self.status} with {root.tag}, not a multistatus")
-        return root
-
-    def dav_responses(self) -> list[tuple[str, dict[str, ET.Element]]]:
-        """Each `response` of the multistatus: its href and the properties
-        reported with status 200, by Clark name ("{DAV:}getetag")."""
-        found = []
-        for response in self.multistatus().iterfind("{DAV:}response"):
-            href = (response.findtext("{DAV:}href") or "").strip()
-            if not href:
-                continue
-            props: dict[str, ET.Element] = {}
-            for propstat in response.iterfind("{DAV:}propstat"):
-                if dav_status(propstat.findtext("{DAV:}status")) == 200:
-                    props.update(
-                        (element.tag, element) for element in propstat.iterfind("{DAV:}prop/*")
-                    )
-            found.append((href, props))
-        return found
-
-
-DAMDUP_NAMESPACE = "https://damdup.hel.fi/ns"  # damdup's dead properties
-DAV_XML = {"Content-Type": "application/xml; charset=utf-8"}
-
-
-class DavMarks:
-    """damdup's marks as dead properties (RFC 4918) in damdup's namespace,
-    one per field of `Marks.to_fields`, read with PROPFIND and replaced with
-    one PROPPATCH that names no other property: the webdav and nextcloud
-    adapters' marks. Dead properties change no ETag."""
-
-    def __init__(self, http: HttpClient, max_bytes: int) -> None:
-        self.http = http
-        self.max_bytes = max_bytes
-        self.names = [f"{{{DAMDUP_NAMESPACE}}}{name}" for name in MARK_FIELDS]
-
-    def read(self, url: str, what: str) -> Marks:
-        try:
-            return Marks.from_fields(dict(self._stored(url)))
-        except ValueError as exc:
-            raise BadAsset(f"{what}: damdup's properties are unreadable: {exc}") from exc
-
-    def write(self, url: str, marks: Marks, what: str) -> bool:
-        stored, wanted = self._stored(url), marks.to_fields()
-        if stored == wanted:
-            return False
-        gone = [name for name in MARK_FIELDS if name in stored and name not in wanted]
-        reply = self.http.request(
-            "PROPPATCH",
-            url,
-            data=dav_propertyupdate(DAMDUP_NAMESPACE, wanted, gone),
-            headers=DAV_XML,
-            expect="any",
-            max_bytes=self.max_bytes,
-        )
-        # 207 only (RFC 4918 9.2.1), all or nothing: one refused property
-        # means nothing was written.
-        for status in reply.multistatus().iter("{DAV:}status"):
-            code = dav_status(status.text)
-            if 200 <= code < 300:
-                continue
-            if code == 507:
-                raise MarksDoNotFit(f"{what}: the server has no room for damdup's properties (507)")
-            if code == 404:
-                raise NotFound(f"{what}: the server no longer has the file")
-            raise AdapterError(f"{what}: the server refused damdup's properties with {code}")
-        return True
-
-    def _stored(self, url: str) -> dict[str, str]:
-        reply = self.http.request(
-            "PROPFIND",
-            url,
-            data=dav_propfind(self.names),
-            headers={**DAV_XML, "Depth": "0"},
-            expect="any",
-            max_bytes=self.max_bytes,
-        )
-        fields: dict[str, str] = {}
-        for _href, props in reply.dav_responses():
-            for name, clark in zip(MARK_FIELDS, self.names, strict=True):
-                element = props.get(clark)
-                if element is not None and element.text:
-                    fields[name] = element.text
-        return fields
-
-
-def dav_propfind(props: list[str]) -> bytes:
-    """A PROPFIND body asking for `props`, given by Clark name ("{ns}name")."""
-    asked = "".join(
-        f'<x:{local} xmlns:x="{escape(namespace, {chr(34): "&quot;"})}"/>'
-        for namespace, _, local in (name[1:].partition("}") for name in props)
-    )
-    return (
-        '<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:"><d:prop>'
-        f"{asked}</d:prop></d:propfind>"
-    ).encode()
-
-
-def dav_propertyupdate(namespace: str, values: dict[str, str], removed: list[str]) -> bytes:
-    """A PROPPATCH body setting `values` and removing `removed`, all dead
-    properties of `namespace`; no other property is named."""
-    parts = ['<?xml version="1.0" encoding="utf-8"?>']
-    parts.append(f'<d:propertyupdate xmlns:d="DAV:" xmlns:dd="{escape(namespace)}">')
-    if values:
-        props = "".join(f"<dd:{name}>{escape(value)}</dd:{name}>" for name, value in values.items())
-        parts.append(f"<d:set><d:prop>{props}</d:prop></d:set>")
-    if removed:
-        props = "".join(f"<dd:{name}/>" for name in removed)
-        parts.append(f"<d:remove><d:prop>{props}</d:prop></d:remove>")
-    parts.append("</d:propertyupdate>")
-    return "".join(parts).encode()
-
-
-def dav_status(line: str | None) -> int:
-    """The code of a WebDAV status line ("HTTP/1.1 404 Not Found"); 0 if none."""
-    match = re.match(r"\s*HTTP/\d(?:\.\d)?\s+(\d{3})", line or "")
-    return int(match.group(1)) if match else 0
-
-
-def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
-    """The URL without user info and with secret query values replaced."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    query = urlencode(
-        [
-            (name, "REDACTED" if name.lower() in SECRET_PARAMS else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    text = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return redact_text(text, secrets)
-
-
-def redact_text(text: str, secrets: Iterable[str]) -> str:
-    text = USERINFO.sub("", text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "REDACTED")
-    return text
-
 
 class _Transient(Exception):
     """Inside the retry loop only: worth another attempt."""
@@ -301,19 +92,6 @@ class _Transient(Exception):
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class HttpClient:
@@ -336,6 +114,8 @@ class HttpClient:
         secrets: Iterable[str | None] = (),
         max_file_bytes: int = MAX_FILE_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        kind: str = "",
+        observer: RequestObserver | None = None,
     ) -> None:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         base = urlsplit(self.base_url)
@@ -347,12 +127,11 @@ class HttpClient:
             forms = [host] if "//" in host else [f"http://{host}", f"https://{host}"]
             self.hosts.update(_origin(form) for form in forms)
         self.timeout = timeout
-        self.attempts = max(1, attempts)
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.max_retry_after_s = max_retry_after_s
+        self.policy = RetryPolicy(attempts, backoff_s, max_backoff_s, max_retry_after_s)
         self.max_file_bytes = max_file_bytes
         self.sleep = sleep  # how waits between attempts are spent
+        self.kind = kind  # the adapter's, for the observer
+        self.observer = observer  # told of every attempt (adapters.transport.record_request)
         self.secrets = [s for s in secrets if s]
         # Settings refuse credentials in URLs; a caller's URL may still hold some.
         self.secrets += [unquote(part) for part in (base.username, base.password) if part]
@@ -372,6 +151,8 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         secrets: Iterable[str | None] = (),
         allowed_hosts: Iterable[str] = (),
+        kind: str = "",
+        observer: RequestObserver | None = None,
     ) -> HttpClient:
         return cls(
             str(settings.base_url),
@@ -382,6 +163,8 @@ class HttpClient:
             max_retry_after_s=settings.max_retry_after_s,
             secrets=secrets,
             allowed_hosts=allowed_hosts,
+            kind=kind,
+            observer=observer,
         )
 
     def close(self) -> None:
@@ -429,7 +212,7 @@ class HttpClient:
         url = self.url(path_or_url)
         limit = max_bytes or (MAX_JSON_BYTES if expect == "json" else self.max_file_bytes)
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts),
+            stop=tenacity.stop_after_attempt(self.policy.attempts),
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(_Transient),
             reraise=True,
@@ -450,10 +233,7 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             return exc.retry_after
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self.backoff_s, max=self.max_backoff_s
-        )
-        return float(backoff(state))
+        return self.policy.backoff(state.attempt_number)
 
     def _once(
         self,
@@ -556,50 +336,27 @@ class HttpClient:
         return b"".join(chunks)
 
     def _raise_for(self, method: str, shown: str, reply: Reply) -> None:
-        status = reply.status
-        detail = redact_text(_excerpt(reply), self.secrets)
-        if status in (401, 403):
-            raise AuthFailed(
-                f"{method} {shown} was refused with {status}"
-                f"{': ' + detail if detail else ''}; check the unit's credentials and their rights"
-            )
-        if status in (404, 410):
-            raise NotFound(f"{method} {shown}: {status} not found{': ' + detail if detail else ''}")
-        if status == 429 or status == 503:
-            retry_after = parse_retry_after(reply.headers.get("Retry-After"))
-            error: AdapterError = (
-                RateLimited(retry_after, f"{method} {shown}: {status}")
-                if status == 429 or retry_after is not None
-                else Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
-            )
-            if retry_after is not None and retry_after > self.max_retry_after_s:
-                raise error  # too long to wait here: the engine comes back later
-            raise _Transient(error, retry_after)
-        if status >= 500:
-            raise _Transient(
-                Unavailable(f"{method} {shown}: {status}{': ' + detail if detail else ''}")
-            )
-        raise HttpError(
-            f"{method} {shown}: {status}{': ' + detail if detail else ''}", status, detail
+        retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+        error = error_for_status(
+            reply.status,
+            f"{method} {shown}",
+            redact_text(_excerpt(reply), self.secrets),
+            retry_after=retry_after,
         )
+        if retryable_status(reply.status) and self.policy.waits_for(retry_after):
+            raise _Transient(error, retry_after)
+        raise error  # not worth another try here, or not soon: the engine comes back later
 
     def _check_type(self, method: str, shown: str, reply: Reply, expect: Expect) -> None:
-        kind = reply.content_type
-        if expect == "json" and not JSON_TYPES.match(kind):
-            head = reply.content[:200].decode("utf-8", "replace").strip()
-            if kind == "text/html" or head.lower().startswith(("<!doctype", "<html")):
-                title = re.search(r"<title>(.*?)</title>", head, re.I | re.S)
-                raise Unavailable(
-                    f"{method} {shown}: expected JSON but got an HTML page"
-                    f"{' titled ' + repr(title.group(1).strip()) if title else ''}"
-                    " (a proxy, login or maintenance page?)"
-                )
-            raise Unavailable(
-                f"{method} {shown}: expected JSON but got {kind or 'no content type'}"
-            )
-        if expect == "bytes" and (kind.startswith("text/") or JSON_TYPES.match(kind)):
-            detail = redact_text(_excerpt(reply), self.secrets)
-            raise BadAsset(f"{method} {shown}: expected a file but got {kind}: {detail}")
+        if expect == "any":
+            return
+        check_body(
+            f"{method} {shown}",
+            reply.content_type,
+            reply.content,
+            "json" if expect == "json" else "file",
+            lambda: redact_text(_excerpt(reply), self.secrets),
+        )
 
     def _log(
         self,
@@ -611,20 +368,16 @@ class HttpClient:
         error: str | None,
         size_bytes: int | None = None,
     ) -> None:
-        elapsed_s = time.monotonic() - started
-        for observe in list(REQUEST_OBSERVERS):
-            observe(self.base_url, method, status, elapsed_s)
-        elapsed_ms = round(elapsed_s * 1000, 1)
-        event = log.warning if error or (status or 0) >= 400 else log.debug
-        event(
-            "http.request",
+        record_request(
+            self.kind,
+            self.observer,
             method=method,
             url=shown,
             status=status,
-            elapsed_ms=elapsed_ms,
+            elapsed_s=time.monotonic() - started,
             attempt=attempt,
-            size_bytes=size_bytes,
             error=error,
+            size_bytes=size_bytes,
         )
 
 

@@ -38,6 +38,7 @@ from adapters.base import (
     NotFound,
     Page,
     RemoteSettings,
+    RequestObserver,
     Unavailable,
     choose_rendition,
 )
@@ -89,14 +90,21 @@ class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
     capabilities = Capabilities(incremental=True, describe=True, exists=True, fetch_url=True)
     http: HttpClient
 
-    def __init__(self, settings: LinkedEventsSettings) -> None:
+    def __init__(
+        self, settings: LinkedEventsSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         key = settings.api_key.get_secret_value() if settings.api_key else None
         headers = {"Accept": "application/json"}
         if key:
             headers["apikey"] = key
         self.http = HttpClient.for_settings(
-            settings, headers=headers, secrets=[key], allowed_hosts=settings.image_hosts
+            settings,
+            headers=headers,
+            secrets=[key],
+            allowed_hosts=settings.image_hosts,
+            kind=self.kind,
+            observer=observer,
         )
 
     # -- listing ---------------------------------------------------------
@@ -170,7 +178,8 @@ class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
             if page == 1:
                 raise
             # Images deleted while the listing ran leave fewer pages than it
-            # counted: Django REST framework answers 404 "Invalid page." there.
+            # counted: Django REST framework answers 404 there ("Invalid
+            # page.", which Linked Events says in Finnish: "Epäkelpo sivu.").
             return [], False
         meta = body.get("meta") if isinstance(body, dict) else None
         data = body.get("data") if isinstance(body, dict) else None
@@ -219,7 +228,10 @@ class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
             raise Unavailable(f"linked_events: image/{asset_id}/ answered with another record")
         for name in ("publisher", "data_source"):
             wanted = getattr(self.settings, name)
-            if wanted and str(record.get(name) or "").lower() not in {
+            # As the list filters (ImageViewSet.get_queryset): the wanted ids
+            # lowercased, the record's id as it is, so an id with capitals is
+            # never the unit's, in a listing or here.
+            if wanted and str(record.get(name) or "") not in {
                 value.strip().lower() for value in wanted.split(",")
             }:
                 raise NotFound(

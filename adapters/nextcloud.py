@@ -72,14 +72,16 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     choose_rendition,
 )
-from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, Reply, dav_propfind
+from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
+from adapters.http import HttpClient, Reply
 
 __all__ = ["NAMESPACE", "Nextcloud", "NextcloudCursor", "NextcloudSettings"]
 
-NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.davxml.DavMarks)
 IMAGES = "<d:like><d:prop><d:getcontenttype/></d:prop><d:literal>image/%</d:literal></d:like>"
 OC, NC = "http://owncloud.org/ns", "http://nextcloud.org/ns"
 MAX_XML_BYTES = 32 * 1024 * 1024
@@ -130,11 +132,15 @@ class Nextcloud(HttpAdapter[NextcloudCursor]):
     )
     http: HttpClient
 
-    def __init__(self, settings: NextcloudSettings) -> None:
+    def __init__(
+        self, settings: NextcloudSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         password = settings.app_password.get_secret_value()
         auth = HTTPBasicAuth(settings.username.encode(), password.encode())  # UTF-8
-        self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.http = HttpClient.for_settings(
+            settings, auth=auth, secrets=[password], kind=self.kind, observer=observer
+        )
         self.marks = DavMarks(self.http, MAX_XML_BYTES)
         user = settings.user_id or settings.username
         self.scope = "/files/" + quote(user) + "/" + quote(settings.folder.strip("/"))
@@ -213,7 +219,7 @@ class Nextcloud(HttpAdapter[NextcloudCursor]):
             "</d:basicsearch></d:searchrequest>"
         )  # fmt: skip
         reply = self._dav("SEARCH", "remote.php/dav/", body)
-        return reply.dav_responses(), _server_time(reply)
+        return dav_responses(reply), _server_time(reply)
 
     def _ref(self, href: str, props: dict[str, ET.Element]) -> AssetRef:
         file_id = _text(props, f"{{{OC}}}fileid") or ""
@@ -316,9 +322,9 @@ class Nextcloud(HttpAdapter[NextcloudCursor]):
         return asset.original_url
 
     def _propfind(self, asset: AssetRef, names: list[str]) -> dict[str, ET.Element]:
-        answers = self._dav(
-            "PROPFIND", self._path(asset), dav_propfind(names), depth="0"
-        ).dav_responses()
+        answers = dav_responses(
+            self._dav("PROPFIND", self._path(asset), dav_propfind(names), depth="0")
+        )
         if not answers:
             raise Unavailable(f"{asset.id}: PROPFIND answered no response")
         return answers[0][1]

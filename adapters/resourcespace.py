@@ -15,6 +15,16 @@ share that second are told apart by ref. One `get_resource_path` call per page
 preview sizes are scale-to-fit boxes, and padded ones (`padtosize`) are
 rejected by their aspect ratio like any crop.
 
+What the real server does beyond its documents (tests/servers/resourcespace_real.py):
+`total` is a count cached for up to 30 minutes, so a listing ends at a short
+page; installations with `$hide_real_filepath` (all new ones) give
+download.php addresses with a one-time `access_key`, kept without it and
+re-keyed with get_resource_path when fetched; a deleted resource stays, in
+archive state 3, with its fields and files (and in `!list` searches), so the
+archive state is checked before fetching, describing, marking or confirming
+a resource; get_resource_field_data answers empty fields for a resource that
+does not exist.
+
 Metadata comes from the search rows' `field<N>` columns, which ResourceSpace
 fills only for its "resource table joins" (the display fields 8 title, 3 country
 and 12 date, plus the `$data_joins` of its config.php). A unit whose fields are
@@ -66,6 +76,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -128,10 +139,15 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
     )
     http: HttpClient
 
-    def __init__(self, settings: ResourceSpaceSettings) -> None:
+    def __init__(
+        self, settings: ResourceSpaceSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         self._private_key = settings.private_key.get_secret_value()
-        self.http = HttpClient.for_settings(settings, secrets=[self._private_key])
+        self.http = HttpClient.for_settings(
+            settings, secrets=[self._private_key], kind=self.kind, observer=observer
+        )
+        self._archive_states = {int(state) for state in settings.archive.split(",")}
         if settings.search.strip().startswith("!"):  # cannot be combined with !list (describe)
             self.capabilities = self.capabilities.without("describe")
 
@@ -172,7 +188,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
 
     def list_assets(self, cursor: ResourceSpaceCursor | None) -> Page[ResourceSpaceCursor]:
         cursor = cursor or ResourceSpaceCursor()
-        rows, total = self._search(
+        rows, _ = self._search(
             self.settings.search,
             f"{cursor.offset},{self.settings.page_size}",
             order_by="modified",
@@ -198,7 +214,10 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 wanted.append(row)
         items = self._refs(wanted)
         read = cursor.offset + len(rows)
-        if reached_since or not rows or read >= total:
+        # `total` is a count ResourceSpace caches for up to 30 minutes
+        # ($cache_search_count) and corrects only when a page contradicts it:
+        # the listing ends at a short page, never at `total`.
+        if reached_since or len(rows) < self.settings.page_size:
             return Page(items, self._next_listing(cursor, newest, seen_at_newest), complete=True)
         following = cursor.model_copy(
             update={"offset": read, "newest": newest, "seen_at_newest": frozenset(seen_at_newest)}
@@ -261,9 +280,9 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 "get_resource_path", ref=json.dumps(numbers), size="", extension=extension
             )
             if isinstance(answer, dict):
-                urls.update({str(key): str(value or "") for key, value in answer.items()})
+                urls.update({str(key): _keyless(str(value or "")) for key, value in answer.items()})
             elif isinstance(answer, str) and len(numbers) == 1:  # one ref: a bare string
-                urls[str(numbers[0])] = answer
+                urls[str(numbers[0])] = _keyless(answer)
             else:
                 raise Unavailable(f"resourcespace: get_resource_path answered {answer!r:.100}")
         return urls
@@ -319,10 +338,12 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 "which do_search cannot combine with !list; a check syncs the unit instead"
             )
         search = f"!list{asset_id} {unit_search}" if unit_search not in ("", "*") else ""
+        # !list matches resources in any archive state (search_special):
+        # the unit's states are checked here.
         rows = [
             row
             for row in self._search(search or f"!list{asset_id}", "0,1")[0]
-            if str(row["ref"]) == asset_id
+            if str(row["ref"]) == asset_id and _integer(row.get("archive")) in self._archive_states
         ]
         if not rows:
             raise NotFound(
@@ -332,6 +353,35 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
         if not has_image_extension("." + str(rows[0].get("file_extension") or "")):
             raise NotFound(f"resourcespace: resource {asset_id} is not an image")
         return self._refs(rows[:1])[0]
+
+    def fetch_url(self, url: str) -> bytes:
+        return self._get_file(url)
+
+    def _get_file(self, url: str) -> bytes:
+        """A file by its address. ResourceSpace with `$hide_real_filepath`
+        (on for every installation since 10.x) gives download.php addresses
+        carrying a temporary `access_key` (new at every call, valid
+        `$api_resource_path_expiry_hours`); listings keep the address without
+        it, and a fresh key is asked for here with get_resource_path."""
+        parts = urlsplit(url)
+        download = urljoin(self.http.base_url, "pages/download.php")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if f"{parts.scheme}://{parts.netloc}{parts.path}" == download and "access_key" not in query:
+            ref = (query.get("ref") or [""])[0]
+            if not ref.isdigit():
+                raise NotFound(f"resourcespace: {url} names no resource")
+            answer = self.call(
+                "get_resource_path",
+                ref=ref,
+                size=(query.get("size") or [""])[0],
+                extension=(query.get("ext") or ["jpg"])[0],
+            )
+            if not isinstance(answer, str) or not answer:
+                raise NotFound(
+                    f"resourcespace: no file for resource {ref} (gone, or no download access)"
+                )
+            url = answer
+        return self.http.get_bytes(url)
 
     # -- marks -------------------------------------------------------------------
 
@@ -364,7 +414,10 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
         return True
 
     def _marks_value(self, asset: AssetRef) -> tuple[str, str]:
-        """The marks field of the resource (its ref) and its text now."""
+        """The marks field of the resource (its ref) and its text now.
+        get_resource_field_data answers every field, values empty, for a
+        resource that does not exist, so the resource is looked up first."""
+        self._require_live(asset.id)
         answer = self.call("get_resource_field_data", resource=asset.id)
         if not isinstance(answer, list):
             raise NotFound(
@@ -434,23 +487,42 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
         )
 
     def exists(self, asset: AssetRef) -> bool:
-        # PHP false (an empty answer) for a resource that is gone or hidden.
         try:
-            answer = self.call("get_resource_data", resource=asset.id)
-        except Unsupported:
+            self._require_live(asset.id)
+        except NotFound:
             return False
-        return isinstance(answer, dict) and bool(answer)
+        return True
+
+    def _require_live(self, ref: str) -> None:
+        """NotFound unless the resource exists in one of the unit's archive
+        states. get_resource_data answers PHP false for a resource that is
+        gone or hidden; a deleted one ($resource_deletion_state, 3 by default)
+        keeps its row, fields and files, in archive state 3."""
+        try:
+            answer = self.call("get_resource_data", resource=ref)
+        except Unsupported:
+            answer = None
+        if not isinstance(answer, dict) or not answer:
+            raise NotFound(f"resourcespace: resource {ref} is gone (or not visible to this user)")
+        state = _integer(answer.get("archive"))
+        if state not in self._archive_states:
+            raise NotFound(
+                f"resourcespace: resource {ref} is in archive state {state} (3 is deleted), "
+                "outside the unit's archive states"
+            )
 
     # -- fetching ----------------------------------------------------------------
 
     def fetch(self, asset: AssetRef, min_side: int) -> bytes:
+        # A deleted resource keeps its files and answers for them.
+        self._require_live(asset.id)
         url = asset.original_url
         if min_side > 0 or not url:
             sized = asset if asset.renditions else self._with_sizes(asset)
             url = choose_rendition(sized, min_side) or sized.original_url
         if not url:
             raise NotFound(f"resourcespace: resource {asset.id} has no file")
-        return self.http.get_bytes(url)
+        return self._get_file(url)
 
     def _with_sizes(self, asset: AssetRef) -> AssetRef:
         answer = self.call("get_resource_all_image_sizes", resource=asset.id)
@@ -466,7 +538,8 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 continue
             size_width, size_height = _integer(size.get("width")), _integer(size.get("height"))
             if size.get("size_code") == "original":
-                original_url = original_url or str(size["url"])
+                # This answer's address: a listing's has no access key.
+                original_url = str(size["url"])
                 width, height = size_width or width, size_height or height
             elif size_width and size_height:
                 renditions.append(Rendition(str(size["url"]), size_width, size_height))
@@ -477,6 +550,14 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
             height=height,
             renditions=tuple(renditions),
         )
+
+
+def _keyless(url: str) -> str:
+    """A download address without its temporary `access_key` (the last
+    parameter api_get_resource_path appends), so that a resource's address
+    stays the same from one listing to the next."""
+    head, separator, key = url.rpartition("&access_key=")
+    return head if separator and "&" not in key else url
 
 
 def _encode(marks: Marks, related: set[str]) -> str:

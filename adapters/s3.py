@@ -26,7 +26,7 @@ Marks are object tags (`damdup-marks`, `damdup-cluster`, `damdup-canonical`),
 read with GetObjectTagging and written with PutObjectTagging, which replaces
 the whole tag set: the set written holds every tag of others unchanged. S3
 allows 10 tags an object and values of at most 256 characters from letters,
-digits, space and `+ - = . _ : / @`; see `adapters.base.marks_to_tags`.
+digits, space and `+ - = . _ : / @`; see `adapters.tags.marks_to_tags`.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html
 https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObjectTagging.html
 
@@ -34,15 +34,16 @@ Credentials: `access_key_id` and `secret_access_key` (and `session_token`)
 from the unit's environment variables, else boto3's default chain (AWS_*
 variables, shared files, SSO, instance and container roles). They are never
 logged: messages are redacted, and so are botocore's own debug lines.
-Retries are botocore's standard mode (5xx, 429, SlowDown and other throttling
-codes, time-outs, broken connections), `attempts` tries in all.
+boto3 sends every request; what is retried (5xx, 429, SlowDown and other
+throttling codes, time-outs, broken connections), how long to wait and which
+typed error an answer is are decided by `adapters.transport`, the policy of
+every adapter, through botocore's event hooks (`_Hooks`): `attempts` tries in
+all, Retry-After honoured up to 60 s.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html
 """
 
 from __future__ import annotations
 
-import logging
-import random
 import re
 import threading
 import time
@@ -50,7 +51,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from html import unescape
 from typing import Any, ClassVar, Literal, NoReturn
 from urllib.parse import quote, urlsplit
 
@@ -67,10 +67,14 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
 from botocore.parsers import ResponseParserError
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from adapters import transport
 from adapters.base import (
     IMAGE_EXTENSIONS,
     Adapter,
@@ -85,14 +89,11 @@ from adapters.base import (
     NotFound,
     Page,
     PublicLinkSettings,
-    RateLimited,
+    RequestObserver,
     Unavailable,
-    is_mark_tag,
-    marks_to_tags,
     name_at,
-    tags_to_marks,
 )
-from adapters.http import CHUNK_BYTES, MAX_FILE_BYTES, HttpError, parse_retry_after, redact_text
+from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
 
 __all__ = [
     "S3",
@@ -104,7 +105,7 @@ log = structlog.get_logger(__name__)
 
 HEAD_WORKERS = 8  # HeadObject requests in flight while a page's metadata is read
 
-# Marks are object tags (adapters.base: marks_to_tags, tags_to_marks).
+# Marks are object tags (adapters.tags: marks_to_tags, tags_to_marks).
 TAG_LIMIT = 10  # tags an object may carry
 
 
@@ -134,7 +135,9 @@ class S3Settings(PublicLinkSettings):
     attempts: int = Field(
         4, ge=1, le=10, description="tries per request on 5xx, throttling, time-outs"
     )
-    max_file_bytes: int = Field(MAX_FILE_BYTES, ge=1, description="larger objects are not read")
+    max_file_bytes: int = Field(
+        transport.MAX_FILE_BYTES, ge=1, description="larger objects are not read"
+    )
     # Secrets: only from the environment (DAMDUP_<UNIT>_ACCESS_KEY_ID, ...);
     # unset, boto3's default chain finds them (AWS_* variables, profiles, roles).
     access_key_id: SecretStr | None = None
@@ -176,6 +179,11 @@ THROTTLE_CODES = frozenset(
      "TooManyRequests", "TooManyRequestsException", "RequestThrottled", "429"}
 )  # fmt: skip
 MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "NoSuchVersion", "404"})
+TIMEOUT_CODES = frozenset({"RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete"})
+AUTH_HINT = (
+    "check the unit's credentials and their rights "
+    "(s3:ListBucket, s3:GetObject, s3:GetObjectTagging, s3:PutObjectTagging)"
+)
 
 
 class S3(Adapter[S3Cursor]):
@@ -184,7 +192,7 @@ class S3(Adapter[S3Cursor]):
     cursor_model = S3Cursor
     capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: S3Settings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self.prefix = settings.prefix
@@ -197,7 +205,8 @@ class S3(Adapter[S3Cursor]):
             )
         )
         self._secrets = [secret for secret in (key_id, secret_key, token) if secret]
-        _REDACTOR.add(self._secrets)
+        transport.LogRedactor.install(self._secrets)
+        self._policy = transport.RetryPolicy(attempts=settings.attempts)
         endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
         self._style = settings.addressing_style or ("path" if endpoint else "virtual")
         # No keys given: boto3's own chain (AWS_* variables, profiles, roles).
@@ -218,10 +227,10 @@ class S3(Adapter[S3Cursor]):
                 # Proxy variables are ignored, as by every other adapter.
                 proxies={},
                 max_pool_connections=HEAD_WORKERS + 4,
-                user_agent_extra="damdup/0.3",
+                user_agent_extra=transport.USER_AGENT,
             ),
         )
-        self._client.meta.events.register("before-parse.s3", _check_answer)
+        _Hooks(self._policy, self._secrets, observer).install(self._client)
         self._endpoint = endpoint
         mapping = settings.metadata
         paths = (mapping.location, mapping.date, mapping.department)
@@ -410,13 +419,14 @@ class S3(Adapter[S3Cursor]):
                     raise BadAsset(f"object is {length:,} bytes, over the {cap:,} byte limit")
                 return _read(body, cap)
             except (HTTPClientError, IncompleteReadError, FlexibleChecksumError) as exc:
-                if attempt >= self.settings.attempts:
+                wait_s = self._policy.delay(attempt)
+                if wait_s is None:
                     raise Unavailable(
                         f"{self._where(key)}: the download broke off {attempt} times "
                         f"({type(exc).__name__})"
                     ) from None
                 log.info("s3.download_retried", key=key, attempt=attempt, error=type(exc).__name__)
-                time.sleep(random.uniform(0, min(5.0, 0.5 * 2 ** (attempt - 1))))
+                time.sleep(wait_s)
             finally:
                 body.close()
 
@@ -480,7 +490,12 @@ class S3(Adapter[S3Cursor]):
                 "unit's credentials: set DAMDUP_<UNIT>_ACCESS_KEY_ID and "
                 "DAMDUP_<UNIT>_SECRET_ACCESS_KEY, or configure boto3's usual chain"
             ) from None
-        except (HTTPClientError, IncompleteReadError, ResponseParserError) as exc:
+        except (
+            HTTPClientError,
+            BotoConnectionError,
+            IncompleteReadError,
+            ResponseParserError,
+        ) as exc:
             raise Unavailable(
                 f"{self._where(key)}: {_operation_name(operation)} failed after "
                 f"{self.settings.attempts} tries: {self._redact(str(exc))}"
@@ -489,15 +504,6 @@ class S3(Adapter[S3Cursor]):
             raise AdapterError(f"{self._where(key)}: {self._redact(str(exc))}") from None
         if not isinstance(answer, dict):
             raise Unavailable(f"{self._where(key)}: {_operation_name(operation)} gave no answer")
-        meta = answer.get("ResponseMetadata") or {}
-        log.debug(
-            "s3.request",
-            operation=_operation_name(operation),
-            bucket=self.bucket,
-            key=key,
-            status=meta.get("HTTPStatusCode"),
-            retries=meta.get("RetryAttempts"),
-        )
         return answer
 
     def _fail(self, operation: str, key: str | None, exc: Any) -> NoReturn:
@@ -507,37 +513,110 @@ class S3(Adapter[S3Cursor]):
         code = str(error.get("Code") or "")
         status = int(meta.get("HTTPStatusCode") or 0)
         message = self._redact(str(error.get("Message") or ""))
-        name = _operation_name(operation)
         where = self._where(key)
-        said = f"{status} {code}".strip() + (f": {message}" if message and message != code else "")
-        event = log.warning if status >= 500 or status in (401, 403, 429) else log.debug
-        event("s3.failed", operation=name, bucket=self.bucket, key=key, status=status, code=code)
+        shown = f"{status} {code}" if code and code != str(status) else str(status)
         if code == "NoSuchBucket":
-            raise NotFound(f"{where}: the bucket does not exist ({said}); check the unit's bucket")
-        if status == 404 or code in MISSING_CODES:
-            raise NotFound(f"{where} is not there ({said})")
-        if status in (401, 403) or code in AUTH_CODES:
-            raise AuthFailed(
-                f"{where}: {name} refused with {said}; check the unit's credentials and their "
-                "rights (s3:ListBucket, s3:GetObject, s3:GetObjectTagging, s3:PutObjectTagging)"
-            )
-        if status == 429 or code in THROTTLE_CODES:
-            headers = meta.get("HTTPHeaders") or {}
-            raise RateLimited(
-                parse_retry_after(headers.get("retry-after")),
-                f"{where}: {name} still throttled after {self.settings.attempts} tries ({said})",
-            )
-        if status >= 500 or status == 0:
-            raise Unavailable(
-                f"{where}: {name} failed after {self.settings.attempts} tries ({said})"
-            )
-        raise HttpError(f"{where}: {name} refused with {said}", status, message)
+            raise NotFound(f"{where}: the bucket does not exist ({shown}); check the unit's bucket")
+        headers = meta.get("HTTPHeaders") or {}
+        raise transport.error_for_status(
+            _status_of(status, code),
+            f"{where}: {_operation_name(operation)}",
+            message if message != code else "",
+            retry_after=transport.parse_retry_after(headers.get("retry-after")),
+            shown=shown,
+            auth_hint=AUTH_HINT,
+        )
 
     def _redact(self, text: str) -> str:
-        return redact_text(text, self._secrets)
+        return transport.redact_text(text, self._secrets)
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _status_of(status: int, code: str) -> int:
+    """The status S3's error code means, for the transport policy: S3
+    throttles with 503 SlowDown, refuses an expired token with 400
+    ExpiredToken and times out with 400 RequestTimeout; no status at all is
+    an unavailable service."""
+    if status == 404 or code in MISSING_CODES:
+        return 404
+    if status in (401, 403):
+        return status
+    if code in AUTH_CODES:
+        return 403
+    if code in THROTTLE_CODES:
+        return 429
+    if code in TIMEOUT_CODES:
+        return 408
+    return status or 503
+
+
+class _Hooks:
+    """botocore's event hooks that apply `adapters.transport` to every S3
+    request attempt: the policy, not botocore's standard mode, decides what
+    is retried and how long to wait; each attempt is logged (redacted) like
+    the HTTP client's; an answer that is not XML stops before the parser.
+    https://boto3.amazonaws.com/v1/documentation/api/latest/guide/events.html"""
+
+    def __init__(
+        self, policy: transport.RetryPolicy, secrets: list[str], observer: RequestObserver | None
+    ) -> None:
+        self.policy = policy
+        self.secrets = secrets
+        self.observer = observer
+        self.started = threading.local()  # HeadObject runs in several threads
+
+    def install(self, client: Any) -> None:
+        events = client.meta.events
+        # Replaced, not stacked: botocore's handler would retry by its own rules.
+        events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+        events.register("needs-retry.s3", self.needs_retry, unique_id="damdup-needs-retry-s3")
+        events.register("before-send.s3", self.before_send)
+        events.register("before-parse.s3", _check_answer)
+
+    def before_send(self, **_: Any) -> None:
+        self.started.at = time.monotonic()  # None: botocore sends the request itself
+
+    def needs_retry(
+        self,
+        attempts: int,
+        request_dict: dict[str, Any] | None = None,
+        response: tuple[Any, dict[str, Any]] | None = None,
+        caught_exception: Exception | None = None,
+        **_: Any,
+    ) -> float | None:
+        """After each attempt: seconds to wait before the next, or None for
+        no other attempt (botocore then raises or returns the answer)."""
+        started = getattr(self.started, "at", None)
+        elapsed_s = time.monotonic() - started if started is not None else 0.0
+        method = str((request_dict or {}).get("method") or "")
+        url = transport.redact_url(str((request_dict or {}).get("url") or ""), self.secrets)
+        if response is None:
+            error = transport.redact_text(str(caught_exception or "no answer"), self.secrets)
+            transport.record_request(
+                "s3", self.observer, method=method, url=url, status=None, elapsed_s=elapsed_s,
+                attempt=attempts, error=error,
+            )  # fmt: skip
+            # Broken connections and time-outs are retried; anything else is not a
+            # transport failure (a signing error, a bug) and another try repeats it.
+            if isinstance(caught_exception, (HTTPClientError, BotoConnectionError)):
+                return self.policy.delay(attempts)
+            return None
+        http_response, parsed = response
+        status = int(http_response.status_code)
+        transport.record_request(
+            "s3", self.observer, method=method, url=url, status=status, elapsed_s=elapsed_s,
+            attempt=attempts,
+        )  # fmt: skip
+        code = str(((parsed or {}).get("Error") or {}).get("Code") or "")
+        if status < 400 and not code:
+            return None
+        if not transport.retryable_status(_status_of(status, code)):
+            return None
+        return self.policy.delay(
+            attempts, transport.parse_retry_after(http_response.headers.get("Retry-After"))
+        )
 
 
 def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
@@ -548,22 +627,11 @@ def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any)
     body = response_dict.get("body")
     if not 200 <= status < 300 or getattr(operation_model, "has_streaming_output", False):
         return
-    if not isinstance(body, bytes) or not body.strip():
+    if not isinstance(body, bytes):
         return
     headers = response_dict.get("headers") or {}
-    content_type = str(headers.get("content-type") or "").split(";")[0].strip().lower()
-    if "xml" in content_type or (not content_type and body.lstrip().startswith(b"<?xml")):
-        return
     name = getattr(operation_model, "name", "S3")
-    text = body[:4096].decode("utf-8", "replace")
-    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    if "html" in content_type or title:
-        shown = unescape(title.group(1)).strip() if title else ""
-        raise Unavailable(
-            f"{name}: expected XML but got an HTML page titled '{shown[:100]}' "
-            "(a proxy, login or maintenance page?)"
-        )
-    raise Unavailable(f"{name}: expected XML but got {content_type or 'no content type'}")
+    transport.check_body(name, str(headers.get("content-type") or ""), body, "xml")
 
 
 def _read(body: Any, cap: int) -> bytes:
@@ -572,7 +640,7 @@ def _read(body: Any, cap: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = body.read(CHUNK_BYTES)
+        chunk = body.read(transport.CHUNK_BYTES)
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)
@@ -601,38 +669,3 @@ def _header_text(value: str) -> str:
 def _operation_name(operation: str) -> str:
     """list_objects_v2 -> ListObjectsV2, as S3's documentation names it."""
     return "".join(part[:1].upper() + part[1:] for part in operation.split("_"))
-
-
-class _Redactor(logging.Filter):
-    """Removes every S3 unit's credentials from log records of botocore and
-    urllib3: at DEBUG botocore logs each request with its Authorization header
-    (which names the access key id) and a session token's headers."""
-
-    LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-        self.lock = threading.Lock()
-
-    def add(self, secrets: list[str]) -> None:
-        with self.lock:
-            self.secrets.update(secret for secret in secrets if len(secret) >= 4)
-        manager = logging.Logger.manager
-        for name in [*self.LOGGERS, *list(manager.loggerDict)]:
-            if name.split(".")[0] in self.LOGGERS:
-                logger = logging.getLogger(name)
-                if self not in logger.filters:
-                    logger.addFilter(self)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        message = record.getMessage()
-        cleaned = redact_text(message, sorted(self.secrets, key=len, reverse=True))
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-_REDACTOR = _Redactor()

@@ -76,6 +76,7 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
@@ -252,7 +253,9 @@ class SharePoint(Adapter[SharePointCursor]):
         fetch_url=True,
     )
 
-    def __init__(self, settings: SharePointSettings) -> None:
+    def __init__(
+        self, settings: SharePointSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         secret = settings.client_secret.get_secret_value()
         timeout = (min(5.0, settings.timeout_s), settings.timeout_s)
@@ -262,6 +265,8 @@ class SharePoint(Adapter[SharePointCursor]):
             attempts=settings.attempts,
             max_retry_after_s=settings.max_retry_after_s,
             secrets=[secret],
+            kind=self.kind,
+            observer=observer,
         )
         self.base_url = str(settings.base_url)
         self.auth = _ClientCredentials(
@@ -276,7 +281,12 @@ class SharePoint(Adapter[SharePointCursor]):
             self.base_url if self.base_url.endswith("/") else self.base_url + "/",
         )
         self.http = HttpClient.for_settings(
-            settings, auth=self.auth, secrets=[secret], allowed_hosts=settings.download_hosts
+            settings,
+            auth=self.auth,
+            secrets=[secret],
+            allowed_hosts=settings.download_hosts,
+            kind=self.kind,
+            observer=observer,
         )
         self.drive = f"drives/{quote(settings.drive_id, safe='!')}"
         self.delta_path = (

@@ -53,16 +53,18 @@ from adapters.base import (
     Page,
     PublicLinkSettings,
     RemoteSettings,
+    RequestObserver,
     has_image_extension,
 )
-from adapters.http import DAMDUP_NAMESPACE, DAV_XML, DavMarks, HttpClient, dav_propfind
+from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
+from adapters.http import HttpClient
 
 __all__ = ["NAMESPACE", "WebDav", "WebDavCursor", "WebDavSettings"]
 
 log = structlog.get_logger(__name__)
 
 # damdup's dead properties live in this namespace, named as Marks.to_fields().
-NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.http.DavMarks)
+NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.davxml.DavMarks)
 MAX_XML_BYTES = 32 * 1024 * 1024
 # Folders read for one page at most: a tree of many empty folders still
 # returns a page (and a cursor to save) every so often.
@@ -115,14 +117,16 @@ class WebDav(HttpAdapter[WebDavCursor]):
     capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
     http: HttpClient
 
-    def __init__(self, settings: WebDavSettings) -> None:
+    def __init__(self, settings: WebDavSettings, observer: RequestObserver | None = None) -> None:
         self.settings = settings
         password = settings.password.get_secret_value() if settings.password else None
         auth = None
         if settings.username is not None and password is not None:
             # Bytes, so that requests sends them as UTF-8 rather than Latin-1.
             auth = HTTPBasicAuth(settings.username.encode(), password.encode())
-        self.http = HttpClient.for_settings(settings, auth=auth, secrets=[password])
+        self.http = HttpClient.for_settings(
+            settings, auth=auth, secrets=[password], kind=self.kind, observer=observer
+        )
         self.marks = DavMarks(self.http, MAX_XML_BYTES)
         self.base_url = self.http.base_url
         self.base_path = unquote(urlsplit(self.base_url).path)
@@ -251,7 +255,7 @@ class WebDav(HttpAdapter[WebDavCursor]):
             expect="any",
             max_bytes=MAX_XML_BYTES,
         )
-        return reply.dav_responses()
+        return dav_responses(reply)
 
 
 def _entry(path: str, props: dict[str, ET.Element]) -> _Entry:

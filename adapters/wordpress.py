@@ -21,11 +21,12 @@ https://developer.wordpress.org/reference/functions/register_post_meta/
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 from requests.auth import HTTPBasicAuth
 
@@ -41,13 +42,14 @@ from adapters.base import (
     Page,
     RemoteSettings,
     Rendition,
+    RequestObserver,
     Unavailable,
     Unsupported,
     choose_rendition,
 )
 from adapters.http import HttpClient, HttpError, Reply
 
-__all__ = ["WordPress", "WordPressCursor", "WordPressSettings"]
+__all__ = ["WordPress", "WordPressCursor", "WordPressPaginator", "WordPressSettings"]
 
 MEDIA = "wp-json/wp/v2/media"
 # Fields every listing needs; the metadata mapping's top-level fields are added.
@@ -98,21 +100,169 @@ class WordPressCursor(BaseModel):
     position is where the next (incremental) listing starts."""
 
     model_config = ConfigDict(frozen=True)
-    # Modification time in the site's local time, as the API prints `modified`
-    # and as WordPress compares and orders it; None: from the oldest.
-    after: datetime | None = None
-    seen_at_after: frozenset[int] = frozenset()  # already handed out at `after`
+    # The boundary: a modification time in the site's zone, with its UTC
+    # offset then. WordPress compares and orders the local time (`modified`),
+    # so the listing reads only that; None: from the oldest.
+    after: AwareDatetime | None = None
+    # The ids at the boundary: already handed out at `after`'s second.
+    seen_at_after: frozenset[int] = frozenset()
     # > 0 while paging by number through a second holding more than a page.
     tie_page: int = 0
     # That crowded second has been paged through: ask for what is later. Only
     # within a listing; the cursor a listing ends with looks at `after` again,
     # because the second may not have been over when it was paged.
     beyond: bool = False
-    # The newest modification seen (UTC) and the site's UTC offset then: when
-    # a newer one has a smaller offset, the site's clocks went back (end of
-    # summer time) and the hour just past repeats in local time.
-    newest_gmt: datetime | None = None
-    utc_offset_s: int | None = None
+    # The newest modification seen, in the site's zone then: when a newer one
+    # has a smaller UTC offset, the site's clocks went back (end of summer
+    # time) and the hour just past repeats in local time.
+    newest: AwareDatetime | None = None
+    # While listing: when this listing began. The boundary a listing ends with
+    # never passes it, so a medium dated in the future cannot hide later uploads.
+    started: AwareDatetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_local_times(cls, data: Any) -> Any:
+        """A cursor saved before times carried their offset: `after` in naive
+        local time, and `newest_gmt` (UTC) with the offset in `utc_offset_s`."""
+        if not isinstance(data, dict) or not {"newest_gmt", "utc_offset_s"} & data.keys():
+            return data
+        data = dict(data)
+        try:
+            zone = timezone(timedelta(seconds=int(data.pop("utc_offset_s", None) or 0)))
+            newest_gmt = data.pop("newest_gmt", None)
+            if newest_gmt is not None:
+                data["newest"] = _aware(newest_gmt, UTC).astimezone(zone)
+            if data.get("after") is not None:
+                data["after"] = _aware(data["after"], zone)  # the same local time
+        except (TypeError, ValueError) as exc:  # pydantic reports a ValueError only
+            raise ValueError(f"an earlier cursor's times cannot be read: {exc}") from exc
+        return data
+
+
+class WordPressPaginator:
+    """Keyset paging on modification time (module docstring), as singer_sdk's
+    paginators: it writes the query for its cursor, reads an answer into the
+    next cursor, and refuses to repeat one. Closed at the start: the
+    boundary's second is asked again and the ids handed out at it dropped.
+    A second holding more than a page is paged by number (`tie_page`), then
+    passed (`beyond`)."""
+
+    def __init__(
+        self,
+        cursor: WordPressCursor | None,
+        page_size: int,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        cursor = cursor or WordPressCursor()
+        if cursor.started is None:  # the first page of a listing
+            cursor = cursor.model_copy(update={"started": now()})
+        self.cursor = cursor
+        self.page_size = page_size
+        self.finished = False
+
+    def params(self) -> dict[str, Any]:
+        """The query's paging part, laid over the listing's own."""
+        cursor = self.cursor
+        if cursor.after is None:
+            return {}
+        after = _wall(cursor.after)
+        # `modified_after` and `modified_before` are exclusive and whole
+        # seconds: one second less includes the second `after` itself.
+        if cursor.tie_page:
+            return {
+                "modified_after": _local(after - SECOND),
+                "orderby": "id",
+                "modified_before": _local(after + SECOND),
+                "page": cursor.tie_page,
+            }
+        return {"modified_after": _local(after if cursor.beyond else after - SECOND)}
+
+    def past_the_end(self, exc: HttpError) -> bool:
+        """Whether the refusal is WordPress's to a page number past a crowded
+        second's last (rest_post_invalid_page_number); then what is later."""
+        if not (self.cursor.tie_page and exc.status == 400):
+            return False
+        self._move(_past_tie(self.cursor, []))
+        return True
+
+    def advance(self, reply: Reply) -> list[dict[str, Any]]:
+        """The records to hand out; moves the cursor past the answer."""
+        records = reply.json
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise Unavailable(f"{MEDIA} answered with something other than a list of media")
+        last_page = self._last_page(reply, records)
+        # Those handed out already at `after` come again (`exclude` would also
+        # hide them after an edit has moved them on).
+        fresh = [record for record in records if not self._handed_out(record)]
+        if self.cursor.tie_page:
+            self._tie(fresh, last_page)
+        elif not fresh:
+            self._nothing_new(last_page)
+        else:
+            return self._keyset(records, fresh, last_page)
+        return fresh
+
+    def _last_page(self, reply: Reply, records: list[dict[str, Any]]) -> bool:
+        pages = reply.headers.get("X-WP-TotalPages")
+        if pages is None:  # a proxy dropped the header
+            return len(records) < self.page_size
+        return (self.cursor.tie_page or 1) >= _int(pages)
+
+    def _handed_out(self, record: dict[str, Any]) -> bool:
+        after = self.cursor.after
+        return (
+            int(record["id"]) in self.cursor.seen_at_after
+            and after is not None
+            and _local_time(record) == _wall(after)
+        )
+
+    def _tie(self, fresh: list[dict[str, Any]], last_page: bool) -> None:
+        if last_page:
+            self._move(_past_tie(self.cursor, fresh))
+            return
+        seen = self.cursor.seen_at_after | {int(record["id"]) for record in fresh}
+        self._move(
+            self.cursor.model_copy(
+                update={"tie_page": self.cursor.tie_page + 1, "seen_at_after": frozenset(seen)}
+            )
+        )
+
+    def _nothing_new(self, last_page: bool) -> None:
+        if last_page:
+            self._move(self.cursor.model_copy(update={"beyond": False}), finished=True)
+        else:
+            # A whole page of one second, all handed out: page through that
+            # second by number.
+            self._move(self.cursor.model_copy(update={"tie_page": 1}))
+
+    def _keyset(
+        self, records: list[dict[str, Any]], fresh: list[dict[str, Any]], last_page: bool
+    ) -> list[dict[str, Any]]:
+        cursor = self.cursor
+        newest = _newest(records)
+        if cursor.after is not None and cursor.newest is not None and newest > cursor.newest:
+            back = _offset(cursor.newest) - _offset(newest)
+            if back > timedelta(0):
+                # Clocks went back: what changed since carries local times
+                # from before `after` too. Read that hour again.
+                self._move(WordPressCursor(after=cursor.after - back, newest=newest))
+                return []
+        following = _advance(cursor, records)
+        if cursor.newest is None or newest > cursor.newest:
+            following = following.model_copy(update={"newest": newest})
+        self._move(following, finished=last_page)
+        return fresh
+
+    def _move(self, following: WordPressCursor, finished: bool = False) -> None:
+        if finished:
+            following = _no_later_than_start(following)
+        if not finished and following == self.cursor:  # a server that ignores the query
+            raise Unavailable(
+                f"{MEDIA} answered so that the listing would read the same page again "
+                f"({following.model_dump_json()})"
+            )
+        self.cursor, self.finished = following, finished
 
 
 class WordPress(HttpAdapter[WordPressCursor]):
@@ -124,14 +274,21 @@ class WordPress(HttpAdapter[WordPressCursor]):
     )
     http: HttpClient
 
-    def __init__(self, settings: WordPressSettings) -> None:
+    def __init__(
+        self, settings: WordPressSettings, observer: RequestObserver | None = None
+    ) -> None:
         self.settings = settings
         password = settings.app_password.get_secret_value() if settings.app_password else None
         auth = (
             HTTPBasicAuth(settings.username, password) if settings.username and password else None
         )
         self.http = HttpClient.for_settings(
-            settings, auth=auth, secrets=[password], allowed_hosts=settings.media_hosts
+            settings,
+            auth=auth,
+            secrets=[password],
+            allowed_hosts=settings.media_hosts,
+            kind=self.kind,
+            observer=observer,
         )
         roots = {path.split(".")[0] for path in _paths(settings.metadata)}
         self._fields = ",".join(sorted(set(FIELDS) | roots))
@@ -140,7 +297,18 @@ class WordPress(HttpAdapter[WordPressCursor]):
     # -- listing -----------------------------------------------------------
 
     def list_assets(self, cursor: WordPressCursor | None) -> Page[WordPressCursor]:
-        cursor = cursor or WordPressCursor()
+        paginator = WordPressPaginator(cursor, self.settings.page_size)
+        try:
+            reply = self._get(MEDIA, {**self._listing_params(), **paginator.params()})
+        except HttpError as exc:
+            if not paginator.past_the_end(exc):
+                raise
+            return Page(items=[], cursor=paginator.cursor, complete=False)
+        fresh = paginator.advance(reply)
+        items = [self._ref(record) for record in fresh if _is_image(record)]
+        return Page(items=items, cursor=paginator.cursor, complete=paginator.finished)
+
+    def _listing_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "media_type": "image",
             "per_page": self.settings.page_size,
@@ -153,120 +321,15 @@ class WordPress(HttpAdapter[WordPressCursor]):
             # (public media only); the edit context needs a signed-in editor.
             # It also lists media attached to drafts and private posts.
             params["context"] = "edit"
-        if cursor.after is not None:
-            # `modified_after` is exclusive and whole seconds: one second less
-            # includes the second `after` itself.
-            params["modified_after"] = _local(
-                cursor.after if cursor.beyond and not cursor.tie_page else cursor.after - SECOND
-            )
-            if cursor.tie_page:
-                params.update(
-                    orderby="id",
-                    modified_before=_local(cursor.after + SECOND),
-                    page=cursor.tie_page,
-                )
-        try:
-            reply = self._get(MEDIA, params)
-        except HttpError as exc:
-            if cursor.tie_page and exc.status == 400:  # rest_post_invalid_page_number
-                return Page(items=[], cursor=_past_tie(cursor, []), complete=False)
-            raise
-        records = reply.json
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise Unavailable(f"{MEDIA} answered with something other than a list of media")
-        pages = reply.headers.get("X-WP-TotalPages")
-        last_page = (
-            len(records) < self.settings.page_size  # a proxy dropped the header
-            if pages is None
-            else (cursor.tie_page or 1) >= _int(pages)
-        )
-        # Those handed out already at `after` come again (`exclude` would also
-        # hide them after an edit has moved them on).
-        fresh = [
-            record
-            for record in records
-            if not (
-                int(record["id"]) in cursor.seen_at_after and _local_time(record) == cursor.after
-            )
-        ]
-        items = [self._ref(record) for record in fresh if _is_image(record)]
-        if cursor.tie_page:
-            if last_page:
-                return Page(items=items, cursor=_past_tie(cursor, fresh), complete=False)
-            seen = cursor.seen_at_after | {int(record["id"]) for record in fresh}
-            following = cursor.model_copy(
-                update={"tie_page": cursor.tie_page + 1, "seen_at_after": frozenset(seen)}
-            )
-            return Page(items=items, cursor=following, complete=False)
-        if not fresh:
-            if last_page:
-                return Page(
-                    items=[], cursor=cursor.model_copy(update={"beyond": False}), complete=True
-                )
-            # A whole page of one second, all handed out: page through that
-            # second by number.
-            return Page(items=[], cursor=cursor.model_copy(update={"tie_page": 1}), complete=False)
-        newest_gmt, offset_s = _newest(records)
-        if (
-            cursor.after is not None
-            and cursor.newest_gmt is not None
-            and cursor.utc_offset_s is not None
-            and newest_gmt > cursor.newest_gmt
-            and offset_s < cursor.utc_offset_s
-        ):
-            # Clocks went back: what changed since carries local times from
-            # before `after` too. Read that hour again.
-            back = timedelta(seconds=cursor.utc_offset_s - offset_s)
-            again = WordPressCursor(
-                after=cursor.after - back, newest_gmt=newest_gmt, utc_offset_s=offset_s
-            )
-            return Page(items=[], cursor=again, complete=False)
-        following = self._advance(cursor, records)
-        if cursor.newest_gmt is None or newest_gmt > cursor.newest_gmt:
-            following = following.model_copy(
-                update={"newest_gmt": newest_gmt, "utc_offset_s": offset_s}
-            )
-        return Page(items=items, cursor=following, complete=last_page)
-
-    def _advance(self, cursor: WordPressCursor, records: list[dict[str, Any]]) -> WordPressCursor:
-        times = [_local_time(record) for record in records]
-        if cursor.after is not None and min(times) < cursor.after:
-            raise Unsupported(
-                "this WordPress ignores `modified_after` (added in WordPress 5.7); "
-                "upgrade it to list its media"
-            )
-        last = max(times)
-        seen = {
-            int(record["id"])
-            for record, moment in zip(records, times, strict=True)
-            if moment == last
-        }
-        if last == cursor.after:
-            seen |= cursor.seen_at_after
-        return cursor.model_copy(
-            update={"after": last, "seen_at_after": frozenset(seen), "beyond": False}
-        )
+        return params
 
     def _ref(self, record: dict[str, Any]) -> AssetRef:
-        details = record.get("media_details") or {}
-        if not isinstance(details, dict):  # WordPress prints {} as [] for some files
-            details = {}
+        details = _media_details(record)
         source_url = record.get("source_url") or None
         width, height = _int(details.get("width")), _int(details.get("height"))
         size_bytes = _int(details.get("filesize")) or None
         original_url = source_url
-        renditions: list[Rendition] = []
-        sizes = details.get("sizes")
-        if not isinstance(sizes, dict):
-            sizes = {}
-        for name, size in sorted(sizes.items()):
-            if name == "full" or not isinstance(size, dict) or not size.get("source_url"):
-                continue
-            renditions.append(
-                Rendition(
-                    str(size["source_url"]), _int(size.get("width")), _int(size.get("height"))
-                )
-            )
+        renditions = _sizes(details)
         if details.get("original_image") and source_url:
             # Uploads over 2560 px (or rotated by EXIF) are served as a
             # "-scaled"/"-rotated" copy; the file as uploaded sits beside it.
@@ -424,7 +487,9 @@ class WordPress(HttpAdapter[WordPressCursor]):
                 "off on sites without HTTPS."
             ) from exc
         except HttpError as exc:
-            if exc.status == 400 and "modified_" in str(exc):
+            # The platform's words (rest_invalid_param names the parameter), not
+            # the message, whose URL names `modified_after` on every listing.
+            if exc.status == 400 and "modified_" in exc.detail:
                 raise Unsupported(
                     f"WordPress at {self.settings.base_url} cannot filter by modification "
                     f"time (WordPress 5.7 or later is needed): {exc}"
@@ -433,6 +498,18 @@ class WordPress(HttpAdapter[WordPressCursor]):
 
     def close(self) -> None:
         self.http.close()
+
+
+def _no_later_than_start(cursor: WordPressCursor) -> WordPressCursor:
+    """The cursor a listing ends with: its boundary no later than the listing's
+    start (a medium dated in the future is listed again, unchanged, rather
+    than hiding what is uploaded before its date)."""
+    started, after = cursor.started, cursor.after
+    if started is not None and after is not None and after > started:
+        # WordPress keeps whole seconds: the boundary is the second it began in.
+        boundary = started.astimezone(after.tzinfo).replace(microsecond=0)
+        return WordPressCursor(after=boundary, newest=cursor.newest)
+    return cursor.model_copy(update={"started": None})
 
 
 def _past_tie(cursor: WordPressCursor, fresh: list[dict[str, Any]]) -> WordPressCursor:
@@ -445,6 +522,23 @@ def _past_tie(cursor: WordPressCursor, fresh: list[dict[str, Any]]) -> WordPress
     return cursor.model_copy(
         update={"tie_page": 0, "beyond": True, "seen_at_after": frozenset(seen)}
     )
+
+
+def _media_details(record: dict[str, Any]) -> dict[str, Any]:
+    details = record.get("media_details") or {}
+    return details if isinstance(details, dict) else {}  # WordPress prints {} as [] for some files
+
+
+def _sizes(details: dict[str, Any]) -> list[Rendition]:
+    """The smaller copies WordPress made of an upload (`full` is the file itself)."""
+    sizes = details.get("sizes")
+    if not isinstance(sizes, dict):
+        return []
+    return [
+        Rendition(str(size["source_url"]), _int(size.get("width")), _int(size.get("height")))
+        for name, size in sorted(sizes.items())
+        if name != "full" and isinstance(size, dict) and size.get("source_url")
+    ]
 
 
 def _paths(mapping: MetadataMapping) -> list[str]:
@@ -468,21 +562,65 @@ def _local_time(record: dict[str, Any]) -> datetime:
         raise Unavailable(f"media {record.get('id')} has no readable `modified` time") from exc
 
 
-def _newest(records: list[dict[str, Any]]) -> tuple[datetime, int]:
-    """The newest modification (UTC) of a page and the site's UTC offset then."""
-    newest_gmt: datetime | None = None
-    offset_s = 0
-    for record in records:
-        try:
-            gmt = datetime.strptime(str(record["modified_gmt"])[:19], LOCAL_FORMAT)
-        except (KeyError, ValueError) as exc:
-            raise Unavailable(f"media {record.get('id')} has no readable `modified_gmt`") from exc
-        if newest_gmt is None or gmt > newest_gmt:
-            newest_gmt = gmt
-            # Offsets are whole minutes; the two times may straddle a second.
-            offset_s = round((_local_time(record) - gmt).total_seconds() / 60) * 60
-    assert newest_gmt is not None
-    return newest_gmt.replace(tzinfo=UTC), offset_s
+def _gmt(record: dict[str, Any]) -> datetime:
+    try:
+        gmt = datetime.strptime(str(record["modified_gmt"])[:19], LOCAL_FORMAT)
+    except (KeyError, ValueError) as exc:
+        raise Unavailable(f"media {record.get('id')} has no readable `modified_gmt`") from exc
+    return gmt.replace(tzinfo=UTC)
+
+
+def _zone(record: dict[str, Any]) -> timezone:
+    """The site's UTC offset when the record was modified. Offsets are whole
+    minutes; the two times may straddle a second."""
+    local = _local_time(record).replace(tzinfo=UTC)
+    minutes = round((local - _gmt(record)).total_seconds() / 60)
+    if abs(minutes) >= 24 * 60:  # no zone's offset: times edited by hand; read as UTC
+        minutes = 0
+    return timezone(timedelta(minutes=minutes))
+
+
+def _newest(records: list[dict[str, Any]]) -> datetime:
+    """The newest modification of a page, in the site's zone then."""
+    record = max(records, key=_gmt)
+    return _gmt(record).astimezone(_zone(record))
+
+
+def _advance(cursor: WordPressCursor, records: list[dict[str, Any]]) -> WordPressCursor:
+    """The position after a page read in order of modification: its last
+    time, and the ids at it."""
+    times = [_local_time(record) for record in records]
+    if cursor.after is not None and min(times) < _wall(cursor.after):
+        raise Unsupported(
+            "this WordPress ignores `modified_after` (added in WordPress 5.7); "
+            "upgrade it to list its media"
+        )
+    last = max(times)
+    at_last = [record for record, moment in zip(records, times, strict=True) if moment == last]
+    seen = {int(record["id"]) for record in at_last}
+    if cursor.after is not None and last == _wall(cursor.after):
+        seen |= cursor.seen_at_after
+    after = last.replace(tzinfo=_zone(max(at_last, key=_gmt)))
+    return cursor.model_copy(
+        update={"after": after, "seen_at_after": frozenset(seen), "beyond": False}
+    )
+
+
+def _wall(moment: datetime) -> datetime:
+    """The local time alone, as WordPress compares it."""
+    return moment.replace(tzinfo=None)
+
+
+def _offset(moment: datetime) -> timedelta:
+    return moment.utcoffset() or timedelta(0)
+
+
+def _aware(value: Any, zone: tzinfo) -> datetime:
+    """A saved time, read in `zone` when it has no offset of its own."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(moment, datetime):
+        raise ValueError(f"{value!r} is not a time")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=zone)
 
 
 def _int(value: Any) -> int:

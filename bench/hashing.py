@@ -65,6 +65,8 @@ RESULTS = ROOT / "bench" / "results"
 IMAGES = RESULTS / "hashing_images"
 # Beside the folder, not in it: imagededup encodes every file in the folder.
 MANIFEST = RESULTS / "hashing_images.json"
+BURSTS = RESULTS / "burst_images"
+SCANS = RESULTS / "scan_folders"
 
 WIDTH, HEIGHT = 6000, 4000
 QUALITY = 90
@@ -214,6 +216,126 @@ def ensure_images(count: int, workers: int) -> list[Path]:
     return [IMAGES / name for name, _ in made]
 
 
+# Burst-like folder: each of these photos (by index in the set above) is followed
+# by BURST_FRAMES - 1 further frames of a hand-held burst. Index 5 is left out: it
+# is the other half of index 4's stereo pair (motorcycle_left/right).
+BURST_SOURCES = [0, 1, 2, 3, 4, 6]
+BURST_FRAMES = 4
+BURST_RECIPE = 1
+# Camera shake between frames, as a share of the long side (6-24 px at 6000 px),
+# a region that moves (a walking subject) and new sensor grain.
+BURST_SHAKE = (0.001, 0.004)
+BURST_GRAIN = 4.0
+
+
+def _make_burst_frame(task: tuple[str, int, str]) -> str:
+    from PIL import Image
+
+    source, frame, out = task
+    with Image.open(IMAGES / source) as image:
+        exif = image.getexif()
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    rng = np.random.default_rng([SEED, frame, len(source)])
+    height, width = pixels.shape[:2]
+    shake = [
+        int(rng.choice((-1, 1)) * rng.uniform(*BURST_SHAKE) * max(width, height)) for _ in range(2)
+    ]
+    pixels = np.roll(pixels, shake, axis=(0, 1))
+    top, left = int(rng.uniform(0.3, 0.6) * height), int(rng.uniform(0.3, 0.6) * width)
+    box = (slice(top, top + height // 5), slice(left, left + width // 5))
+    pixels[box] = np.roll(pixels[box], int(rng.uniform(0.004, 0.008) * width), axis=1)
+    pixels += rng.standard_normal((height, width, 1), dtype=np.float32) * BURST_GRAIN
+    pixels += 0.5
+    np.clip(pixels, 0, 255, out=pixels)
+    detail = exif.get_ifd(0x8769)
+    if detail:
+        detail[0x9291] = f"{frame * 10 + 1:02d}"  # SubSecTimeOriginal: the next frame
+    Image.fromarray(pixels.astype(np.uint8), "RGB").save(
+        BURSTS / out, "JPEG", quality=QUALITY, exif=exif.tobytes() if len(exif) else b""
+    )
+    return out
+
+
+def ensure_bursts(paths: list[Path], workers: int) -> list[list[Path]]:
+    """A burst of BURST_FRAMES files for each of BURST_SOURCES: the photo of the
+    set above, then frames made from it. Kept in bench/results/burst_images/."""
+    paths = [paths[i] for i in BURST_SOURCES]
+    groups = len(paths)
+    recipe = {
+        "recipe": BURST_RECIPE,
+        "groups": groups,
+        "frames": BURST_FRAMES,
+        "shake": BURST_SHAKE,
+        "grain": BURST_GRAIN,
+        "sources": [p.name for p in paths],
+    }
+    plan = [
+        [paths[g].name] + [f"{paths[g].stem}_burst{f}.jpg" for f in range(1, BURST_FRAMES)]
+        for g in range(groups)
+    ]
+    manifest = BURSTS / "manifest.json"
+    if not (
+        manifest.exists()
+        and json.loads(manifest.read_text()) == json.loads(json.dumps(recipe))
+        and all((BURSTS / name).exists() for group in plan for name in group)
+    ):
+        BURSTS.mkdir(parents=True, exist_ok=True)
+        for old in BURSTS.glob("*.jpg"):
+            old.unlink()
+        print(f"making {groups} bursts of {BURST_FRAMES} frames in {BURSTS} ...", flush=True)
+        tasks = [(group[0], f, group[f]) for group in plan for f in range(1, BURST_FRAMES)]
+        with Pool(workers) as pool:
+            pool.map(_make_burst_frame, tasks, chunksize=1)
+        for group in plan:
+            os.link(IMAGES / group[0], BURSTS / group[0])
+        manifest.write_text(json.dumps(recipe))
+    return [[BURSTS / name for name in group] for group in plan]
+
+
+def _scan_folder(name: str, files: list[Path]) -> Path:
+    """A folder of hard links to `files` (a scan does not follow links out of it)."""
+    folder = SCANS / name
+    if folder.exists() and sorted(p.name for p in folder.iterdir()) == sorted(
+        f.name for f in files
+    ):
+        return folder
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        os.link(path, folder / path.name)
+    return folder
+
+
+def _damdup_command() -> list[str]:
+    """`damdup` as a user runs it: the console script beside this Python, else -m."""
+    script = Path(sys.executable).parent / "damdup"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "connector.cli"]
+
+
+def _whole_scan(folder: Path, workers: int, stats: dict[str, Any]) -> int:
+    """One whole `damdup scan` of `folder` into a new index, a process of its own."""
+    import subprocess
+    import tempfile
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    with tempfile.TemporaryDirectory(prefix="damdup-bench-") as tmp:
+        done = subprocess.run(
+            [*_damdup_command(), "scan", str(folder), "--db", f"{tmp}/index.sqlite", "-q",
+             "--format", "json", "--workers", str(workers)],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"damdup scan {folder} failed: {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout)
+    stats.update(candidates=summary["candidates"], pairs_checked=summary["pairs_checked"])
+    return int(summary["fingerprinted"])
+
+
 # -- the methods (module level: the worker processes import them) ----------------
 
 
@@ -347,10 +469,16 @@ class _Method:
     other_cores: list[float] = field(default_factory=list)
     retried: int = 0
     more: dict[str, Any] = field(default_factory=dict)
+    expect: int | None = None  # results a run gives; None: every file of the set
 
 
 def measure(
-    paths: list[Path], workers: int, repeat: int, max_other: float, retries: int
+    paths: list[Path],
+    workers: int,
+    repeat: int,
+    max_other: float,
+    retries: int,
+    scans: dict[str, list[Path]],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from connector.core.fingerprint import fingerprint_bytes
     from connector.engine.pool import WorkerPool
@@ -434,6 +562,17 @@ def measure(
                 lambda: sum(1 for n in names if _imagehash_phash(n)),
             ),
         ]
+        for key, files in scans.items():
+            folder = _scan_folder(key, files)
+            method = _Method(
+                key,
+                f"whole `damdup scan` of {folder.name}/ ({len(files)} files)",
+                workers,
+                lambda: 0,
+                expect=len(files),
+            )
+            method.run = lambda folder=folder, more=method.more: _whole_scan(folder, workers, more)
+            methods.append(method)
         # damdup's warm-up, then the parent's peak before torch can inflate it.
         damdup_run(dpool, fingerprint_job, by_path=True)
         extra["damdup_parent_peak_rss_mb"] = _hwm_mb(os.getpid())
@@ -482,7 +621,7 @@ def measure(
             flush=True,
         )
         for method in methods:
-            if method.run() != count:
+            if method.run() != (method.expect or count):
                 raise RuntimeError(f"{method.key}: warm-up did not give {count} results")
         damdup_cpu = [0.0, 0.0]
         waited, budget = 0.0, 900.0  # seconds spent waiting for others to finish, at most
@@ -498,7 +637,7 @@ def measure(
                             damdup_cpu[0] + after[0] - cpu[0],
                             damdup_cpu[1] + after[1] - cpu[1],
                         ]
-                    if done != count:
+                    if done != (method.expect or count):
                         raise RuntimeError(f"{method.key}: {done} results, expected {count}")
                     if clock.other_cores <= max_other or attempt == retries:
                         break
@@ -530,6 +669,7 @@ def measure(
                 "seconds": method.seconds,
                 "other_cores": method.other_cores,
                 "retried_runs": method.retried,
+                "files": method.expect or count,
                 **method.more,
             }
         )
@@ -678,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-other", type=float, default=0.1, help="cores others may use during a kept run"
     )
     parser.add_argument("--retries", type=int, default=3, help="redos of a run others disturbed")
+    parser.add_argument("--no-scan", action="store_true", help="leave out the whole-scan rows")
     args = parser.parse_args(argv)
 
     paths = ensure_images(args.images, args.workers)
@@ -690,12 +831,27 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    rows, extra = measure(paths, args.workers, args.repeat, args.max_other, args.retries)
+    half = len(paths) // 2
+    bursts = ensure_bursts(paths, args.workers)
+    scans = {
+        "distinct_n": paths[:half],
+        "distinct_2n": paths,
+        "burst_n": [p for group in bursts[: len(bursts) // 2] for p in group],
+        "burst_2n": [p for group in bursts for p in group],
+    }
+    if args.no_scan:
+        scans = {}
+    rows, extra = measure(paths, args.workers, args.repeat, args.max_other, args.retries, scans)
     by_key = {row["key"]: row for row in rows}
     for row in rows:
         row["median_s"] = statistics.median(row["seconds"])
-        row["files_per_s"] = len(paths) / row["median_s"]
-        row["mb_per_s"] = total_mb / row["median_s"]
+        row["files_per_s"] = row["files"] / row["median_s"]
+        mb = (
+            total_mb
+            if row["key"] not in scans
+            else sum(p.stat().st_size for p in scans[row["key"]]) / 1e6
+        )
+        row["mb_per_s"] = mb / row["median_s"]
     damdup = by_key["damdup"]
     floor = by_key["floor"]
     for row in rows:
@@ -765,6 +921,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"damdup vs imagededup: not measured ({extra.get('imagededup_skipped')})")
+    scan_figures: dict[str, Any] = {}
+    floor_ms = 1000 * floor["median_s"] / len(paths)
+    for kind in ("distinct", "burst"):
+        if f"{kind}_n" not in by_key:
+            continue
+        small, large = by_key[f"{kind}_n"], by_key[f"{kind}_2n"]
+        added = large["files"] - small["files"]
+        marginal_ms = 1000 * (large["median_s"] - small["median_s"]) / added
+        fixed_s = small["median_s"] - small["files"] * marginal_ms / 1000
+        scan_figures[kind] = {
+            "marginal_ms_per_image": marginal_ms,
+            "vs_floor": marginal_ms / floor_ms,
+            "fixed_s": fixed_s,
+            "candidates": [small.get("candidates"), large.get("candidates")],
+        }
+        print(
+            f"whole `damdup scan`, {kind} photos, marginal cost per image ({small['files']} vs "
+            f"{large['files']} files): {marginal_ms:.0f} ms = {marginal_ms / floor_ms:.2f}x the "
+            f"floor's {floor_ms:.1f} ms/file on {args.workers} procs; fixed cost "
+            f"{fixed_s:.2f} s; candidate pairs {small.get('candidates')} and "
+            f"{large.get('candidates')}"
+        )
+    targets["scan"] = scan_figures
     workers_rss = extra["damdup_workers_peak_rss_mb"]
     print(
         f"damdup peak RSS (VmHWM): parent {extra['damdup_parent_peak_rss_mb']:.0f} MB, workers "

@@ -28,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.registry import ADAPTERS
 from connector.core.fingerprint import DECODE_SIDE
 from connector.core.index import SQLiteStore
 from connector.engine.pool import Limits, WorkerPool
@@ -132,7 +133,7 @@ def main() -> int:
         "wordpress", "drupal", "resourcespace", "finna", "sharepoint", "nextcloud", "ckan",
         "linked_events", "s3", "azure_blob", "webdav", "filesystem",
     ]  # fmt: skip
-    assert sorted(order) == sorted(HARNESSES), "every adapter is measured"
+    assert sorted(order) == sorted(ADAPTERS), "every adapter is measured"
     for platform in args.platform or order:
         row = measure(platform, photos)
         ratio = row["originals"] / row["first"] if row["first"] else float("inf")

@@ -503,7 +503,9 @@ def main() -> int:
             lookup_matches += bool(answer["match"])
 
         # Peers: the candidate search alone, on the Checker's own structure.
-        peers = measure_peers(checker._matcher(store), query_fingerprints(store, ids, lookup_data))
+        peers = measure_peers(
+            checker.index.current(store), query_fingerprints(store, ids, lookup_data)
+        )
         over_http: list[float] = []
         http_lookups: list[float] = []
         if webhooks is not None:

@@ -25,31 +25,30 @@ from adapters.base import AdapterError, Marks
 from adapters.base import reason as error_text
 from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.config import Config, ConfigError, load_config
-from connector.core.index import (
-    IndexMissing,
-    IndexStore,
-    SchemaError,
-    SQLiteStore,
-    ordered,
-)
+from connector.core.dburl import DatabaseUrlError
+from connector.core.index import IndexMissing, IndexStore, SchemaError, ordered
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
+from connector.core.store import describe_db, migrate_to_postgresql
+from connector.core.store import open_store as open_index
 from connector.core.tiers import DUPLICATE_TIERS, Decision, Tier
 from connector.daemon import (
     DEFAULT_JITTER,
     DEFAULT_METRICS_HOST,
     DEFAULT_METRICS_PORT,
+    Metrics,
     configure_json_logging,
     run_daemon,
 )
-from connector.engine.check import Checker, LookupRefused
+from connector.engine.check import Checker
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
+from connector.engine.lookup import LookupAnswer, LookupRefused
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
-from connector.engine.scan import OriginalReader, RunResult, current_clusters, run
+from connector.engine.scan import OriginalReader, RunResult, current_clusters, sync_and_match
 from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
@@ -142,7 +141,7 @@ class Context:
     db_source: str
 
     @property
-    def db(self) -> Path:
+    def db(self) -> Path | str:
         return self.settings.db
 
     @property
@@ -200,14 +199,17 @@ def resolve_context(args: argparse.Namespace) -> Context:
 
 def open_store(ctx: Context, create: bool = False) -> IndexStore:
     """The index; only commands that build one (`scan`, `sync`, `migrate`,
-    `daemon`) create it. Reading a missing index is an error naming the path."""
+    `daemon`) create it. Reading a missing index is an error naming the path
+    (or the database and its server)."""
     try:
-        return SQLiteStore(ctx.db, create=create)
+        return open_index(ctx.db, create=create)
     except IndexMissing as exc:
         raise UsageError(
-            f"no index at {ctx.db} ({ctx.db_source}): build one with `damdup scan PATH` or "
+            f"{exc} ({ctx.db_source}): build one with `damdup scan PATH` or "
             "`damdup sync`, or point --db, $DAMDUP_DB or the configuration's [damdup] db at it"
         ) from exc
+    except SchemaError as exc:  # not ours, newer, or a server out of reach
+        raise UsageError(f"{exc} ({ctx.db_source})") from exc
 
 
 # -- commands ----------------------------------------------------------------
@@ -233,7 +235,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                     f"{busy[unit]}: try again when it has finished (or a longer --lock-wait)"
                 )
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, progress=progress)
+                result = sync_and_match(store, adapters, settings, progress=progress)
         sync = result.syncs[0]
         summary = {
             "unit": unit,
@@ -294,7 +296,9 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             # Units another sync (a daemon, a webhook check) holds are skipped.
             busy = lock_units(locks, settings, adapters)
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, full=args.full, progress=progress)
+                result = sync_and_match(
+                    store, adapters, settings, full=args.full, progress=progress
+                )
             # The units' originals tell which copy is the original (read once
             # per group of copies; saved in the index).
             clusters, _relations = current_clusters(
@@ -968,7 +972,9 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
     config = ctx.need_config()
-    adapters = build_adapters(config, args.unit)
+    # Every request attempt of every unit's adapter is timed for /metrics.
+    metrics = Metrics()
+    adapters = build_adapters(config, args.unit, observer=metrics.observe_request)
     if not 0.0 <= args.jitter < 1.0:
         raise UsageError(f"--jitter {args.jitter}: give a fraction from 0 up to (not) 1")
     configure_json_logging()
@@ -976,6 +982,7 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
         return run_daemon(
             config, adapters, jitter=args.jitter, once=args.once, host=args.metrics_host,
             port=args.metrics_port, port_file=Path(args.port_file) if args.port_file else None,
+            metrics=metrics,
         )  # fmt: skip
     except OSError as exc:  # the metrics port is taken, the port file cannot be written
         raise UsageError(f"daemon: {error_text(exc)}") from exc
@@ -996,7 +1003,9 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
             if busy:
                 raise UsageError("; ".join(busy.values()) + ": try again when it has finished")
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = run(store, adapters, settings, full=args.full, progress=progress)
+                result = sync_and_match(
+                    store, adapters, settings, full=args.full, progress=progress
+                )
         links = Links(link_adapters(config, adapters))
         report = migration.build_report(
             store, settings, list(adapters), result.failed_units, links,
@@ -1052,7 +1061,7 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _print_lookup(answer: dict[str, Any]) -> None:
+def _print_lookup(answer: LookupAnswer) -> None:
     if not answer["match"]:
         out.print("[bold]no match[/]: no indexed asset is this image")
     for cluster in answer["clusters"]:
@@ -1069,9 +1078,13 @@ def _print_lookup(answer: dict[str, Any]) -> None:
         table = Table(title_justify="left")
         for column in ("unit", "asset id", "role", "tier", "this image", "link"):
             table.add_column(column)
-        for row in [{**canonical, "role": "canonical", "tier": ""}, *cluster["copies"]]:
+        table.add_row(
+            canonical["unit"], plain(canonical["asset_id"]), "canonical", "",
+            canonical.get("match") or "", plain(canonical["link"]),
+        )  # fmt: skip
+        for row in cluster["copies"]:
             table.add_row(
-                row["unit"], plain(row["asset_id"]), row["role"], row["tier"] or "",
+                row["unit"], plain(row["asset_id"]), row.get("role", ""), row.get("tier") or "",
                 row.get("match") or "", plain(row["link"]),
             )  # fmt: skip
         out.print(table)
@@ -1121,8 +1134,8 @@ def index_options(sub: argparse.ArgumentParser) -> None:
     """--db and --config, on every command, resolved by one rule (`resolve_context`)."""
     sub.add_argument(
         "--db",
-        help="index file (else $DAMDUP_DB, else the configuration's [damdup] db, "
-        "else damdup.sqlite)",
+        help="index: a SQLite file or a postgresql:// URL (else $DAMDUP_DB, else the "
+        "configuration's [damdup] db, else damdup.sqlite)",
     )
     sub.add_argument(
         "--config",
@@ -1308,6 +1321,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit_metadata.add_argument("--format", choices=["text", "json"], default="text")
     audit_metadata.set_defaults(handler=cmd_audit_metadata)
 
+    db_cmd = commands.add_parser("db", help="the index itself")
+    db_commands = db_cmd.add_subparsers(dest="db_command", required=True)
+    db_migrate = db_commands.add_parser(
+        "migrate", help="copy the index (SQLite) into an empty PostgreSQL database",
+        description="copy the index (--db, $DAMDUP_DB or [damdup] db; SQLite) whole into an "
+        "empty PostgreSQL database: decisions, journal and outbox included",
+    )  # fmt: skip
+    index_options(db_migrate)
+    db_migrate.add_argument(
+        "--to", required=True, metavar="postgresql://USER@HOST/DATABASE",
+        help="the database; its password from $PGPASSWORD or ~/.pgpass, never the URL",
+    )  # fmt: skip
+    db_migrate.add_argument("--format", choices=["text", "json"], default="text")
+    db_migrate.set_defaults(handler=cmd_db_migrate)
+
     plugin_cmd = commands.add_parser(
         "wordpress-plugin", help="write damdup's WordPress plugin into a folder",
         description="write damdup's WordPress plugin into a folder "
@@ -1324,6 +1352,31 @@ def damdup_version() -> str:
         return importlib.metadata.version("damdup")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
         return "0+unknown"
+
+
+def cmd_db_migrate(args: argparse.Namespace, ctx: Context) -> int:
+    """The resolved SQLite index copied whole into an empty PostgreSQL
+    database: a pilot grows without fetching anything again."""
+    try:
+        counts = migrate_to_postgresql(ctx.db, args.to)
+    except IndexMissing as exc:
+        raise UsageError(f"{exc} ({ctx.db_source}): nothing to migrate") from exc
+    except DatabaseUrlError as exc:
+        raise UsageError(f"--to: {exc}") from exc
+    except SchemaError as exc:
+        raise UsageError(str(exc)) from exc
+    if args.format == "json":
+        out.print_json(json.dumps({"from": str(ctx.db), "to": args.to, "rows": counts}))
+        return EXIT_OK
+    out.print(
+        f"copied {counts['assets']} assets, {counts['fingerprints']} fingerprints, "
+        f"{counts['pairs']} pairs, {counts['decisions']} decisions, {counts['outbox']} outbox "
+        f"rows and {counts['push_runs']} push runs from {ctx.db} into {describe_db(args.to)}; "
+        f"point --db, $DAMDUP_DB or [damdup] db at {args.to} to use it",
+        markup=False,
+        highlight=False,
+    )
+    return EXIT_OK
 
 
 def cmd_wordpress_plugin(args: argparse.Namespace, ctx: Context) -> int:

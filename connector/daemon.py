@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -37,17 +36,17 @@ from prometheus_client.exposition import generate_latest
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from adapters import http
-from adapters.base import Adapter
+from adapters.base import Adapter, RequestEvent
 from adapters.base import reason as error_text
 from connector.core.config import Config
-from connector.core.index import IndexStore, SQLiteStore
+from connector.core.index import IndexStore
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.engine.clusters import Cluster
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.outbox import Outcome, plan, push
-from connector.engine.scan import OriginalReader, current_clusters, run
+from connector.engine.scan import OriginalReader, current_clusters, sync_and_match
 from connector.units import link_adapters
 
 __all__ = [
@@ -193,6 +192,10 @@ class Metrics:
             registry=self.registry,
         )
 
+    def observe_request(self, event: RequestEvent) -> None:
+        """The observer the units' adapters are built with (`build_adapters`)."""
+        self.http_seconds.labels(event.kind or "other", event.method).observe(event.elapsed_s)
+
     def refresh(
         self, store: IndexStore, units: Iterable[str], clusters: list[Cluster] | None = None
     ) -> None:
@@ -245,6 +248,7 @@ class Daemon:
         once: bool = False,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings: Settings = config.settings
         self.adapters = adapters
@@ -260,27 +264,20 @@ class Daemon:
             unit: UnitState(adapter.kind, self.writes[unit], config.units[unit].interval_s)
             for unit, adapter in adapters.items()
         }
-        self.metrics = Metrics()
+        # Request times reach it from adapters built with its `observe_request`
+        # as their observer (cmd_daemon).
+        self.metrics = metrics or Metrics()
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._match_lock = threading.Lock()  # units match one after another
         self.thread: threading.Thread | None = None
         self.scheduler_error: str | None = None
-        # The platform of a request, by its client's base URL (exactly, else
-        # by host: a token endpoint of the unit's own client, say).
-        clients = [
-            (client.base_url, adapter.kind)
-            for adapter in adapters.values()
-            if isinstance(client := getattr(adapter, "http", None), http.HttpClient)
-        ]
-        self._platforms = {base: kind for base, kind in clients}
-        self._platform_hosts = {urlsplit(base).netloc: kind for base, kind in clients}
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
-        store = SQLiteStore(self.settings.db)
+        store = open_store(self.settings.db, create=True)
         try:
             clusters, _relations = current_clusters(store, self.settings)
             self.metrics.refresh(store, self.units, clusters)
@@ -290,7 +287,6 @@ class Daemon:
                     self.metrics.last_success.labels(unit).set(finished.timestamp())
         finally:
             store.close()
-        http.REQUEST_OBSERVERS.append(self._observe_request)
         thread = threading.Thread(target=self._scheduler, name="scheduler", daemon=True)
         thread.start()
         self.thread = thread  # only once started: /healthz reads a thread not alive as dead
@@ -307,8 +303,7 @@ class Daemon:
             self.thread.join(poll_s)
 
     def close(self) -> None:
-        if self._observe_request in http.REQUEST_OBSERVERS:
-            http.REQUEST_OBSERVERS.remove(self._observe_request)
+        """Nothing process-wide to undo: the adapters hold the observer."""
 
     # -- scheduling ------------------------------------------------------
 
@@ -383,11 +378,11 @@ class Daemon:
         return outcome
 
     def _run_cycle(self, unit: str, adapter: Adapter[Any]) -> tuple[str, str | None]:
-        store: SQLiteStore | None = None
+        store: IndexStore | None = None
         try:
             with UnitLock(self.settings.db, unit):
-                store = SQLiteStore(self.settings.db)
-                result = run(
+                store = open_store(self.settings.db, create=True)
+                result = sync_and_match(
                     store, {unit: adapter}, self.settings, stop=self.stop,
                     match_lock=self._match_lock,
                 )  # fmt: skip
@@ -430,14 +425,6 @@ class Daemon:
         finally:
             if store is not None:
                 store.close()
-
-    def _observe_request(
-        self, base_url: str, method: str, status: int | None, seconds: float
-    ) -> None:
-        platform = self._platforms.get(base_url) or self._platform_hosts.get(
-            urlsplit(base_url).netloc, "other"
-        )
-        self.metrics.http_seconds.labels(platform, method).observe(seconds)
 
     # -- health and metrics over HTTP ---------------------------------------
 
@@ -502,11 +489,13 @@ def run_daemon(
     host: str = DEFAULT_METRICS_HOST,
     port: int = DEFAULT_METRICS_PORT,
     port_file: Path | None = None,
+    metrics: Metrics | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with `once`, until every unit had one
     cycle). 0 when stopped or every cycle succeeded; 3 when a --once cycle
-    failed or was skipped; 1 when the scheduler itself died."""
-    daemon = Daemon(config, adapters, jitter=jitter, once=once)
+    failed or was skipped; 1 when the scheduler itself died. `metrics`: the
+    registry the adapters' observer feeds (`Metrics.observe_request`)."""
+    daemon = Daemon(config, adapters, jitter=jitter, once=once, metrics=metrics)
 
     def on_signal(number: int, _frame: FrameType | None) -> None:
         log.info("daemon.stopping", signal=signal.Signals(number).name)

@@ -41,8 +41,9 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from adapters.base import reason as error_text
-from connector.core.index import IndexStore, SQLiteStore
+from connector.core.index import IndexMissing, IndexStore, SchemaError
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.engine.review import (
     InvalidInput,
     ReviewError,
@@ -137,7 +138,7 @@ class App:
     (an SQLite connection belongs to the thread that made it, and the server
     answers requests in several threads)."""
 
-    def __init__(self, db_path: Path, allowed_hosts: Iterable[str] = ()) -> None:
+    def __init__(self, db_path: Path | str, allowed_hosts: Iterable[str] = ()) -> None:
         self.db_path = db_path
         self.allowed_hosts = LOOPBACK_NAMES | {_hostname(h) for h in allowed_hosts}
         self.url_map = Map(strict_slashes=False)
@@ -243,7 +244,7 @@ class App:
             refused = self._cross_site(request)
             if refused is not None:
                 return refused, False
-        store = SQLiteStore(self.db_path)
+        store = open_store(self.db_path, create=True)
         try:
             return handler(request, store, arguments), logs_refusals
         except ReviewError as exc:
@@ -350,11 +351,13 @@ def make_app(
     `allowed_hosts`: names besides the loopback ones that the Host header may
     carry (the name of a machine it is served from). `extend` adds further
     routes (connector.webhooks: webhooks, checks, lookup)."""
-    path = Path(db_path)
-    if not path.is_file():
-        raise ServeError(f"no index at {path}: run `damdup scan` or `damdup sync` first")
-    SQLiteStore(path).close()  # refuses an index of a newer schema now, not per request
-    app = App(path, allowed_hosts)
+    try:  # refuses a missing index, or one of a newer schema, now, not per request
+        open_store(db_path, create=False).close()
+    except IndexMissing as exc:
+        raise ServeError(f"{exc}: run `damdup scan` or `damdup sync` first") from exc
+    except SchemaError as exc:
+        raise ServeError(str(exc)) from exc
+    app = App(db_path, allowed_hosts)
     app.add("/", to_review, ["GET"])
     app.add("/review", review_page, ["GET"])
     app.add("/api/review/queue", review_queue, ["GET"])

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 
-from adapters.base import Adapter, AdapterError, reason
+from adapters.base import Adapter, AdapterError, RequestObserver, reason
 from adapters.registry import UnknownPlatform, adapter_class
 from connector.core.config import Config, ConfigError, describe, env_prefix, holds_credentials
 
@@ -26,8 +26,11 @@ def secret_fields(model: type[Any]) -> list[str]:
     return names
 
 
-def build_adapters(config: Config, only: list[str] | None = None) -> dict[str, Adapter[Any]]:
-    """Adapters of the configured units (or of `only`), in the file's order."""
+def build_adapters(
+    config: Config, only: list[str] | None = None, observer: RequestObserver | None = None
+) -> dict[str, Adapter[Any]]:
+    """Adapters of the configured units (or of `only`), in the file's order;
+    each tells `observer` of every request attempt it makes."""
     if only:
         unknown = [name for name in only if name not in config.units]
         if unknown:
@@ -44,7 +47,7 @@ def build_adapters(config: Config, only: list[str] | None = None) -> dict[str, A
     for name, unit in config.units.items():
         if only and name not in only:
             continue
-        adapters[name] = build_adapter(name, unit.platform, unit.adapter_options)
+        adapters[name] = build_adapter(name, unit.platform, unit.adapter_options, observer)
     return adapters
 
 
@@ -69,10 +72,12 @@ def link_adapters(
     return adapters
 
 
-def build_adapter(name: str, platform: str, options: dict[str, Any]) -> Adapter[Any]:
+def build_adapter(
+    name: str, platform: str, options: dict[str, Any], observer: RequestObserver | None = None
+) -> Adapter[Any]:
     cls, settings = unit_settings(name, platform, options)
     try:
-        return cls(settings)
+        return cls(settings, observer=observer)
     except AdapterError as exc:
         raise ConfigError(f"unit {name}: {reason(exc)}") from exc
 

@@ -45,8 +45,9 @@ from werkzeug.wrappers import Request, Response
 from adapters.base import Adapter
 from adapters.base import reason as error_text
 from connector.core.config import Config, ConfigError, env_prefix
-from connector.core.index import CheckRow, IndexStore, SQLiteStore
+from connector.core.index import CheckRow, IndexStore
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.core.urls import url_under
 from connector.engine.check import Checker, LookupRefused
 from connector.serve import App, json_body, json_error, json_response
@@ -201,7 +202,7 @@ class WebhookService:
         """Checks accepted (202) but never finished, because the server was
         stopped or killed, are queued again, oldest first, as far as the queue
         has room; the rest stay recorded as queued until the next start."""
-        store = SQLiteStore(self.checker.db_path)
+        store = open_store(self.checker.db_path, create=True)
         try:
             waiting = [
                 row
@@ -245,7 +246,7 @@ class WebhookService:
                 self.checker.check(unit, asset_id, check_id)
             except Exception as exc:  # the Checker records its own errors; this is a defect
                 log.exception("check.crashed", unit=unit, asset_id=asset_id, check=check_id)
-                store = SQLiteStore(self.checker.db_path)
+                store = open_store(self.checker.db_path, create=True)
                 try:
                     store.finish_check(
                         check_id, None, f"unexpected {type(exc).__name__}: {error_text(exc)}"

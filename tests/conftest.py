@@ -4,7 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +58,46 @@ def scanned_fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("scan") / "index.sqlite"
     damdup("scan", str(PHOTOS), "--db", str(db), "-q")
     return db
+
+
+# -- the index in PostgreSQL ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> str:
+    """The URL of a database on the tests' PostgreSQL server, running."""
+    from tests.servers.postgresql import admin_url
+
+    return admin_url()
+
+
+@pytest.fixture(scope="module")
+def pg_database(postgresql: str) -> Iterator[str]:
+    """A new database for the module's tests, dropped afterwards."""
+    from tests.servers.postgresql import create_database, drop_database
+
+    url = create_database(postgresql)
+    yield url
+    drop_database(postgresql, url)
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> Iterator[str]:
+    """An empty index location of this test's own: a schema of the module's
+    database (a new database per test costs seconds), dropped afterwards."""
+    from connector.core.pgstore import close_pools
+    from tests.servers.postgresql import create_schema, drop_schema
+
+    url = create_schema(pg_database)
+    yield url
+    close_pools(url)
+    drop_schema(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where an index under test lives: a SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "index.sqlite"
+    url: str = request.getfixturevalue("pg_url")
+    return url

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from connector.core.dburl import holds_password
 from connector.core.settings import Settings
 
 UNIT_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
@@ -110,19 +111,30 @@ def holds_credentials(value: Any) -> bool:
 
 def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
     """No process setting takes credentials: a URL holding a user name or
-    password (a database URL in db) would be printed in messages and logs.
-    Refused, naming the setting and never repeating the value."""
-    where = [f"damdup.{key}" for key, value in process.items() if holds_credentials(value)]
+    password would be printed in messages and logs. The database URL in db
+    may name its role (not a secret), never its password: libpq reads that
+    from $PGPASSWORD or ~/.pgpass. Refused, naming the setting and never
+    repeating the value."""
+
+    def refused(field: str, value: Any) -> bool:
+        if field == "db":
+            return isinstance(value, str) and "://" in value and holds_password(value)
+        return holds_credentials(value)
+
+    where = [f"damdup.{key}" for key, value in process.items() if refused(key, value)]
     where += [
         f"DAMDUP_{field.upper()}"
         for field in Settings.model_fields
-        if holds_credentials(os.environ.get(f"DAMDUP_{field.upper()}"))
+        if refused(field, os.environ.get(f"DAMDUP_{field.upper()}"))
     ]
-    if where:
+    if not where:
+        return
+    if all(name in ("damdup.db", "DAMDUP_DB") for name in where):
         raise ConfigError(
-            f"{path}: {', '.join(where)}: a URL must not hold a user name or password "
-            "(db is the index file's path)"
+            f"{path}: {', '.join(where)}: a database URL must not hold a password: "
+            "give it in $PGPASSWORD or ~/.pgpass"
         )
+    raise ConfigError(f"{path}: {', '.join(where)}: a URL must not hold a user name or password")
 
 
 def load_config(path: Path | str, base: Settings | None = None) -> Config:

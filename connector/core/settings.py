@@ -8,13 +8,17 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connector.core.dburl import check_db
 from connector.core.fingerprint import DEFAULT_MAX_PIXELS
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DAMDUP_", extra="forbid")
 
-    db: Path = Field(Path("damdup.sqlite"), description="SQLite index file")
+    db: Path | str = Field(
+        Path("damdup.sqlite"),
+        description="the index: a SQLite file's path, or a postgresql:// URL (no password)",
+    )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=64, description="worker processes"
     )
@@ -47,16 +51,11 @@ class Settings(BaseSettings):
 
     @field_validator("db", mode="before")
     @classmethod
-    def _db_is_a_path(cls, value: object) -> object:
+    def _db_is_a_path_or_postgresql(cls, value: object) -> object:
         # A URL taken as a path made a directory named "postgresql:" with a
-        # SQLite file in it: never guess, refuse what is not a file path.
-        if isinstance(value, str) and "://" in value:
-            scheme = value.split("://", 1)[0]
-            raise ValueError(
-                f"{scheme}:// is not a kind of index damdup knows; "
-                "db is the SQLite index file's path"
-            )
-        return value
+        # SQLite file in it: never guess. A postgresql:// URL stays text (a
+        # Path would fold its "//"), anything else is a path.
+        return check_db(value) if isinstance(value, str) else value
 
     @property
     def max_file_bytes(self) -> int:

@@ -283,6 +283,14 @@ def verify_pair_detailed(
         return _result(False, reason), _diag("error")
 
 
+def similarity(a: U8, b: U8) -> tuple[Mat3 | None, int]:
+    """The similarity transform from grey image ``a`` to grey image ``b``
+    (pixel coordinates) that ORB matches and RANSAC find, as step 2 of the
+    check starts from, and its inlier count; None below MIN_INLIERS. The
+    lineage (provenance.py) maps one copy's frame into the other's with it."""
+    return _feature_transform(a, b)
+
+
 # --- results ------------------------------------------------------------------
 
 

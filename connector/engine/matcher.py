@@ -22,7 +22,13 @@ import structlog
 from PIL import Image
 
 from connector.core.capture import contradictions, other_moment
-from connector.core.fingerprint import RECIPE, Fingerprint, codes_of, pixel_digest
+from connector.core.fingerprint import (
+    RECIPE,
+    Fingerprint,
+    codes_of,
+    pixel_digest,
+    thumbs_rule_out_same_pixels,
+)
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import (
@@ -196,7 +202,11 @@ def match(
     stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
     digest_wanted: set[str] = set()
     for pair, evidence in evidences.items():
-        if needs_pixel_digest(evidence, originals.same_shape(pair)):
+        # The thumbnails rule most such pairs out (burst frames) without the
+        # full decode of both images that a digest costs.
+        if needs_pixel_digest(
+            evidence, originals.same_shape(pair)
+        ) and not thumbs_rule_out_same_pixels(load(pair[0]), load(pair[1])):
             digest_wanted.update(pair)
     originals.release(digest_wanted)
     digests = _pixel_digests(store, pool, originals, digest_wanted, max_pixels, stats)

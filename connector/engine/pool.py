@@ -122,6 +122,17 @@ def _run(function: Callable[..., Any], args: tuple[Any, ...], seconds: float) ->
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+def _preload(function: Callable[..., Any]) -> list[str]:
+    """Modules the forkserver imports once, so that every worker it forks has
+    them: the job's module and with it the decoders, numpy and OpenCV. Without
+    it, each worker of `python -m connector.cli` imports all of them again
+    (the forkserver preloads a main module only when it was started as a
+    script, as `damdup` is). The main module itself is not named: a worker
+    runs it again as `__mp_main__`, and would warn that it was already
+    imported."""
+    return ["__main__", function.__module__]
+
+
 class WorkerPool:
     """A bounded pipeline over a process pool: at most 2 jobs per worker in flight."""
 
@@ -141,11 +152,14 @@ class WorkerPool:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def _pool(self, function: Callable[..., Any]) -> ProcessPoolExecutor:
         if self._executor is None:
+            context = multiprocessing.get_context("forkserver")
+            # Takes effect when the process's forkserver starts (its first pool).
+            context.set_forkserver_preload(_preload(function))
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers,
-                mp_context=multiprocessing.get_context("forkserver"),
+                mp_context=context,
                 initializer=_init_worker,
                 initargs=(self.limits, os.getpid()),
             )
@@ -182,7 +196,7 @@ class WorkerPool:
                 except StopIteration:
                     exhausted = True
                     break
-                future = self._pool().submit(_run, function, args, self.limits.seconds)
+                future = self._pool(function).submit(_run, function, args, self.limits.seconds)
                 in_flight[future] = (key, args, time.monotonic())
             if not in_flight:
                 break
@@ -216,7 +230,7 @@ class WorkerPool:
     ) -> Iterator[Outcome[KeyT]]:
         """Re-run jobs that were in flight when a worker died, one at a time."""
         for key, args in suspects:
-            future = self._pool().submit(_run, function, args, self.limits.seconds)
+            future = self._pool(function).submit(_run, function, args, self.limits.seconds)
             try:
                 yield self._settle(key, future, self.limits.seconds * 2 + 10, describe_error)
             except (BrokenProcessPool, TimeoutError):

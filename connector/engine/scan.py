@@ -57,23 +57,40 @@ class OriginalReader:
             for asset in self.store.live_assets():
                 if asset.sha256 is not None:
                     self._by_sha.setdefault(asset.sha256, []).append(asset)
-        for asset in self._by_sha.get(sha256, []):
+        assets = self._by_sha.get(sha256, [])
+        # The same original may be on this machine already: a folder unit
+        # holding a byte copy of what a platform serves as a rendition. Read it
+        # there rather than fetch it again.
+        local = [
+            other
+            for original_sha, _size in self.store.originals(assets).values()
+            for other in self._by_sha.get(original_sha, [])
+            if other.url.startswith("file://")
+        ]
+        for asset in [*local, *assets]:
             try:
-                adapter = self.adapters.get(asset.unit)
-                if adapter is not None:
-                    ref = AssetRef(
-                        id=asset.asset_id,
-                        version=asset.version,
-                        url=asset.url,
-                        original_url=asset.original_url,
-                    )
-                    return asset, adapter.fetch_original(ref)
-                if asset.url.startswith("file://"):
-                    path = unquote(urlparse(asset.url).path, errors="surrogateescape")
-                    return asset, Path(path).read_bytes()
+                return asset, self._read_one(asset)
+            except LookupError:
+                continue
             except (AdapterError, OSError) as exc:
                 log.warning("original.unreadable", asset=asset.key, reason=error_text(exc))
         return None
+
+    def _read_one(self, asset: AssetRow) -> bytes:
+        """Through the unit's adapter, else a folder scan's file:// address;
+        LookupError when neither can read it."""
+        adapter = self.adapters.get(asset.unit)
+        if adapter is not None:
+            ref = AssetRef(
+                id=asset.asset_id,
+                version=asset.version,
+                url=asset.url,
+                original_url=asset.original_url,
+            )
+            return adapter.fetch_original(ref)
+        if asset.url.startswith("file://"):
+            return Path(unquote(urlparse(asset.url).path, errors="surrogateescape")).read_bytes()
+        raise LookupError(asset.key)
 
 
 def worker_pool(settings: Settings) -> WorkerPool:
@@ -83,7 +100,7 @@ def worker_pool(settings: Settings) -> WorkerPool:
     return WorkerPool(settings.workers, limits)
 
 
-def run(
+def sync_and_match(
     store: IndexStore,
     adapters: dict[str, Adapter[Any]],
     settings: Settings,

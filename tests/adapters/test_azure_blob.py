@@ -36,11 +36,11 @@ from adapters.base import (
     MarksDoNotFit,
     NotFound,
     RateLimited,
+    RequestEvent,
     Retryable,
     Unavailable,
-    marks_to_tags,
-    tags_to_marks,
 )
+from adapters.tags import marks_to_tags, tags_to_marks
 from connector.core.config import ConfigError
 from connector.units import unit_settings
 from tests.servers.azure import (
@@ -247,6 +247,20 @@ def test_server_busy_is_retried(azure: AzureHarness) -> None:
         "503",
         "503",
         None,
+    ]
+
+
+def test_the_observer_hears_of_every_attempt(azure: AzureHarness) -> None:
+    azure.add("kuva.jpg", PHOTOS[0].read_bytes())
+    proxy = azure.proxy
+    assert proxy is not None
+    proxy.clear()
+    proxy.inject("503", times=1, path_contains="comp=list", retry_after=0)
+    events: list[RequestEvent] = []
+    listing(AzureBlob(AzureBlobSettings(**azure.settings()), observer=events.append))
+    assert [(e.kind, e.method, e.status) for e in events] == [
+        ("azure_blob", "GET", 503),
+        ("azure_blob", "GET", 200),
     ]
 
 

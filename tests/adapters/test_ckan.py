@@ -10,7 +10,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,8 +19,8 @@ import requests
 from PIL import Image
 from pydantic import ValidationError
 
-from adapters.base import AssetRef, AuthFailed, Marks, MetadataMapping, NotFound
-from adapters.ckan import Ckan, CkanCursor, CkanSettings
+from adapters.base import AssetRef, AuthFailed, Marks, MetadataMapping, NotFound, Unavailable
+from adapters.ckan import Ckan, CkanCursor, CkanPaginator, CkanSettings
 from adapters.http import HttpError
 from tests.servers.ckan import (
     DAMDUP_TOKEN,
@@ -134,6 +134,44 @@ def test_datasets_modified_in_the_same_millisecond_are_paged_by_id() -> None:
         assert len(pages) == 3
     finally:
         emulator.stop()
+
+
+def test_a_cursor_saved_with_string_times_resumes_where_it_was(ckan: CkanHarness) -> None:
+    """Cursors saved before times were typed kept them as fixed-width UTC
+    strings; they load as the same times, so a listing resumes exactly."""
+    ids = [ckan.add(f"kuva-{n}.png", png((40 * n, 90, 120))) for n in range(5)]
+    made = adapter(ckan, page_size=2)
+    first = made.list_assets(None)
+    assert not first.complete and first.cursor is not None
+    cursor = first.cursor
+    assert cursor.newest is not None and cursor.after_modified is not None
+    assert cursor.newest.utcoffset() == timedelta(0)
+    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
+    saved = json.dumps(
+        {
+            "since": None,
+            "seen": {key: value.strftime(stamp) for key, value in cursor.seen.items()},
+            "after_modified": cursor.after_modified.strftime(stamp)[:23] + "Z",
+            "after_id": cursor.after_id,
+            "newest": cursor.newest.strftime(stamp),
+        }
+    )
+    loaded = CkanCursor.model_validate_json(saved)
+    assert loaded == cursor.model_copy(update={"started": None})  # old cursors had no start
+    rest, _ = listing(adapter(ckan, page_size=2), loaded)
+    assert sorted(ref.id for ref in first.items + rest) == sorted(ids)
+
+
+def test_a_search_that_ignores_the_keyset_stops_instead_of_looping() -> None:
+    modified = "2026-01-05T08:00:00.123456"
+    packages = [{"id": f"d{n}", "metadata_modified": modified, "resources": []} for n in range(2)]
+    paginator = CkanPaginator(None, rows=2, overlap=timedelta(0))
+    assert paginator.advance(packages, count=5) == [] and not paginator.finished
+    assert paginator.cursor.after_id == "d1"
+    assert paginator.cursor.after_modified == datetime(2026, 1, 5, 8, 0, 0, 123000, tzinfo=UTC)
+    assert "2026-01-05T08:00:00.123Z" in paginator.clauses()[0]
+    with pytest.raises(Unavailable, match="same page again"):
+        paginator.advance(packages, count=5)
 
 
 # -- what counts as an asset ------------------------------------------------------------
@@ -250,7 +288,8 @@ def test_a_change_saved_out_of_order_is_caught_by_the_overlap(ckan: CkanHarness)
     # dataset and resource carry a time older than the watermark.
     dataset = emulator.add_dataset("Myöhässä", "Kaupunginmuseo")
     late = emulator.add_image(dataset.id, "myohassa.png", png((90, 90, 90)))
-    earlier = datetime.fromisoformat(watermark.since or "") - timedelta(seconds=60)
+    assert watermark.since is not None and watermark.since.utcoffset() == timedelta(0)
+    earlier = watermark.since - timedelta(seconds=60)
     with emulator.library.lock:
         late.created = late.modified = earlier
         emulator.file_modified[late.id] = earlier
@@ -536,3 +575,30 @@ def test_mark_keys_are_configurable_but_never_core_keys(ckan: CkanHarness) -> No
         CkanSettings(base_url=ckan.url, marks_key="description")
     with pytest.raises(ValidationError, match="must differ"):
         CkanSettings(base_url=ckan.url, marks_key="damdup", cluster_key="damdup")
+
+
+def test_a_resource_dated_in_the_future_hides_no_later_upload(ckan: CkanHarness) -> None:
+    """The watermark never passes the listing's start: a resource whose time
+    lies in the future (a wrong clock, a hand edit) must not make every later
+    incremental listing skip what is uploaded before that date."""
+    emulator = ckan.emulator
+    dataset = emulator.add_dataset("Tulevaisuus", "Kaupunginmuseo")
+    future = emulator.add_image(dataset.id, "2030.png", png((1, 2, 3)))
+    later = datetime(2030, 1, 1, tzinfo=UTC)
+    with emulator.library.lock:
+        future.created = future.modified = later
+        emulator.file_modified[future.id] = later
+        emulator.set_modified(dataset.id, later)
+    first, watermark = listing(adapter(ckan))
+    assert [ref.id for ref in first] == [future.id]
+    assert watermark.since is not None and watermark.since < later
+    assert watermark.started is None, "a finished listing's cursor keeps no start"
+    # An upload after that listing, at the server's own time (the emulator's
+    # clock is brought to the real one, as a real CKAN's runs).
+    clock = emulator.library.clock
+    clock.tick((datetime.now(UTC) - clock.now()).total_seconds() + 5)
+    fresh = emulator.add_dataset("Uusi", "Kaupunginmuseo")
+    new = emulator.add_image(fresh.id, "uusi.png", png((200, 100, 0)))
+    found, again = listing(adapter(ckan), watermark)
+    assert [ref.id for ref in found] == [new.id], "the new upload is listed, the 2030 one not again"
+    assert listing(adapter(ckan), again)[0] == []

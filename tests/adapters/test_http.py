@@ -13,8 +13,16 @@ from werkzeug.routing import Map, Rule
 from werkzeug.utils import redirect
 from werkzeug.wrappers import Request, Response
 
-from adapters.base import AuthFailed, BadAsset, NotFound, RateLimited, Unavailable
-from adapters.http import HttpClient, HttpError, parse_retry_after, redact_url
+from adapters.base import (
+    AuthFailed,
+    BadAsset,
+    NotFound,
+    RateLimited,
+    RequestEvent,
+    Unavailable,
+)
+from adapters.http import HttpClient, HttpError
+from adapters.transport import parse_retry_after, redact_url
 from tests.servers.common import Emulator, image_response, json_response
 from tests.servers.faults import FaultProxy
 
@@ -181,6 +189,18 @@ def test_other_hosts_are_refused(proxy: FaultProxy) -> None:
 def test_allowed_hosts_are_fetched(proxy: FaultProxy) -> None:
     other = HttpClient("http://images.example.invalid/", allowed_hosts=[proxy.url])
     assert other.get_bytes(proxy.url + "file.jpg") == JPEG
+
+
+def test_the_observer_hears_of_every_attempt(proxy: FaultProxy) -> None:
+    events: list[RequestEvent] = []
+    proxy.inject("500", times=1)
+    http = client(proxy, kind="wordpress", observer=events.append, sleep=lambda _: None)
+    http.get_json("items")
+    assert [(e.kind, e.method, e.status) for e in events] == [
+        ("wordpress", "GET", 500),
+        ("wordpress", "GET", 200),
+    ]
+    assert all(e.elapsed_s >= 0 for e in events)
 
 
 def test_secrets_never_reach_the_log(proxy: FaultProxy) -> None:

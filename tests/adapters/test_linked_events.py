@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import pytest
 from pydantic import ValidationError
 
-from adapters.base import Adapter, AssetRef, AuthFailed
+from adapters.base import Adapter, AssetRef, AuthFailed, NotFound
 from adapters.linked_events import LinkedEvents, LinkedEventsCursor, LinkedEventsSettings
 from tests.servers.common import photo_paths
 from tests.servers.linked_events import API_KEY, LinkedEventsEmulator, LinkedEventsHarness
@@ -84,7 +84,7 @@ def test_record_fields_become_the_asset(harness: LinkedEventsHarness) -> None:
     asset = harness.emulator.library.assets[image_id]
     assert ref.id == image_id
     assert ref.url == harness.url + f"v1/image/{image_id}/"
-    assert ref.original_url == harness.url + f"media/images/{image_id}/kuva-0.jpg"
+    assert ref.original_url == harness.url + "media/images/kuva-0.jpg"
     assert ref.version == ref.modified == asset.modified.isoformat().replace("+00:00", "Z")
     assert ref.renditions == () and not adapter.capabilities.renditions
     # Default mapping: no place on an image record; the organization id; added date.
@@ -196,6 +196,22 @@ def test_publisher_and_data_source_filters_are_sent(harness: LinkedEventsHarness
     assert [ref.id for ref in items] == [ours]
     query = listing_queries(harness)[-1]
     assert query["publisher"] == ["AHJO:U480400"] and query["data_source"] == ["helsinki"]
+
+
+def test_a_publisher_id_with_capitals_is_the_units_neither_listed_nor_described(
+    harness: LinkedEventsHarness,
+) -> None:
+    """Linked Events lowercases the ids a filter names and matches them
+    exactly (`publisher__in`): a record whose id has capitals is never in a
+    filtered listing, so describing it by id does not make it the unit's."""
+    [capitals] = add(harness, 1, publisher="Museo:Kuvat")
+    [lower] = add(harness, 1, publisher="museo:kuvat")
+    adapter = harness.adapter(publisher="Museo:Kuvat")
+    items, _ = list_all(adapter)
+    assert [ref.id for ref in items] == [lower]
+    assert adapter.describe(lower).id == lower
+    with pytest.raises(NotFound, match="publisher"):
+        adapter.describe(capitals)
 
 
 def test_an_empty_library_lists_nothing_and_starts_over_next_time(

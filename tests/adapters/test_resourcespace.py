@@ -133,7 +133,9 @@ def test_every_call_is_signed_and_the_private_key_never_travels(
     [ref, _], _ = listing(source)
     source.fetch(ref, 384)
     queries = api_queries(harness)
-    assert len(queries) == 3  # do_search, get_resource_path, get_resource_all_image_sizes
+    # do_search, get_resource_path; get_resource_data (deleted resources keep
+    # their files), get_resource_all_image_sizes
+    assert len(queries) == 4
     for query in queries:
         unsigned, sign = query.rsplit("&sign=", 1)
         assert sign == hashlib.sha256((PRIVATE_KEY + unsigned).encode()).hexdigest()
@@ -204,8 +206,10 @@ def test_page_size_is_limited(harness: ResourceSpaceHarness) -> None:
 
 
 def test_refs_point_at_the_view_page_and_the_scrambled_filestore(
-    harness: ResourceSpaceHarness,
+    make_harness: MakeHarness,
 ) -> None:
+    # An older installation, without $hide_real_filepath.
+    harness = make_harness(hide_real_filepath=False)
     [asset_id] = add_photos(harness, 1)
     [ref], _ = listing(adapter(harness))
     assert ref.url == f"{harness.url}pages/view.php?ref={asset_id}"
@@ -220,6 +224,30 @@ def test_refs_point_at_the_view_page_and_the_scrambled_filestore(
     assert ref.modified == stored.modified.strftime("%Y-%m-%dT%H:%M:%S")
     assert ref.size_bytes == len(PHOTOS[0].read_bytes())
     assert requests.get(ref.url, timeout=5).status_code == 200
+
+
+def test_download_addresses_are_listed_without_their_one_time_key(
+    harness: ResourceSpaceHarness,
+) -> None:
+    """$hide_real_filepath (new installations): files come from download.php
+    with an access key made anew at every call; the listing keeps the address
+    without it, so it stays the same, and fetching asks for a fresh key."""
+    [asset_id] = add_photos(harness, 1)
+    [ref], _ = listing(adapter(harness))
+    [again], _ = listing(adapter(harness))
+    assert ref.original_url == again.original_url
+    assert ref.original_url is not None and "access_key" not in ref.original_url
+    assert f"pages/download.php?ref={asset_id}&size=&ext=jpg&" in ref.original_url
+    # No key, no file: download.php sends the client to log in.
+    refused = requests.get(ref.original_url, timeout=5, allow_redirects=False)
+    assert refused.status_code == 302 and "/login.php?url=" in refused.headers["Location"]
+    assert adapter(harness).fetch_url(ref.original_url) == PHOTOS[0].read_bytes()
+    keyed = [entry.query for entry in harness.emulator.requests_for("GET", "/pages/download.php")]
+    # The test's own request first, then the adapter's, with a fresh key.
+    assert len(keyed) == 2 and "access_key=" in keyed[1]
+    # Downloading an original is logged, which moves `modified`, not the version.
+    [after], _ = listing(adapter(harness))
+    assert after.modified != ref.modified and after.version == ref.version
 
 
 def test_a_server_before_10_3_is_unsupported(make_harness: MakeHarness) -> None:
@@ -363,7 +391,7 @@ def test_the_smallest_preview_with_the_short_side_is_fetched(
     source = adapter(harness)
     [ref], _ = listing(source)
     assert ref.renditions == ()  # looked up only when fetching
-    assert size_of(source.fetch(ref, 384)) == fit(size_of(original), (900, 480))  # pre
+    assert size_of(source.fetch(ref, 384)) == fit(size_of(original), (900, 540))  # pre
     assert len(api_queries(harness, "get_resource_all_image_sizes")) == 1
     assert size_of(source.fetch(ref, 600)) == fit(size_of(original), (1400, 800))  # scr
 
@@ -376,8 +404,8 @@ def test_a_padded_preview_is_never_fetched(make_harness: MakeHarness) -> None:
     [ref], _ = listing(source)
     sizes = source.call("get_resource_all_image_sizes", resource=ref.id)
     pre = next(size for size in sizes if size["size_code"] == "pre")
-    assert (pre["width"], pre["height"]) == (900, 480)
-    # scr, not the 900x480 padded pre
+    assert (pre["width"], pre["height"]) == (900, 540)
+    # scr, not the 900x540 padded pre
     assert size_of(source.fetch(ref, 384)) == fit(size_of(original), (1400, 800))
 
 
@@ -390,7 +418,7 @@ def test_fetch_works_from_a_ref_rebuilt_from_the_index(harness: ResourceSpaceHar
     )
     fresh = adapter(harness)
     assert fresh.fetch_original(rebuilt) == original
-    assert min(size_of(fresh.fetch(rebuilt, 384))) == 480
+    assert min(size_of(fresh.fetch(rebuilt, 384))) == 540
 
 
 def test_a_deleted_resource_is_not_found_before_any_download(
@@ -399,9 +427,10 @@ def test_a_deleted_resource_is_not_found_before_any_download(
     [asset_id] = add_photos(harness, 1)
     [ref], _ = listing(adapter(harness))
     harness.remove(asset_id)
-    with pytest.raises(NotFound, match="no files"):
+    with pytest.raises(NotFound, match="deleted"):
         adapter(harness).fetch(ref, 384)
     assert harness.emulator.requests_for("GET", "/filestore/") == []
+    assert harness.emulator.requests_for("GET", "/pages/download.php") == []
 
 
 # -- marks -------------------------------------------------------------------
@@ -418,7 +447,7 @@ def marked(harness: ResourceSpaceHarness, count: int) -> tuple[ResourceSpace, li
 
 def related(harness: ResourceSpaceHarness, ref: str) -> set[str]:
     """Read back through the API, as any client of this ResourceSpace reads it."""
-    return set(harness.api("get_related_resources", ref=ref))
+    return {str(other) for other in harness.api("get_related_resources", ref=ref)}
 
 
 def field_text(harness: ResourceSpaceHarness, ref: str) -> str:
@@ -583,3 +612,17 @@ def test_function_calls_that_change_something_are_told_apart(
     assert harness.changing(get("user=u&function=delete_resource&resource=1"))
     assert harness.changing(Forwarded("POST", "/api/", 200, None, 0))
     assert not harness.changing(Forwarded("GET", "/filestore/1_abc/1_abc.jpg", 200, None, 0))
+
+
+def test_without_its_source_the_real_server_skips_saying_where_it_goes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from tests.servers import resourcespace_real
+
+    monkeypatch.setattr(resourcespace_real, "platform_sources", lambda: [tmp_path])
+    reason = resourcespace_real.skip_reason()
+    assert reason is not None
+    assert "resourcespace-<commit>.tar.gz" in reason and "shared/platforms" in reason
+    assert str(tmp_path) in reason and "DAMDUP_PLATFORM_SOURCES" in reason
+    with pytest.raises(pytest.skip.Exception, match="shared/platforms"):
+        resourcespace_real.ResourceSpaceRealHarness()

@@ -26,13 +26,11 @@ from adapters.base import (
     Marks,
     MarksDoNotFit,
     RateLimited,
+    RequestEvent,
     Unavailable,
-    decode_tag_value,
-    encode_tag_value,
-    marks_to_tags,
-    tags_to_marks,
 )
 from adapters.s3 import S3, S3Settings
+from adapters.tags import decode_tag_value, encode_tag_value, marks_to_tags, tags_to_marks
 from connector.core.config import ConfigError
 from connector.units import build_adapter, secret_fields
 from tests.servers.common import photo_paths
@@ -277,6 +275,20 @@ def test_503_from_the_proxy_is_retried(s3: S3Harness) -> None:
     assert [ref.id for ref in listed(s3.adapter())] == [key]
     faults = [entry.fault for entry in s3.proxy.requests(path_contains=s3.listing_path)]
     assert faults == ["503", "503", None]
+
+
+def test_the_observer_hears_of_every_attempt(s3: S3Harness) -> None:
+    s3.add("kuva.jpg", PHOTOS[0].read_bytes())
+    assert s3.proxy is not None
+    s3.proxy.inject("503", times=1, path_contains=s3.listing_path, retry_after=0)
+    events: list[RequestEvent] = []
+    listed(S3(S3Settings(**s3.settings()), observer=events.append))
+    # The listing, then a HeadObject for the key's user metadata.
+    assert [(e.kind, e.method, e.status) for e in events] == [
+        ("s3", "GET", 503),
+        ("s3", "GET", 200),
+        ("s3", "HEAD", 200),
+    ]
 
 
 class SlowDownS3:

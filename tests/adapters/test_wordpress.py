@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -106,7 +106,9 @@ def test_pages_of_two_walk_every_image_once_across_shared_seconds(wp: WordPressH
     assert sorted(listed[:3]) == sorted(ids[:3]) and listed[3:] == ids[3:]
     assert pages >= 3
     assert len(listing_requests(wp)) == pages
-    assert cursor is not None and cursor.after == datetime(2026, 1, 5, 8, 0, 12)
+    # The site's time with its offset (the test site keeps UTC).
+    assert cursor is not None and cursor.after == datetime(2026, 1, 5, 8, 0, 12, tzinfo=UTC)
+    assert cursor.after.utcoffset() == timedelta(0)
 
 
 def test_a_second_holding_more_than_a_page_is_paged_by_number(wp: WordPressHarness) -> None:
@@ -136,6 +138,36 @@ def test_a_crowded_second_that_was_still_running_is_looked_at_again(
     set_modified(wp, added, "2026-01-05 08:00:00")
     changed, _, _ = listing(adapter(wp, page_size=2), watermark)
     assert sorted(ref.id for ref in changed) == sorted([ids[4], added])
+
+
+def test_a_crowded_second_that_empties_while_paged_by_number_is_passed(
+    wp: WordPressHarness,
+) -> None:
+    """Edits move media out of a crowded second while it is paged by number:
+    WordPress refuses the page number now past its last (400,
+    rest_post_invalid_page_number), and the listing goes on after it."""
+    ids = add_photos(wp, 5)
+    for asset_id in ids:
+        set_modified(wp, asset_id, "2026-01-05 08:00:00")
+    made = adapter(wp, page_size=2)
+    cursor, listed = None, []
+    while cursor is None or cursor.tie_page < 2:
+        page = made.list_assets(cursor)
+        listed += [ref.id for ref in page.items]
+        assert not page.complete
+        cursor = page.cursor
+    # One stays: the second now fills one page, and page 2 is past its last.
+    for asset_id in ids[1:]:
+        set_modified(wp, asset_id, "2026-01-05 09:00:00")
+    rest, _, _ = listing(made, cursor)
+    assert sorted(set(listed + [ref.id for ref in rest])) == sorted(ids)
+    assert sorted(ref.id for ref in rest if ref.id in listed) == sorted(set(listed) - {ids[0]})
+    assert any("page=2" in path and "orderby=id" in path for path in listing_requests(wp))
+
+
+def test_a_bad_time_filter_asks_for_wordpress_5_7(wp: WordPressHarness) -> None:
+    with pytest.raises(Unsupported, match=r"WordPress 5\.7 or later"):
+        adapter(wp)._get(MEDIA_PATH.lstrip("/"), {"modified_after": "not a time"})
 
 
 def test_edits_and_deletions_during_a_listing_skip_nothing(wp: WordPressHarness) -> None:
@@ -184,6 +216,38 @@ def test_clocks_going_back_an_hour_reread_the_repeated_hour(wp: WordPressHarness
     set_modified(wp, d, "2025-10-26 04:05:00", "2025-10-26 02:05:00")
     changed, _, _ = listing(made, cursor)
     assert {c, d} <= {ref.id for ref in changed}
+
+
+def test_a_cursor_saved_with_local_times_resumes_where_it_was(wp: WordPressHarness) -> None:
+    """Cursors saved before times carried their offset hold `after` as naive
+    local time and the newest change as UTC plus `utc_offset_s`: they load as
+    the same position, and a corrupt one is refused (the engine then lists in
+    full) rather than misread."""
+    a, b = add_photos(wp, 2)
+    set_modified(wp, a, "2025-10-26 03:10:00", "2025-10-26 00:10:00")
+    set_modified(wp, b, "2025-10-26 03:40:00", "2025-10-26 00:40:00")
+    made = adapter(wp)
+    _, cursor, _ = listing(made)
+    summer = timezone(timedelta(hours=3))
+    assert cursor is not None and cursor.after == datetime(2025, 10, 26, 3, 40, tzinfo=summer)
+    assert cursor.newest == datetime(2025, 10, 26, 0, 40, tzinfo=UTC)
+    assert cursor.newest.utcoffset() == timedelta(hours=3)
+    saved = json.dumps(
+        {
+            "after": "2025-10-26T03:40:00",
+            "seen_at_after": [int(b)],
+            "tie_page": 0,
+            "beyond": False,
+            "newest_gmt": "2025-10-26T00:40:00Z",
+            "utc_offset_s": 10800,
+        }
+    )
+    loaded = WordPressCursor.model_validate_json(saved)
+    assert loaded == cursor and loaded.newest is not None
+    assert loaded.newest.utcoffset() == timedelta(hours=3)
+    assert listing(made, loaded)[0] == []
+    with pytest.raises(ValidationError):
+        WordPressCursor.model_validate_json(saved.replace('"2025-10-26T03:40:00"', '"soon"'))
 
 
 def test_only_images_are_listed(wp: WordPressHarness) -> None:
@@ -457,3 +521,24 @@ def test_the_media_library_list_shows_the_marks_escaped(wp: WordPressHarness) ->
     cell = wp.server.php(f"do_action('manage_media_custom_column', 'damdup', {int(asset_id)});")
     assert "duplicate" in cell and "dd0123456789" in cell
     assert "<script>" not in cell and 'href="https://a.example/' in cell
+
+
+def test_a_medium_dated_in_the_future_hides_no_later_upload(wp: WordPressHarness) -> None:
+    """The boundary a listing ends with never passes the listing's start: a
+    medium whose modification time lies in the future (a wrong clock, a hand
+    edit) must not make later incremental listings skip new uploads."""
+    [dated] = add_photos(wp, 1)
+    set_modified(wp, dated, "2030-01-01 00:00:00")
+    items, cursor, _ = listing(adapter(wp))
+    assert [ref.id for ref in items] == [dated]
+    assert cursor is not None and cursor.after is not None
+    assert cursor.after < datetime(2030, 1, 1, tzinfo=UTC)
+    assert cursor.started is None, "a finished listing's cursor keeps no start"
+    new = wp.add("uusi.jpg", PHOTOS[1].read_bytes())
+    found, again, _ = listing(adapter(wp), cursor)
+    assert new in [ref.id for ref in found]
+    # What comes again (the 2030 medium, anything of the second the listing
+    # began in) comes unchanged: the engine skips it by its version.
+    versions = {ref.id: ref.version for ref in found}
+    later, _, _ = listing(adapter(wp), again)
+    assert all(versions.get(ref.id) == ref.version for ref in later)

@@ -4,7 +4,7 @@ and emptied before each test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -32,3 +32,16 @@ def harness(request: pytest.FixtureRequest) -> Harness:
     server = _harness(request.param)
     server.reset()
     return server
+
+
+@pytest.fixture
+def started() -> Callable[[str], Harness]:
+    """Harnesses by id, for tests of one platform beside the suite: the
+    session's own (started once), emptied."""
+
+    def get(kind: str) -> Harness:
+        server = _harness(kind)
+        server.reset()
+        return server
+
+    return get

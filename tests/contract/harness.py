@@ -19,7 +19,9 @@ from tests.servers.faults import FaultProxy, Forwarded
 # Methods that read; any other request the proxy forwards changes something.
 READING_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND", "SEARCH", "REPORT"})
 
-# Every adapter kind and its test server's harness, "module:Class".
+# Every adapter kind and its test server's harness, "module:Class"; and, as
+# "<kind>-real", the platform's real server where the kind's own harness is an
+# emulator (its source in shared/platforms/: the tests skip without it).
 HARNESSES = {
     "azure_blob": "tests.servers.azure:AzureHarness",
     "ckan": "tests.servers.ckan:CkanHarness",
@@ -27,13 +29,21 @@ HARNESSES = {
     "filesystem": "tests.contract.filesystem:FilesystemHarness",
     "finna": "tests.servers.finna:FinnaHarness",
     "linked_events": "tests.servers.linked_events:LinkedEventsHarness",
+    "linked_events-real": "tests.servers.linked_events_real:LinkedEventsRealHarness",
     "nextcloud": "tests.servers.nextcloud:NextcloudHarness",
     "resourcespace": "tests.servers.resourcespace:ResourceSpaceHarness",
+    # The real ResourceSpace from its makers' source; skips without it.
+    "resourcespace-real": "tests.servers.resourcespace_real:ResourceSpaceRealHarness",
     "s3": "tests.servers.s3:S3Harness",
     "sharepoint": "tests.servers.sharepoint:SharePointHarness",
     "webdav": "tests.servers.webdav:WebDavHarness",
     "wordpress": "tests.servers.wordpress:WordPressHarness",
 }
+
+
+def harness_kind(harness_id: str) -> str:
+    """The adapter kind a harness id is for ("linked_events-real": linked_events)."""
+    return harness_id.partition("-")[0]
 
 
 def start_harness(kind: str) -> Harness:

@@ -8,15 +8,21 @@ import pytest
 from connector.core.capture import CaptureFacts
 from connector.core.fingerprint import RECIPE, Fingerprint
 from connector.core.index import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     AssetRow,
+    DecisionRow,
+    IndexMissing,
+    IndexStore,
     ListingState,
+    NotAnIndex,
     PairRow,
     SchemaError,
     SQLiteStore,
     to_signed,
     to_unsigned,
 )
+from connector.core.store import open_store
 
 
 def fingerprint(sha: str, phash: int = 0xFFFF_0000_FFFF_0000) -> Fingerprint:
@@ -59,8 +65,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "i.sqlite")
+def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     run = store.start_run("u", "sync")
     store.save_page(
         "u", run, [asset("a", "s1"), asset("b", None, "broken")], [fingerprint("s1")], [], "c1"
@@ -80,8 +86,8 @@ def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(tmp_path: P
     store.close()
 
 
-def test_watermark_of_a_completed_listing_outlives_the_next_listing(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "i.sqlite")
+def test_watermark_of_a_completed_listing_outlives_the_next_listing(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     run = store.start_run("u", "sync")
     store.save_page("u", run, [asset("a", "s1"), asset("b", "s2")], [], [], None, watermark="w1")
     assert store.listing_state("u").watermark == "w1"
@@ -96,8 +102,8 @@ def test_watermark_of_a_completed_listing_outlives_the_next_listing(tmp_path: Pa
     store.close()
 
 
-def test_pairs_of_retired_assets_are_not_reported(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "i.sqlite")
+def test_pairs_of_retired_assets_are_not_reported(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     run = store.start_run("u", "sync")
     store.save_page(
         "u", run, [asset("a", "s1"), asset("b", "s2")],
@@ -113,8 +119,8 @@ def test_pairs_of_retired_assets_are_not_reported(tmp_path: Path) -> None:
     store.close()
 
 
-def test_find_asset_by_unit_and_id_by_id_and_by_digest(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "i.sqlite")
+def test_find_asset_by_unit_and_id_by_id_and_by_digest(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     run = store.start_run("u", "sync")
     sha = "ab" * 32
     store.save_page("u", run, [asset("dir/a.jpg", sha)], [fingerprint(sha)], [], None)
@@ -126,8 +132,6 @@ def test_find_asset_by_unit_and_id_by_id_and_by_digest(tmp_path: Path) -> None:
 
 
 def test_an_index_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
-    from connector.core.index import MIGRATIONS
-
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
     db.executescript(MIGRATIONS[0])
@@ -150,20 +154,20 @@ def test_an_index_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
 # -- write-back outbox -------------------------------------------------------
 
 
-def outbox_store(tmp_path: Path) -> SQLiteStore:
-    store = SQLiteStore(tmp_path / "index.sqlite")
+def outbox_store(index_db: str | Path) -> IndexStore:
+    store = open_store(index_db, create=True)
     run = store.start_run("u", "sync")
     rows = [asset(name, f"s{name}") for name in ("a", "b", "c")]
     store.save_page("u", run, rows, [], [], None)
     return store
 
 
-def pending(store: SQLiteStore) -> dict[str, str]:
+def pending(store: IndexStore) -> dict[str, str]:
     return {row.asset_id: row.intended for row in store.outbox(["u"])}
 
 
-def test_outbox_holds_only_differences_from_what_was_written(tmp_path: Path) -> None:
-    store = outbox_store(tmp_path)
+def test_outbox_holds_only_differences_from_what_was_written(index_db: str | Path) -> None:
+    store = outbox_store(index_db)
     store.set_intended(["u"], {("u", "a"): "dup", ("u", "b"): "canon"})
     assert pending(store) == {"a": "dup", "b": "canon"}
     run = store.start_push(["u"], dry_run=False)
@@ -178,8 +182,10 @@ def test_outbox_holds_only_differences_from_what_was_written(tmp_path: Path) -> 
     assert [(j.asset_id, j.before, j.after) for j in store.journal(run)] == [("a", "dup", "")]
 
 
-def test_journal_skips_writes_that_changed_nothing_and_keeps_units_apart(tmp_path: Path) -> None:
-    store = outbox_store(tmp_path)
+def test_journal_skips_writes_that_changed_nothing_and_keeps_units_apart(
+    index_db: str | Path,
+) -> None:
+    store = outbox_store(index_db)
     store.set_intended(["u"], {("u", "a"): "dup"})
     store.set_intended(["other"], {("u", "b"): "canon"})  # not a unit of this push: ignored
     assert pending(store) == {"a": "dup"}
@@ -189,8 +195,8 @@ def test_journal_skips_writes_that_changed_nothing_and_keeps_units_apart(tmp_pat
     assert pending(store) == {}
 
 
-def test_a_hold_lasts_until_the_intended_marks_change(tmp_path: Path) -> None:
-    store = outbox_store(tmp_path)
+def test_a_hold_lasts_until_the_intended_marks_change(index_db: str | Path) -> None:
+    store = outbox_store(index_db)
     store.set_intended(["u"], {("u", "a"): "dup"})
     run = store.start_push(["u"], dry_run=False)
     store.record_written(run, "u", "a", "", "dup")
@@ -204,8 +210,8 @@ def test_a_hold_lasts_until_the_intended_marks_change(tmp_path: Path) -> None:
     assert [(r.id, r.revert_of) for r in runs] == [(run, None), (revert, run)]
 
 
-def test_outbox_leaves_out_retired_assets(tmp_path: Path) -> None:
-    store = outbox_store(tmp_path)
+def test_outbox_leaves_out_retired_assets(index_db: str | Path) -> None:
+    store = outbox_store(index_db)
     store.set_intended(["u"], {("u", "a"): "dup", ("u", "c"): "canon"})
     later = store.start_run("u", "sync")
     store.save_page("u", later, [], [], ["a"], None)
@@ -213,8 +219,8 @@ def test_outbox_leaves_out_retired_assets(tmp_path: Path) -> None:
     assert pending(store) == {"a": "dup"}
 
 
-def test_a_check_is_recorded_then_finished_with_its_verdict(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "index.sqlite")
+def test_a_check_is_recorded_then_finished_with_its_verdict(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     first = store.start_check("museo", "41", "webhook")
     second = store.start_check("museo", "42", "webhook")
     assert store.checks(asset_id="41")[0].finished_at is None
@@ -228,10 +234,257 @@ def test_a_check_is_recorded_then_finished_with_its_verdict(tmp_path: Path) -> N
     assert store.check(first) == rows[1] and store.check(second + 1) is None
 
 
-def test_a_signature_is_taken_once_within_the_window(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "index.sqlite")
+def test_a_signature_is_taken_once_within_the_window(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
     assert store.first_sighting("museo", "sig", now=1000.0, window_s=600)
     assert not store.first_sighting("museo", "sig", now=1100.0, window_s=600)
     assert store.first_sighting("kanslia", "sig", now=1100.0, window_s=600)  # per unit
     # Past the window it is forgotten: the timestamp check refuses it by then.
     assert store.first_sighting("museo", "sig", now=1700.0, window_s=600)
+
+
+# -- every other part of the interface, on both stores ------------------------
+
+
+def test_fingerprints_codes_and_watermarks(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
+    assert store.fingerprint_watermark() == 0
+    run = store.start_run("u", "sync")
+    store.save_page(
+        "u", run, [asset("a", "s1"), asset("b", "s2")],
+        [fingerprint("s1"), fingerprint("s2", phash=1 << 63)], [], None,
+    )  # fmt: skip
+    first = store.fingerprint_watermark()
+    rows = store.fingerprint_rows(RECIPE)
+    assert [row["sha256"] for row in rows] == ["s1", "s2"]
+    assert rows[1]["phash"] == 1 << 63 and rows[0]["dhash"] == (1 << 64) - 1
+    assert rows[0]["flat"] is False and rows[0]["has_capture"] is True
+    assert store.known_fingerprints(["s1", "s3"], RECIPE) == {"s1"}
+    assert store.known_fingerprints(["s1"], RECIPE + 1) == set()
+    assert store.fingerprint_sizes() == {10}
+    # A digest computed later survives the fingerprint saved again, which
+    # counts as new for whoever follows the watermark.
+    store.set_pixel_digest("s1", "pixels")
+    assert store.pixel_digest("s1") == "pixels" and store.pixel_digest("s9") is None
+    store.save_asset("u", asset("c", "s1"), fingerprint("s1"))
+    assert store.pixel_digest("s1") == "pixels"
+    after = store.fingerprint_rows_after(RECIPE, first)
+    assert [row["sha256"] for row in after] == ["s1"]
+    assert (
+        after[0]["watermark"]
+        > first
+        == max(
+            row["watermark"]
+            for row in store.fingerprint_rows_after(RECIPE, 0)
+            if row["sha256"] == "s2"
+        )
+    )
+    assert store.fingerprint_watermark() == after[0]["watermark"]
+    assert store.fingerprint("s9") is None
+    store.close()
+
+
+def test_assets_by_content_by_url_and_their_versions(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
+    run = store.start_run("u", "sync")
+    page = AssetRow(
+        unit="u", asset_id="p", version="v2", url="https://x/page", size_bytes=None,
+        modified="2024-01-01", sha256="s1", error=None, metadata={"location": "Töölö"},
+        live=True, original_url="https://x/file.jpg", width=4000, height=3000,
+        content_hash="md5:ab",
+    )  # fmt: skip
+    store.save_page("u", run, [page, asset("a", "s1"), asset("b", "s2")], [], [], "c1")
+    found = store.live_assets_with(["s1", "s1"])
+    assert [row.asset_id for row in found] == ["a", "p"]
+    assert found[1] == page
+    assert [row.asset_id for row in store.assets_at_url("https://x/file.jpg")] == ["p"]
+    assert [row.asset_id for row in store.assets_at_url("https://x/page")] == ["p"]
+    known = store.asset_versions("u")["p"]
+    assert known.version == "v2" and '"Töölö"' in known.listed and "md5:ab" in known.listed
+    # An asset saved outside a listing counts as seen by the unit's last run.
+    store.save_asset("u", asset("n", None, "fetch failed"), None)
+    assert store.unseen_assets("u", run) == []
+    later = store.start_run("u", "sync")
+    store.save_page("u", later, [], [], ["a"], None)
+    assert [row.asset_id for row in store.unseen_assets("u", later)] == ["b", "n", "p"]
+    assert store.retire_unseen("u", later, keep=["p"]) == 2
+    assert [row.asset_id for row in store.live_assets("u")] == ["a", "p"]
+    store.close()
+
+
+def test_pairs_touching_decisions_originals_and_lineage(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset(n, f"s{n}") for n in "abc"], [], [], None)
+    store.save_pairs(
+        [PairRow("sa", "sb", "near_identical", 2, 4, {"why": ["x"]}),
+         PairRow("sb", "sc", None, 30, 30, {})],
+        RECIPE,
+    )  # fmt: skip
+    store.save_pairs([PairRow("sa", "sb", "duplicate_candidate", 2, 4, {})], RECIPE)
+    assert [(p.sha_a, p.tier) for p in store.pairs()] == [("sa", "duplicate_candidate")]
+    touching = store.pairs_touching(["sb"], RECIPE)
+    assert [(p.sha_a, p.sha_b) for p in touching] == [("sa", "sb"), ("sb", "sc")]
+    assert store.pairs_touching(["sb"], RECIPE + 1) == []
+
+    decided = DecisionRow("sb", "sa", "same", None, "anna", "2024-05-01T10:00:00+00:00")
+    store.save_decision(decided)
+    store.save_decisions(
+        [DecisionRow("sc", "sb", "canonical", "sc", "ben", "2024-05-02T10:00:00+00:00")]
+    )
+    decisions = store.decisions()
+    assert decisions[("sa", "sb")].decided_by == "anna"  # stored in order
+    assert decisions[("sb", "sc")].canonical_sha == "sc"
+    store.save_decision(DecisionRow("sa", "sb", "different", None, "cem", "t"))
+    assert store.decisions()[("sa", "sb")].decision == "different"
+
+    a, b = store.live_assets("u")[:2]
+    assert store.originals([a, b]) == {}
+    store.record_original(a, "orig", 1234)
+    assert store.originals([a, b]) == {"u:a": ("orig", 1234)}
+    newer = AssetRow(**{**a.__dict__, "version": "v2"})
+    assert store.originals([newer]) == {}, "a new version's original is not known"
+
+    assert store.lineage("g") is None
+    store.save_lineage("g", '{"family": 1}', True)
+    store.save_lineage("g", '{"family": 2}', False)
+    assert store.lineage("g") == ('{"family": 2}', False)
+    store.close()
+
+
+def test_holds_errors_intended_per_asset_and_unit_status(index_db: str | Path) -> None:
+    store = outbox_store(index_db)
+    changed = store.set_intended_assets({("u", "a"): "dup", ("u", "b"): ""})
+    assert changed == [("u", "a")]
+    assert store.set_intended_assets({("u", "a"): "dup"}) == []
+    assert pending(store) == {"a": "dup"}
+    run = store.start_push(["u"], dry_run=False)
+    store.record_outbox_error("u", "a", "refused")
+    assert store.outbox(["u"])[0].error == "refused"
+    store.record_written(run, "u", "a", "", "dup")
+    revert = store.start_push(["u"], dry_run=False, revert_of=run)
+    store.record_written(revert, "u", "a", "dup", "", held="dup")
+    store.finish_push(revert, {"written": 1})
+    assert [row.asset_id for row in store.held(["u"])] == ["a"]
+    assert store.release_holds(["u"]) == 1
+    assert pending(store) == {"a": "dup"}
+    assert [r.stats for r in store.push_runs()] == [{}, {"written": 1}]
+    assert [r.units for r in store.push_runs()] == [["u"], ["u"]]
+    assert [row.asset_id for row in store.outbox(["u"], pending_only=False)] == ["a"]
+
+    sync = store.start_run("u", "sync")
+    store.finish_run(sync, True, {"listed": 3})
+    status = store.unit_status()["u"]
+    assert (status.live_assets, status.errors, status.last_sync_complete) == (3, 0, True)
+    assert status.last_sync_stats == {"listed": 3} and status.last_complete_sync is not None
+    store.close()
+
+
+def test_a_reopened_store_sees_the_same_index(index_db: str | Path) -> None:
+    store = open_store(index_db, create=True)
+    other = store.reopen()
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset("a", "s1")], [fingerprint("s1")], [], None)
+    assert [row.asset_id for row in other.live_assets()] == ["a"]
+    other.close()
+    store.close()
+
+
+def test_a_reading_command_never_makes_an_index(index_db: str | Path) -> None:
+    with pytest.raises(IndexMissing):
+        open_store(index_db, create=False)
+    open_store(index_db, create=True).close()
+    open_store(index_db, create=False).close()
+
+
+def test_both_stores_hold_the_same_knowledge(tmp_path: Path, pg_url: str) -> None:
+    dumps = []
+    for db in (tmp_path / "index.sqlite", pg_url):
+        store = open_store(db, create=True)
+        run = store.start_run("u", "sync")
+        store.save_page(
+            "u", run, [asset("b", "s2"), asset("a", "s1"), asset("Z", None, "broken")],
+            [fingerprint("s1"), fingerprint("s2", phash=(1 << 64) - 2)], [], None,
+        )  # fmt: skip
+        store.save_pairs([PairRow("s1", "s2", "near_identical", 2, 3, {"k": 1})], RECIPE)
+        dumps.append(store.dump())  # type: ignore[attr-defined]
+        store.close()
+    assert dumps[0] == dumps[1]
+
+
+# -- PostgreSQL's own schema ---------------------------------------------------
+
+
+def test_postgresql_migrations_mirror_sqlites() -> None:
+    from connector.core import pgstore
+
+    assert len(pgstore.MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def test_a_new_postgresql_index_is_at_the_latest_schema(pg_url: str) -> None:
+    import psycopg
+
+    open_store(pg_url, create=True).close()
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_postgresql_index_of_schema_1_is_migrated(pg_url: str) -> None:
+    import psycopg
+
+    from connector.core import pgstore
+
+    with psycopg.connect(pg_url) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute(pgstore.MIGRATIONS[0].encode())
+        db.execute("INSERT INTO cursors VALUES ('u', 'c', 1, 't')")
+    store = open_store(pg_url, create=False)
+    assert store.listing_state("u") == ListingState("c", 1, True, None), (
+        "migration must keep what the index held"
+    )
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset("a", "s1")], [fingerprint("s1")], [], None)
+    stored = store.fingerprint("s1")
+    assert stored is not None and stored.phash_inner == 0xFFFF_0000_FFFF_0000
+    store.close()
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_newer_postgresql_schema_is_refused(pg_url: str) -> None:
+    import psycopg
+
+    from connector.core.pgstore import close_pools
+
+    open_store(pg_url, create=True).close()
+    close_pools(pg_url)  # a new process, as it were
+    with psycopg.connect(pg_url) as db:
+        db.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaError, match="newer"):
+        open_store(pg_url, create=True)
+
+
+def test_a_database_of_another_program_is_not_made_an_index(pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url) as db:
+        db.execute("CREATE TABLE albums (name TEXT)")
+    with pytest.raises(IndexMissing, match="no damdup index in database"):
+        open_store(pg_url, create=False)
+    with pytest.raises(NotAnIndex, match="tables of another program"):
+        open_store(pg_url, create=True)
+    with psycopg.connect(pg_url) as db:
+        tables = db.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        assert [row[0] for row in tables] == ["albums"]
+
+
+def test_an_unreachable_server_is_named() -> None:
+    from connector.core.pgstore import IndexUnreachable
+
+    with pytest.raises(IndexUnreachable) as raised:
+        open_store("postgresql://damdup@127.0.0.1:1/damdup", create=False)
+    assert str(raised.value).startswith(
+        "cannot reach PostgreSQL at 127.0.0.1:1 (database damdup): "
+    )
+    assert "\n" not in str(raised.value)

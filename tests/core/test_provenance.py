@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from connector.core.fingerprint import sha256_hex
 from connector.core.provenance import Examiner, examine, relate
@@ -155,3 +155,148 @@ def test_the_original_is_the_only_root_of_its_group(
         assert all(family.derived[sha] > 0 for sha in by_sha if sha not in (root, png))
         words = family.describe(root, [sha for sha in by_sha if sha != root])
         assert "a watermark" in words and "smaller cop" in words, words
+
+
+# --- padding and crops told apart by the frames --------------------------------
+
+
+def blurred_letterbox(image: Image.Image, aspect: float) -> Image.Image:
+    """A social-media canvas of another aspect (width / height): the photo on an
+    enlarged, blurred copy of itself (4:5 when the photo has that aspect already)."""
+    width, height = image.size
+    if abs(aspect - width / height) < 0.01:
+        aspect = 0.8
+    if aspect > width / height:
+        canvas_size = (round(height * aspect), height)
+    else:
+        canvas_size = (width, round(width / aspect))
+    scale = max(canvas_size[0] / width, canvas_size[1] / height) * 1.05
+    big = image.resize((round(width * scale), round(height * scale)), Image.Resampling.BILINEAR)
+    left, top = (big.width - canvas_size[0]) // 2, (big.height - canvas_size[1]) // 2
+    canvas = big.crop((left, top, left + canvas_size[0], top + canvas_size[1]))
+    canvas = canvas.filter(ImageFilter.GaussianBlur(max(canvas_size) / 40))
+    canvas.paste(image, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
+    return canvas
+
+
+def edge_colour(image: Image.Image) -> tuple[int, int, int]:
+    """The median colour of the photo's outermost rows and columns."""
+    pixels = np.asarray(image.convert("RGB"))
+    edge = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    red, green, blue = (int(v) for v in np.median(edge, axis=0))
+    return red, green, blue
+
+
+def bordered(image: Image.Image, shares: dict[str, float]) -> Image.Image:
+    """Uniform padding in the photo's own edge colour: `shares` of a side per side."""
+    width, height = image.size
+    left, right = round(width * shares.get("left", 0)), round(width * shares.get("right", 0))
+    top, bottom = round(height * shares.get("top", 0)), round(height * shares.get("bottom", 0))
+    framed = Image.new("RGB", (width + left + right, height + top + bottom), edge_colour(image))
+    framed.paste(image, (left, top))
+    return framed
+
+
+def cropped(image: Image.Image, shares: dict[str, float]) -> Image.Image:
+    width, height = image.size
+    left, right = round(width * shares.get("left", 0)), round(width * shares.get("right", 0))
+    top, bottom = round(height * shares.get("top", 0)), round(height * shares.get("bottom", 0))
+    return image.crop((left, top, width - right, height - bottom))
+
+
+def dark_edged_photos() -> dict[str, Image.Image]:
+    """Two real photographs whose own edges are dark (a fundus photo in its black
+    surround, a deep-sky field), at 2.5-3 megapixels."""
+    out = {}
+    for name, pixels in (
+        ("retina", skimage_data.retina()),
+        ("hubble", skimage_data.hubble_deep_field()),
+    ):
+        image = Image.fromarray(np.asarray(pixels)).convert("RGB")
+        scale = 1700 / max(image.size)
+        out[name] = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
+        )
+    return out
+
+
+FRAMED: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "letterboxed square, blurred fill": lambda image: blurred_letterbox(image, 1.0),
+    "letterboxed 4:5, blurred fill": lambda image: blurred_letterbox(image, 0.8),
+    "letterboxed 16:9, blurred fill": lambda image: blurred_letterbox(image, 16 / 9),
+}
+EDGE_BORDERS: dict[str, dict[str, float]] = {
+    "top": {"top": 0.05},
+    "left and right": {"left": 0.04, "right": 0.07},
+    "all sides": {"left": 0.03, "top": 0.06, "right": 0.05, "bottom": 0.08},
+}
+CROPS: dict[str, dict[str, float]] = {
+    "left": {"left": 0.05},
+    "all sides": {"left": 0.05, "top": 0.04, "right": 0.06, "bottom": 0.05},
+}
+
+
+def assert_made_from_original(original: bytes, copy: bytes, kind: str, label: object) -> None:
+    first, second = examine("o", original), examine("c", copy)
+    assert first is not None and second is not None
+    for found in (relate(first, second), relate(second, first)):
+        assert found.parent == "o", (label, found)
+        assert found.kind == kind, (label, found)
+
+
+@pytest.mark.parametrize("frame", sorted(FRAMED))
+def test_a_letterboxed_copy_has_more_pixels_but_is_the_copy(frame: str) -> None:
+    for name, photo in photos().items():
+        original = jpeg(photo, 85)
+        framed = FRAMED[frame](decoded(original))
+        assert framed.width * framed.height > photo.width * photo.height
+        assert_made_from_original(
+            original, jpeg(framed, 88), "a copy with added borders", (name, frame)
+        )
+
+
+@pytest.mark.parametrize("sides", sorted(EDGE_BORDERS))
+def test_a_border_in_the_photos_own_edge_colour_is_added(sides: str) -> None:
+    for name, photo in dark_edged_photos().items():
+        original = jpeg(photo, 85)
+        framed = bordered(decoded(original), EDGE_BORDERS[sides])
+        assert_made_from_original(
+            original, jpeg(framed, 90), "a copy with added borders", (name, sides)
+        )
+
+
+@pytest.mark.parametrize("sides", sorted(CROPS))
+def test_a_crop_of_a_dark_edged_photo_is_still_the_crop(sides: str) -> None:
+    for name, photo in dark_edged_photos().items():
+        original = jpeg(photo, 85)
+        copy = jpeg(cropped(decoded(original), CROPS[sides]), 90)
+        assert_made_from_original(original, copy, "a cropped copy", (name, sides))
+
+
+def test_a_crop_scaled_up_past_the_originals_size_is_still_the_crop() -> None:
+    """More pixels, no border: the frames say which is the crop."""
+    for name, photo in photos().items():
+        original = jpeg(photo, 85)
+        crop_of = cropped(decoded(original), CROPS["all sides"])
+        enlarged = crop_of.resize(
+            (round(crop_of.width * 1.25), round(crop_of.height * 1.25)), Image.Resampling.LANCZOS
+        )
+        assert enlarged.width * enlarged.height > photo.width * photo.height
+        assert_made_from_original(original, jpeg(enlarged, 90), "a cropped copy", name)
+
+
+def test_a_group_with_padded_and_cropped_copies_has_the_original_as_its_only_root() -> None:
+    for name, photo in dark_edged_photos().items():
+        original = jpeg(photo, 85)
+        pixels = decoded(original)
+        copies = [
+            original,
+            jpeg(blurred_letterbox(pixels, 1.25 if photo.width > photo.height else 0.8), 88),
+            jpeg(bordered(pixels, EDGE_BORDERS["all sides"]), 90),
+            jpeg(cropped(pixels, CROPS["left"]), 90),
+            jpeg(half(pixels), 90),
+        ]
+        by_sha = {sha256_hex(data): data for data in copies}
+        family = Examiner(by_sha.get).family(sorted(by_sha), {})
+        roots = [sha for sha, count in family.derived.items() if count == 0]
+        assert roots == [sha256_hex(original)], (name, family.findings)

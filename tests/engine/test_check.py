@@ -18,7 +18,7 @@ from connector.core.settings import Settings
 from connector.core.urls import url_under
 from connector.engine.check import Checker, LookupRefused
 from connector.engine.outbox import intended_marks, missing_metadata
-from connector.engine.scan import current_clusters, run
+from connector.engine.scan import current_clusters, sync_and_match
 from tests.conftest import BAD, PHOTOS
 from tests.contract.harness import Harness, start_harness
 
@@ -77,7 +77,7 @@ def site(servers: dict[str, Harness], tmp_path: Path) -> Iterator[dict[str, Any]
     settings = Settings(db=db, workers=2)
     adapters = {unit: harness.adapter() for unit, harness in servers.items()}
     store = SQLiteStore(db)
-    run(store, adapters, settings)
+    sync_and_match(store, adapters, settings)
     checker = Checker(db, settings, adapters, {unit: False for unit in adapters})
     yield {
         "servers": servers,

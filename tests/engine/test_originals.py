@@ -19,7 +19,7 @@ from adapters.filesystem import Filesystem, FilesystemSettings
 from connector.core.index import SQLiteStore
 from connector.core.settings import Settings
 from connector.engine.originals import Original, same_bytes
-from connector.engine.scan import run
+from connector.engine.scan import sync_and_match
 from tests.servers.common import photo_paths, upscaled
 
 PHOTOS = photo_paths(variant="original")
@@ -112,7 +112,7 @@ def tiers(store: SQLiteStore) -> dict[frozenset[str], str | None]:
 
 
 def scan(store: SQLiteStore, adapters: dict[str, Adapter[Any]]) -> Any:
-    return run(store, adapters, Settings(workers=1, units_at_once=1))
+    return sync_and_match(store, adapters, Settings(workers=1, units_at_once=1))
 
 
 def test_a_byte_copy_hashed_from_a_rendition_is_exact(tmp_path: Path, big: list[bytes]) -> None:

@@ -15,8 +15,9 @@ import pytest
 
 from adapters.base import MetadataMapping
 from adapters.filesystem import Filesystem, FilesystemSettings
-from connector.core.index import DecisionRow, SQLiteStore, ordered
+from connector.core.index import DecisionRow, IndexStore, SQLiteStore, ordered
 from connector.core.settings import Settings
+from connector.core.store import open_store
 from connector.core.tiers import Tier
 from connector.engine.outbox import intended_marks
 from connector.engine.review import (
@@ -31,7 +32,7 @@ from connector.engine.review import (
     import_csv,
     queue,
 )
-from connector.engine.scan import current_clusters, run
+from connector.engine.scan import current_clusters, sync_and_match
 from tests.conftest import PHOTOS
 
 # Two units, each with a folder per place (the folder is the asset's location).
@@ -72,7 +73,7 @@ def lay_out(root: Path) -> dict[str, Path]:
     return folders
 
 
-def scan(db: Path, folders: dict[str, Path]) -> None:
+def scan(db: Path | str, folders: dict[str, Path]) -> None:
     """Index the folders as damdup does (sync each unit, then match)."""
     adapters = {
         unit: Filesystem(
@@ -85,9 +86,9 @@ def scan(db: Path, folders: dict[str, Path]) -> None:
         )
         for unit, folder in folders.items()
     }
-    store = SQLiteStore(db)
+    store = open_store(db, create=True)
     try:
-        run(store, dict(adapters), Settings(db=db, workers=2))
+        sync_and_match(store, dict(adapters), Settings(db=db, workers=2))
     finally:
         store.close()
 
@@ -105,13 +106,24 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(built: Path, tmp_path: Path) -> Iterator[SQLiteStore]:
-    """A fresh copy of the built index for each test."""
-    db = tmp_path / "index.sqlite"
-    shutil.copyfile(built, db)
-    opened = SQLiteStore(db)
+def store(built: Path, index_db: Path | str) -> Iterator[IndexStore]:
+    """A fresh copy of the built index for each test, on each store."""
+    if isinstance(index_db, Path):
+        shutil.copyfile(built, index_db)
+    else:
+        from connector.core.pgstore import copy_from_sqlite
+
+        copy_from_sqlite(built, index_db)
+    opened = open_store(index_db)
     yield opened
     opened.close()
+
+
+def db_of(store: IndexStore) -> Path | str:
+    if isinstance(store, SQLiteStore):
+        return store.path
+    url: str = getattr(store, "url")  # noqa: B009 - PostgreSQLStore
+    return url
 
 
 def find(items: list[ReviewItem], x: str, y: str) -> ReviewItem:
@@ -119,14 +131,14 @@ def find(items: list[ReviewItem], x: str, y: str) -> ReviewItem:
     return item
 
 
-def sha(store: SQLiteStore, key: str) -> str:
+def sha(store: IndexStore, key: str) -> str:
     asset = store.find_asset(key)
     assert asset is not None and asset.sha256 is not None
     return asset.sha256
 
 
 def test_queue_lists_candidates_then_similar_with_what_a_reviewer_needs(
-    store: SQLiteStore,
+    store: IndexStore,
 ) -> None:
     items = queue(store)
     pairs = {frozenset((i.a.key, i.b.key)): i.label for i in items}
@@ -160,7 +172,7 @@ def test_queue_lists_candidates_then_similar_with_what_a_reviewer_needs(
     assert fingerprint is not None and fingerprint.thumb.startswith(b"\xff\xd8"), "a JPEG thumb"
 
 
-def test_decide_records_who_and_when_and_the_pair_leaves_the_queue(store: SQLiteStore) -> None:
+def test_decide_records_who_and_when_and_the_pair_leaves_the_queue(store: IndexStore) -> None:
     before = queue(store)
     row = decide(store, HALF, ASTRONAUT, "same", "  Aino Arkisto ", WHEN)
     assert row == DecisionRow(
@@ -186,7 +198,7 @@ def test_decide_records_who_and_when_and_the_pair_leaves_the_queue(store: SQLite
     assert chosen.a.key == CROP
 
 
-def test_unknown_asset_is_named_and_nothing_changes(store: SQLiteStore) -> None:
+def test_unknown_asset_is_named_and_nothing_changes(store: IndexStore) -> None:
     with pytest.raises(UnknownAsset, match=r"no asset 'kuva:Kallio/tea\.jpg'"):
         decide(store, COFFEE, "kuva:Kallio/tea.jpg", "same", "Aino")
     assert store.decisions() == {}
@@ -202,14 +214,14 @@ def test_unknown_asset_is_named_and_nothing_changes(store: SQLiteStore) -> None:
     ],
 )
 def test_bad_input_is_refused_and_nothing_changes(
-    store: SQLiteStore, decision: str, by: str, message: str
+    store: IndexStore, decision: str, by: str, message: str
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         decide(store, COFFEE, BURST, decision, by)
     assert store.decisions() == {}
 
 
-def test_stale_pairs_are_refused_and_nothing_changes(store: SQLiteStore) -> None:
+def test_stale_pairs_are_refused_and_nothing_changes(store: IndexStore) -> None:
     with pytest.raises(StalePair, match="not a pair in the index"):
         decide(store, ASTRONAUT, COFFEE, "different", "Aino")
     # The contents changed since the reviewer saw the pair.
@@ -224,7 +236,7 @@ def test_stale_pairs_are_refused_and_nothing_changes(store: SQLiteStore) -> None
     assert len(store.decisions()) == 1
 
 
-def test_identical_bytes_accept_only_same_and_store_nothing(store: SQLiteStore) -> None:
+def test_identical_bytes_accept_only_same_and_store_nothing(store: IndexStore) -> None:
     for decision in ("different", "canonical"):
         with pytest.raises(InvalidInput, match="identical bytes; only `same` applies"):
             decide(store, ASTRONAUT, ASTRONAUT_COPY, decision, "Aino")
@@ -233,9 +245,9 @@ def test_identical_bytes_accept_only_same_and_store_nothing(store: SQLiteStore) 
     assert store.decisions() == {}
 
 
-def cluster_of(store: SQLiteStore, key: str) -> tuple[str, set[str]] | None:
+def cluster_of(store: IndexStore, key: str) -> tuple[str, set[str]] | None:
     """(canonical, members) of the cluster holding `key`, after decisions."""
-    clusters, _relations = current_clusters(store, Settings(db=store.path))
+    clusters, _relations = current_clusters(store, Settings(db=db_of(store)))
     for cluster in clusters:
         keys = {cluster.canonical.key, *(m.asset.key for m in cluster.members)}
         if key in keys:
@@ -244,9 +256,9 @@ def cluster_of(store: SQLiteStore, key: str) -> tuple[str, set[str]] | None:
 
 
 def test_decisions_steer_clusters_and_the_marks_the_next_push_writes(
-    store: SQLiteStore,
+    store: IndexStore,
 ) -> None:
-    settings = Settings(db=store.path)
+    settings = Settings(db=db_of(store))
     assert cluster_of(store, HALF) == (ASTRONAUT, {ASTRONAUT_COPY, HALF, CROP})
     assert cluster_of(store, COFFEE) is None, "another frame of a burst is never merged"
 
@@ -264,7 +276,9 @@ def test_decisions_steer_clusters_and_the_marks_the_next_push_writes(
     }
     assert marks[HALF].labels == ("related",), "no longer a duplicate-candidate"
     member = BURST if canonical == COFFEE else COFFEE
-    assert "duplicate-candidate" in marks[member].labels
+    # A reviewer's `same` confirms the duplicate (issue 12): not a candidate.
+    assert "duplicate" in marks[member].labels
+    assert "duplicate-candidate" not in marks[member].labels
     assert "canonical" in marks[canonical].labels
     assert marks[member].cluster == marks[canonical].cluster is not None
 
@@ -276,12 +290,12 @@ def test_decisions_steer_clusters_and_the_marks_the_next_push_writes(
 
 
 def test_automation_keeps_decisions_a_reupload_inherits_them_and_gone_assets_are_stale(
-    tmp_path: Path,
+    tmp_path: Path, index_db: Path | str
 ) -> None:
     folders = lay_out(tmp_path / "units")
-    db = tmp_path / "index.sqlite"
+    db = index_db
     scan(db, folders)
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         decide(store, HALF, ASTRONAUT, "different", "Aino", WHEN)
         decide(store, CROP, ASTRONAUT, "same", "Aino", WHEN)
@@ -294,7 +308,7 @@ def test_automation_keeps_decisions_a_reupload_inherits_them_and_gone_assets_are
         (folders["museo"] / "Kruununhaka/astronaut_crop.jpg").unlink()
         store.close()
         scan(db, folders)  # automation runs again
-        store = SQLiteStore(db)
+        store = open_store(db)
         assert store.decisions() == held, "automation never overrides a decision"
         reupload = "museo:Kallio/reupload.jpg"
         assert sha(store, reupload) == sha(store, HALF)
@@ -315,7 +329,7 @@ def test_automation_keeps_decisions_a_reupload_inherits_them_and_gone_assets_are
 # -- spreadsheets -------------------------------------------------------------------
 
 
-def sheet(store: SQLiteStore, include_decided: bool = False) -> list[dict[str, str]]:
+def sheet(store: IndexStore, include_decided: bool = False) -> list[dict[str, str]]:
     buffer = io.StringIO()
     written = export_csv(store, buffer, include_decided=include_decided)
     buffer.seek(0)
@@ -340,7 +354,7 @@ def pick(rows: list[dict[str, str]], x: str, y: str) -> dict[str, str]:
     return row
 
 
-def test_csv_round_trip(store: SQLiteStore) -> None:
+def test_csv_round_trip(store: IndexStore) -> None:
     rows = sheet(store)
     assert len(rows) == len(queue(store))
     half = pick(rows, ASTRONAUT, HALF)
@@ -377,7 +391,7 @@ def test_csv_round_trip(store: SQLiteStore) -> None:
 
 
 def test_a_spreadsheet_saved_with_semicolons_and_a_byte_order_mark_imports(
-    store: SQLiteStore,
+    store: IndexStore,
 ) -> None:
     rows = sheet(store)
     pick(rows, COFFEE, BURST)["decision"] = "same"
@@ -388,29 +402,29 @@ def test_a_spreadsheet_saved_with_semicolons_and_a_byte_order_mark_imports(
     assert row.decision == "same"
 
 
-BadRow = Callable[[dict[str, str], SQLiteStore], None]
+BadRow = Callable[[dict[str, str], IndexStore], None]
 
 
 def _set(**values: str) -> BadRow:
-    def change(row: dict[str, str], store: SQLiteStore) -> None:
+    def change(row: dict[str, str], store: IndexStore) -> None:
         row.update(values)
 
     return change
 
 
 def _digest_of(key: str) -> BadRow:
-    def change(row: dict[str, str], store: SQLiteStore) -> None:
+    def change(row: dict[str, str], store: IndexStore) -> None:
         row["b_sha256"] = sha(store, key)
 
     return change
 
 
-def _unrelated(row: dict[str, str], store: SQLiteStore) -> None:
+def _unrelated(row: dict[str, str], store: IndexStore) -> None:
     row.update(a=ASTRONAUT, a_sha256=sha(store, ASTRONAUT), b=COFFEE, b_sha256=sha(store, COFFEE))
 
 
 def test_a_sheet_with_bad_rows_reports_every_line_and_changes_nothing(
-    store: SQLiteStore,
+    store: IndexStore,
 ) -> None:
     rows = sheet(store)
     good = dict(pick(rows, COFFEE, BURST), decision="different", decided_by="Aino")
@@ -454,7 +468,7 @@ def test_a_sheet_with_bad_rows_reports_every_line_and_changes_nothing(
         ('a,b,a_sha256,b_sha256,decision\r\n"x,y,1,2,same\r\n', "not valid CSV"),
     ],
 )
-def test_a_malformed_sheet_is_refused(store: SQLiteStore, text: str, message: str) -> None:
+def test_a_malformed_sheet_is_refused(store: IndexStore, text: str, message: str) -> None:
     with pytest.raises(ImportRejected, match="nothing was imported") as caught:
         import_csv(store, io.StringIO(text), default_by="Aino")
     assert message in str(caught.value)

@@ -180,9 +180,45 @@ def test_two_scans_of_one_folder_wait_for_each_other(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("how", ["--db", "DAMDUP_DB"])
 def test_a_database_url_is_never_taken_as_a_path(how: str, tmp_path: Path) -> None:
-    url = "postgresql://damdup@db.example/damdup"
+    url = "mysql://damdup@db.example/damdup"
     argv, env = (["--db", url], {}) if how == "--db" else ([], {"DAMDUP_DB": url})
     result = damdup("scan", str(PHOTOS / "kuva"), *argv, env=env, cwd=tmp_path, check=False)
     assert result.returncode == 2
-    assert "postgresql:// is not a kind of index damdup knows" in result.stderr
+    assert "mysql:// is not a kind of index damdup knows" in result.stderr
     assert not os.listdir(tmp_path), "a folder named after the URL was made"
+
+
+@pytest.mark.parametrize("how", ["--db", "DAMDUP_DB", "config"])
+def test_an_unreachable_postgresql_server_is_one_line_naming_it(how: str, tmp_path: Path) -> None:
+    url = "postgresql://damdup@127.0.0.1:1/damdup"  # nothing listens on port 1
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    if how == "--db":
+        argv = ["--db", url]
+    elif how == "DAMDUP_DB":
+        env = {"DAMDUP_DB": url}
+    else:
+        config = write_config(tmp_path / "damdup.toml", tmp_path / "x.sqlite")
+        config.write_text(config.read_text().replace(str(tmp_path / "x.sqlite"), url))
+        env = {"DAMDUP_CONFIG": str(config)}
+    source = {"--db": "from --db", "DAMDUP_DB": "from $DAMDUP_DB", "config": "from "}[how]
+    for argv_ in (["status", *argv], ["scan", str(PHOTOS / "kuva"), "-q", *argv]):
+        result = damdup(*argv_, env=env, cwd=tmp_path, check=False)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr
+        assert lines[0].startswith(
+            "damdup: cannot reach PostgreSQL at 127.0.0.1:1 (database damdup)"
+        )
+        assert f"({source}" in lines[0]
+
+
+def test_a_reading_command_on_an_empty_postgresql_database_makes_no_index(pg_url: str) -> None:
+    import psycopg
+
+    result = damdup("status", "--db", pg_url, check=False)
+    assert result.returncode == 2
+    assert "damdup: no damdup index in database " in result.stderr
+    assert "(from --db)" in result.stderr
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT to_regclass('schema_version')").fetchone() == (None,)

@@ -137,12 +137,19 @@ def test_a_database_url_with_credentials_is_refused(
     path = config(tmp_path, WORDPRESS)
     path.write_text(path.read_text().replace('db = "', f'db = "postgresql://u:{SECRET}@db/x" #'))
     code, text = run(capsys, "sync", "--config", str(path))
-    assert code == 2 and "damdup.db: a URL must not hold a user name or password" in text
+    assert code == 2 and "damdup.db: a database URL must not hold a password" in text
+    assert "$PGPASSWORD or ~/.pgpass" in text
     assert SECRET not in text
     monkeypatch.setenv("DAMDUP_DB", f"postgresql://u:{SECRET}@db/x")
     code, text = run(capsys, "sync", "--config", str(config(tmp_path, WORDPRESS)))
-    assert code == 2 and "DAMDUP_DB: a URL must not hold a user name or password" in text
+    assert code == 2 and "$DAMDUP_DB" in text
+    assert "a database URL must not hold a password" in text
     assert SECRET not in text
+    monkeypatch.delenv("DAMDUP_DB")
+    for url in (f"postgresql://u:{SECRET}@db/x", f"postgresql://u@db/x?password={SECRET}"):
+        code, text = run(capsys, "status", "--db", url)
+        assert code == 2 and "a database URL must not hold a password" in text
+        assert "$PGPASSWORD or ~/.pgpass" in text and SECRET not in text
 
 
 def test_a_misspelt_secret_variable_is_named_with_the_right_name(

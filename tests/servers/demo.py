@@ -63,6 +63,21 @@ DEPARTMENTS = {
 }
 
 
+def real_harness(platform: str) -> str:
+    """The harness id to start for a platform: its real server where the
+    platform's source is in shared/platforms/ (ResourceSpace, Linked Events),
+    else its emulator."""
+    if platform == "resourcespace":
+        from tests.servers.resourcespace_real import skip_reason
+
+        return "resourcespace-real" if skip_reason() is None else platform
+    if platform == "linked_events":
+        from tests.servers.linked_events_real import source_tarball
+
+        return "linked_events-real" if source_tarball() is not None else platform
+    return platform
+
+
 def wordpress_available() -> bool:
     return shutil.which("php") is not None and Path("/usr/share/wordpress").is_dir()
 
@@ -115,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     units: dict[str, tuple[str, dict[str, Any]]] = {}
     try:
         for unit, files in plan().items():
-            harness = start_harness(platforms[unit])
+            chosen = real_harness(platforms[unit])
+            harness = start_harness(chosen)
             harnesses[unit] = harness
             for number, (name, path) in enumerate(files):
                 harness.add(name, path.read_bytes(), metadata(unit, number))
             units[unit] = (platforms[unit], harness.settings())
-            print(f"{unit:>15}: {platforms[unit]:<14} {len(files):>3} photos")
+            real = " (the real server, from its source)" if chosen.endswith("-real") else ""
+            print(f"{unit:>15}: {platforms[unit]:<14} {len(files):>3} photos{real}")
         config = workdir / "damdup.toml"
         db = workdir / "index.sqlite"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DAMDUP_")}

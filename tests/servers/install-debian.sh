@@ -1,6 +1,7 @@
 #!/bin/sh
-# Installs the real servers the tests run against, and the browser the review
-# page is tested in, from Debian 12's packages.
+# Installs the real servers the tests run against (WordPress on MariaDB,
+# PostgreSQL for the index), and the browser the review page is tested in,
+# from Debian 12's packages.
 # Idempotent: a fast no-op when everything is present. Must run as root (or
 # with sudo) the first time only.
 set -eu
@@ -12,6 +13,11 @@ for package in wordpress php-cli php-mysql php-gd chromium fonts-liberation; do
 done
 if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
     missing="$missing mariadb-server"
+fi
+# PostgreSQL: the index's tests on the second store (tests/servers/postgresql.py
+# starts the cluster when it is down and adds the tests' user as a role).
+if ! command -v pg_lsclusters >/dev/null 2>&1; then
+    missing="$missing postgresql"
 fi
 [ -z "$missing" ] && exit 0
 

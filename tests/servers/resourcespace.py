@@ -32,31 +32,54 @@ the API entry point's source:
   default; an unknown function echoes PHP `false`, i.e. an empty body; `sign`,
   `authmode` and `pretty` are cut from the query before it is checked.
 - dbstruct/data_preview_size.txt: the default preview sizes, every one a
-  scale-to-fit box (thm 175x175, pre 900x480, scr 1400x800, lpr 2000x2000,
-  hpr full size for non-JPEG originals, col 100x75); `padtosize` pads a size to
-  its whole box, which some installations turn on for even thumbnail grids.
+  scale-to-fit box (thm 200x200, pre 900x540, scr 1400x800, lpr 2000x2000,
+  hpr full size, col 100x75); `padtosize` pads a size to its whole box, which
+  some installations turn on for even thumbnail grids. create_previews_using_im()
+  always makes pre, thm and col (never enlarged), scr and hpr for originals
+  that are no JPEG, and any other size only for an original larger than its box.
 - dbstruct/data_resource_type_field.txt: the default fields (3 country, 8 title,
   10 credit, 12 date, ...). Search results carry `field<N>` only for the
   "resource table joins": the display fields 8, 3, 12 plus `$data_joins`.
 
-ResourceSpace answers values from MySQL as strings, dates as "YYYY-MM-DD
-HH:MM:SS" in the server's time zone, and escapes "/" in JSON as PHP does. It has
-no API rate limit and rejects no parameter: an unknown `order_by` falls back to
-relevance, an invalid `sort` to ascending. Files are static files under
-/filestore/ in scrambled folders, as Apache serves them.
+Checked against the real server (tests/servers/resourcespace_real.py and
+tests/adapters/test_resourcespace_real.py), which showed what the documents do
+not say, and which this emulator now does the same way:
+- numbers come as JSON numbers (mysqlnd's native types), dates as
+  "YYYY-MM-DD HH:MM:SS" in the database's time zone; "/" is escaped as PHP does;
+- do_search's `total` is a count cached for up to 30 minutes
+  ($cache_search_count, the "schema" query cache), corrected only when a page
+  contradicts it (sql_limit_with_total_count());
+- new installations set $hide_real_filepath: file addresses are
+  pages/download.php?ref=..&size=..&ext=..&...&access_key=<key>, a key made
+  anew at every call (generate_temp_download_key(), valid 24 hours), and the
+  file is served by download.php only with a valid key (`hide_real_filepath=False`
+  gives the older /filestore/ paths);
+- delete_resource moves a resource to archive state 3 ($resource_deletion_state);
+  it keeps answering get_resource_data, its fields, sizes and files, and a
+  `!list<ref>` search (special searches for lists and collections ignore
+  `archive`); a second delete removes it;
+- get_resource_field_data answers every field, values empty, for a resource
+  that does not exist; get_related_resources answers refs as numbers;
+- download.php without a valid key redirects to login.php; downloading an
+  original (not a preview) is logged, which moves the resource's `modified`.
+It has no API rate limit and rejects no parameter: an unknown `order_by` falls
+back to relevance, an invalid `sort` to ascending.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import re
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit
 
 import requests
 from PIL import Image, ImageOps
@@ -73,6 +96,8 @@ from tests.servers.faults import Forwarded
 USERNAME = "damdup"
 PRIVATE_KEY = "fake-resourcespace-private-key-for-tests-0123456789"
 SCRAMBLE_KEY = "fake-scramble-key"
+# $api_resource_path_expiry_hours: how long a download key is good for.
+DOWNLOAD_KEY_HOURS = 24
 
 # The display fields every installation joins into search results
 # ($thumbs_display_fields, $list_display_fields, $sort_fields by default).
@@ -109,8 +134,8 @@ class PreviewSize:
 
 
 PREVIEW_SIZES = (
-    PreviewSize("thm", 175, 175, "Thumbnail"),
-    PreviewSize("pre", 900, 480, "Preview"),
+    PreviewSize("thm", 200, 200, "Thumbnail"),
+    PreviewSize("pre", 900, 540, "Preview"),
     PreviewSize("scr", 1400, 800, "Screen"),
     PreviewSize("lpr", 2000, 2000, "Low resolution print"),
     PreviewSize("hpr", 999999, 999999, "High resolution print"),
@@ -212,6 +237,8 @@ class ResourceSpaceEmulator(Emulator):
             Rule("/api/index.php", endpoint="api", methods=["GET", "POST"]),
             Rule("/filestore/<path:path>", endpoint="filestore", methods=["GET", "HEAD"]),
             Rule("/pages/view.php", endpoint="view", methods=["GET"]),
+            Rule("/pages/download.php", endpoint="download", methods=["GET", "HEAD"]),
+            Rule("/login.php", endpoint="login", methods=["GET", "POST"]),
         ]
     )
 
@@ -229,8 +256,14 @@ class ResourceSpaceEmulator(Emulator):
         enable_remote_apis: bool = True,
         enable_related_resources: bool = True,
         read_only_users: tuple[str, ...] = (),
+        hide_real_filepath: bool = True,
+        resource_deletion_state: int | None = 3,
+        cache_search_count: bool = True,
     ) -> None:
         super().__init__(library)
+        self.hide_real_filepath = hide_real_filepath
+        self.resource_deletion_state = resource_deletion_state
+        self.cache_search_count = cache_search_count
         self.users = users if users is not None else {USERNAME: PRIVATE_KEY}
         # Users whose group may search and download but not edit ("e0" missing).
         self.read_only_users = set(read_only_users)
@@ -253,6 +286,8 @@ class ResourceSpaceEmulator(Emulator):
         self.download_denied: set[str] = set()
         self.related: set[frozenset[str]] = set()
         self._file_seen: dict[str, tuple[bytes, datetime]] = {}
+        self._counts: dict[tuple[str, ...], int] = {}  # $cache_search_count
+        self.purged: set[str] = set()  # deleted twice: gone for good
 
     def add_field(self, ref: int, name: str, title: str, type: int = 0) -> None:
         """A field an administrator added (Helsinki units add location, department...)."""
@@ -328,13 +363,48 @@ class ResourceSpaceEmulator(Emulator):
         if structured:
             start, count = max(parts[0], 0), max(parts[1], 0)
             chunk = found[start : start + count]
-            return {"total": len(found), "data": [self._row(a) for a in chunk[offset_rows:]]}
+            return {
+                "total": self._total(len(found), start, count, len(chunk), search, restypes,
+                                     order_by, archive),
+                "data": [self._row(a) for a in chunk[offset_rows:]],
+            }  # fmt: skip
         limit = php_int(fetchrows)  # "0,50" on an old server is intval("0,50") = 0: all rows
         limit = limit if limit > 0 else -1
         if offset_rows > 0 and limit != -1:
             limit += offset_rows
         chosen = found if limit == -1 else found[:limit]
         return [self._row(asset) for asset in chosen[offset_rows:]]
+
+    def _total(self, found: int, offset: int, rows: int, got: int, *key: Any) -> int:
+        """sql_limit_with_total_count(): the count from the query cache when
+        one is there, set right only when this page contradicts it."""
+        cache_key = tuple(str(part) for part in key)
+        total = self._counts.setdefault(cache_key, found) if self.cache_search_count else found
+        if got == 0 and rows > 0:
+            return min(total, offset)
+        if got < rows or offset + got > total:
+            return offset + got
+        return total
+
+    def _resource(self, ref: str) -> StoredAsset | None:
+        """A resource in any archive state: a deleted one stays, in state 3."""
+        if self.resource_deletion_state is None or ref in self.purged:
+            return self.library.get(ref)
+        with self.library.lock:
+            return self.library.assets.get(ref)
+
+    def _archive(self, asset: StoredAsset) -> int:
+        if asset.deleted and self.resource_deletion_state is not None:
+            return self.resource_deletion_state
+        return 0
+
+    def delete_resource(self, asset_id: str) -> None:
+        """What delete_resource() does: to the deletion state first, then
+        for good."""
+        asset = self.library.assets[asset_id]
+        if asset.deleted or self.resource_deletion_state is None:
+            self.purged.add(asset_id)
+        self.library.remove(asset_id)
 
     def get_resource_path(
         self,
@@ -357,7 +427,7 @@ class ResourceSpaceEmulator(Emulator):
         answer: dict[str, str] = {}
         for item in refs:
             key = str(item)
-            asset = self.library.get(key) if isinstance(item, int | str) else None
+            asset = self._resource(key) if isinstance(item, int | str) else None
             if asset is None or key in self.download_denied:
                 answer[key] = ""
                 continue
@@ -366,7 +436,7 @@ class ResourceSpaceEmulator(Emulator):
         return answer if len(answer) > 1 else next(iter(answer.values()), False)
 
     def get_resource_all_image_sizes(self, request: Request, resource: Any) -> Any:
-        asset = self.library.get(str(resource))
+        asset = self._resource(str(resource))
         if asset is None:
             return []
         extension = self._extension(asset)
@@ -394,38 +464,67 @@ class ResourceSpaceEmulator(Emulator):
         return sizes
 
     def get_resource_field_data(self, request: Request, resource: Any) -> Any:
-        asset = self.library.get(str(resource))
-        if asset is None:
-            return False
+        # A resource that does not exist gets every field, values empty.
+        asset = self._resource(str(resource))
         return [
             {
-                "value": i18n_get_translated(self._value(asset, field.ref) or ""),
-                "resource_type_field": str(field.ref),
-                "ref": str(field.ref),
-                "fref": str(field.ref),
-                "name": field.name,
-                "title": field.title,
-                "type": str(field.type),
-                "order_by": str(field.order_by),
-                "required": "0",
-                "display_field": "1",
-                "tab_name": "",
+                "resource_type_field": field.ref, "fref": field.ref, "frequired": 0,
+                "ref": field.ref, "name": field.name, "title": field.title,
+                "field_constraint": "", "type": field.type, "order_by": field.order_by,
+                "keywords_index": 1, "partial_index": 0, "global": 1, "resource_column": "",
+                "display_field": 1, "iptc_equiv": "", "display_template": "", "required": 0,
+                "smart_theme_name": "", "exiftool_field": "", "advanced_search": 1,
+                "simple_search": 0, "help_text": "", "display_as_dropdown": 0,
+                "external_user_access": 1, "autocomplete_macro": "",
+                "hide_when_uploading": 0, "hide_when_restricted": 0, "value_filter": "",
+                "exiftool_filter": "",
+                "omit_when_copying": "" if field in DEFAULT_FIELDS else 0, "tooltip_text": "",
+                "regexp_filter": "", "display_condition": "", "onchange_macro": "",
+                "linked_data_field": "",
+                # NULL in dbstruct's rows; 0 in the fields an administrator adds.
+                "automatic_nodes_ordering": "" if field in DEFAULT_FIELDS else 0,
+                "fits_field": "", "personal_data": "" if field in DEFAULT_FIELDS else 0,
+                "include_in_csv_export": 1, "browse_bar": 1,
+                "read_only": 1, "active": 1, "full_width": 0, "tab": 0, "complete_index": 0,
+                "sort_method": "" if field in DEFAULT_FIELDS else 0,
+                "value": i18n_get_translated(
+                    (self._value(asset, field.ref) if asset is not None else None) or ""
+                ),
+                "nodes": "", "resource_types": "1,2,3,4",
             }
             for field in sorted(self.fields.values(), key=lambda field: field.order_by)
-        ]
+        ]  # fmt: skip
 
     def get_resource_data(self, request: Request, resource: Any) -> Any:
-        asset = self.library.get(str(resource))
+        asset = self._resource(str(resource))
         if asset is None:
             return False
         row = self._row(asset)
-        row.pop("score", None)
-        return row
+        data: dict[str, Any] = {
+            "ref": row["ref"], "title": None, "resource_type": row["resource_type"],
+            "has_image": row["has_image"], "is_transcoding": 0, "hit_count": 0,
+            "new_hit_count": 0, "creation_date": row["creation_date"], "rating": None,
+            "user_rating": None, "user_rating_count": None, "user_rating_total": None,
+            "country": None, "file_extension": row["file_extension"],
+            "preview_extension": "jpg", "image_red": 0, "image_green": 0, "image_blue": 0,
+            "thumb_width": row["thumb_width"], "thumb_height": row["thumb_height"],
+            "archive": row["archive"], "access": 0, "colour_key": "", "created_by": 1,
+            "file_path": None, "file_modified": row["file_modified"],
+            "file_checksum": row["file_checksum"], "request_count": 0,
+            "expiry_notification_sent": 0, "preview_tweaks": "0|1", "geo_lat": None,
+            "geo_long": None, "mapzoom": None, "disk_usage": len(asset.data),
+            "disk_usage_last_updated": row["creation_date"], "file_size": row["file_size"],
+            "preview_attempts": 0, "modified": row["modified"],
+            "last_verified": row["creation_date"], "integrity_fail": 0, "lock_user": None,
+            "no_file": 0,
+        }  # fmt: skip
+        data.update({key: value for key, value in row.items() if key.startswith("field")})
+        return data
 
     def update_field(
         self, request: Request, resource: Any, field: Any, value: Any, nodevalues: Any
     ) -> bool:
-        asset = self.library.get(str(resource))
+        asset = self._resource(str(resource))
         if asset is None or not self._may_edit(request):
             return False
         text = str(field)
@@ -458,14 +557,14 @@ class ResourceSpaceEmulator(Emulator):
                 self.related.discard(pair)
         return True
 
-    def get_related_resources(self, request: Request, ref: Any) -> list[str]:
-        if not self.enable_related_resources or self.library.get(str(ref)) is None:
+    def get_related_resources(self, request: Request, ref: Any) -> list[int]:
+        if not self.enable_related_resources or self._resource(str(ref)) is None:
             return []
         others = {other for pair in self.related if str(ref) in pair for other in pair}
-        return sorted(others - {str(ref)}, key=int)
+        return sorted(int(other) for other in others - {str(ref)})
 
     def get_edit_access(self, request: Request, resource: Any) -> bool:
-        return self.library.get(str(resource)) is not None and self._may_edit(request)
+        return self._resource(str(resource)) is not None and self._may_edit(request)
 
     def _may_edit(self, request: Request) -> bool:
         return request.environ.get("resourcespace.user") not in self.read_only_users
@@ -498,6 +597,14 @@ class ResourceSpaceEmulator(Emulator):
             content_type="text/html; charset=utf-8",
         )
 
+    def login(self, request: Request) -> Response:
+        return Response(
+            "<!DOCTYPE html><html><head><title>ResourceSpace</title></head><body>"
+            '<form method="post"><input type="text" name="username" id="username"/>'
+            '<input type="password" name="password" id="password"/></form></body></html>',
+            content_type="text/html; charset=UTF-8",
+        )
+
     def http_error(self, request: Request, exc: Any) -> Response:
         return self._not_found(request, exc.code or 404)
 
@@ -518,11 +625,18 @@ class ResourceSpaceEmulator(Emulator):
     def _search(
         self, search: str, restypes: str, order_by: str, archive: str, sort: str
     ) -> list[StoredAsset]:
-        if "0" not in [state.strip() for state in archive.split(",")]:
-            return []  # every emulated resource is live (archive state 0)
+        states = {php_int(state) for state in archive.split(",")}
         if restypes.strip() and "1" not in [kind.strip() for kind in restypes.split(",")]:
             return []  # every emulated resource is a Photo (resource type 1)
-        found = self.library.live()
+        # "Resources in a collection or list may be in any archive state".
+        any_state = search.strip().startswith(("!list", "!collection"))
+        with self.library.lock:
+            found = [
+                asset for asset in self.library.assets.values()
+                if asset.id not in self.purged
+                and (not asset.deleted or self.resource_deletion_state is not None)
+                and (any_state or self._archive(asset) in states)
+            ]  # fmt: skip
         search = search.strip()
         if search.startswith("!list"):
             # search_special() reads the refs from the first word; do_search
@@ -580,18 +694,21 @@ class ResourceSpaceEmulator(Emulator):
         return hashlib.md5(asset.data).hexdigest()
 
     def _previews(self, asset: StoredAsset) -> dict[str, tuple[int, int, bool]]:
-        """The preview files create_previews() leaves: never enlarged; lpr only
-        when the original is larger; hpr only for originals that are no JPEG."""
+        """The preview files create_previews_using_im() leaves, never
+        enlarged: pre, thm and col always; scr and hpr always for originals
+        that are no JPEG; any size for an original larger than its box."""
         sizes: dict[str, tuple[int, int, bool]] = {}
+        jpeg = asset.mime_type == "image/jpeg"
         for size in PREVIEW_SIZES:
-            if size.code == "hpr":
-                if asset.mime_type == "image/jpeg":
-                    continue
-                width, height = asset.width, asset.height
-            else:
-                width, height = fit_within(asset, size.width, size.height)
-                if size.code == "lpr" and (width, height) == (asset.width, asset.height):
-                    continue
+            larger = asset.width > size.width or asset.height > size.height
+            made = (
+                size.code in ("pre", "thm", "col")
+                or (size.code in ("scr", "hpr") and not jpeg)
+                or larger
+            )
+            if not made:
+                continue
+            width, height = fit_within(asset, size.width, size.height)
             if size.code in self.padded:
                 sizes[size.code] = (size.width, size.height, True)
             else:
@@ -610,11 +727,11 @@ class ResourceSpaceEmulator(Emulator):
         thumb = self._previews(asset).get("thm", (0, 0, False))
         checksum = self._checksum(asset)
         row: dict[str, Any] = {
-            "score": "0",
-            "ref": asset.id,
-            "resource_type": "1",
-            "has_image": "1",
-            "is_transcoding": "0",
+            "score": 0,
+            "ref": int(asset.id),
+            "resource_type": 1,
+            "has_image": 1,
+            "is_transcoding": 0,
             "creation_date": mysql_time(asset.created),
             "rating": None,
             "user_rating": None,
@@ -622,32 +739,32 @@ class ResourceSpaceEmulator(Emulator):
             "user_rating_total": None,
             "file_extension": self._extension(asset),
             "preview_extension": "jpg",
-            "image_red": None,
-            "image_green": None,
-            "image_blue": None,
-            "thumb_width": str(thumb[0]),
-            "thumb_height": str(thumb[1]),
-            "archive": "0",
-            "access": "0",
+            "image_red": 0,
+            "image_green": 0,
+            "image_blue": 0,
+            "thumb_width": thumb[0],
+            "thumb_height": thumb[1],
+            "archive": self._archive(asset),
+            "access": 0,
             "colour_key": "",
-            "created_by": "1",
+            "created_by": 1,
             "file_modified": mysql_time(self._file_modified(asset)),
             "file_checksum": checksum,
-            "request_count": "0",
-            "new_hit_count": "0",
-            "expiry_notification_sent": "0",
+            "request_count": 0,
+            "new_hit_count": 0,
+            "expiry_notification_sent": 0,
             "preview_tweaks": "0|1",
             "file_path": None,
             "modified": mysql_time(asset.modified),
-            "file_size": str(len(asset.data)),
+            "file_size": len(asset.data),
             "group_access": None,
             "user_access": None,
-            "resultant_access": "0",
+            "resultant_access": 0,
         }
         for field in sorted(set(DEFAULT_JOINS) | set(self.data_joins)):
             row[f"field{field}"] = self._value(asset, field)
-        row["order_by"] = "1"
-        row["total_hit_count"] = "0"
+        row["order_by"] = None
+        row["total_hit_count"] = 0
         return row
 
     def _file_path(self, asset_id: str, size: str, extension: str) -> str:
@@ -660,13 +777,69 @@ class ResourceSpaceEmulator(Emulator):
         return f"{folders}{asset_id}{size}_{name_hash}.{extension}"
 
     def _file_url(self, request: Request, asset: StoredAsset, size: str, extension: str) -> str:
-        url = self.public_url(request, "filestore/" + self._file_path(asset.id, size, extension))
         exists = (size == "" and extension == self._extension(asset)) or (
             size in self._previews(asset) and extension == "jpg"
         )
-        if exists:  # ?v= is the file's mtime, added only for files on disk
-            url += f"?v={int(self._file_modified(asset).timestamp())}"
-        return url
+        # ?v= is the file's mtime, only for files on disk (and only in
+        # get_resource_all_image_sizes for download.php addresses).
+        mtime = str(int(self._file_modified(asset).timestamp())) if exists else ""
+        if self.hide_real_filepath:
+            query = urlencode(
+                [("ref", asset.id), ("size", size), ("ext", extension), ("page", "1"),
+                 ("alternative", "-1"), ("watermarked", ""), ("k", ""), ("noattach", "true"),
+                 ("v", mtime if request.args.get("function") != "get_resource_path" else "")]
+            )  # fmt: skip
+            user = request.environ.get("resourcespace.user", "")
+            key = self._download_key(user, asset.id, size)
+            return self.public_url(request, f"pages/download.php?{query}&access_key={key}")
+        url = self.public_url(request, "filestore/" + self._file_path(asset.id, size, extension))
+        return url + (f"?v={mtime}" if mtime else "")
+
+    @staticmethod
+    def _download_key(user: str, ref: str, size: str, moment: float | None = None) -> str:
+        """generate_temp_download_key(): user, resource, size and time,
+        encrypted with a fresh nonce, so every call gives another key."""
+        nonce = secrets.token_hex(8)
+        data = f"{nonce}:{user}:{ref}:{size}:{int(moment or time.time())}"
+        mac = hashlib.sha256(f"{SCRAMBLE_KEY}{data}".encode()).hexdigest()
+        return base64.b64encode(f"{data}@@{mac}".encode()).decode()
+
+    def _key_valid(self, key: str, ref: str, size: str) -> bool:
+        try:
+            data, _, mac = base64.b64decode(key, validate=True).decode().rpartition("@@")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if hashlib.sha256(f"{SCRAMBLE_KEY}{data}".encode()).hexdigest() != mac:
+            return False
+        parts = data.split(":")
+        return (
+            len(parts) == 5
+            and parts[2:4] == [ref, size]
+            and time.time() - int(parts[4]) < DOWNLOAD_KEY_HOURS * 3600
+        )
+
+    def download(self, request: Request) -> Response:
+        """pages/download.php with a temporary access key, as the API's
+        addresses are; the file inline, as noattach=true asks."""
+        ref, size = request.args.get("ref", ""), request.args.get("size", "")
+        asset = self._resource(ref)
+        key = request.args.get("access_key", "")
+        if not self._key_valid(key, ref, size):
+            # No session and no key: authenticate.php sends the browser to log in.
+            target = quote(request.full_path.rstrip("?"), safe="")
+            return Response(status=302, headers={"Location": self.public_url(
+                request, f"login.php?url={target}")})  # fmt: skip
+        if asset is None:
+            return self._not_found(request)
+        if size == "":
+            # An original's download is logged (resource_log), which moves
+            # the resource's `modified` (update_timestamp), not its file's.
+            with self.library.lock:
+                asset.modified = self.library.clock.tick()
+            return image_response(asset.data, asset.mime_type)
+        if size not in self._previews(asset):
+            return self._not_found(request)
+        return image_response(self._preview_bytes(asset, size))
 
 
 def _unsigned_part(query: str, params: dict[str, str]) -> str:
@@ -714,6 +887,10 @@ class ResourceSpaceHarness(EmulatorHarness):
 
     def bad_credentials(self) -> dict[str, Any] | None:
         return {"private_key": "not-the-private-key-of-this-user"}
+
+    def remove(self, asset_id: str) -> None:
+        # As a person deletes: to the "Deleted" state ($resource_deletion_state).
+        self.emulator.delete_resource(asset_id)
 
     def reset(self) -> None:
         super().reset()

@@ -1,0 +1,158 @@
+"""The part of the index one image belongs to, and how answers show assets.
+
+A single-asset check and a lookup answer with the clusters of the image's
+connected component: every content linked to it by a related pair or a
+reviewer's decision, clustered exactly as `damdup clusters` clusters the
+whole index. The entries here are what both answers (and their JSON) hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NotRequired, TypedDict
+
+import structlog
+
+from connector.core.fingerprint import RECIPE
+from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow
+from connector.core.settings import Settings
+from connector.core.tiers import Tier
+from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
+from connector.engine.links import default_link
+
+__all__ = [
+    "AssetEntry",
+    "ClusterEntry",
+    "Component",
+    "asset_entry",
+    "cluster_entry",
+    "component_of",
+]
+
+log = structlog.get_logger(__name__)
+
+# A component larger than this is still answered, but logged: a chain of
+# similar shots that long is worth a look.
+LARGE_COMPONENT = 500
+
+
+class AssetEntry(TypedDict):
+    """One asset in an answer. `url` is where damdup reads it; `link` where a
+    person opens it."""
+
+    unit: str
+    asset_id: str
+    url: str
+    link: str
+    original_url: str | None
+    metadata: dict[str, str | None]
+    reason: NotRequired[str]
+    tier: NotRequired[str | None]
+    role: NotRequired[str]
+    match: NotRequired[str | None]
+    sha256: NotRequired[str | None]
+
+
+class ClusterEntry(TypedDict):
+    id: str | None
+    tier: str | None
+    canonical: AssetEntry
+    copies: list[AssetEntry]
+
+
+def asset_entry(asset: AssetRow, link: Callable[[AssetRow], str] = default_link) -> AssetEntry:
+    return {
+        "unit": asset.unit,
+        "asset_id": asset.asset_id,
+        "url": asset.url,
+        "link": link(asset),
+        "original_url": asset.original_url,
+        "metadata": dict(asset.metadata),
+    }
+
+
+def cluster_entry(
+    cluster: Cluster, exclude: str | None = None, link: Callable[[AssetRow], str] = default_link
+) -> ClusterEntry:
+    canonical = asset_entry(cluster.canonical, link)
+    canonical["reason"] = cluster.reason
+    copies = []
+    for member in cluster.members:
+        if member.asset.key == exclude:
+            continue
+        copy = asset_entry(member.asset, link)
+        copy["tier"] = member.edge.tier.value
+        copy["role"] = member.edge.mark
+        copies.append(copy)
+    return {"id": cluster.id, "tier": cluster.tier.value, "canonical": canonical, "copies": copies}
+
+
+@dataclass
+class Component:
+    """The assets linked to some contents by pairs or decisions, and their
+    clusters as `damdup clusters` builds them."""
+
+    assets: list[AssetRow]
+    clusters: list[Cluster]
+    relations: list[Relation]
+
+    def cluster_of(self, key: str) -> Cluster | None:
+        for cluster in self.clusters:
+            if cluster.canonical.key == key or any(m.asset.key == key for m in cluster.members):
+                return cluster
+        return None
+
+    def similar_to(self, keys: set[str]) -> list[AssetRow]:
+        """Assets related to any of `keys` as another shot (`similar`), not in keys."""
+        found: dict[str, AssetRow] = {}
+        for relation in self.relations:
+            if relation.edge.tier != Tier.SIMILAR:
+                continue
+            for mine, other in ((relation.a, relation.b), (relation.b, relation.a)):
+                if mine.key in keys and other.key not in keys:
+                    found[other.key] = other
+        return [found[key] for key in sorted(found)]
+
+
+def component_of(
+    store: IndexStore,
+    start: Iterable[str],
+    shape: Callable[[str], Shape | None],
+    settings: Settings,
+    lineage: Lineage | None,
+) -> Component:
+    """Every content linked to `start` by a related pair or a decision, and
+    the clusters of their live assets, built as for the whole index."""
+    decisions = store.decisions()
+    decided: dict[str, set[str]] = {}
+    for sha_a, sha_b in decisions:
+        decided.setdefault(sha_a, set()).add(sha_b)
+        decided.setdefault(sha_b, set()).add(sha_a)
+    seen = set(start)
+    frontier = set(seen)
+    pairs: dict[tuple[str, str], PairRow] = {}
+    while frontier:
+        found: set[str] = set()
+        for pair in store.pairs_touching(frontier, RECIPE):
+            if pair.tier is None:
+                continue
+            pairs[(pair.sha_a, pair.sha_b)] = pair
+            found.update((pair.sha_a, pair.sha_b))
+        for sha in frontier:
+            found.update(decided.get(sha, ()))
+        frontier = found - seen
+        seen |= frontier
+    if len(seen) > LARGE_COMPONENT:
+        log.warning("check.large_component", contents=len(seen))
+    assets = store.live_assets_with(seen)
+    live = {asset.sha256 for asset in assets if asset.sha256 is not None}
+    kept = [pair for pair in pairs.values() if pair.sha_a in live and pair.sha_b in live]
+    shapes = {content: known for content in live if (known := shape(content)) is not None}
+    component_decisions: dict[tuple[str, str], DecisionRow] = {
+        key: row for key, row in decisions.items() if key[0] in seen or key[1] in seen
+    }
+    clusters, relations = build_clusters(
+        assets, shapes, kept, component_decisions, settings.authoritative_units, lineage
+    )
+    return Component(assets, clusters, relations)
