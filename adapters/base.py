@@ -13,6 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -451,6 +452,15 @@ RequestObserver = Callable[[RequestEvent], None]
 
 
 CursorT = TypeVar("CursorT", bound=BaseModel)
+
+
+def listing_started(cursor: CursorT) -> CursorT:
+    """The cursor with the time its listing began (a `started` field), set on
+    the listing's first page: a finished listing's watermark never passes it,
+    so an item dated in the future cannot hide later uploads."""
+    if getattr(cursor, "started", None) is None:
+        return cursor.model_copy(update={"started": datetime.now(UTC)})
+    return cursor
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ is unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -70,6 +70,7 @@ from adapters.base import (
     Unavailable,
     choose_rendition,
     has_image_extension,
+    listing_started,
 )
 from adapters.http import HttpClient, HttpError
 
@@ -182,12 +183,8 @@ class CkanPaginator:
         cursor: CkanCursor | None,
         rows: int,
         overlap: timedelta,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        cursor = cursor or CkanCursor()
-        if cursor.started is None:  # the first page of a listing
-            cursor = cursor.model_copy(update={"started": now()})
-        self.cursor = cursor
+        self.cursor = listing_started(cursor or CkanCursor())
         self.rows = rows
         self.overlap = overlap
         self.finished = False

@@ -21,7 +21,6 @@ https://developer.wordpress.org/reference/functions/register_post_meta/
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
@@ -46,6 +45,7 @@ from adapters.base import (
     Unavailable,
     Unsupported,
     choose_rendition,
+    listing_started,
 )
 from adapters.http import HttpClient, HttpError, Reply
 
@@ -152,12 +152,8 @@ class WordPressPaginator:
         self,
         cursor: WordPressCursor | None,
         page_size: int,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        cursor = cursor or WordPressCursor()
-        if cursor.started is None:  # the first page of a listing
-            cursor = cursor.model_copy(update={"started": now()})
-        self.cursor = cursor
+        self.cursor = listing_started(cursor or WordPressCursor())
         self.page_size = page_size
         self.finished = False
 
