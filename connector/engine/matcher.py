@@ -201,12 +201,16 @@ def match(
     originals.settle(evidences)
     stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
     digest_wanted: set[str] = set()
+    digest_pairs: set[tuple[str, str]] = set()
     for pair, evidence in evidences.items():
+        if not needs_pixel_digest(evidence, originals.same_shape(pair)):
+            continue
         # The thumbnails rule most such pairs out (burst frames) without the
         # full decode of both images that a digest costs.
-        if needs_pixel_digest(
-            evidence, originals.same_shape(pair)
-        ) and not thumbs_rule_out_same_pixels(load(pair[0]), load(pair[1])):
+        if thumbs_rule_out_same_pixels(load(pair[0]), load(pair[1])):
+            evidences[pair] = with_evidence(evidence, same_pixels=False)
+        else:
+            digest_pairs.add(pair)
             digest_wanted.update(pair)
     originals.release(digest_wanted)
     digests = _pixel_digests(store, pool, originals, digest_wanted, max_pixels, stats)
@@ -214,7 +218,9 @@ def match(
 
     check_jobs: list[tuple[tuple[str, str], tuple[bytes, bytes]]] = []
     for pair, evidence in evidences.items():
-        if pair[0] in digests and pair[1] in digests:
+        # Only the pairs that asked for digests take them: a pair's evidence
+        # never depends on which other pairs were checked in the same run.
+        if pair in digest_pairs and pair[0] in digests and pair[1] in digests:
             evidence = with_evidence(evidence, same_pixels=digests[pair[0]] == digests[pair[1]])
             evidences[pair] = evidence
         if needs_pixel_check(evidence):

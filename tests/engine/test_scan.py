@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
+from connector.core.index import SQLiteStore
 from connector.core.tiers import DUPLICATE_TIERS, Tier
 from connector.report.accuracy import EDIT_KINDS, EXACT_KINDS, load_labels, score
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, PHOTOS
 
 Run = Callable[..., CompletedProcess[str]]
 LABELS = load_labels(FIXTURES / "labels.json")
@@ -106,6 +108,29 @@ def test_rescan_of_an_unchanged_folder_decodes_nothing(
     assert second["fingerprinted"] == 0
     assert second["unchanged"] == second["listed"] == first["listed"]
     assert second["pairs_checked"] == 0
+
+
+def test_a_pairs_evidence_does_not_depend_on_what_else_was_checked(
+    run_damdup: Run, scanned_fixtures: Path, tmp_path: Path
+) -> None:
+    """A run that resumes (after a kill -9, say) checks only the pairs still
+    open; each pair must settle as it would have in one whole run. It did
+    not: a pixel digest asked for by one pair leaked into others' evidence."""
+    db = tmp_path / "resumed.sqlite"
+    shutil.copyfile(scanned_fixtures, db)
+    with sqlite3.connect(db) as raw:
+        dropped = raw.execute("DELETE FROM pairs WHERE rowid % 3 != 0").rowcount
+    assert dropped > 100
+    resumed = json.loads(
+        run_damdup("scan", str(PHOTOS), "--db", str(db), "--format", "json", "-q").stdout
+    )
+    assert resumed["pairs_checked"] == dropped
+    whole, part = SQLiteStore(scanned_fixtures), SQLiteStore(db)
+    try:
+        assert part.dump()["pairs"] == whole.dump()["pairs"]
+    finally:
+        whole.close()
+        part.close()
 
 
 def test_deleted_and_changed_files_are_noticed(
