@@ -19,13 +19,11 @@ import structlog
 from adapters.base import Adapter, AdapterError, NotFound
 from adapters.base import reason as error_text
 from connector.core.fingerprint import DECODE_SIDE, RECIPE, Fingerprint, ImageError, sha256_hex
-from connector.core.index import AssetRow, IndexStore, PairRow, ordered
+from connector.core.index import AssetRow, IndexStore, ordered
 from connector.core.settings import Settings
-from connector.core.tiers import place
 from connector.engine.component import AssetEntry, Component, asset_entry, cluster_entry
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.lookup import LookupAnswer, LookupRefused, lookup
-from connector.engine.matcher import evidence_record
 from connector.engine.memindex import MatchIndex
 from connector.engine.outbox import (
     PushReport,
@@ -221,19 +219,7 @@ class Checker(Workbench):
             for candidate in index.candidates(fingerprint)
             if ordered(fingerprint.sha256, candidate.sha256) not in done
         ]
-        rows: list[PairRow] = []
-        for (sha_a, sha_b), evidence in self.settle_pairs(store, fingerprint, todo, None):
-            verdict = place(evidence)
-            rows.append(
-                PairRow(
-                    sha_a=sha_a,
-                    sha_b=sha_b,
-                    tier=verdict.tier.value if verdict.tier else None,
-                    phash_distance=evidence.phash_distance,
-                    dhash_distance=evidence.dhash_distance,
-                    evidence=evidence_record(evidence, verdict),
-                )
-            )
+        rows = [settled.row for settled in self.settle(store, fingerprint, todo)]
         if rows:
             store.save_pairs(rows, RECIPE)
 

@@ -15,7 +15,7 @@ from adapters.base import AdapterError, BadAsset
 from adapters.base import reason as error_text
 from connector.core.fingerprint import ImageError
 from connector.core.index import AssetRow, IndexStore
-from connector.core.tiers import DUPLICATE_TIERS, TIER_ORDER, Tier, place
+from connector.core.tiers import DUPLICATE_TIERS, TIER_ORDER, Tier
 from connector.core.urls import url_under
 from connector.engine.component import (
     AssetEntry,
@@ -134,13 +134,10 @@ def _by_bytes(bench: Workbench, store: IndexStore, data: bytes) -> LookupAnswer:
         [fingerprint.sha256]
     ):
         matches[fingerprint.sha256] = Tier.EXACT
-    settled = bench.settle_pairs(
-        store, fingerprint, index.candidates(fingerprint), (fingerprint.sha256, data)
-    )
-    for (sha_a, sha_b), evidence in settled:
-        verdict = place(evidence)
-        if verdict.tier is not None:
-            matches[sha_b if sha_a == fingerprint.sha256 else sha_a] = verdict.tier
+    for settled in bench.settle(store, fingerprint, index.candidates(fingerprint), query=data):
+        row = settled.row
+        if row.tier is not None:
+            matches[row.sha_b if row.sha_a == fingerprint.sha256 else row.sha_a] = Tier(row.tier)
     query: Query = {
         "sha256": fingerprint.sha256,
         "indexed": fingerprint.sha256 in matches,

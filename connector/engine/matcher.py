@@ -10,38 +10,27 @@ images, so a re-scan re-checks nothing and a re-upload inherits the result.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import structlog
-from PIL import Image
 
-from connector.core.capture import contradictions, other_moment
-from connector.core.fingerprint import (
-    RECIPE,
-    Fingerprint,
-    codes_of,
-    pixel_digest,
-    thumbs_rule_out_same_pixels,
-)
+from connector.core.fingerprint import RECIPE, Fingerprint, codes_of
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
-from connector.core.tiers import (
-    CANDIDATE_RADIUS,
-    Evidence,
-    Verdict,
-    needs_pixel_check,
-    needs_pixel_digest,
-    place,
+from connector.core.tiers import CANDIDATE_RADIUS, Evidence, Verdict, place
+from connector.engine.originals import ReadsOriginals
+from connector.engine.pool import Outcome, WorkerPool
+from connector.engine.settle import (
+    Jobs,
+    MatchStats,
+    Settler,
+    pixel_check_job,
+    run_here,
+    with_evidence,
 )
-from connector.core.verify import verify_pair
-from connector.engine.originals import Originals, ReadsOriginals
-from connector.engine.pool import WorkerPool
 from connector.engine.sync import describe_error
 
 log = structlog.get_logger(__name__)
@@ -51,19 +40,6 @@ log = structlog.get_logger(__name__)
 ReadOriginal = ReadsOriginals
 
 SAVE_BATCH = 200
-
-
-@dataclass
-class MatchStats:
-    fingerprints: int = 0
-    candidates: int = 0
-    evaluated: int = 0
-    cached: int = 0
-    pixel_digests: int = 0
-    pixel_checks: int = 0
-    originals_read: int = 0  # originals fetched to settle candidate pairs
-    originals_bytes: int = 0
-    tiers: dict[str, int] = field(default_factory=dict)
 
 
 def distance(codes_a: Iterable[int], codes_b: Iterable[int]) -> int:
@@ -116,54 +92,6 @@ def find_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[i
     return out
 
 
-def _thumb_array(thumb: bytes) -> npt.NDArray[np.uint8]:
-    with Image.open(io.BytesIO(thumb)) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def pixel_check_job(thumb_a: bytes, thumb_b: bytes) -> dict[str, Any]:
-    return verify_pair(_thumb_array(thumb_a), _thumb_array(thumb_b)).as_dict()
-
-
-def check_not_run(reason: object) -> dict[str, Any]:
-    """The record of a pixel check that could not run (a crash, a time-out):
-    it did not pass."""
-    return {"passed": False, "reason": f"pixel check could not run: {reason}"}
-
-
-def pixel_digest_job(data: bytes, max_pixels: int) -> str:
-    return pixel_digest(data, max_pixels=max_pixels)
-
-
-def basic_evidence(
-    a: Fingerprint, b: Fingerprint, phash_distance: int, dhash_distance: int
-) -> Evidence:
-    return Evidence(
-        same_bytes=a.sha256 == b.sha256,
-        same_payload=a.payload_digest is not None and a.payload_digest == b.payload_digest,
-        phash_distance=phash_distance,
-        dhash_distance=dhash_distance,
-        either_flat=a.flat or b.flat,
-        contradictions=tuple(contradictions(a.capture, b.capture)),
-        other_moment=tuple(other_moment(a.capture, b.capture)),
-    )
-
-
-def with_evidence(evidence: Evidence, **changes: Any) -> Evidence:
-    return Evidence(**{**evidence.__dict__, **changes})
-
-
-def evidence_record(evidence: Evidence, verdict: Verdict) -> dict[str, Any]:
-    return {
-        "same_payload": evidence.same_payload,
-        "same_pixels": evidence.same_pixels,
-        "pixel_check": evidence.pixel_check,
-        "contradictions": list(evidence.contradictions),
-        "other_moment": list(evidence.other_moment),
-        "reasons": verdict.reasons,
-    }
-
-
 def match(
     store: IndexStore,
     pool: WorkerPool,
@@ -192,119 +120,21 @@ def match(
             cache[sha] = found
         return cache[sha]
 
-    evidences: dict[tuple[str, str], Evidence] = {}
-    for pair in todo:
-        evidences[pair] = basic_evidence(load(pair[0]), load(pair[1]), *candidates[pair])
-    # The originals behind each pair (fingerprints may be of renditions): the
-    # same bytes are `exact`; only candidates' originals are read, each once.
-    originals = Originals(store, read_original, load)
-    originals.settle(evidences)
-    stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
-    digest_wanted: set[str] = set()
-    digest_pairs: set[tuple[str, str]] = set()
-    for pair, evidence in evidences.items():
-        if not needs_pixel_digest(evidence, originals.same_shape(pair)):
-            continue
-        # The thumbnails rule most such pairs out (burst frames) without the
-        # full decode of both images that a digest costs.
-        if thumbs_rule_out_same_pixels(load(pair[0]), load(pair[1])):
-            evidences[pair] = with_evidence(evidence, same_pixels=False)
-        else:
-            digest_pairs.add(pair)
-            digest_wanted.update(pair)
-    originals.release(digest_wanted)
-    digests = _pixel_digests(store, pool, originals, digest_wanted, max_pixels, stats)
-    stats.originals_read, stats.originals_bytes = originals.fetched, originals.fetched_bytes
+    def run_jobs(function: Callable[..., Any], jobs: Jobs) -> Iterator[Outcome[Any]]:
+        return pool.map(function, jobs, describe_error)
 
-    check_jobs: list[tuple[tuple[str, str], tuple[bytes, bytes]]] = []
-    for pair, evidence in evidences.items():
-        # Only the pairs that asked for digests take them: a pair's evidence
-        # never depends on which other pairs were checked in the same run.
-        if pair in digest_pairs and pair[0] in digests and pair[1] in digests:
-            evidence = with_evidence(evidence, same_pixels=digests[pair[0]] == digests[pair[1]])
-            evidences[pair] = evidence
-        if needs_pixel_check(evidence):
-            check_jobs.append((pair, (load(pair[0]).thumb, load(pair[1]).thumb)))
-    cache.clear()  # thumbnails are in the jobs now; keep memory flat
-
+    settler = Settler(store, load, read_original, run_jobs, max_pixels=max_pixels, stats=stats)
     settled: list[PairRow] = []
-    finished = 0
-
-    def settle(pair: tuple[str, str], evidence: Evidence) -> None:
-        nonlocal finished
-        verdict = place(evidence)
-        tier = verdict.tier.value if verdict.tier else None
-        stats.tiers[str(tier)] = stats.tiers.get(str(tier), 0) + 1
-        settled.append(
-            PairRow(
-                sha_a=pair[0],
-                sha_b=pair[1],
-                tier=tier,
-                phash_distance=evidence.phash_distance,
-                dhash_distance=evidence.dhash_distance,
-                evidence=evidence_record(evidence, verdict) | originals.record(pair),
-            )
-        )
-        finished += 1
+    for done_pair in settler.settle({pair: candidates[pair] for pair in todo}):
+        settled.append(done_pair.row)
         if len(settled) >= SAVE_BATCH:
             store.save_pairs(settled, RECIPE)
             settled.clear()
         if progress is not None:
-            progress(finished, len(todo))
-
-    checked = {pair for pair, _ in check_jobs}
-    for pair, evidence in evidences.items():
-        if pair not in checked:
-            settle(pair, evidence)
-    for outcome in pool.map(pixel_check_job, check_jobs, describe_error):
-        stats.pixel_checks += 1
-        check: dict[str, Any] = (
-            outcome.value if outcome.error is None else check_not_run(outcome.error)
-        )
-        settle(
-            outcome.key,
-            with_evidence(
-                evidences[outcome.key],
-                pixel_check_passed=bool(check.get("passed")),
-                pixel_check=check,
-            ),
-        )
+            progress(stats.evaluated, len(todo))
     store.save_pairs(settled, RECIPE)
-    stats.evaluated = finished
+    cache.clear()
     return stats
-
-
-def _pixel_digests(
-    store: IndexStore,
-    pool: WorkerPool,
-    read_original: Callable[[str], bytes | None],
-    wanted: set[str],
-    max_pixels: int,
-    stats: MatchStats,
-) -> dict[str, str]:
-    digests: dict[str, str] = {}
-    missing: list[str] = []
-    for sha in sorted(wanted):
-        known = store.pixel_digest(sha)
-        if known is not None:
-            digests[sha] = known
-        else:
-            missing.append(sha)
-
-    def jobs() -> Iterator[tuple[str, tuple[bytes, int]]]:
-        for sha in missing:
-            data = read_original(sha)
-            if data is not None:
-                yield sha, (data, max_pixels)
-
-    for outcome in pool.map(pixel_digest_job, jobs(), describe_error):
-        if outcome.error is not None:
-            log.warning("pixel_digest.failed", sha256=outcome.key, reason=outcome.error)
-            continue
-        digests[outcome.key] = outcome.value
-        store.set_pixel_digest(outcome.key, outcome.value)
-        stats.pixel_digests += 1
-    return digests
 
 
 def explain_pair(
@@ -312,34 +142,25 @@ def explain_pair(
     b: Fingerprint,
     read_original: ReadOriginal,
     max_pixels: int,
-    store: IndexStore | None = None,
+    store: IndexStore,
 ) -> tuple[Evidence, Verdict, dict[str, Any]]:
-    """Every piece of evidence for one pair, computed now, in this process;
-    with `store`, what it knows of the originals too (and the originals'
-    part of the record)."""
-    phash_distance = distance(a.codes("phash"), b.codes("phash"))
-    dhash_distance = distance(a.codes("dhash"), b.codes("dhash"))
-    evidence = basic_evidence(a, b, phash_distance, dhash_distance)
-    same_shape = (a.width, a.height) == (b.width, b.height)
-    read_bytes: Callable[[str], bytes | None] = read_original
-    record: dict[str, Any] = {}
+    """The pair settled now, in this process, as a scan settles it (nothing is
+    saved), with the originals' part of the record; the pixel check is shown
+    even where the tier did not need it."""
     pair = ordered(a.sha256, b.sha256)
-    if store is not None and a.sha256 != b.sha256:
-        fingerprints = {a.sha256: a, b.sha256: b}
-        originals = Originals(store, read_original, fingerprints.__getitem__)
-        settled = {pair: evidence}
-        originals.settle(settled)
-        evidence, same_shape = settled[pair], originals.same_shape(pair)
-        record = originals.record(pair)
-        read_bytes = originals
-    if needs_pixel_digest(evidence, same_shape):
-        data_a, data_b = read_bytes(a.sha256), read_bytes(b.sha256)
-        if data_a is not None and data_b is not None:
-            same = pixel_digest(data_a, max_pixels) == pixel_digest(data_b, max_pixels)
-            evidence = with_evidence(evidence, same_pixels=same)
-    if not evidence.either_flat and not evidence.same_bytes:
+    distances = (
+        distance(a.codes("phash"), b.codes("phash")),
+        distance(a.codes("dhash"), b.codes("dhash")),
+    )
+    fingerprints = {a.sha256: a, b.sha256: b}
+    settler = Settler(
+        store, fingerprints.__getitem__, read_original, run_here, max_pixels=max_pixels, keep=False
+    )
+    (settled,) = settler.settle({pair: distances})
+    evidence = settled.evidence
+    if evidence.pixel_check is None and not evidence.either_flat and not evidence.same_bytes:
         check = pixel_check_job(a.thumb, b.thumb)
         evidence = with_evidence(
             evidence, pixel_check_passed=bool(check["passed"]), pixel_check=check
         )
-    return evidence, place(evidence), record
+    return evidence, place(evidence), settler.originals.record(pair)

@@ -173,8 +173,12 @@ class Originals:
         store: IndexStore,
         reader: ReadsOriginals,
         load: Callable[[str], Fingerprint],
+        *,
+        record: bool = True,
     ) -> None:
+        """`record=False`: the originals read are not recorded (a lookup)."""
         self.store = store
+        self.record_reads = record
         self.reader = reader
         self.load = load
         self.known: dict[str, Original] = {}
@@ -233,7 +237,8 @@ class Originals:
         self.fetched += 1
         self.fetched_bytes += len(data)
         digest = sha256_hex(data)
-        self.store.record_original(asset, digest, len(data))
+        if self.record_reads:
+            self.store.record_original(asset, digest, len(data))
         original.sha256, original.how = digest, "read to settle a pair"
         _merge(original, "size_bytes", len(data))
         log.info("original.read", asset=asset.key, bytes=len(data), sha256=digest)
@@ -272,7 +277,8 @@ class Originals:
         original = self.original(sha256)
         if original.sha256 is None:
             digest = sha256_hex(data)
-            self.store.record_original(asset, digest, len(data))
+            if self.record_reads:
+                self.store.record_original(asset, digest, len(data))
             original.sha256, original.how = digest, "read for its pixel digest"
         return data
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,8 +21,9 @@ from connector.core.index import AssetRow, IndexStore
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
-from connector.engine.matcher import MatchStats, match
+from connector.engine.matcher import match
 from connector.engine.pool import Limits, WorkerPool
+from connector.engine.settle import MatchStats
 from connector.engine.sync import Concurrency, SyncStats, sync_unit
 
 log = structlog.get_logger(__name__)
@@ -40,31 +41,31 @@ class OriginalReader:
     """Reads the original bytes of some live asset with a given content digest,
     through the adapter of its unit (or its file:// address for folder scans)."""
 
-    def __init__(self, store: IndexStore, adapters: dict[str, Adapter[Any]]) -> None:
+    def __init__(self, store: IndexStore, adapters: Mapping[str, Adapter[Any]]) -> None:
         self.store = store
         self.adapters = adapters
-        self._by_sha: dict[str, list[AssetRow]] | None = None
+        self._by_sha: dict[str, list[AssetRow]] = {}
 
     def __call__(self, sha256: str) -> bytes | None:
         found = self.read(sha256)
         return found[1] if found is not None else None
 
+    def _assets(self, sha256: str) -> list[AssetRow]:
+        if sha256 not in self._by_sha:
+            self._by_sha[sha256] = self.store.live_assets_with([sha256])
+        return self._by_sha[sha256]
+
     def read(self, sha256: str) -> tuple[AssetRow, bytes] | None:
         """The original of the first live asset with this content that can be
         read, with that asset."""
-        if self._by_sha is None:
-            self._by_sha = {}
-            for asset in self.store.live_assets():
-                if asset.sha256 is not None:
-                    self._by_sha.setdefault(asset.sha256, []).append(asset)
-        assets = self._by_sha.get(sha256, [])
+        assets = self._assets(sha256)
         # The same original may be on this machine already: a folder unit
         # holding a byte copy of what a platform serves as a rendition. Read it
         # there rather than fetch it again.
         local = [
             other
             for original_sha, _size in self.store.originals(assets).values()
-            for other in self._by_sha.get(original_sha, [])
+            for other in self._assets(original_sha)
             if other.url.startswith("file://")
         ]
         for asset in [*local, *assets]:

@@ -10,33 +10,31 @@ one search structure and one pool of workers for both.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from adapters.base import Adapter, AdapterError
-from adapters.base import reason as error_text
-from connector.core.fingerprint import Fingerprint, ImageError, pixel_digest
-from connector.core.index import IndexStore, ordered
+from adapters.base import Adapter
+from connector.core.fingerprint import Fingerprint, ImageError
+from connector.core.index import AssetRow, IndexStore, ordered
 from connector.core.settings import Settings
 from connector.core.store import open_store
-from connector.core.tiers import Evidence, needs_pixel_check, needs_pixel_digest
 from connector.engine.component import Component, component_of
 from connector.engine.links import Links
-from connector.engine.matcher import basic_evidence, check_not_run, pixel_check_job, with_evidence
 from connector.engine.memindex import Candidate, LiveIndex, MatchIndex
-from connector.engine.outbox import asset_ref
-from connector.engine.pool import WorkerPool
+from connector.engine.originals import Original
+from connector.engine.pool import Outcome, WorkerPool
 from connector.engine.scan import OriginalReader, lineage_of, worker_pool
+from connector.engine.settle import Settled, Settler, pixel_check_job, run_here
 from connector.engine.sync import describe_error, fingerprint_job
 
 __all__ = ["Workbench"]
 
-log = structlog.get_logger(__name__)
+Job = tuple[Any, tuple[Any, ...]]
 
-Jobs = list[tuple[tuple[str, str], tuple[bytes, bytes]]]
+log = structlog.get_logger(__name__)
 
 
 class Workbench:
@@ -97,88 +95,64 @@ class Workbench:
         fingerprint: Fingerprint = outcomes[0].value
         return fingerprint
 
-    def pixel_checks(self, jobs: Jobs) -> dict[tuple[str, str], dict[str, Any]]:
-        """The pixel check of each pair, in the worker processes (time and
-        memory limits, a crash costs one pair); one pair alone runs here."""
-        if len(jobs) == 1:
-            key, (thumb_a, thumb_b) = jobs[0]
-            try:
-                return {key: pixel_check_job(thumb_a, thumb_b)}
-            except Exception as exc:
-                return {key: check_not_run(exc)}
-        results: dict[tuple[str, str], dict[str, Any]] = {}
-        if not jobs:
-            return results
-        with self._pool_lock:
-            for outcome in self._worker_pool().map(pixel_check_job, jobs, describe_error):
-                results[outcome.key] = (
-                    outcome.value if outcome.error is None else check_not_run(outcome.error)
-                )
-        return results
+    def _run_jobs(self, function: Callable[..., Any], jobs: Iterable[Job]) -> list[Outcome[Any]]:
+        """Jobs in the worker processes (time and memory limits, a crash costs
+        one job); one pixel check alone runs here."""
+        listed = list(jobs)
+        if not listed:
+            return []
+        if len(listed) == 1 and function is pixel_check_job:
+            return list(run_here(function, listed))
+        with self._pool_lock:  # WorkerPool.map is one caller's at a time
+            return list(self._worker_pool().map(function, listed, describe_error))
 
     # -- settling pairs -----------------------------------------------------------
 
-    def settle_pairs(
+    def settle(
         self,
         store: IndexStore,
         fingerprint: Fingerprint,
-        candidates: list[Candidate],
-        query_data: tuple[str, bytes] | None,
-    ) -> list[tuple[tuple[str, str], Evidence]]:
-        """Settle pairs of `fingerprint` as the matcher does: digests of the
-        full pixels where they may be identical, else the pixel check on the
-        small decodes (in the worker processes, all pairs at once).
-        `query_data`: the original bytes of a looked-up image, by its sha."""
-        settled: dict[tuple[str, str], Evidence] = {}
-        jobs: Jobs = []
+        candidates: Iterable[Candidate],
+        query: bytes | None = None,
+    ) -> list[Settled]:
+        """Settle the candidate pairs of `fingerprint` as a scan settles them
+        (connector/engine/settle.py): byte copies by their originals, digests
+        of the full pixels where they may be identical, else the pixel check.
+        `query`: the bytes of a looked-up image, which is not in the index;
+        then nothing is saved."""
+        known: dict[str, Fingerprint] = {fingerprint.sha256: fingerprint}
+        pairs: dict[tuple[str, str], tuple[int, int]] = {}
         for candidate in candidates:
             other = store.fingerprint(candidate.sha256)
             if other is None:
-                continue
-            key = ordered(fingerprint.sha256, candidate.sha256)
-            a, b = (fingerprint, other) if key[0] == fingerprint.sha256 else (other, fingerprint)
-            evidence = basic_evidence(a, b, candidate.phash_distance, candidate.dhash_distance)
-            if needs_pixel_digest(evidence, (a.width, a.height) == (b.width, b.height)):
-                digest_a = self._pixel_digest(store, a.sha256, query_data)
-                digest_b = self._pixel_digest(store, b.sha256, query_data)
-                if digest_a is not None and digest_b is not None:
-                    evidence = with_evidence(evidence, same_pixels=digest_a == digest_b)
-            settled[key] = evidence
-            if needs_pixel_check(evidence):
-                jobs.append((key, (a.thumb, b.thumb)))
-        for key, check in self.pixel_checks(jobs).items():
-            settled[key] = with_evidence(
-                settled[key], pixel_check_passed=bool(check.get("passed")), pixel_check=check
+                continue  # gone since the search structure was built
+            known[other.sha256] = other
+            key = ordered(fingerprint.sha256, other.sha256)
+            pairs[key] = (candidate.phash_distance, candidate.dhash_distance)
+        reader = OriginalReader(store, self.adapters)
+        settler = Settler(
+            store,
+            known.__getitem__,
+            reader if query is None else _WithQuery(reader, fingerprint.sha256, query),
+            self._run_jobs,
+            max_pixels=self.settings.max_pixels,
+            keep=query is None,
+        )
+        if query is not None:
+            settler.known_original(
+                fingerprint.sha256,
+                Original(
+                    sha256=fingerprint.sha256,
+                    size_bytes=len(query),
+                    width=fingerprint.width,
+                    height=fingerprint.height,
+                    how="the looked-up bytes",
+                ),
             )
-        return sorted(settled.items())
-
-    def _pixel_digest(
-        self, store: IndexStore, sha256: str, query_data: tuple[str, bytes] | None
-    ) -> str | None:
-        if query_data is not None and query_data[0] == sha256:
-            try:
-                return pixel_digest(query_data[1], self.settings.max_pixels)
-            except Exception as exc:
-                log.warning("pixel_digest.failed", sha256=sha256, reason=describe_error(exc))
-                return None
-        known = store.pixel_digest(sha256)
-        if known is not None:
-            return known
-        for asset in store.live_assets_with([sha256]):
-            adapter = self.adapters.get(asset.unit)
-            if adapter is None:
-                continue
-            try:
-                data = adapter.fetch_original(asset_ref(asset))
-                digest = pixel_digest(data, self.settings.max_pixels)
-            except (AdapterError, ImageError, OSError, ValueError) as exc:
-                log.warning("pixel_digest.failed", asset=asset.key, reason=error_text(exc))
-                continue
-            if query_data is None:  # a lookup saves nothing
-                store.set_pixel_digest(sha256, digest)
+        settled = list(settler.settle(pairs))
+        for sha256, digest in settler.digests.items():
             self.index.note_pixel_digest(sha256, digest)
-            return digest
-        return None
+        return settled
 
     # -- the answer's part of the index ---------------------------------------------
 
@@ -190,3 +164,17 @@ class Workbench:
             self.settings,
             lineage_of(store, OriginalReader(store, self.adapters)),
         )
+
+
+class _WithQuery:
+    """The original reader of a lookup: the looked-up bytes for their own
+    digest, the index's assets for the rest."""
+
+    def __init__(self, reader: OriginalReader, sha256: str, data: bytes) -> None:
+        self.reader, self.sha256, self.data = reader, sha256, data
+
+    def __call__(self, sha256: str) -> bytes | None:
+        return self.data if sha256 == self.sha256 else self.reader(sha256)
+
+    def read(self, sha256: str) -> tuple[AssetRow, bytes] | None:
+        return self.reader.read(sha256)

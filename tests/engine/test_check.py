@@ -4,6 +4,7 @@ with filters cannot, and its check syncs the unit instead."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from adapters.base import Marks
+from connector.core.fingerprint import RECIPE
 from connector.core.index import SQLiteStore
 from connector.core.settings import Settings
 from connector.core.urls import url_under
@@ -146,6 +149,30 @@ def test_a_new_resized_copy_is_a_candidate_of_the_canonical(site: dict[str, Any]
     assert {"duplicate-candidate", "metadata-missing"} <= set(mine["labels"])
     assert mine["labels"] == list(whole_index_marks(site)[("opendata", new_id)].labels)
     assert site["servers"]["opendata"].stored_marks(new_id).empty
+
+
+def test_a_byte_copy_on_another_platform_is_exact_in_a_webhook_check(
+    site: dict[str, Any],
+) -> None:
+    """The museum (Drupal) is fingerprinted from a rendition, open data (CKAN)
+    from the file itself: a check compares the originals, as a scan does."""
+    with Image.open(unrelated()) as image:  # large enough for the museum's renditions
+        large = image.resize((image.width * 3, image.height * 3), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    large.save(buffer, "JPEG", quality=92)
+    data = buffer.getvalue()
+    on_opendata = site["servers"]["opendata"].add("kopio.jpg", data, None)
+    assert check(site, "opendata", on_opendata)["role"] == "unique"
+    in_museum = site["servers"]["museum"].add("original.jpg", data, None)
+    verdict = check(site, "museum", in_museum)
+    rows = [
+        site["store"].find_asset(key) for key in (f"museum:{in_museum}", f"opendata:{on_opendata}")
+    ]
+    assert rows[0] is not None and rows[1] is not None
+    assert rows[0].sha256 != rows[1].sha256, "the museum's side must be a rendition"
+    assert verdict["tier"] == "exact", verdict
+    pair = site["store"].pairs_touching([rows[0].sha256], RECIPE)
+    assert [p.tier for p in pair if rows[1].sha256 in (p.sha_a, p.sha_b)] == ["exact"]
 
 
 def test_marks_are_written_where_the_unit_writes(site: dict[str, Any]) -> None:
