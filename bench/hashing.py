@@ -4,7 +4,7 @@
                                       [--max-other 0.1] [--retries 3]
 
 Rows, all over the same folder of camera-like JPEGs (6000x4000, quality 90):
-  damdup       damdup's scan job (connector.engine.sync.fingerprint_job) through its
+  damdup       damdup's scan job (connector.engine.ingest.fingerprint_job) through its
                own WorkerPool: a folder scan hands each worker the path of a file no
                indexed content has the size of, and the worker reads it; also with
                the bytes piped from the parent (as for remote assets), and
@@ -481,8 +481,8 @@ def measure(
     scans: dict[str, list[Path]],
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from connector.core.fingerprint import fingerprint_bytes
+    from connector.engine.ingest import fingerprint_job
     from connector.engine.pool import WorkerPool
-    from connector.engine.sync import fingerprint_job
 
     names = [str(p) for p in paths]
     count = len(paths)

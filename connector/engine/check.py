@@ -18,10 +18,11 @@ import structlog
 
 from adapters.base import Adapter, AdapterError, NotFound
 from adapters.base import reason as error_text
-from connector.core.fingerprint import DECODE_SIDE, RECIPE, Fingerprint, ImageError, sha256_hex
+from connector.core.fingerprint import RECIPE, Fingerprint
 from connector.core.index import AssetRow, IndexStore, ordered
 from connector.core.settings import Settings
 from connector.engine.component import AssetEntry, Component, asset_entry, cluster_entry
+from connector.engine.ingest import Ingest, IngestStats, awaits_retry, known_of
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.lookup import LookupAnswer, LookupRefused, lookup
 from connector.engine.memindex import MatchIndex
@@ -33,7 +34,7 @@ from connector.engine.outbox import (
     push_assets,
 )
 from connector.engine.pool import Limits, WorkerPool
-from connector.engine.sync import asset_row, awaits_retry, sync_unit
+from connector.engine.sync import sync_unit
 from connector.engine.workbench import Workbench
 
 __all__ = ["CheckFailed", "CheckVerdict", "Checker", "LookupRefused", "MatchIndex"]
@@ -120,49 +121,31 @@ class Checker(Workbench):
     def _current(
         self, store: IndexStore, unit: str, adapter: Adapter[Any], asset_id: str
     ) -> AssetRow:
-        """The asset as the platform has it now, fingerprinted into the index."""
+        """The asset as the platform has it now, brought into the index as a
+        sync brings a page (connector/engine/ingest.py)."""
         if not adapter.capabilities.describe:
             return self._synced(store, unit, adapter, asset_id)
         try:
             ref = adapter.describe(asset_id)
         except NotFound as exc:
             raise CheckFailed(f"{unit} has no asset {asset_id}: {error_text(exc)}") from exc
-        if ref.problem is not None:
-            store.save_asset(unit, asset_row(unit, ref, None, ref.problem), None)
-            raise CheckFailed(f"{unit}:{asset_id} cannot be read: {ref.problem}")
-        known = store.find_asset(f"{unit}:{asset_id}")
-        if (
-            known is not None
-            and known.version == ref.version
-            and known.sha256 is not None
-            and store.known_fingerprints([known.sha256], RECIPE)
-        ):
-            row = asset_row(unit, ref, known.sha256, None)  # metadata may have changed
-            store.save_asset(unit, row, None)
-            return row
-        try:
-            data = adapter.fetch(ref, min_side=DECODE_SIDE)
-        except AdapterError as exc:
-            store.save_asset(
-                unit, asset_row(unit, ref, None, f"fetch failed: {error_text(exc)}"), None
-            )
-            raise
-        if len(data) > self.settings.max_file_bytes:
-            error = f"file is over the {self.settings.max_file_bytes:,} byte limit"
-            store.save_asset(unit, asset_row(unit, ref, None, error), None)
-            raise CheckFailed(error)
-        sha = sha256_hex(data)
-        fingerprint = None
-        if not store.known_fingerprints([sha], RECIPE):
-            try:
-                fingerprint = self.fingerprint(data)
-            except ImageError as exc:
-                error = error_text(exc)
-                store.save_asset(unit, asset_row(unit, ref, None, error), None)
-                raise CheckFailed(f"{unit}:{asset_id}: {error}") from exc
-        row = asset_row(unit, ref, sha, None)
-        store.save_asset(unit, row, fingerprint)
-        return row
+        before = store.find_asset(f"{unit}:{asset_id}")
+        ingest = Ingest(
+            store,
+            unit,
+            adapter,
+            self._run_jobs,
+            max_pixels=self.settings.max_pixels,
+            max_bytes=self.settings.max_file_bytes,
+            known={asset_id: known_of(before)} if before is not None and before.live else {},
+            sizes=None,
+            stats=IngestStats(),
+        )
+        ingested = ingest.page([ref])
+        fingerprints = {fingerprint.sha256: fingerprint for fingerprint in ingested.fingerprints}
+        for row in ingested.rows:
+            store.save_asset(unit, row, fingerprints.get(row.sha256 or ""))
+        return _usable(unit, asset_id, store.find_asset(f"{unit}:{asset_id}"))
 
     def _synced(
         self, store: IndexStore, unit: str, adapter: Adapter[Any], asset_id: str
@@ -185,14 +168,7 @@ class Checker(Workbench):
                 )
         except UnitBusy as exc:
             raise CheckFailed(f"{error_text(exc)}; its sync will index {asset_id}") from exc
-        row = store.find_asset(f"{unit}:{asset_id}")
-        if row is None or not row.live:
-            raise CheckFailed(f"{unit} has no asset {asset_id} (not in its listing)")
-        if row.error is not None or row.sha256 is None:
-            if awaits_retry(row.error):
-                raise CheckFailed(f"{unit}:{asset_id} could not be fetched: {row.error}")
-            raise CheckFailed(f"{unit}:{asset_id} cannot be read: {row.error}")
-        return row
+        return _usable(unit, asset_id, store.find_asset(f"{unit}:{asset_id}"))
 
     def _check(self, store: IndexStore, unit: str, asset_id: str) -> CheckVerdict:
         adapter = self.adapters.get(unit)
@@ -291,3 +267,14 @@ class Checker(Workbench):
                 for change in report.changes
             ],
         }
+
+
+def _usable(unit: str, asset_id: str, row: AssetRow | None) -> AssetRow:
+    """The asset's row once it is in the index, or why the check cannot go on."""
+    if row is None or not row.live:
+        raise CheckFailed(f"{unit} has no asset {asset_id} (not in its listing)")
+    if row.error is not None or row.sha256 is None:
+        if awaits_retry(row.error):
+            raise CheckFailed(f"{unit}:{asset_id} could not be fetched: {row.error}")
+        raise CheckFailed(f"{unit}:{asset_id} cannot be read: {row.error}")
+    return row

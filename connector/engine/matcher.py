@@ -21,17 +21,16 @@ from connector.core.fingerprint import RECIPE, Fingerprint, codes_of
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import CANDIDATE_RADIUS, Evidence, Verdict, place
+from connector.engine.ingest import describe_error
 from connector.engine.originals import ReadsOriginals
-from connector.engine.pool import Outcome, WorkerPool
+from connector.engine.pool import Jobs, Outcome, WorkerPool
 from connector.engine.settle import (
-    Jobs,
     MatchStats,
     Settler,
     pixel_check_job,
     run_here,
     with_evidence,
 )
-from connector.engine.sync import describe_error
 
 log = structlog.get_logger(__name__)
 

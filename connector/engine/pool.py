@@ -48,6 +48,13 @@ class Outcome(Generic[KeyT]):
     error: str | None = None
 
 
+# Jobs as callers hand them over, and how a caller has them run: `function(*args)`
+# for each (key, args), outcomes as they finish (WorkerPool.map with an error
+# description, or one by one in the calling process).
+Jobs = Iterable[tuple[Any, tuple[Any, ...]]]
+RunJobs = Callable[[Callable[..., Any], Jobs], Iterable["Outcome[Any]"]]
+
+
 def _alarm(signum: int, frame: object) -> None:
     raise JobTimeout
 

@@ -21,10 +21,11 @@ from connector.core.index import AssetRow, IndexStore
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
+from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.settle import MatchStats
-from connector.engine.sync import Concurrency, SyncStats, sync_unit
+from connector.engine.sync import SyncStats, sync_unit
 
 log = structlog.get_logger(__name__)
 

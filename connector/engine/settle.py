@@ -17,7 +17,7 @@ run agree pair by pair.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,19 +31,15 @@ from connector.core.fingerprint import Fingerprint, pixel_digest, thumbs_rule_ou
 from connector.core.index import IndexStore, PairRow
 from connector.core.tiers import Evidence, Verdict, needs_pixel_check, needs_pixel_digest, place
 from connector.core.verify import verify_pair
+from connector.engine.ingest import describe_error
 from connector.engine.originals import Original, Originals, ReadsOriginals
-from connector.engine.pool import Outcome
-from connector.engine.sync import describe_error
+from connector.engine.pool import Jobs, Outcome, RunJobs
 
-__all__ = ["Jobs", "Pair", "RunJobs", "Settled", "Settler", "run_here"]
+__all__ = ["Pair", "Settled", "Settler", "run_here"]
 
 log = structlog.get_logger(__name__)
 
 Pair = tuple[str, str]
-# How jobs run: `function(*args)` for each (key, args), outcomes as they finish
-# (WorkerPool.map with the caller's error description).
-Jobs = Iterable[tuple[Any, tuple[Any, ...]]]
-RunJobs = Callable[[Callable[..., Any], Jobs], Iterable[Outcome[Any]]]
 
 
 def pixel_digest_job(data: bytes, max_pixels: int) -> str:

@@ -22,13 +22,13 @@ from connector.core.index import AssetRow, IndexStore, ordered
 from connector.core.settings import Settings
 from connector.core.store import open_store
 from connector.engine.component import Component, component_of
+from connector.engine.ingest import describe_error, fingerprint_job
 from connector.engine.links import Links
 from connector.engine.memindex import Candidate, LiveIndex, MatchIndex
 from connector.engine.originals import Original
 from connector.engine.pool import Outcome, WorkerPool
 from connector.engine.scan import OriginalReader, lineage_of, worker_pool
 from connector.engine.settle import Settled, Settler, pixel_check_job, run_here
-from connector.engine.sync import describe_error, fingerprint_job
 
 __all__ = ["Workbench"]
 

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from connector.core.index import SQLiteStore
+from connector.engine.ingest import Concurrency
 from connector.engine.pool import Limits, WorkerPool
-from connector.engine.sync import Concurrency, sync_unit
+from connector.engine.sync import sync_unit
 from tests.conftest import ROOT, damdup
 from tests.servers.common import TokenBucket, photo_paths
 from tests.servers.config import write_config
