@@ -30,14 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.registry import ADAPTERS
 from connector.core.fingerprint import DECODE_SIDE
-from connector.core.index import SQLiteStore
+from connector.core.index import IndexStore
+from connector.core.store import open_store
 from connector.engine.pool import Limits, WorkerPool
 from connector.engine.sync import SyncStats, sync_unit
 from tests.contract.harness import HARNESSES, start_harness
 from tests.servers.common import photo_paths, upscaled
 
 
-def sync(store: SQLiteStore, adapter: Any, pool: WorkerPool, full: bool) -> SyncStats:
+def sync(store: IndexStore, adapter: Any, pool: WorkerPool, full: bool) -> SyncStats:
     return sync_unit(
         store, adapter, "bench", pool, max_pixels=200_000_000, max_bytes=256 * 2**20, full=full
     )
@@ -69,7 +70,7 @@ def measure(platform: str, photos: list[bytes]) -> dict[str, Any]:
             for ref in page.items:
                 warm.fetch(ref, DECODE_SIDE)
         with tempfile.TemporaryDirectory() as folder, WorkerPool(2, Limits(seconds=120)) as pool:
-            store = SQLiteStore(Path(folder) / "index.sqlite")
+            store = open_store(Path(folder) / "index.sqlite", create=True)
             list(pool.map(len, [("warm-up", (b"",))], str))  # workers up before the clock
             started = time.perf_counter()
             first = sync(store, server.adapter(), pool, full=False)

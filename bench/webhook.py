@@ -8,7 +8,7 @@ copy finds its original and the other variants, and settles them with the
 pixel check), plus synthetic rows up to --assets: random codes (pHash with
 its 32 set bits, dHash, central-part variants a few bits away) with a real
 fixture thumbnail each (≈28 KB, the real size), spread over eleven units and
-inserted in bulk through `SQLiteStore.save_page`. It is cached in
+inserted in bulk through the store's `save_page`. It is cached in
 bench/results/ and reused (checks add a few rows) unless --fresh.
 
 The notified asset sits on the Drupal emulator on 127.0.0.1 (tests/servers/),
@@ -65,8 +65,9 @@ from connector.core.fingerprint import (  # noqa: E402
     codes_of,
     fingerprint_bytes,
 )
-from connector.core.index import AssetRow, SQLiteStore  # noqa: E402
+from connector.core.index import AssetRow, IndexStore  # noqa: E402
 from connector.core.settings import Settings  # noqa: E402
+from connector.core.store import open_store  # noqa: E402
 from connector.core.tiers import CANDIDATE_RADIUS  # noqa: E402
 from connector.engine.check import Checker, MatchIndex  # noqa: E402
 from tests.contract.harness import start_harness  # noqa: E402
@@ -108,7 +109,7 @@ def build_index(db: Path, assets: int) -> dict[str, Any]:
     for path in photo_paths():
         real.append((path, fingerprint_bytes(path.read_bytes())))
     thumbs = [fp.thumb for _, fp in real]
-    store = SQLiteStore(db)
+    store = open_store(db, create=True)
     started = time.perf_counter()
     try:
         rows: list[tuple[str, AssetRow, Fingerprint]] = []
@@ -153,7 +154,7 @@ def build_index(db: Path, assets: int) -> dict[str, Any]:
                     None if last else f"page-{start}",
                 )
             store.finish_run(run, True, {"listed": len(mine)})
-        count = int(store.db.execute("SELECT COUNT(*) FROM assets WHERE live = 1").fetchone()[0])
+        count = sum(status.live_assets for status in store.unit_status().values())
     finally:
         store.close()
     return {"assets": count, "real": len(real), "seconds": time.perf_counter() - started}
@@ -246,7 +247,7 @@ def measure_http(
 
 
 def query_fingerprints(
-    store: SQLiteStore, notified: list[str], looked_up: list[bytes]
+    store: IndexStore, notified: list[str], looked_up: list[bytes]
 ) -> list[Fingerprint]:
     """The fingerprints the checks and lookups searched with: the notified
     assets' as stored by their checks, the looked-up files' computed again
@@ -459,12 +460,12 @@ def main() -> int:
         uploads = [upscaled(path, 2000, quality=90, grain=2.0) for path in chosen]
         ids = [server.add(f"upload-{n}.jpg", data, None) for n, data in enumerate(uploads)]
 
-        store = SQLiteStore(db)
+        store = open_store(db, create=True)
         lock = threading.Lock()
         roles: dict[str, int] = {}
 
         def notify(asset_id: str) -> float:
-            own = SQLiteStore(db)
+            own = open_store(db, create=False)
             try:
                 started = time.perf_counter()
                 check_id = own.start_check("museum", asset_id, "bench")
