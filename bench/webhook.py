@@ -62,7 +62,6 @@ from connector.core.capture import CaptureFacts  # noqa: E402
 from connector.core.fingerprint import (  # noqa: E402
     RECIPE,
     Fingerprint,
-    codes_of,
     fingerprint_bytes,
 )
 from connector.core.index import AssetRow, IndexStore  # noqa: E402
@@ -273,24 +272,16 @@ def measure_peers(index: MatchIndex, queries: list[Fingerprint]) -> dict[str, An
     """The candidate search of each query against the whole index: damdup as
     the Checker runs it, numpy brute force, plain imagehash; seconds per query."""
     radius = CANDIDATE_RADIUS
-    shas = [row["sha256"] for row in index.rows]
+    table = index.columns()
+    shas = [sha.decode() for sha in table.sha256.tolist()]
 
     started = time.perf_counter()
-    variants: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for kind in ("phash", "dhash"):
-        codes: list[int] = []
-        owners: list[int] = []
-        for owner, row in enumerate(index.rows):
-            if row["flat"]:  # as MatchIndex: flat images all hash alike
-                continue
-            for code in codes_of(row, kind):
-                codes.append(code)
-                owners.append(owner)
-        variants[kind] = (np.array(codes, dtype=np.uint64), np.array(owners, dtype=np.int64))
+    # As MatchIndex: flat images all hash alike, so they are left out.
+    variants = {kind: table.variants(kind) for kind in ("phash", "dhash")}
     brute_setup = time.perf_counter() - started
 
     started = time.perf_counter()
-    main_phash = np.array([row["phash"] for row in index.rows], dtype=np.uint64)
+    main_phash = table.phash[:, 0].copy()
     hashes = as_imagehash(main_phash)
     imagehash_setup = time.perf_counter() - started
 
@@ -359,7 +350,7 @@ def measure_peers(index: MatchIndex, queries: list[Fingerprint]) -> dict[str, An
         found["imagehash"] += len({shas[owner] for owner in near} - {fp.sha256})
     return {
         "queries": len(queries),
-        "rows": len(index.rows),
+        "rows": len(index),
         "side": index.side,
         "codes": {kind: int(codes_k.shape[0]) for kind, (codes_k, _) in variants.items()},
         "brute_setup_s": brute_setup,

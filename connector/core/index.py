@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from connector.core.capture import CaptureFacts
+from connector.core.columns import COLUMNS_SELECT, FETCH_CHUNK, ColumnsBuilder, FingerprintColumns
 from connector.core.fingerprint import Fingerprint
 
 SIGNED = 1 << 63
@@ -429,6 +430,13 @@ class IndexStore(ABC):
     @abstractmethod
     def fingerprint_rows(self, recipe: int) -> list[dict[str, Any]]:
         """Codes of every live fingerprint of the recipe (no thumbnails)."""
+
+    @abstractmethod
+    def fingerprint_columns(self, recipe: int, after: int | None = None) -> FingerprintColumns:
+        """What `fingerprint_rows` gives, as columns, read a chunk at a time
+        (no list of every row is ever held): with `after` None the live
+        fingerprints in sha256 order; else, as `fingerprint_rows_after`, every
+        fingerprint saved after that watermark (live or not), in saving order."""
 
     @abstractmethod
     def fingerprint(self, sha256: str) -> Fingerprint | None: ...
@@ -921,6 +929,29 @@ class SQLiteStore(IndexStore):
             (recipe,),
         )
         return [_code_row(row) for row in rows]
+
+    def fingerprint_columns(self, recipe: int, after: int | None = None) -> FingerprintColumns:
+        if after is None:
+            query = f"""SELECT {COLUMNS_SELECT}
+                FROM fingerprints WHERE recipe = ? AND sha256 IN
+                    (SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL)
+                ORDER BY sha256"""
+            parameters: tuple[int, ...] = (recipe,)
+        else:
+            query = f"""SELECT {COLUMNS_SELECT}
+                FROM fingerprints WHERE recipe = ? AND rowid > ? ORDER BY rowid"""
+            parameters = (recipe, after)
+        builder = ColumnsBuilder()
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples
+        try:
+            # One statement: one read snapshot for every chunk.
+            cursor.execute(query, parameters)
+            while rows := cursor.fetchmany(FETCH_CHUNK):
+                builder.add(rows)
+        finally:
+            cursor.close()
+        return builder.build()
 
     def fingerprint(self, sha256: str) -> Fingerprint | None:
         row = self.db.execute("SELECT * FROM fingerprints WHERE sha256 = ?", (sha256,)).fetchone()

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from connector.core.columns import FingerprintColumns
 from connector.core.fingerprint import FORMATS_ORIGINAL
 from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
 from connector.core.provenance import Family
@@ -83,6 +84,36 @@ class Shape:
     size_bytes: int = 0
 
 
+def shape_at(columns: FingerprintColumns, row: int) -> Shape:
+    return Shape(
+        int(columns.width[row]),
+        int(columns.height[row]),
+        columns.format(row),
+        bool(columns.has_capture[row]),
+        int(columns.size_bytes[row]),
+    )
+
+
+class ShapeLookup(Mapping[str, Shape]):
+    """sha256 -> Shape over the index's columns, made one at a time as
+    asked for: no dict of every fingerprint's shape."""
+
+    def __init__(self, columns: FingerprintColumns) -> None:
+        self.columns = columns
+
+    def __getitem__(self, sha256: str) -> Shape:
+        at = self.columns.find(sha256)
+        if at is None:
+            raise KeyError(sha256)
+        return shape_at(self.columns, at)
+
+    def __iter__(self) -> Iterator[str]:
+        return (sha.decode() for sha in self.columns.sha256.tolist())
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
 # The lineage of one group of copies, from their content digests (and the true
 # size of each, for images only a reduced rendition can be read of).
 Lineage = Callable[[list[str], dict[str, tuple[int, int]]], Family]
@@ -106,7 +137,7 @@ class Policy:
 
     def __init__(
         self,
-        shapes: dict[str, Shape],
+        shapes: Mapping[str, Shape],
         authoritative_units: Iterable[str],
         reviewer_choices: set[str],
         families: dict[str, Family] | None = None,
@@ -357,7 +388,7 @@ def _groups(
 
 
 def _size(
-    sha: str, group: list[str], by_key: dict[str, AssetRow], shapes: dict[str, Shape]
+    sha: str, group: list[str], by_key: dict[str, AssetRow], shapes: Mapping[str, Shape]
 ) -> tuple[int, int]:
     for key in group:
         asset = by_key[key]
@@ -369,7 +400,7 @@ def _size(
 
 def build_clusters(
     assets: list[AssetRow],
-    shapes: dict[str, Shape],
+    shapes: Mapping[str, Shape],
     pairs: list[PairRow],
     decisions: dict[tuple[str, str], DecisionRow],
     authoritative_units: Iterable[str] = (),

@@ -10,14 +10,15 @@ images, so a re-scan re-checks nothing and a re-upload inherits the result.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import structlog
 
-from connector.core.fingerprint import RECIPE, Fingerprint, codes_of
+from connector.core.columns import Digests, FingerprintColumns
+from connector.core.fingerprint import RECIPE, Fingerprint
 from connector.core.index import IndexStore, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import CANDIDATE_RADIUS, Evidence, Verdict, place
@@ -40,6 +41,8 @@ ReadOriginal = ReadsOriginals
 
 SAVE_BATCH = 200
 
+I64 = npt.NDArray[np.int64]
+
 
 def distance(codes_a: Iterable[int], codes_b: Iterable[int]) -> int:
     """Smallest Hamming distance between any variant of A's code and any of B's."""
@@ -47,47 +50,53 @@ def distance(codes_a: Iterable[int], codes_b: Iterable[int]) -> int:
     return min((x ^ y).bit_count() for x in codes_a for y in right)
 
 
-def _hash_pairs(rows: list[dict[str, Any]], key: str) -> set[tuple[int, int]]:
-    codes: list[int] = []
-    owners: list[int] = []
-    for owner, row in enumerate(rows):
-        if row["flat"]:  # flat images all hash alike
-            continue
-        for variant in codes_of(row, key):
-            codes.append(variant)
-            owners.append(owner)
-    if len(codes) < 2:
-        return set()
-    found = pairs_within(np.array(codes, dtype=np.uint64), CANDIDATE_RADIUS)
-    owner_array = np.array(owners, dtype=np.int64)
-    left, right = owner_array[found[:, 0]], owner_array[found[:, 1]]
+def _hash_pairs(columns: FingerprintColumns, kind: str) -> I64:
+    """Rows (low, high) with a variant of the code within the radius."""
+    codes, owners = columns.variants(kind)
+    if codes.size < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    found = pairs_within(codes, CANDIDATE_RADIUS)
+    left, right = owners[found[:, 0]], owners[found[:, 1]]
     keep = left != right
     low, high = np.minimum(left, right)[keep], np.maximum(left, right)[keep]
-    return set(zip(low.tolist(), high.tolist(), strict=True))
+    return np.stack([low, high], axis=1)
 
 
-def find_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """Candidate content pairs (sha_a < sha_b) with their pHash and dHash distances."""
-    index_pairs = _hash_pairs(rows, "phash") | _hash_pairs(rows, "dhash")
-    for key in ("payload_digest", "pixel_digest"):
-        groups: dict[str, list[int]] = defaultdict(list)
-        for owner, row in enumerate(rows):
-            if row[key] is not None:
-                groups[row[key]].append(owner)
-        for members in groups.values():
-            index_pairs.update(
-                (members[i], members[j])
-                for i in range(len(members))
-                for j in range(i + 1, len(members))
-            )
+def _digest_pairs(digests: Digests) -> I64:
+    """Rows (low, high) with the same digest."""
+    out = [np.zeros((0, 2), dtype=np.int64)]
+    for members in digests.groups():
+        i, j = np.triu_indices(members.size, k=1)
+        out.append(np.stack([members[i], members[j]], axis=1))
+    return np.concatenate(out)
+
+
+def find_candidates(
+    table: FingerprintColumns | Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Candidate content pairs (sha_a < sha_b) with their pHash and dHash
+    distances, from the index's columns (or rows as `fingerprint_rows` gives
+    them)."""
+    columns = (
+        table if isinstance(table, FingerprintColumns) else FingerprintColumns.from_rows(table)
+    )
+    found = np.concatenate(
+        [
+            _hash_pairs(columns, "phash"),
+            _hash_pairs(columns, "dhash"),
+            _digest_pairs(columns.payload_digest),
+            _digest_pairs(columns.pixel_digest),
+        ]
+    )
+    # Each pair of rows once: (low, high) as one number.
+    keys = np.unique(found[:, 0] * max(len(columns), 1) + found[:, 1])
+    left, right = np.divmod(keys, max(len(columns), 1))
+    phash = columns.distances(left, right, "phash").tolist()
+    dhash = columns.distances(left, right, "dhash").tolist()
+    shas = columns.sha256
     out: dict[tuple[str, str], tuple[int, int]] = {}
-    for i, j in index_pairs:
-        a, b = rows[i], rows[j]
-        pair = ordered(a["sha256"], b["sha256"])
-        out[pair] = (
-            distance(codes_of(a, "phash"), codes_of(b, "phash")),
-            distance(codes_of(a, "dhash"), codes_of(b, "dhash")),
-        )
+    for a, b, p, d in zip(shas[left].tolist(), shas[right].tolist(), phash, dhash, strict=True):
+        out[ordered(a.decode(), b.decode())] = (p, d)
     return out
 
 
@@ -100,9 +109,10 @@ def match(
     progress: Callable[[int, int | None], None] | None = None,
 ) -> MatchStats:
     stats = MatchStats()
-    rows = store.fingerprint_rows(RECIPE)
-    stats.fingerprints = len(rows)
-    candidates = find_candidates(rows)
+    columns = store.fingerprint_columns(RECIPE)
+    stats.fingerprints = len(columns)
+    candidates = find_candidates(columns)
+    del columns
     stats.candidates = len(candidates)
     done = store.evaluated_pairs(RECIPE)
     todo = sorted(pair for pair in candidates if pair not in done)

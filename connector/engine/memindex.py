@@ -18,11 +18,12 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from connector.core.fingerprint import RECIPE, Fingerprint, codes_of
+from connector.core.columns import FingerprintColumns
+from connector.core.fingerprint import RECIPE, Fingerprint
 from connector.core.index import IndexStore
 from connector.core.search import HammingIndex
 from connector.core.tiers import CANDIDATE_RADIUS
-from connector.engine.clusters import Shape
+from connector.engine.clusters import Shape, shape_at
 
 __all__ = ["Candidate", "LiveIndex", "MatchIndex"]
 
@@ -46,92 +47,132 @@ def _distance(codes_a: tuple[int, ...], codes_b: tuple[int, ...]) -> int:
 
 class MatchIndex:
     """Every fingerprint's pHash and dHash variants (as oriented, border-trimmed,
-    central part) in exact Hamming indexes, plus payload and pixel digests:
-    the candidates of one image within the matcher's radius, found as
-    `matcher.find_candidates` would find them in a whole-index run."""
+    central part) in exact Hamming indexes, plus payload digests: the
+    candidates of one image within the matcher's radius, found as
+    `matcher.find_candidates` would find them in a whole-index run.
 
-    def __init__(self, rows: list[dict[str, Any]], watermark: int) -> None:
-        self.rows: list[dict[str, Any]] = []
-        self.position: dict[str, int] = {}
-        self.payloads: dict[str, list[int]] = {}
-        self.pixels: dict[str, list[int]] = {}
-        for row in rows:
-            self._add(row)
-        self.built = len(self.rows)
+    The fingerprints are held as columns (`FingerprintColumns`): those of the
+    build, then those added since ("the side"); a row's position in that order
+    is its owner number in the Hamming indexes."""
+
+    def __init__(self, columns: FingerprintColumns, watermark: int) -> None:
+        self.base = columns
+        self.built = len(columns)
         self.watermark = watermark
         self.hash_indexes = {kind: self._build(kind) for kind in ("phash", "dhash")}
-        # Fingerprints added since the build ("the side list"): their code
-        # variants and owners, searched by brute force (XOR and popcount).
-        self._side_codes: dict[str, list[int]] = {"phash": [], "dhash": []}
-        self._side_owners: dict[str, list[int]] = {"phash": [], "dhash": []}
+        self.payloads = columns.payload_digest.lookup()
+        # Full-pixel digests computed since the build, by owner.
+        self.pixel_digests: dict[int, str] = {}
+        # Fingerprints added since the build: their columns, positions by
+        # content, payload digests, and code variants with their owners,
+        # searched by brute force (XOR and popcount).
+        self._side_parts: list[FingerprintColumns] = []
+        self._side_table: FingerprintColumns | None = None
+        self._side_position: dict[str, int] = {}
+        self._side_payloads: dict[str, list[int]] = {}
+        self._side_codes: dict[str, list[npt.NDArray[np.uint64]]] = {"phash": [], "dhash": []}
+        self._side_owners: dict[str, list[npt.NDArray[np.int64]]] = {"phash": [], "dhash": []}
         self._side_arrays: dict[str, tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]] = {}
 
-    def _add(self, row: dict[str, Any]) -> None:
-        sha = row["sha256"]
-        if sha in self.position:
-            return
-        self.position[sha] = len(self.rows)
-        self.rows.append(row)
-        for key, table in (("payload_digest", self.payloads), ("pixel_digest", self.pixels)):
-            if row.get(key) is not None:
-                table.setdefault(row[key], []).append(self.position[sha])
+    def __len__(self) -> int:
+        return self.built + len(self._side_position)
 
     def _build(self, kind: str) -> HammingIndex:
-        codes: list[int] = []
-        owners: list[int] = []
-        for owner, row in enumerate(self.rows):
-            if row["flat"]:  # flat images all hash alike
-                continue
-            for variant in codes_of(row, kind):
-                codes.append(variant)
-                owners.append(owner)
-        return HammingIndex(np.array(codes, dtype=np.uint64), np.array(owners, dtype=np.int64))
+        codes, owners = self.base.variants(kind)
+        return HammingIndex(codes, owners)
 
     @property
     def side(self) -> int:
-        return len(self.rows) - self.built
+        return len(self._side_position)
 
-    def add_rows(self, rows: Iterable[dict[str, Any]], watermark: int) -> None:
-        before = len(self.rows)
-        for row in rows:
-            self._add(row)
-        for owner in range(before, len(self.rows)):
-            if self.rows[owner]["flat"]:
-                continue
+    def _side_columns(self) -> FingerprintColumns:
+        if self._side_table is None:
+            self._side_table = FingerprintColumns.concat(self._side_parts)
+            self._side_parts = [self._side_table]
+        return self._side_table
+
+    def columns(self) -> FingerprintColumns:
+        """Every fingerprint held, in owner order (for a rebuild)."""
+        if not self._side_position:
+            return self.base
+        return FingerprintColumns.concat([self.base, self._side_columns()])
+
+    def _at(self, owner: int) -> tuple[FingerprintColumns, int]:
+        if owner < self.built:
+            return self.base, owner
+        return self._side_columns(), owner - self.built
+
+    def position(self, sha256: str) -> int | None:
+        """The owner number of a content, or None."""
+        at = self.base.find(sha256)
+        return at if at is not None else self._side_position.get(sha256)
+
+    def add_columns(self, columns: FingerprintColumns, watermark: int) -> None:
+        """Fingerprints saved since: those not held yet join the side."""
+        fresh: list[int] = []
+        seen: set[str] = set()
+        for at, sha in enumerate(columns.sha256.tolist()):
+            sha256 = sha.decode()
+            if self.position(sha256) is None and sha256 not in seen:
+                seen.add(sha256)
+                fresh.append(at)
+        if fresh:
+            added = columns.take(np.array(fresh, dtype=np.int64))
+            first = len(self)
+            for at in range(len(added)):
+                self._side_position[added.sha(at)] = first + at
+            for owner, digest in zip(
+                added.payload_digest.owners.tolist(),
+                added.payload_digest.values.tolist(),
+                strict=True,
+            ):
+                self._side_payloads.setdefault(digest.decode(), []).append(first + owner)
             for kind in ("phash", "dhash"):
-                for variant in codes_of(self.rows[owner], kind):
-                    self._side_codes[kind].append(variant)
-                    self._side_owners[kind].append(owner)
-        if len(self.rows) > before:
+                codes, owners = added.variants(kind)
+                self._side_codes[kind].append(codes)
+                self._side_owners[kind].append(owners + first)
+            self._side_parts.append(added)
+            self._side_table = None
             self._side_arrays.clear()
         self.watermark = max(self.watermark, watermark)
 
+    def add_rows(self, rows: Iterable[dict[str, Any]], watermark: int) -> None:
+        """`add_columns` for rows as `fingerprint_rows_after` gives them."""
+        self.add_columns(FingerprintColumns.from_rows(rows), watermark)
+
     def _side(self, kind: str) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
         if kind not in self._side_arrays:
+            codes, owners = self._side_codes[kind], self._side_owners[kind]
             self._side_arrays[kind] = (
-                np.array(self._side_codes[kind], dtype=np.uint64),
-                np.array(self._side_owners[kind], dtype=np.int64),
+                np.concatenate(codes) if codes else np.zeros(0, dtype=np.uint64),
+                np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64),
             )
         return self._side_arrays[kind]
 
-    def note_pixel_digest(self, sha256: str, digest: str) -> None:
-        at = self.position.get(sha256)
-        if at is not None and self.rows[at].get("pixel_digest") is None:
-            self.rows[at]["pixel_digest"] = digest
-            self.pixels.setdefault(digest, []).append(at)
-
-    def shape(self, sha256: str) -> Shape | None:
-        at = self.position.get(sha256)
+    def pixel_digest(self, sha256: str) -> str | None:
+        at = self.position(sha256)
         if at is None:
             return None
-        row = self.rows[at]
-        return Shape(
-            row["width"], row["height"], row["format"], row["has_capture"], row["size_bytes"]
-        )
+        if at in self.pixel_digests:
+            return self.pixel_digests[at]
+        table, row = self._at(at)
+        return table.pixel_digest.get(row)
+
+    def note_pixel_digest(self, sha256: str, digest: str) -> None:
+        at = self.position(sha256)
+        if at is not None and self.pixel_digest(sha256) is None:
+            self.pixel_digests[at] = digest
+
+    def shape(self, sha256: str) -> Shape | None:
+        at = self.position(sha256)
+        if at is None:
+            return None
+        table, row = self._at(at)
+        return shape_at(table, row)
 
     def candidates(self, fingerprint: Fingerprint) -> list[Candidate]:
         """Other contents within the candidate radius on pHash or dHash, or with
-        the same payload or pixel digest; each with both distances."""
+        the same payload digest; each with both distances."""
         owners: set[int] = set()
         query = {kind: fingerprint.codes(kind) for kind in ("phash", "dhash")}
         if not fingerprint.flat:
@@ -145,17 +186,21 @@ class MatchIndex:
                         near = np.bitwise_count(side_codes ^ np.uint64(code)) <= CANDIDATE_RADIUS
                         owners.update(side_owners[near].tolist())
         if fingerprint.payload_digest is not None:
-            owners.update(self.payloads.get(fingerprint.payload_digest, ()))
+            same = self.payloads.get(fingerprint.payload_digest)
+            if same is not None:
+                owners.update(int(owner) for owner in same)
+            owners.update(self._side_payloads.get(fingerprint.payload_digest, ()))
         out = []
         for owner in sorted(owners):
-            row = self.rows[owner]
-            if row["sha256"] == fingerprint.sha256:
+            table, row = self._at(owner)
+            sha256 = table.sha(row)
+            if sha256 == fingerprint.sha256:
                 continue
             out.append(
                 Candidate(
-                    row["sha256"],
-                    _distance(query["phash"], codes_of(row, "phash")),
-                    _distance(query["dhash"], codes_of(row, "dhash")),
+                    sha256,
+                    _distance(query["phash"], table.codes(row, "phash")),
+                    _distance(query["dhash"], table.codes(row, "dhash")),
                 )
             )
         return out
@@ -174,13 +219,17 @@ class LiveIndex:
             watermark = store.fingerprint_watermark()
             index = self._index
             if index is None:
-                index = MatchIndex(store.fingerprint_rows_after(RECIPE, 0), watermark)
-                log.info("check.index_built", fingerprints=len(index.rows))
+                index = MatchIndex(store.fingerprint_columns(RECIPE, after=0), watermark)
+                log.info("check.index_built", fingerprints=len(index))
             elif watermark > index.watermark:
-                index.add_rows(store.fingerprint_rows_after(RECIPE, index.watermark), watermark)
-                if index.side > max(SIDE_LIMIT, len(index.rows) // 20):
-                    index = MatchIndex(index.rows, index.watermark)
-                    log.info("check.index_rebuilt", fingerprints=len(index.rows))
+                index.add_columns(
+                    store.fingerprint_columns(RECIPE, after=index.watermark), watermark
+                )
+                if index.side > max(SIDE_LIMIT, len(index) // 20):
+                    noted = index.pixel_digests  # the owners stay the same
+                    index = MatchIndex(index.columns(), index.watermark)
+                    index.pixel_digests.update(noted)
+                    log.info("check.index_rebuilt", fingerprints=len(index))
             self._index = index
             return index
 

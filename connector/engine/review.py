@@ -25,7 +25,7 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow, ordered
 from connector.core.sheets import uncell, write_csv
 from connector.core.tiers import TIER_ORDER, Decision, Tier
-from connector.engine.clusters import MANDATORY, resolve_conflicts
+from connector.engine.clusters import MANDATORY, Shape, ShapeLookup, resolve_conflicts
 
 # The tiers a person settles: `duplicate-candidate` (near-identical: a copy
 # until a reviewer says otherwise) and `similar` (another shot, never merged
@@ -284,7 +284,7 @@ def queue(
     for asset in store.live_assets():
         if asset.sha256 is not None:
             by_sha[asset.sha256].append(asset)
-    shapes = {row["sha256"]: row for row in store.fingerprint_rows(RECIPE)}
+    shapes = ShapeLookup(store.fingerprint_columns(RECIPE))
     items: list[ReviewItem] = []
     for pair in resolve_conflicts(store.pairs(), decisions):
         if pair.tier not in QUEUE_TIERS or not by_sha.get(pair.sha_a) or not by_sha.get(pair.sha_b):
@@ -311,14 +311,14 @@ def _item(
     tier: Tier,
     decision: DecisionRow | None,
     by_sha: Mapping[str, list[AssetRow]],
-    shapes: Mapping[str, Mapping[str, Any]],
+    shapes: Mapping[str, Shape],
 ) -> ReviewItem:
     first, second = pair.sha_a, pair.sha_b
     if decision is not None and decision.canonical_sha == second:
         first, second = second, first  # the chosen canonical on the left, as `canonical` reads
     return ReviewItem(
-        a=_view(by_sha[first], shapes.get(first, {})),
-        b=_view(by_sha[second], shapes.get(second, {})),
+        a=_view(by_sha[first], shapes.get(first)),
+        b=_view(by_sha[second], shapes.get(second)),
         tier=tier,
         phash_distance=pair.phash_distance,
         dhash_distance=pair.dhash_distance,
@@ -327,7 +327,7 @@ def _item(
     )
 
 
-def _view(assets: list[AssetRow], shape: Mapping[str, Any]) -> AssetView:
+def _view(assets: list[AssetRow], shape: Shape | None) -> AssetView:
     asset, *others = assets
     assert asset.sha256 is not None
     # The platform's own figures for the original; the fingerprint's when it
@@ -340,10 +340,10 @@ def _view(assets: list[AssetRow], shape: Mapping[str, Any]) -> AssetView:
         url=asset.url,
         original_url=asset.original_url,
         metadata=dict(asset.metadata),
-        width=asset.width or shape.get("width"),
-        height=asset.height or shape.get("height"),
-        size_bytes=asset.size_bytes or shape.get("size_bytes"),
-        format=shape.get("format"),
+        width=asset.width or (shape.width if shape else None),
+        height=asset.height or (shape.height if shape else None),
+        size_bytes=asset.size_bytes or (shape.size_bytes if shape else None),
+        format=shape.format if shape else None,
         copies=tuple(other.key for other in others),
     )
 

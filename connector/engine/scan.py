@@ -20,7 +20,7 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
-from connector.engine.clusters import Cluster, Lineage, Relation, Shape, build_clusters
+from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
 from connector.engine.pool import Limits, WorkerPool
@@ -225,15 +225,9 @@ def current_clusters(
     settings: Settings,
     read_original: Callable[[str], bytes | None] | None = None,
 ) -> tuple[list[Cluster], list[Relation]]:
-    shapes = {
-        row["sha256"]: Shape(
-            row["width"], row["height"], row["format"], row["has_capture"], row["size_bytes"]
-        )
-        for row in store.fingerprint_rows(RECIPE)
-    }
     return build_clusters(
         store.live_assets(),
-        shapes,
+        ShapeLookup(store.fingerprint_columns(RECIPE)),
         store.pairs(),
         store.decisions(),
         settings.authoritative_units,

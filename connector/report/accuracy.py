@@ -21,7 +21,7 @@ from connector.core.fingerprint import FORMATS_ORIGINAL, RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, Tier
-from connector.engine.clusters import MANDATORY, Cluster, Policy, Shape
+from connector.engine.clusters import MANDATORY, Cluster, Policy, Shape, ShapeLookup
 from connector.engine.scan import current_clusters
 
 # Copies that must be found (issue targets): recall >= 0.99 on the first group,
@@ -217,10 +217,5 @@ def legacy_key(policy: Policy, asset: AssetRow) -> tuple[Any, ...]:
 def canonical_report(store: IndexStore, labels: dict[str, dict[str, str]]) -> CanonicalReport:
     """Canonical shares of an index of labelled files (asset ids = label paths)."""
     clusters, _relations = current_clusters(store, Settings(db=Path(":memory:")))
-    shapes = {
-        row["sha256"]: Shape(
-            row["width"], row["height"], row["format"], row["has_capture"], row["size_bytes"]
-        )
-        for row in store.fingerprint_rows(RECIPE)
-    }
+    shapes = ShapeLookup(store.fingerprint_columns(RECIPE))
     return canonical_score(labels, clusters, Policy(shapes, (), set()))

@@ -29,7 +29,7 @@ import base64
 import html
 import io
 import posixpath
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -44,7 +44,7 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.settings import Settings
 from connector.core.sheets import write_csv
-from connector.engine.clusters import Cluster
+from connector.engine.clusters import Cluster, Shape, ShapeLookup
 from connector.engine.links import default_link
 from connector.engine.outbox import MANDATORY_METADATA, missing_metadata
 from connector.engine.scan import current_clusters
@@ -89,10 +89,11 @@ def folder_of(asset: AssetRow) -> str:
     return directory or "/"
 
 
-def _size(asset: AssetRow, fingerprint_sizes: dict[str, int]) -> int:
+def _size(asset: AssetRow, fingerprint_sizes: Mapping[str, Shape]) -> int:
     if asset.size_bytes:
         return asset.size_bytes
-    return fingerprint_sizes.get(asset.sha256 or "", 0)
+    shape = fingerprint_sizes.get(asset.sha256 or "")
+    return shape.size_bytes if shape else 0
 
 
 @dataclass
@@ -267,9 +268,7 @@ def build_report(
     reads a copy's original, to tell which one the others were made from."""
     chosen = list(units)
     wanted = set(chosen)
-    fingerprint_sizes = {
-        row["sha256"]: int(row["size_bytes"] or 0) for row in store.fingerprint_rows(RECIPE)
-    }
+    fingerprint_sizes = ShapeLookup(store.fingerprint_columns(RECIPE))
     per_unit = {unit: Figures() for unit in chosen}
     per_folder: dict[tuple[str, str], Figures] = {}
     total = Figures()
