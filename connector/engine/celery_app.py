@@ -173,7 +173,6 @@ def make_app(settings: Settings) -> Any:
         },
         # Callers delete the results they take; these are left by callers that died.
         result_expires=3600,
-        worker_hijack_root_logger=False,
     )
     app.task(name=TASK, acks_late=True)(run_job)
     return app
