@@ -12,6 +12,7 @@ connector/engine/celery_app.py.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -63,6 +64,7 @@ class CeleryPool:
         self.broker = settings.broker
         self.seconds = settings.file_timeout_s
         self._app: Any = None
+        self._backends: list[Any] = []
 
     def __enter__(self) -> CeleryPool:
         return self
@@ -72,6 +74,12 @@ class CeleryPool:
 
     def close(self) -> None:
         if self._app is not None:
+            # Each thread that ran jobs has its own result backend and with it
+            # a connection for the results (pub/sub, or a reply queue).
+            for backend in self._backends:
+                with contextlib.suppress(Exception):
+                    backend.result_consumer.stop()
+            self._backends.clear()
             self._app.close()
             self._app = None
 
@@ -109,6 +117,8 @@ class CeleryPool:
         app = self.app()
         # A Celery app's result backend is per thread: this call's, throughout.
         backend = app.backend
+        if all(known is not backend for known in self._backends):
+            self._backends.append(backend)
         hard = hard_limit(self.seconds)
         finished: deque[Any] = deque()
         in_flight: dict[str, KeyT] = {}
