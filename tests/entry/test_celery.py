@@ -90,6 +90,14 @@ def workers(
                 process.wait()
 
 
+def jobs_run(where: Path) -> int:
+    """Jobs the workers logged as taken."""
+    return sum(
+        len(re.findall(r"damdup\.job\[[0-9a-f-]+\] received", log.read_text(errors="replace")))
+        for log in where.glob("worker*.log")
+    )
+
+
 def relations(db: Path | str) -> str:
     return damdup("export", "relations", "--db", str(db), "--format", "csv").stdout
 
@@ -267,3 +275,61 @@ def test_an_unknown_broker_is_refused(tmp_path: Path) -> None:
     result = damdup("status", "--db", str(tmp_path / "x.sqlite"), check=False, cwd=tmp_path,
                     env={"DAMDUP_ENGINE": "celery", "DAMDUP_BROKER": "kafka://q:9092"})  # fmt: skip
     assert result.returncode == 2 and "broker" in result.stderr
+
+
+# -- a webhook check ----------------------------------------------------------------
+
+
+def test_a_webhook_check_on_workers_gives_the_local_verdict(
+    redis_broker: str, tmp_path: Path
+) -> None:
+    """A check of one new asset (what a webhook starts) fingerprints and
+    settles it on the workers, with the verdict of the local pool."""
+    from connector.core.index import SQLiteStore
+    from connector.core.settings import Settings
+    from connector.engine.check import Checker
+    from connector.engine.scan import sync_and_match
+    from tests.contract.harness import start_harness
+
+    museum, opendata = start_harness("drupal"), start_harness("ckan")
+    hel_fi = PHOTOS / "hel-fi"
+    verdicts = []
+    try:
+        adapters = {"museum": museum.adapter(), "opendata": opendata.adapter()}
+        with workers(redis_broker, tmp_path):
+            for engine in ("local", "celery"):
+                museum.reset()
+                opendata.reset()
+                museum.add("a.jpg", (hel_fi / "DSC_2041.jpg").read_bytes(), {"location": "X"})
+                museum.add("b.jpg", (hel_fi / "DSC_2047.jpg").read_bytes(), None)
+                db = tmp_path / f"{engine}.sqlite"
+                settings = Settings(db=db, workers=2, engine=engine, broker=redis_broker)
+                store = SQLiteStore(db)
+                sync_and_match(store, adapters, settings)
+                # New after the sync: the check fetches, fingerprints and settles it.
+                new = opendata.add("copy.jpg", (hel_fi / "DSC_2041_medium.jpg").read_bytes(), None)
+                checker = Checker(db, settings, adapters, {"museum": False, "opendata": False})
+                try:
+                    checker.warm()
+                    check_id = store.start_check("opendata", new, "test")
+                    before = jobs_run(tmp_path)
+                    verdicts.append(checker.check("opendata", new, check_id))
+                    if engine == "celery":  # its fingerprint at least, on a worker
+                        assert jobs_run(tmp_path) > before
+                finally:
+                    checker.close()
+                    store.close()
+    finally:
+        museum.close()
+        opendata.close()
+    local, remote = verdicts
+    assert "error" not in remote, remote
+    assert remote["tier"] == local["tier"] and remote["tier"] is not None
+    assert remote["role"] == local["role"]
+
+    def copies(verdict: dict[str, object]) -> list[tuple[object, object]]:
+        listed = verdict["copies"]
+        assert isinstance(listed, list)
+        return sorted((copy["unit"], copy["tier"]) for copy in listed)
+
+    assert copies(remote) == copies(local) and copies(remote)
