@@ -23,7 +23,7 @@ import structlog
 
 from connector.core.settings import Settings
 from connector.engine.celery_app import JOBS, QUEUE, TASK, hard_limit, job_name, make_app
-from connector.engine.pool import Outcome
+from connector.engine.pool import Limits, Outcome, WorkerPool
 
 __all__ = ["CeleryPool"]
 
@@ -34,6 +34,12 @@ KeyT = TypeVar("KeyT")
 CAPACITY_TTL_S = 60.0  # how long the workers' reported processes are trusted
 INSPECT_TIMEOUT_S = 1.0
 STALL_WARNING_S = 60.0
+
+# Larger jobs run in one local worker process (same limits, same outcome): a
+# broker refuses big messages (RabbitMQ 3's default is 128 MiB, 4's 16 MiB;
+# Redis carries them base64-encoded, a third larger), and a few such files
+# are not worth another host.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # Per broker, for every pool of this process: (when asked, worker processes).
 _capacity: dict[str, tuple[float, int]] = {}
@@ -65,6 +71,7 @@ class CeleryPool:
         self.seconds = settings.file_timeout_s
         self._app: Any = None
         self._backends: list[Any] = []
+        self._local_pool: WorkerPool | None = None
 
     def __enter__(self) -> CeleryPool:
         return self
@@ -72,7 +79,18 @@ class CeleryPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _local(self) -> WorkerPool:
+        if self._local_pool is None:
+            limits = Limits(
+                seconds=self.seconds, memory_bytes=self.settings.worker_memory_mb * 1024 * 1024
+            )
+            self._local_pool = WorkerPool(1, limits)
+        return self._local_pool
+
     def close(self) -> None:
+        if self._local_pool is not None:
+            self._local_pool.close()
+            self._local_pool = None
         if self._app is not None:
             # Each thread that ran jobs has its own result backend and with it
             # a connection for the results (pub/sub, or a reply queue).
@@ -140,6 +158,9 @@ class CeleryPool:
                     except Exception as exc:  # the file cannot be read here
                         yield Outcome(key, error=describe_error(exc))
                         continue
+                    if _oversize(sent):  # this host's pool, under the same limits
+                        yield from self._local().map(function, [(key, args)], describe_error)
+                        continue
                     result = app.send_task(
                         TASK, args=(name, list(sent), self.seconds), queue=QUEUE, time_limit=hard
                     )
@@ -190,6 +211,10 @@ class CeleryPool:
             log.warning("worker.died", job=str(key))
             return Outcome(key, error="crashed or hung the decoder (worker process died)")
         return Outcome(key, error=f"the worker failed: {kind}: {exc}")
+
+
+def _oversize(args: tuple[Any, ...]) -> bool:
+    return sum(len(arg) for arg in args if isinstance(arg, bytes)) > MAX_MESSAGE_BYTES
 
 
 def _drain(backend: Any) -> None:
