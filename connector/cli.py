@@ -186,6 +186,9 @@ def resolve_context(args: argparse.Namespace) -> Context:
             raise UsageError(f"no configuration file at {path} (from {origin})")
         config = load_config(path, settings)
         settings = config.settings
+    problem = settings.engine_problem()
+    if problem is not None:
+        raise UsageError(f"bad setting broker: {problem}")
     if getattr(args, "db", None):
         source = "from --db"
     elif os.environ.get("DAMDUP_DB"):
@@ -988,6 +991,26 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError(f"daemon: {error_text(exc)}") from exc
 
 
+def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
+    """A Celery worker: fingerprints and pixel checks for the runs of any host
+    whose engine is "celery" on the same broker."""
+    settings = ctx.settings
+    if settings.broker is None:
+        raise UsageError(
+            "damdup worker needs a broker: set [damdup] broker or $DAMDUP_BROKER "
+            "(redis://HOST:6379/0 or amqp://USER@HOST:5672//)"
+        )
+    if args.concurrency is not None and not 1 <= args.concurrency <= 256:
+        raise UsageError(f"--concurrency {args.concurrency}: give 1 to 256 worker processes")
+    queues = [name.strip() for name in args.queues.split(",") if name.strip()]
+    if not queues:
+        raise UsageError("--queues: name at least one queue")
+    from connector.engine.celery_app import run_worker  # Celery only where it is used
+
+    run_worker(settings, args.concurrency or settings.workers, queues, verbose=args.verbose)
+    return EXIT_OK
+
+
 def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
     config, settings = ctx.need_config(), ctx.settings
     units = [name.strip() for name in args.units.split(",") if name.strip()]
@@ -1304,6 +1327,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     migrate_cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     migrate_cmd.set_defaults(handler=cmd_migrate)
+
+    worker_cmd = command(
+        "worker",
+        "run jobs (fingerprints, pixel checks) for runs whose engine is celery, on any host",
+    )
+    worker_cmd.add_argument(
+        "--concurrency", type=int, metavar="N",
+        help="worker processes (default: $DAMDUP_WORKERS, else all cores)",
+    )  # fmt: skip
+    worker_cmd.add_argument(
+        "--queues", default="damdup", metavar="Q1,Q2",
+        help="queues to take jobs from, comma-separated (default: damdup, where runs send them)",
+    )  # fmt: skip
+    worker_cmd.set_defaults(handler=cmd_worker)
 
     lookup_cmd = command("lookup", "which indexed version of an image is the authoritative one")
     lookup_cmd.add_argument("image", metavar="IMAGE_FILE|URL")

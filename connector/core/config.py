@@ -117,7 +117,7 @@ def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
     repeating the value."""
 
     def refused(field: str, value: Any) -> bool:
-        if field == "db":
+        if field in ("db", "broker"):
             return isinstance(value, str) and "://" in value and holds_password(value)
         return holds_credentials(value)
 
@@ -125,7 +125,8 @@ def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
     where += [
         f"DAMDUP_{field.upper()}"
         for field in Settings.model_fields
-        if refused(field, os.environ.get(f"DAMDUP_{field.upper()}"))
+        # The broker's password has nowhere else to go: $DAMDUP_BROKER is its place.
+        if field != "broker" and refused(field, os.environ.get(f"DAMDUP_{field.upper()}"))
     ]
     if not where:
         return
@@ -133,6 +134,11 @@ def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
         raise ConfigError(
             f"{path}: {', '.join(where)}: a database URL must not hold a password: "
             "give it in $PGPASSWORD or ~/.pgpass"
+        )
+    if where == ["damdup.broker"]:
+        raise ConfigError(
+            f"{path}: damdup.broker: a broker URL in the file must not hold a password: "
+            "give the whole URL in $DAMDUP_BROKER instead"
         )
     raise ConfigError(f"{path}: {', '.join(where)}: a URL must not hold a user name or password")
 
@@ -166,6 +172,9 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
         settings = Settings(**{**from_file, **overrides})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe(exc, 'damdup.')}") from exc
+    problem = settings.engine_problem()
+    if problem is not None:
+        raise ConfigError(f"{path}: damdup.broker: {problem}")
     units_table = raw.get("units", {})
     if not isinstance(units_table, dict) or not units_table:
         raise ConfigError(f"{path}: no [units.<name>] tables: nothing to sync")

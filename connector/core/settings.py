@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connector.core.dburl import check_db
 from connector.core.fingerprint import DEFAULT_MAX_PIXELS
+
+# The brokers damdup's Celery workers are tested on (kombu speaks more).
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 
 
 class Settings(BaseSettings):
@@ -45,6 +50,16 @@ class Settings(BaseSettings):
     serve_read_timeout_s: int = Field(
         30, ge=1, le=3600, description="`damdup serve`: a connection silent this long is closed"
     )
+    engine: Literal["local", "celery"] = Field(
+        "local",
+        description="where fingerprints and pixel checks run: this host's processes, "
+        "or `damdup worker`s reached through the broker",
+    )
+    broker: str | None = Field(
+        None,
+        description="engine celery: redis:// or amqp:// URL of the broker "
+        "(a password only in $DAMDUP_BROKER)",
+    )
     authoritative_units: list[str] = Field(
         default_factory=list, description="units whose copy is canonical when present"
     )
@@ -56,6 +71,34 @@ class Settings(BaseSettings):
         # SQLite file in it: never guess. A postgresql:// URL stays text (a
         # Path would fold its "//"), anything else is a path.
         return check_db(value) if isinstance(value, str) else value
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                "a broker is a redis://, rediss://, amqp:// or amqps:// URL"
+                + (f" (not {scheme}://)" if scheme else "")
+            )
+        try:
+            urlsplit(value).port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a valid broker URL ({exc})") from None
+        return value
+
+    def engine_problem(self) -> str | None:
+        """Why the engine cannot run as set, once every source is read (the
+        engine may come from the environment and the broker from the file)."""
+        if self.engine == "celery" and self.broker is None:
+            return (
+                'engine "celery" needs a broker: set broker = "redis://HOST:6379/0" or '
+                '"amqp://USER@HOST:5672//" ([damdup] broker, or $DAMDUP_BROKER)'
+            )
+        return None
 
     @property
     def max_file_bytes(self) -> int:

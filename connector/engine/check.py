@@ -33,7 +33,7 @@ from connector.engine.outbox import (
     missing_metadata,
     push_assets,
 )
-from connector.engine.pool import Limits, WorkerPool
+from connector.engine.scan import worker_pool
 from connector.engine.sync import sync_unit
 from connector.engine.workbench import Workbench
 
@@ -152,12 +152,11 @@ class Checker(Workbench):
     ) -> AssetRow:
         """Where the platform cannot describe one asset: an incremental sync of
         the unit (one at a time per unit), then the asset as the index has it."""
-        limits = Limits(
-            seconds=self.settings.file_timeout_s,
-            memory_bytes=self.settings.worker_memory_mb * 1024 * 1024,
-        )
         try:
-            with UnitLock(self.db_path, unit, wait_s=SYNC_WAIT_S), WorkerPool(1, limits) as pool:
+            with (
+                UnitLock(self.db_path, unit, wait_s=SYNC_WAIT_S),
+                worker_pool(self.settings, workers=1) as pool,
+            ):
                 sync_unit(
                     store,
                     adapter,

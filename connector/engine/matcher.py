@@ -24,7 +24,7 @@ from connector.core.search import pairs_within
 from connector.core.tiers import CANDIDATE_RADIUS, Evidence, Verdict, place
 from connector.engine.ingest import describe_error
 from connector.engine.originals import ReadsOriginals
-from connector.engine.pool import Jobs, Outcome, WorkerPool
+from connector.engine.pool import Jobs, Outcome, Pool
 from connector.engine.settle import (
     MatchStats,
     Settler,
@@ -102,7 +102,7 @@ def find_candidates(
 
 def match(
     store: IndexStore,
-    pool: WorkerPool,
+    pool: Pool,
     read_original: ReadOriginal,
     *,
     max_pixels: int,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -53,6 +53,27 @@ class Outcome(Generic[KeyT]):
 # description, or one by one in the calling process).
 Jobs = Iterable[tuple[Any, tuple[Any, ...]]]
 RunJobs = Callable[[Callable[..., Any], Jobs], Iterable["Outcome[Any]"]]
+
+
+class Pool(Protocol):
+    """What runs the jobs of a scan, a sync or the server: this host's
+    WorkerPool, or a CeleryPool (connector/engine/celery_pool.py) sending them
+    to `damdup worker`s."""
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        jobs: Iterable[tuple[KeyT, tuple[Any, ...]]],
+        describe_error: Callable[[BaseException], str],
+    ) -> Iterator[Outcome[KeyT]]: ...
+
+    def warm(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Pool: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def _alarm(signum: int, frame: object) -> None:
@@ -153,6 +174,11 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def warm(self) -> None:
+        """Start the worker processes now, not at the first job."""
+        for _ in self.map(len, [("warm", (b"",))], lambda exc: repr(exc)):
+            pass
 
     def close(self) -> None:
         if self._executor is not None:

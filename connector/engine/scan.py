@@ -23,7 +23,7 @@ from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
-from connector.engine.pool import Limits, WorkerPool
+from connector.engine.pool import Limits, Pool, WorkerPool
 from connector.engine.settle import MatchStats
 from connector.engine.sync import SyncStats, sync_unit
 
@@ -95,11 +95,18 @@ class OriginalReader:
         raise LookupError(asset.key)
 
 
-def worker_pool(settings: Settings) -> WorkerPool:
+def worker_pool(settings: Settings, workers: int | None = None) -> Pool:
+    """Where the run's jobs go: this host's worker processes (`workers` of
+    them, else settings.workers), or with engine "celery" the `damdup worker`s
+    on the broker (connector/engine/celery_pool.py, imported only then)."""
     limits = Limits(
         seconds=settings.file_timeout_s, memory_bytes=settings.worker_memory_mb * 1024 * 1024
     )
-    return WorkerPool(settings.workers, limits)
+    if settings.engine == "celery":
+        from connector.engine.celery_pool import CeleryPool
+
+        return CeleryPool(settings)
+    return WorkerPool(workers or settings.workers, limits)
 
 
 def sync_and_match(

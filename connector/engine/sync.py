@@ -22,7 +22,7 @@ from connector.engine.ingest import (
     awaits_retry,
     describe_error,
 )
-from connector.engine.pool import WorkerPool
+from connector.engine.pool import Pool
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,7 @@ def sync_unit(
     store: IndexStore,
     adapter: Adapter[Any],
     unit: str,
-    pool: WorkerPool,
+    pool: Pool,
     *,
     max_pixels: int,
     max_bytes: int,

@@ -26,7 +26,7 @@ from connector.engine.ingest import describe_error, fingerprint_job
 from connector.engine.links import Links
 from connector.engine.memindex import Candidate, LiveIndex, MatchIndex
 from connector.engine.originals import Original
-from connector.engine.pool import Outcome, WorkerPool
+from connector.engine.pool import Outcome, Pool
 from connector.engine.scan import OriginalReader, lineage_of, worker_pool
 from connector.engine.settle import Settled, Settler, pixel_check_job, run_here
 
@@ -49,7 +49,7 @@ class Workbench:
         self.adapters = dict(adapters)
         self.links = Links(self.adapters)
         self.index = LiveIndex()
-        self._pool: WorkerPool | None = None
+        self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
 
     def open_store(self) -> IndexStore:
@@ -64,8 +64,7 @@ class Workbench:
         finally:
             store.close()
         with self._pool_lock:
-            for _ in self._worker_pool().map(len, [("warm", (b"",))], describe_error):
-                pass
+            self._worker_pool().warm()
 
     def close(self) -> None:
         with self._pool_lock:
@@ -74,7 +73,7 @@ class Workbench:
                 self._pool = None
         self.index.clear()
 
-    def _worker_pool(self) -> WorkerPool:
+    def _worker_pool(self) -> Pool:
         if self._pool is None:
             self._pool = worker_pool(self.settings)
         return self._pool
@@ -86,7 +85,7 @@ class Workbench:
         memory, pixels, bytes): a hostile upload cannot stall or exhaust the
         server. ImageError says why it could not be."""
         job = ("image", (data, self.settings.max_pixels, self.settings.max_file_bytes))
-        with self._pool_lock:  # WorkerPool.map is one caller's at a time
+        with self._pool_lock:  # a pool's map is one caller's at a time
             outcomes = list(self._worker_pool().map(fingerprint_job, [job], describe_error))
         if not outcomes:
             raise ImageError("the fingerprint worker returned nothing")
@@ -103,7 +102,7 @@ class Workbench:
             return []
         if len(listed) == 1 and function is pixel_check_job:
             return list(run_here(function, listed))
-        with self._pool_lock:  # WorkerPool.map is one caller's at a time
+        with self._pool_lock:  # a pool's map is one caller's at a time
             return list(self._worker_pool().map(function, listed, describe_error))
 
     # -- settling pairs -----------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the real servers the tests run against (WordPress on MariaDB,
-# PostgreSQL for the index), and the browser the review page is tested in,
-# from Debian 12's packages.
+# PostgreSQL for the index, Redis and RabbitMQ for the workers), and the
+# browser the review page is tested in, from Debian 12's packages.
 # Idempotent: a fast no-op when everything is present. Must run as root (or
 # with sudo) the first time only.
 set -eu
@@ -18,6 +18,14 @@ fi
 # starts the cluster when it is down and adds the tests' user as a role).
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
     missing="$missing postgresql"
+fi
+# The brokers of `damdup worker` (engine = "celery"): tests/servers/broker.py
+# starts each when it does not answer on 127.0.0.1.
+if ! command -v redis-server >/dev/null 2>&1; then
+    missing="$missing redis-server"
+fi
+if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    missing="$missing rabbitmq-server"
 fi
 [ -z "$missing" ] && exit 0
 

@@ -1,0 +1,208 @@
+"""The jobs `damdup worker` runs for other hosts, and the Celery app both sides
+share (the callers' side is connector/engine/celery_pool.py).
+
+Only the jobs named in JOBS run: a message names a job, never code, and its
+arguments are bytes and numbers. Messages and results travel as msgpack,
+which carries bytes as they are (no base64 inflation as in JSON) and builds
+nothing but plain values on reading: Celery's pickle would run whatever a
+message on the broker asked for, and is refused (`accept_content`).
+
+The limits of the local pool (connector/engine/pool.py) apply in each worker
+process: the address-space limit, a time limit per job (the caller's
+file_timeout_s; past twice that plus 10 s Celery kills the process), and each
+process ends with its worker. A hostile image costs one recorded error.
+
+Nothing is lost when a worker dies: messages are acknowledged once the job
+has run (acks_late), so a worker killed mid-job (kill -9, a lost host) leaves
+its jobs unacknowledged and the broker hands them to another worker (RabbitMQ
+at once, when the connection drops; Redis once `visibility_timeout` has
+passed). A worker *process* that dies under a job while its worker lives (a
+decoder crash) is that job's recorded error, as in the local pool: sending it
+again (task_reject_on_worker_lost) would crash worker after worker.
+
+Results come back through Redis when the broker is Redis (the same server),
+else through RabbitMQ itself (`rpc://`: a reply queue per caller, no other
+server). The callers take them as they arrive (Redis pub/sub, or the reply
+queue) and delete them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from connector.core.capture import CaptureFacts
+from connector.core.fingerprint import Fingerprint
+from connector.core.settings import Settings
+from connector.engine.ingest import describe_error, fingerprint_job, read_source
+from connector.engine.pool import JobTimeout, Limits, _init_worker, _run
+from connector.engine.settle import pixel_check_job, pixel_digest_job
+
+__all__ = ["JOBS", "QUEUE", "TASK", "hard_limit", "job_name", "make_app", "run_worker"]
+
+QUEUE = "damdup"
+TASK = "damdup.job"
+SERIALIZER = "msgpack"
+
+
+def hard_limit(seconds: float) -> float:
+    """When a job's worker process is killed (the local pool's limit too)."""
+    return seconds * 2 + 10
+
+
+def _fingerprint_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # A local path means nothing on another host: the bytes travel instead,
+    # read here under the same byte limit (ImageError says why they cannot be).
+    source, max_pixels, max_bytes = args
+    return (read_source(source, max_bytes), max_pixels, max_bytes)
+
+
+def _fingerprint_out(value: Fingerprint) -> dict[str, Any]:
+    return asdict(value)  # the capture facts as a table of their own
+
+
+def _fingerprint_in(value: dict[str, Any]) -> Fingerprint:
+    fields = dict(value)
+    fields["capture"] = CaptureFacts.from_dict(fields["capture"])
+    return Fingerprint(**fields)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job the workers run: its function, the types of the arguments as they
+    travel, and how its arguments and value are put into plain values."""
+
+    function: Callable[..., Any]
+    types: tuple[type, ...]
+    send: Callable[[tuple[Any, ...]], tuple[Any, ...]] = _same
+    encode: Callable[[Any], Any] = _same
+    decode: Callable[[Any], Any] = _same
+
+
+JOBS: dict[str, Job] = {
+    "fingerprint": Job(
+        fingerprint_job,
+        (bytes, int, int),
+        send=_fingerprint_args,
+        encode=_fingerprint_out,
+        decode=_fingerprint_in,
+    ),
+    "pixel_check": Job(pixel_check_job, (bytes, bytes)),
+    "pixel_digest": Job(pixel_digest_job, (bytes, int)),
+}
+
+
+def job_name(function: Callable[..., Any]) -> str:
+    for name, job in JOBS.items():
+        if job.function is function:
+            return name
+    raise ValueError(f"{getattr(function, '__name__', function)!r} is not a job workers run")
+
+
+def run_job(name: str, args: list[Any], seconds: float) -> dict[str, Any]:
+    """The task: in a worker process, one job of JOBS under the time limit.
+    {"value": ...} or {"error": why, for a person}."""
+    job = JOBS.get(name)
+    if job is None:
+        return {"error": f"unknown job {name!r}"}
+    if len(args) != len(job.types) or not all(
+        isinstance(arg, kind) and not isinstance(arg, bool)
+        for arg, kind in zip(args, job.types, strict=False)
+    ):
+        return {"error": f"malformed arguments for job {name!r}"}
+    if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+        return {"error": "malformed time limit"}
+    try:
+        value = _run(job.function, tuple(args), float(seconds))
+    except JobTimeout:
+        return {"error": f"took longer than {seconds:g} s"}
+    except MemoryError:
+        return {"error": "needs more memory than the per-file limit"}
+    except Exception as exc:
+        return {"error": describe_error(exc)}
+    return {"value": job.encode(value)}
+
+
+def result_backend(broker: str) -> str:
+    """Redis keeps results where it queues jobs; with RabbitMQ they come back
+    as messages to the caller's own reply queue."""
+    return broker if broker.partition("://")[0].lower() in ("redis", "rediss") else "rpc://"
+
+
+def make_app(settings: Settings) -> Any:
+    """The Celery app of the callers and the workers: same broker, same
+    serializer, same delivery rules."""
+    from celery import Celery
+
+    assert settings.broker is not None, "checked with the settings (engine_problem)"
+    app = Celery(
+        "damdup",
+        broker=settings.broker,
+        backend=result_backend(settings.broker),
+        set_as_current=False,
+    )
+    hard = hard_limit(settings.file_timeout_s)
+    app.conf.update(
+        task_serializer=SERIALIZER,
+        result_serializer=SERIALIZER,
+        accept_content=[SERIALIZER],
+        result_accept_content=[SERIALIZER],
+        task_default_queue=QUEUE,
+        task_time_limit=hard,
+        # Acknowledged when run: a killed worker's jobs go to another worker.
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=False,
+        # One job at a time per process: what a worker holds is what it runs,
+        # and a dead worker holds back no queue.
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # Redis: a job unacknowledged this long is handed out again. Longer
+            # than any job may run (the hard limit), so only a dead worker's are.
+            "visibility_timeout": int(hard + 20),
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
+        # Callers delete the results they take; these are left by callers that died.
+        result_expires=3600,
+    )
+    app.task(name=TASK, acks_late=True)(run_job)
+    return app
+
+
+def run_worker(settings: Settings, concurrency: int, queues: list[str], verbose: bool) -> None:
+    """`damdup worker`: a Celery worker in this process, with `concurrency`
+    worker processes under this host's limits, until a signal stops it."""
+    from celery.signals import worker_process_init
+
+    limits = Limits(
+        seconds=settings.file_timeout_s, memory_bytes=settings.worker_memory_mb * 1024 * 1024
+    )
+
+    def limit_process(**_: Any) -> None:
+        # Each worker process: the memory limit, the SIGALRM time limit, and
+        # its end with the worker (kill -9 included).
+        _init_worker(limits, os.getppid())
+
+    worker_process_init.connect(limit_process, weak=False)
+    app = make_app(settings)
+    app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--queues={','.join(queues)}",
+            f"--hostname=damdup-{os.getpid()}@%h",
+            f"--loglevel={'INFO' if verbose else 'WARNING'}",
+            "--pool=prefork",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
