@@ -38,7 +38,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -150,59 +149,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def dict_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """The whole candidate search as `matcher.find_candidates` ran it on row
-    dicts before the columns (tests/core/test_columns.py keeps the same)."""
-    from connector.core.fingerprint import codes_of
-    from connector.core.index import ordered
-    from connector.core.search import pairs_within
-    from connector.core.tiers import CANDIDATE_RADIUS
-    from connector.engine.matcher import distance
-
-    def hash_pairs(key: str) -> set[tuple[int, int]]:
-        codes: list[int] = []
-        owners: list[int] = []
-        for owner, row in enumerate(rows):
-            if row["flat"]:
-                continue
-            for variant in codes_of(row, key):
-                codes.append(variant)
-                owners.append(owner)
-        found = pairs_within(np.array(codes, dtype=np.uint64), CANDIDATE_RADIUS)
-        owner_array = np.array(owners, dtype=np.int64)
-        left, right = owner_array[found[:, 0]], owner_array[found[:, 1]]
-        keep = left != right
-        low, high = np.minimum(left, right)[keep], np.maximum(left, right)[keep]
-        return set(zip(low.tolist(), high.tolist(), strict=True))
-
-    index_pairs = hash_pairs("phash") | hash_pairs("dhash")
-    for key in ("payload_digest", "pixel_digest"):
-        groups: dict[str, list[int]] = defaultdict(list)
-        for owner, row in enumerate(rows):
-            if row[key] is not None:
-                groups[row[key]].append(owner)
-        for members in groups.values():
-            index_pairs.update(
-                (members[i], members[j])
-                for i in range(len(members))
-                for j in range(i + 1, len(members))
-            )
-    out = {}
-    for i, j in index_pairs:
-        a, b = rows[i], rows[j]
-        out[ordered(a["sha256"], b["sha256"])] = (
-            distance(codes_of(a, "phash"), codes_of(b, "phash")),
-            distance(codes_of(a, "dhash"), codes_of(b, "dhash")),
-        )
-    return out
-
-
 def step(name: str, location: str, queries: int) -> dict[str, Any]:
     from connector.core.fingerprint import RECIPE
     from connector.core.search import HammingIndex, pairs_within
     from connector.core.store import open_store
     from connector.engine.matcher import find_candidates
     from connector.engine.memindex import MatchIndex
+    from tests.reference import dict_candidates
 
     # The compiled kernels loaded before anything is timed.
     warm = np.arange(1, 3000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)

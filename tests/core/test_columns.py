@@ -4,21 +4,19 @@ and the whole-index search on columns finds what the dict-based one found."""
 from __future__ import annotations
 
 import shutil
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from connector.core.columns import FingerprintColumns
-from connector.core.fingerprint import RECIPE, Fingerprint, codes_of
-from connector.core.index import IndexStore, ordered
-from connector.core.search import pairs_within
+from connector.core.fingerprint import RECIPE, Fingerprint
+from connector.core.index import IndexStore
 from connector.core.store import open_store
-from connector.core.tiers import CANDIDATE_RADIUS
-from connector.engine.matcher import distance, find_candidates
+from connector.engine.matcher import find_candidates
 from connector.engine.memindex import MatchIndex
 from tests.core.test_index import asset, fingerprint
+from tests.reference import dict_candidates
 
 
 def rows_of(columns: FingerprintColumns) -> list[dict[str, Any]]:
@@ -101,49 +99,6 @@ def test_concat_and_take_keep_rows_and_digests(index_db: str | Path) -> None:
 
 
 # -- the whole-index search, against the dict-based one it replaced -------------
-
-
-def dict_candidates(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """`matcher.find_candidates` as it was on a list of row dicts."""
-
-    def hash_pairs(key: str) -> set[tuple[int, int]]:
-        codes: list[int] = []
-        owners: list[int] = []
-        for owner, row in enumerate(rows):
-            if row["flat"]:
-                continue
-            for variant in codes_of(row, key):
-                codes.append(variant)
-                owners.append(owner)
-        if len(codes) < 2:
-            return set()
-        found = pairs_within(np.array(codes, dtype=np.uint64), CANDIDATE_RADIUS)
-        owner_array = np.array(owners, dtype=np.int64)
-        left, right = owner_array[found[:, 0]], owner_array[found[:, 1]]
-        keep = left != right
-        low, high = np.minimum(left, right)[keep], np.maximum(left, right)[keep]
-        return set(zip(low.tolist(), high.tolist(), strict=True))
-
-    index_pairs = hash_pairs("phash") | hash_pairs("dhash")
-    for key in ("payload_digest", "pixel_digest"):
-        groups: dict[str, list[int]] = defaultdict(list)
-        for owner, row in enumerate(rows):
-            if row[key] is not None:
-                groups[row[key]].append(owner)
-        for members in groups.values():
-            index_pairs.update(
-                (members[i], members[j])
-                for i in range(len(members))
-                for j in range(i + 1, len(members))
-            )
-    out = {}
-    for i, j in index_pairs:
-        a, b = rows[i], rows[j]
-        out[ordered(a["sha256"], b["sha256"])] = (
-            distance(codes_of(a, "phash"), codes_of(b, "phash")),
-            distance(codes_of(a, "dhash"), codes_of(b, "dhash")),
-        )
-    return out
 
 
 def test_candidates_on_columns_equal_the_dict_based_search(
