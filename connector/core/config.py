@@ -143,12 +143,9 @@ def _refuse_credentials(path: Path, process: dict[str, Any]) -> None:
     raise ConfigError(f"{path}: {', '.join(where)}: a URL must not hold a user name or password")
 
 
-def load_config(path: Path | str, base: Settings | None = None) -> Config:
-    """Read and check a configuration file. Every problem is a ConfigError
-    that names the file, the unit and the key."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such configuration file") from exc
     except OSError as exc:
@@ -158,10 +155,10 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
         raise ConfigError(f"{path}: cannot be read: not UTF-8 ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = set(raw) - {"damdup", "units"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; expected [damdup], [units]")
-    process = raw.get("damdup", {})
+
+
+def _process_settings(path: Path, process: Any, base: Settings | None) -> Settings:
+    """The [damdup] table under the environment and `base`'s explicit values."""
     if not isinstance(process, dict):
         raise ConfigError(f"{path}: [damdup] must be a table")
     _refuse_credentials(path, process)
@@ -175,7 +172,10 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
     problem = settings.engine_problem()
     if problem is not None:
         raise ConfigError(f"{path}: damdup.broker: {problem}")
-    units_table = raw.get("units", {})
+    return settings
+
+
+def _units(path: Path, units_table: Any) -> dict[str, UnitConfig]:
     if not isinstance(units_table, dict) or not units_table:
         raise ConfigError(f"{path}: no [units.<name>] tables: nothing to sync")
     units: dict[str, UnitConfig] = {}
@@ -197,6 +197,19 @@ def load_config(path: Path | str, base: Settings | None = None) -> Config:
             units[name] = UnitConfig(**table)
         except ValidationError as exc:
             raise ConfigError(f"{path}: {describe(exc, f'unit {name}: ')}") from exc
+    return units
+
+
+def load_config(path: Path | str, base: Settings | None = None) -> Config:
+    """Read and check a configuration file. Every problem is a ConfigError
+    that names the file, the unit and the key."""
+    path = Path(path)
+    raw = _read_toml(path)
+    unknown = set(raw) - {"damdup", "units"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {sorted(unknown)}; expected [damdup], [units]")
+    settings = _process_settings(path, raw.get("damdup", {}), base)
+    units = _units(path, raw.get("units", {}))
     for unit in settings.authoritative_units:
         if unit not in units:
             raise ConfigError(f"{path}: damdup.authoritative_units names unknown unit {unit!r}")

@@ -600,10 +600,21 @@ def _edit_words(tone: float, far: float) -> str:
     return "a re-encoded copy"
 
 
+Look = tuple[npt.NDArray[np.float32], ...] | None  # _same_look's answer
+
+
 def relate(a: Specimen, b: Specimen) -> Finding:
     """Which of two copies was made from the other, on the first evidence that
     tells; evidence in the order of how much it can be trusted."""
     same = _same_look(a, b)
+    for evidence in (_by_pixels, _by_frame, _by_size, _by_recompression, _by_file):
+        found = evidence(a, b, same)
+        if found is not None:
+            return found
+    return UNDECIDED
+
+
+def _by_pixels(a: Specimen, b: Specimen, same: Look) -> Finding | None:
     if (
         a.full
         and b.full
@@ -615,6 +626,10 @@ def relate(a: Specimen, b: Specimen) -> Finding:
         and _same_pixels(a, b)
     ):
         return Finding(None, "a copy with the same pixels", same_pixels=True)
+    return None
+
+
+def _by_frame(a: Specimen, b: Specimen, same: Look) -> Finding | None:
     # One frame inside the other: padding or a crop, whatever the padding shows.
     if _frames_may_differ(a, b):
         framed = _frames(a, b)
@@ -626,17 +641,34 @@ def relate(a: Specimen, b: Specimen) -> Finding:
         return Finding(b.sha256, "a copy with added borders")
     if share_b >= BORDER_SHARE and share_a < BORDERLESS_SHARE:
         return Finding(a.sha256, "a copy with added borders")
+    return None
+
+
+def _by_size(a: Specimen, b: Specimen, same: Look) -> Finding | None:
     # Fewer pixels: nothing adds detail back.
     if abs(a.pixels - b.pixels) > SIZE_TOLERANCE * max(a.pixels, b.pixels):
         large = b if a.pixels < b.pixels else a
         kind = "a smaller copy" if same is not None else "a cropped copy"
         return Finding(large.sha256, kind)
+    return None
+
+
+def _by_recompression(a: Specimen, b: Specimen, same: Look) -> Finding | None:
     found = _recompression(a, b)
-    if found is not None:
-        if same is not None and found.kind == "a re-encoded copy" and _added(*same):
-            # The re-compression test saw the centre; the look sees the corners.
-            return Finding(found.parent, _edit_words(0.0, 1.0))
-        return found
+    # The re-compression test saw the centre; the look sees the corners.
+    if (
+        found is not None
+        and same is not None
+        and found.kind == "a re-encoded copy"
+        and _added(*same)
+    ):
+        return Finding(found.parent, _edit_words(0.0, 1.0))
+    return found
+
+
+def _by_file(a: Specimen, b: Specimen, same: Look) -> Finding | None:
+    """What the files say: format, clipped tones, the camera's EXIF, the
+    editing software, the modification time."""
     if not (a.full and b.full):
         return UNDECIDED  # a thumbnail carries no format or EXIF of its own
     web_a, web_b = a.format in WEB_FORMATS, b.format in WEB_FORMATS
@@ -657,7 +689,7 @@ def relate(a: Specimen, b: Specimen) -> Finding:
     if a.modified and b.modified and a.modified != b.modified:
         child = a if a.modified > b.modified else b
         return Finding(b.sha256 if child is a else a.sha256, "a later-modified copy")
-    return UNDECIDED
+    return None
 
 
 def _frames_may_differ(a: Specimen, b: Specimen) -> bool:
