@@ -103,13 +103,16 @@ MAX_DISTORTION_PX = 1.5
 # A side of an image is padding (an added border, letterboxing) when its
 # outermost lines are one colour: at least PAD_LINE_SHARE of each line within
 # PAD_TOLERANCE grey levels (JPEG ringing) of the outermost line's median,
-# for at least PAD_MIN_SHARE of the image's short side (a dark edge row of a
-# photo is not padding). The short side, not the length across the border:
-# a frame is as deep on every side, sized against the short side, so a 3 %
-# frame on a 16:9 photo is only 1.7 % of its width (large set: such a frame's
+# for at least PAD_MIN_SHARE of the length across that side (a dark edge row
+# of a photo is not padding). A side whose opposite side is padding of the
+# same colour (a frame, bars) needs only PAD_MIN_SHARE of the short side: a
+# frame is as deep on every side, sized against the short side, so a 3 %
+# frame on a 16:9 photo is 1.7 % of its width (large set: such a frame's
 # left side, 7 uniform columns of 384, was not padding while the other three
-# sides were, and its edge read as 0.6 px of shift). Padding is no content: it is left out of the
-# comparison and of the coverage, with PAD_MARGIN_PX more px next to it,
+# sides were, and its edge read as 0.6 px of shift). Only then: a blurred
+# page's own flat margin on one side, 7 columns of 384, became padding and
+# misled the alignment (bench/verify.py). Padding is no content: it is left
+# out of the comparison and of the coverage, with PAD_MARGIN_PX more px next to it,
 # where resampling and JPEG blend the border's colour into the photo's edge
 # (bench: without that margin 1-3 px of blend read as 0.6-1.3 px of shift).
 # The padding itself is still compared where the other image has content
@@ -549,18 +552,24 @@ def _content_box(grey: U8) -> Box:
     h, w = grey.shape
     g = grey.astype(np.float32)
 
-    def depth(lines: F32) -> int:
-        """Leading lines of ``lines`` (line index first) that are padding."""
+    def run(lines: F32) -> tuple[int, float]:
+        """Leading lines of ``lines`` (line index first) of the outermost
+        line's colour, and that colour."""
         ref = float(np.median(lines[0]))
         near = np.abs(lines - ref) <= PAD_TOLERANCE
         uniform = near.mean(axis=1) >= PAD_LINE_SHARE
-        n = int(np.argmin(uniform)) if not uniform.all() else len(uniform)
-        return n if n >= PAD_MIN_SHARE * min(h, w) else 0
+        return (int(np.argmin(uniform)) if not uniform.all() else len(uniform)), ref
 
-    top = depth(g)
-    bottom = depth(g[::-1])
-    left = depth(g.T)
-    right = depth(g.T[::-1])
+    short = PAD_MIN_SHARE * min(h, w)
+
+    def depths(one: tuple[int, float], other: tuple[int, float], across: int) -> tuple[int, int]:
+        """Padding on two opposite sides: see PAD_MIN_SHARE."""
+        paired = min(one[0], other[0]) >= short and abs(one[1] - other[1]) <= PAD_TOLERANCE
+        least = short if paired else PAD_MIN_SHARE * across
+        return (one[0] if one[0] >= least else 0), (other[0] if other[0] >= least else 0)
+
+    top, bottom = depths(run(g), run(g[::-1]), h)
+    left, right = depths(run(g.T), run(g.T[::-1]), w)
     if h - top - bottom < 16 or w - left - right < 16:
         return 0, 0, w, h  # (nearly) all one colour: leave it to the detail check
     return left, top, w - right, h - bottom
