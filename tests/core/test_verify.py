@@ -8,6 +8,7 @@ most VERIFY_SIDE, made after the edit.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from connector.core.fingerprint import fingerprint_bytes
 from connector.core.verify import PixelCheck, verify_pair, verify_pair_detailed
 from tests.edits import crop, gamma, reencode, scale, thumb, viewpoint
 
@@ -414,4 +416,85 @@ def test_parallax_with_most_of_the_frame_static_fails(
 ) -> None:
     im = photo(name)
     check = verify_pair(thumb(im), thumb(parallax(im, fg)))
+    assert check.passed is False, check.reason
+
+
+# --- frames round a photo, and a subject moved over a faint background -----------
+
+
+def stored_thumb(im: Image.Image) -> np.ndarray:
+    """The thumbnail the index stores for ``im`` saved as a JPEG (draft-mode decode
+    and a bilinear reduction: more of a border blends into the photo's edge than
+    in :func:`thumb`)."""
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    with Image.open(io.BytesIO(fingerprint_bytes(buf.getvalue()).thumb)) as out:
+        return np.asarray(out.convert("RGB"))
+
+
+def camera_size(im: Image.Image, f: int = 6) -> Image.Image:
+    return im.resize((im.width * f, im.height * f), Image.Resampling.LANCZOS)
+
+
+def frame(im: Image.Image, share: float, colour: tuple[int, int, int]) -> Image.Image:
+    """A uniform frame as deep on every side: ``share`` of the short side."""
+    return ImageOps.expand(im, round(share * min(im.size)), colour)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0)])
+@pytest.mark.parametrize("name", ["chelsea.png", "rocket.jpg"])
+def test_thin_frame_round_a_wide_photo_passes(name: str, colour: tuple[int, int, int]) -> None:
+    # 3 % of the short side is under 2 % of the long one: the frame's sides along
+    # the short edges must count as padding too, or their edge reads as a shift.
+    im = photo(name)
+    check = verify_pair(thumb(im), thumb(reencode(frame(im, 0.03, colour), "JPEG", quality=90)))
+    assert check.passed is True, check.reason
+
+
+@pytest.mark.parametrize(("name", "share"), [("rocket.jpg", 0.03), ("rocket.jpg", 0.05)])
+def test_frame_round_a_camera_photo_passes_in_stored_thumbnails(name: str, share: float) -> None:
+    # The alignment must not fit the frame's edge blended into the photo (it
+    # stretched the fit by up to 1 px and failed on the "shift" that left).
+    im = camera_size(photo(name))
+    check = verify_pair(stored_thumb(im), stored_thumb(frame(im, share, (255, 255, 255))))
+    assert check.passed is True, check.reason
+
+
+def next_video_frame(
+    im: Image.Image, centre: tuple[float, float], shift: float, seed: int
+) -> Image.Image:
+    """The next frame: an elliptical region (12 % x 18 % of the frame around
+    ``centre``) moved right by ``shift`` of the width, feathered, new sensor noise."""
+    import cv2
+
+    arr = np.asarray(im).astype(np.float32)
+    h, w = arr.shape[:2]
+    dx = shift * w
+    mask = np.zeros((h, w), np.float32)
+    axes = (round(0.06 * w), round(0.09 * h))
+    cv2.ellipse(mask, (round(centre[0] * w + dx), round(centre[1] * h)), axes, 0, 0, 360, 1.0, -1)
+    mask = np.asarray(cv2.GaussianBlur(mask, (0, 0), 0.15 * min(axes)))[:, :, None]
+    moved = cv2.warpAffine(arr, np.float32([[1, 0, dx], [0, 1, 0]]), (w, h))
+    out = arr * (1 - mask) + np.asarray(moved) * mask
+    out += np.random.default_rng(seed).normal(0.0, 2.0, out.shape)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("centre", "shift"), [((0.65, 0.25), 0.009), ((0.65, 0.35), 0.006), ((0.65, 0.25), 0.012)]
+)
+def test_subject_moved_over_a_faint_background_fails(
+    centre: tuple[float, float], shift: float
+) -> None:
+    # Two consecutive video frames: a region of the astronaut's mottled backdrop
+    # (faint texture, like thin cloud in a flat sky) moved by 0.6-1.2 % of the
+    # width, 2-5 px in the thumbnails. Little texture keeps the per-block shift
+    # estimate (0.15-0.4 px) and the residual under their thresholds; a direct
+    # search of whole-pixel shifts finds the move.
+    im = camera_size(photo("astronaut.png"), 3)
+    first = next_video_frame(im, centre, 0.0, seed=1)
+    second = next_video_frame(im, centre, shift, seed=2)
+    a = thumb(reencode(first, "JPEG", quality=90))
+    b = thumb(reencode(second, "JPEG", quality=90))
+    check = verify_pair(a, b)
     assert check.passed is False, check.reason
