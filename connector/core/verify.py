@@ -1074,7 +1074,7 @@ def _prior_mask(a: U8, b: U8, w0: Mat3, bs: int) -> U8 | None:
     return mask_b if int(mask_b.sum()) >= PRIOR_MIN_KEPT * wb * hb else None
 
 
-def _verify(
+def _verify(  # noqa: C901 - the pixel check's one pass; splitting it is open work
     a_in: npt.NDArray[np.uint8], b_in: npt.NDArray[np.uint8]
 ) -> tuple[PixelCheck, Diagnostics]:
     a0 = _as_rgb(a_in)
