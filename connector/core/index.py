@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from connector.core.capture import CaptureFacts
 from connector.core.columns import COLUMNS_SELECT, FETCH_CHUNK, ColumnsBuilder, FingerprintColumns
@@ -639,7 +639,36 @@ def _asset_values(unit: str, row: AssetRow, run: int | None, stamp: str) -> tupl
     )  # fmt: skip
 
 
-def _pair(row: sqlite3.Row) -> PairRow:
+class Row(Protocol):
+    """A database row read by column name: sqlite3.Row, or psycopg's dict row."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+def asset_of(row: Row) -> AssetRow:
+    """An `assets` row as both stores read it."""
+    return AssetRow(
+        unit=row["unit"],
+        asset_id=row["asset_id"],
+        version=row["version"],
+        url=row["url"],
+        size_bytes=row["size_bytes"],
+        modified=row["modified"],
+        sha256=row["sha256"],
+        error=row["error"],
+        metadata=json.loads(row["metadata"]),
+        live=bool(row["live"]),
+        original_url=row["original_url"],
+        width=row["width"],
+        height=row["height"],
+        content_hash=row["content_hash"],
+    )
+
+
+def pair_of(row: Row) -> PairRow:
+    """A `pairs` row as both stores read it."""
     return PairRow(
         sha_a=row["sha_a"],
         sha_b=row["sha_b"],
@@ -659,9 +688,9 @@ def _chunks(values: Iterable[str], size: int = 400) -> Iterator[tuple[list[str],
         yield chunk, ",".join("?" * len(chunk))
 
 
-def _code_row(row: sqlite3.Row) -> dict[str, Any]:
+def code_row(row: Row) -> dict[str, Any]:
     """A fingerprint's codes as `fingerprint_rows` gives them: unsigned, flags as bools."""
-    item = dict(row)
+    item: dict[str, Any] = dict(row)
     for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
         item[key] = to_unsigned(item[key])
     item["flat"] = bool(item["flat"])
@@ -849,7 +878,7 @@ class SQLiteStore(IndexStore):
             "SELECT * FROM assets WHERE unit = ? AND live = 1 AND seen_run != ? ORDER BY asset_id",
             (unit, run),
         )
-        return [self._asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def retire_unseen(self, unit: str, run: int, keep: Sequence[str] = ()) -> int:
         with self._transaction() as db:
@@ -865,25 +894,6 @@ class SQLiteStore(IndexStore):
             db.execute("UPDATE cursors SET cursor = NULL WHERE unit = ?", (unit,))
             return int(changed)
 
-    @staticmethod
-    def _asset(row: sqlite3.Row) -> AssetRow:
-        return AssetRow(
-            unit=row["unit"],
-            asset_id=row["asset_id"],
-            version=row["version"],
-            url=row["url"],
-            size_bytes=row["size_bytes"],
-            modified=row["modified"],
-            sha256=row["sha256"],
-            error=row["error"],
-            metadata=json.loads(row["metadata"]),
-            live=bool(row["live"]),
-            original_url=row["original_url"],
-            width=row["width"],
-            height=row["height"],
-            content_hash=row["content_hash"],
-        )
-
     def live_assets(self, unit: str | None = None) -> list[AssetRow]:
         query = "SELECT * FROM assets WHERE live = 1"
         params: tuple[str, ...] = ()
@@ -891,7 +901,7 @@ class SQLiteStore(IndexStore):
             query += " AND unit = ?"
             params = (unit,)
         rows = self.db.execute(query + " ORDER BY unit, asset_id", params)
-        return [self._asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def find_asset(self, reference: str) -> AssetRow | None:
         """By `unit:id`, by id alone when it is unique, or by a content digest prefix."""
@@ -901,19 +911,19 @@ class SQLiteStore(IndexStore):
                 "SELECT * FROM assets WHERE unit = ? AND asset_id = ?", (unit, asset_id)
             ).fetchone()
             if row:
-                return self._asset(row)
+                return asset_of(row)
         rows = self.db.execute(
             "SELECT * FROM assets WHERE asset_id = ? AND live = 1 LIMIT 2", (reference,)
         ).fetchall()
         if len(rows) == 1:
-            return self._asset(rows[0])
+            return asset_of(rows[0])
         if len(reference) >= 8:
             rows = self.db.execute(
                 "SELECT * FROM assets WHERE sha256 LIKE ? AND live = 1 LIMIT 2",
                 (reference.lower() + "%",),
             ).fetchall()
             if len(rows) == 1:
-                return self._asset(rows[0])
+                return asset_of(rows[0])
         return None
 
     # -- fingerprints ----------------------------------------------------
@@ -928,7 +938,7 @@ class SQLiteStore(IndexStore):
                ORDER BY sha256""",
             (recipe,),
         )
-        return [_code_row(row) for row in rows]
+        return [code_row(row) for row in rows]
 
     def fingerprint_columns(self, recipe: int, after: int | None = None) -> FingerprintColumns:
         if after is None:
@@ -1037,7 +1047,7 @@ class SQLiteStore(IndexStore):
                  AND EXISTS (SELECT 1 FROM assets WHERE sha256 = p.sha_b AND live = 1)
                ORDER BY sha_a, sha_b"""
         )
-        return [_pair(row) for row in rows]
+        return [pair_of(row) for row in rows]
 
     def decisions(self) -> dict[tuple[str, str], DecisionRow]:
         rows = self.db.execute("SELECT * FROM decisions")
@@ -1268,7 +1278,7 @@ class SQLiteStore(IndexStore):
                FROM fingerprints WHERE recipe = ? AND rowid > ? ORDER BY rowid""",
             (recipe, watermark),
         )
-        return [_code_row(row) for row in rows]
+        return [code_row(row) for row in rows]
 
     def save_asset(self, unit: str, row: AssetRow, fingerprint: Fingerprint | None) -> None:
         stamp = now_iso()
@@ -1283,7 +1293,7 @@ class SQLiteStore(IndexStore):
             rows = self.db.execute(
                 f"SELECT * FROM assets WHERE live = 1 AND sha256 IN ({marks})", chunk
             )
-            out.extend(self._asset(row) for row in rows)
+            out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
 
     def assets_at_url(self, url: str) -> list[AssetRow]:
@@ -1292,7 +1302,7 @@ class SQLiteStore(IndexStore):
             "ORDER BY unit, asset_id",
             (url, url),
         )
-        return [self._asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
         found: dict[tuple[str, str], PairRow] = {}
@@ -1303,7 +1313,7 @@ class SQLiteStore(IndexStore):
                 (recipe, *chunk, recipe, *chunk),
             )
             for row in rows:
-                found[(row["sha_a"], row["sha_b"])] = _pair(row)
+                found[(row["sha_a"], row["sha_b"])] = pair_of(row)
         return [found[key] for key in sorted(found)]
 
     def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:

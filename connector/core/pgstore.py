@@ -57,9 +57,12 @@ from connector.core.index import (
     PushRun,
     SchemaError,
     UnitStatus,
+    asset_of,
+    code_row,
     listed_facts,
     now_iso,
     ordered,
+    pair_of,
     to_signed,
     to_unsigned,
 )
@@ -484,46 +487,6 @@ def _asset_values(unit: str, row: AssetRow, run: int | None, stamp: str) -> dict
     }  # fmt: skip
 
 
-def _asset(row: DictRow) -> AssetRow:
-    return AssetRow(
-        unit=row["unit"],
-        asset_id=row["asset_id"],
-        version=row["version"],
-        url=row["url"],
-        size_bytes=row["size_bytes"],
-        modified=row["modified"],
-        sha256=row["sha256"],
-        error=row["error"],
-        metadata=json.loads(row["metadata"]),
-        live=bool(row["live"]),
-        original_url=row["original_url"],
-        width=row["width"],
-        height=row["height"],
-        content_hash=row["content_hash"],
-    )
-
-
-def _pair(row: DictRow) -> PairRow:
-    return PairRow(
-        sha_a=row["sha_a"],
-        sha_b=row["sha_b"],
-        tier=row["tier"],
-        phash_distance=row["phash_distance"],
-        dhash_distance=row["dhash_distance"],
-        evidence=json.loads(row["evidence"]),
-    )
-
-
-def _code_row(row: DictRow) -> dict[str, Any]:
-    """A fingerprint's codes as `fingerprint_rows` gives them: unsigned, flags as bools."""
-    item = dict(row)
-    for key in ("phash", "dhash", "phash_trim", "dhash_trim", "phash_inner", "dhash_inner"):
-        item[key] = to_unsigned(item[key])
-    item["flat"] = bool(item["flat"])
-    item["has_capture"] = bool(item["has_capture"])
-    return item
-
-
 def _check_row(row: DictRow) -> CheckRow:
     # The columns are its fields; the verdict is stored as JSON text.
     return CheckRow(**{**row, "verdict": json.loads(row["verdict"]) if row["verdict"] else None})
@@ -687,7 +650,7 @@ class PostgreSQLStore(IndexStore):
                 "ORDER BY asset_id",
                 (unit, run),
             ).fetchall()
-        return [_asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def retire_unseen(self, unit: str, run: int, keep: Sequence[str] = ()) -> int:
         with self._db() as db, db.cursor() as cur:
@@ -716,7 +679,7 @@ class PostgreSQLStore(IndexStore):
                     "SELECT * FROM assets WHERE live = 1 AND unit = %s ORDER BY unit, asset_id",
                     (unit,),
                 ).fetchall()
-        return [_asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def find_asset(self, reference: str) -> AssetRow | None:
         """By `unit:id`, by id alone when it is unique, or by a content digest prefix."""
@@ -727,19 +690,19 @@ class PostgreSQLStore(IndexStore):
                     "SELECT * FROM assets WHERE unit = %s AND asset_id = %s", (unit, asset_id)
                 ).fetchone()
                 if row:
-                    return _asset(row)
+                    return asset_of(row)
             rows = db.execute(
                 "SELECT * FROM assets WHERE asset_id = %s AND live = 1 LIMIT 2", (reference,)
             ).fetchall()
             if len(rows) == 1:
-                return _asset(rows[0])
+                return asset_of(rows[0])
             if len(reference) >= 8:
                 rows = db.execute(
                     "SELECT * FROM assets WHERE sha256 LIKE %s AND live = 1 LIMIT 2",
                     (reference.lower() + "%",),
                 ).fetchall()
                 if len(rows) == 1:
-                    return _asset(rows[0])
+                    return asset_of(rows[0])
         return None
 
     # -- fingerprints ----------------------------------------------------
@@ -753,7 +716,7 @@ class PostgreSQLStore(IndexStore):
                    ORDER BY sha256""",
                 (recipe,),
             ).fetchall()
-        return [_code_row(row) for row in rows]
+        return [code_row(row) for row in rows]
 
     def fingerprint_columns(self, recipe: int, after: int | None = None) -> FingerprintColumns:
         if after is None:
@@ -882,7 +845,7 @@ class PostgreSQLStore(IndexStore):
                      AND EXISTS (SELECT 1 FROM assets WHERE sha256 = p.sha_b AND live = 1)
                    ORDER BY sha_a, sha_b"""
             ).fetchall()
-        return [_pair(row) for row in rows]
+        return [pair_of(row) for row in rows]
 
     def decisions(self) -> dict[tuple[str, str], DecisionRow]:
         with self._db() as db:
@@ -1107,7 +1070,7 @@ class PostgreSQLStore(IndexStore):
                    FROM fingerprints WHERE recipe = %s AND watermark > %s ORDER BY watermark""",
                 (recipe, watermark),
             ).fetchall()
-        return [_code_row(row) for row in rows]
+        return [code_row(row) for row in rows]
 
     def save_asset(self, unit: str, row: AssetRow, fingerprint: Fingerprint | None) -> None:
         stamp = now_iso()
@@ -1124,7 +1087,7 @@ class PostgreSQLStore(IndexStore):
                 rows = db.execute(
                     "SELECT * FROM assets WHERE live = 1 AND sha256 = ANY(%s)", (chunk,)
                 )
-                out.extend(_asset(row) for row in rows)
+                out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
 
     def assets_at_url(self, url: str) -> list[AssetRow]:
@@ -1134,7 +1097,7 @@ class PostgreSQLStore(IndexStore):
                 "ORDER BY unit, asset_id",
                 (url, url),
             ).fetchall()
-        return [_asset(row) for row in rows]
+        return [asset_of(row) for row in rows]
 
     def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
         found: dict[tuple[str, str], PairRow] = {}
@@ -1147,7 +1110,7 @@ class PostgreSQLStore(IndexStore):
                     {"recipe": recipe, "chunk": chunk},
                 )
                 for row in rows:
-                    found[(row["sha_a"], row["sha_b"])] = _pair(row)
+                    found[(row["sha_a"], row["sha_b"])] = pair_of(row)
         return [found[key] for key in sorted(found)]
 
     def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
