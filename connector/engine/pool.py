@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import multiprocessing
 import os
 import resource
@@ -223,18 +224,26 @@ class WorkerPool:
         suspects: list[tuple[KeyT, tuple[Any, ...]]] = []
         exhausted = False
         while True:
+            broken = False
             while not exhausted and len(in_flight) < 2 * self.workers:
                 try:
                     key, args = next(pending)
                 except StopIteration:
                     exhausted = True
                     break
-                future = self._pool(function).submit(_run, function, args, self.limits.seconds)
+                try:
+                    future = self._pool(function).submit(_run, function, args, self.limits.seconds)
+                except BrokenProcessPool:
+                    # A worker died after the last wait: this job never ran,
+                    # so it goes first into the new pool; the ones in flight
+                    # are suspects, settled below.
+                    pending = itertools.chain([(key, args)], pending)
+                    broken = True
+                    break
                 in_flight[future] = (key, args, time.monotonic())
-            if not in_flight:
+            if not in_flight and not broken:
                 break
             done, _ = wait(list(in_flight), timeout=1.0, return_when=FIRST_COMPLETED)
-            broken = False
             for future in done:
                 key, args, _started = in_flight.pop(future)
                 try:

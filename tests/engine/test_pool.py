@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 from connector.engine.pool import Limits, WorkerPool
 from tests.engine import pool_jobs
 
@@ -38,6 +41,22 @@ def test_a_crash_among_good_jobs_in_flight_loses_none_of_them() -> None:
     }
     assert out["-1"].value is None and "died" in str(out["-1"].error)
     assert after == [9], "the pool must recover after a worker died"
+
+
+def test_a_crash_noticed_while_handing_out_jobs_loses_none_of_them() -> None:
+    """The pool may break between two submissions, before any finished job
+    says so: the job being handed out then must wait for the new pool."""
+
+    def jobs() -> Iterator[tuple[str, tuple[int]]]:
+        yield "-1", (-1,)
+        yield "1", (1,)
+        time.sleep(1.5)  # the worker is dead and the executor knows it
+        yield from ((str(v), (v,)) for v in (2, 3, 4))
+
+    with WorkerPool(2) as pool:  # room for four in flight: the third is handed out late
+        out = {o.key: o for o in pool.map(pool_jobs.square_or_die, jobs(), str)}
+    assert {k: o.value for k, o in out.items() if k != "-1"} == {"1": 1, "2": 4, "3": 9, "4": 16}
+    assert "died" in str(out["-1"].error)
 
 
 def test_memory_limit_turns_a_huge_allocation_into_an_error() -> None:
