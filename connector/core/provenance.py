@@ -692,6 +692,12 @@ def _by_file(a: Specimen, b: Specimen, same: Look) -> Finding | None:
     return None
 
 
+def _completeness(spec: Specimen | None) -> tuple[bool, bool, bool]:
+    """Sorts the most complete file of same-pixel copies first."""
+    assert spec is not None
+    return (spec.format not in FORMATS_ORIGINAL, not spec.camera, spec.editor is not None)
+
+
 def _frames_may_differ(a: Specimen, b: Specimen) -> bool:
     """Whether padding or a crop could tell the two apart: their sizes or their
     aspect ratios differ."""
@@ -716,7 +722,7 @@ def _same_pixels(a: Specimen, b: Specimen) -> bool:
 
 # Bump when a rule above may find a group's lineage otherwise: saved families
 # of an older version are found again.
-LINEAGE_VERSION = 2
+LINEAGE_VERSION = 3
 
 
 def group_key(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> str:
@@ -848,11 +854,14 @@ class Examiner:
         classes: dict[str, list[str]] = {}
         for sha in readable:
             classes.setdefault(same[sha], []).append(sha)
+        # The class speaks with its most complete file: a camera format, the
+        # camera's EXIF, no editor named (a metadata-stripped byte-for-byte
+        # copy of the original must not make the original "without EXIF").
         speaker = {}
         for group in classes.values():
-            camera = [sha for sha in group if specimens[sha].format in FORMATS_ORIGINAL]  # type: ignore[union-attr]
+            best = min(group, key=lambda sha: _completeness(specimens[sha]))
             for sha in group:
-                speaker[sha] = (camera or group)[0]
+                speaker[sha] = best
         cache: dict[tuple[str, str], Finding] = {}
         for i, a in enumerate(readable):
             for b in readable[i + 1 :]:

@@ -157,6 +157,55 @@ def test_the_original_is_the_only_root_of_its_group(
         assert "a watermark" in words and "smaller cop" in words, words
 
 
+def without_exif(data: bytes, note: int) -> bytes:
+    """The same JPEG with its EXIF segment taken out (what a CMS that strips
+    metadata stores): the very same pixels; `note` goes into a comment."""
+    assert data[:2] == b"\xff\xd8"
+    out, at = bytearray(data[:2]), 2
+    while data[at] == 0xFF and data[at + 1] != 0xDA:  # up to the scan
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] != 0xE1:  # APP1: EXIF
+            out += data[at : at + 2 + length]
+        at += 2 + length
+    comment = f"copy {note}".encode()
+    out += b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
+    return bytes(out + data[at:])
+
+
+def test_a_stripped_copy_does_not_speak_for_its_original(
+    families: dict[str, dict[str, bytes]],
+) -> None:
+    """Same-pixel copies are one image to the lineage and speak with the most
+    complete file: the original's EXIF, not a stripped copy's lack of it,
+    is weighed against an edited copy's editor tag."""
+    copies = families["coffee"]
+    original = copies["original"]
+    # A logo stamped on and saved as the original was (same quality): the
+    # re-compression test cannot tell them apart, the files' metadata does.
+    exif = camera_exif()
+    exif[0x0131] = "Adobe Photoshop Lightroom Classic 12.4 (Windows)"
+    buffer = io.BytesIO()
+    stamped = decoded(original)
+    width, height = stamped.size
+    box = (width // 40, height // 40, width // 40 + width // 7, height // 40 + height // 14)
+    ImageDraw.Draw(stamped).rectangle(box, fill=(40, 90, 160))  # no clipped tones
+    stamped.save(buffer, "JPEG", quality=75, exif=exif)
+    edited = buffer.getvalue()
+    # A stripped copy whose digest sorts before the original's (the order
+    # that made the stripped one speak before).
+    stripped = next(
+        copy
+        for copy in (without_exif(original, n) for n in range(64))
+        if sha256_hex(copy) < sha256_hex(original)
+    )
+    by_sha = {sha256_hex(data): data for data in (original, stripped, edited)}
+    assert examine("s", stripped) is not None and not examine("s", stripped).camera  # type: ignore[union-attr]
+    family = Examiner(by_sha.get).family(sorted(by_sha), {})
+    assert family.finding(sha256_hex(original), sha256_hex(stripped)).same_pixels
+    assert family.derived[sha256_hex(original)] == 0
+    assert family.derived[sha256_hex(edited)] > 0, family.findings
+
+
 # --- padding and crops told apart by the frames --------------------------------
 
 
