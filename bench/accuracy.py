@@ -212,6 +212,8 @@ def main() -> None:
     print("\nRecall per kind of copy (damdup):")
     for kind, (found, total) in sorted(ours.recall.items()):
         print(f"  {kind:<14} {found}/{total}")
+    for kind, name, original in sorted(ours.missed):
+        print(f"  missed, {kind}: {name} (original {original})")
     for kind, count in sorted(merged_by_kind(labels, ours).items()):
         print(f"  different shots merged, {kind}: {count}")
     print(

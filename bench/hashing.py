@@ -18,8 +18,9 @@ Rows, all over the same folder of camera-like JPEGs (6000x4000, quality 90):
                (w//8, h//8)), load() - the 1/8 scale that damdup's own draft request
                (long side >= 384) picks for 6000x4000 - over the same 2 processes.
 
-The images are upscaled real photographs that ship inside the scikit-image and
-scikit-learn wheels, with added luminance and chroma grain so that they compress
+The images are upscaled real photographs, 24 different ones: eleven that ship inside
+the scikit-image and scikit-learn wheels and thirteen of Debian's wallpaper photos
+(bench/install.sh installs them), with added luminance and chroma grain so that they compress
 like camera files (6-10 MB each); most carry camera EXIF, some an Orientation tag
 (portrait frames stored sideways, as cameras do). They are cached in
 bench/results/hashing_images/ (git-ignored) and remade when the recipe changes.
@@ -73,24 +74,40 @@ QUALITY = 90
 MAX_PIXELS = 150_000_000
 MAX_BYTES = 512 * 1024 * 1024
 # Bump when the images below would come out different.
-IMAGE_RECIPE = 1
+IMAGE_RECIPE = 2
 SEED = 20241126
 
-# Real photographs bundled in the wheels: (package, file). 12 sources x 2 frames = 24.
+# Real photographs, each a different one (a folder of distinct photos must hold no
+# copies): eleven bundled in the scikit-image and scikit-learn wheels and thirteen
+# of Debian's wallpaper photographs, the large set's own sources (bench/largeset.py,
+# installed by bench/install.sh). (package, file); a wallpaper's file is its path.
 SOURCES = [
     ("skimage", "astronaut.png"),
     ("skimage", "chelsea.png"),
     ("skimage", "coffee.png"),
     ("skimage", "rocket.jpg"),
     ("skimage", "motorcycle_left.png"),
-    ("skimage", "motorcycle_right.png"),
     ("skimage", "hubble_deep_field.jpg"),
     ("skimage", "retina.jpg"),
     ("skimage", "ihc.png"),
     ("skimage", "camera.png"),
     ("sklearn", "china.jpg"),
     ("sklearn", "flower.jpg"),
-]
+    *(
+        ("wallpaper", f"/usr/share/backgrounds/{name}.jpg")
+        for name in (
+            "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Wine_by_Jakkub_Mede",
+            "aitzgorri_by_Aitzol_Berasategi", "friends_by_Aitzol_Berasategi",
+            "greentock_by_Peter_Nerlich", "picosdeeuropa_by_Aitzol_Berasategi",
+            "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
+            "Kleiber_by_Lukas_Baubkus",
+        )
+    ),
+    *(
+        ("wallpaper", f"/usr/share/wallpapers/{name}/contents/images/2560x1600.jpg")
+        for name in ("BytheWater", "ColorfulCups", "Kite")
+    ),
+]  # fmt: skip
 # Per frame: (crop zoom, horizontal shift, vertical shift, EXIF Orientation or None
 # for no EXIF at all). Orientation 6/8 frames hold a portrait crop stored sideways.
 FRAMES = [
@@ -112,6 +129,10 @@ TARGET_VS_FLOOR = 1.3
 
 
 def _source_path(package: str, name: str) -> Path:
+    if package == "wallpaper":
+        if not Path(name).exists():
+            raise SystemExit(f"{name} is missing: run bench/install.sh (make bench does)")
+        return Path(name)
     if package == "skimage":
         import skimage
 
@@ -217,11 +238,10 @@ def ensure_images(count: int, workers: int) -> list[Path]:
 
 
 # Burst-like folder: each of these photos (by index in the set above) is followed
-# by BURST_FRAMES - 1 further frames of a hand-held burst. Index 5 is left out: it
-# is the other half of index 4's stereo pair (motorcycle_left/right).
-BURST_SOURCES = [0, 1, 2, 3, 4, 6]
+# by BURST_FRAMES - 1 further frames of a hand-held burst.
+BURST_SOURCES = [0, 1, 2, 3, 4, 5]
 BURST_FRAMES = 4
-BURST_RECIPE = 1
+BURST_RECIPE = 2
 # Camera shake between frames, as a share of the long side (6-24 px at 6000 px),
 # a region that moves (a walking subject) and new sensor grain.
 BURST_SHAKE = (0.001, 0.004)
@@ -314,8 +334,27 @@ def _damdup_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "connector.cli"]
 
 
+# Runs a command as a child subreaper (prctl PR_SET_CHILD_SUBREAPER): every
+# descendant that outlives its parent (the forkserver, its workers) is re-parented
+# here and reaped, so RUSAGE_CHILDREN holds the CPU of the whole process tree.
+_TREE_CPU = r"""
+import ctypes, json, os, resource, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True, check=False)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr[-2000:],
+                  "cpu_s": usage.ru_utime + usage.ru_stime}))
+"""
+
+
 def _whole_scan(folder: Path, workers: int, stats: dict[str, Any]) -> int:
-    """One whole `damdup scan` of `folder` into a new index, a process of its own."""
+    """One whole `damdup scan` of `folder` into a new index, a process of its own;
+    its process tree's CPU seconds are added to stats["cpu_s"]."""
     import subprocess
     import tempfile
 
@@ -325,14 +364,16 @@ def _whole_scan(folder: Path, workers: int, stats: dict[str, Any]) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="damdup-bench-") as tmp:
         done = subprocess.run(
-            [*_damdup_command(), "scan", str(folder), "--db", f"{tmp}/index.sqlite", "-q",
-             "--format", "json", "--workers", str(workers)],
-            env=env, capture_output=True, text=True, check=False,
+            [sys.executable, "-c", _TREE_CPU, *_damdup_command(), "scan", str(folder),
+             "--db", f"{tmp}/index.sqlite", "-q", "--format", "json", "--workers", str(workers)],
+            env=env, capture_output=True, text=True, check=True,
         )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"damdup scan {folder} failed: {done.stderr[-2000:]}")
-    summary = json.loads(done.stdout)
+    tree = json.loads(done.stdout)
+    if tree["rc"] != 0:
+        raise RuntimeError(f"damdup scan {folder} failed: {tree['stderr']}")
+    summary = json.loads(tree["stdout"])
     stats.update(candidates=summary["candidates"], pairs_checked=summary["pairs_checked"])
+    stats.setdefault("cpu_s", []).append(tree["cpu_s"])
     return int(summary["fingerprinted"])
 
 
@@ -923,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"damdup vs imagededup: not measured ({extra.get('imagededup_skipped')})")
     scan_figures: dict[str, Any] = {}
     floor_ms = 1000 * floor["median_s"] / len(paths)
+    floor_cpu_ms = 1000 * by_key["floor_1"]["median_s"] / len(paths)
     for kind in ("distinct", "burst"):
         if f"{kind}_n" not in by_key:
             continue
@@ -936,10 +978,19 @@ def main(argv: list[str] | None = None) -> int:
             "fixed_s": fixed_s,
             "candidates": [small.get("candidates"), large.get("candidates")],
         }
+        # CPU of the whole process tree, beside the floor's on one process: what
+        # the wall clock says only on a quiet machine.
+        cpu_ms = 1000 * (statistics.median(large["cpu_s"]) - statistics.median(small["cpu_s"]))
+        cpu_ms /= added
+        scan_figures[kind] |= {
+            "marginal_cpu_ms_per_image": cpu_ms,
+            "cpu_vs_floor": cpu_ms / floor_cpu_ms,
+        }
         print(
             f"whole `damdup scan`, {kind} photos, marginal cost per image ({small['files']} vs "
             f"{large['files']} files): {marginal_ms:.0f} ms = {marginal_ms / floor_ms:.2f}x the "
-            f"floor's {floor_ms:.1f} ms/file on {args.workers} procs; fixed cost "
+            f"floor's {floor_ms:.1f} ms/file on {args.workers} procs; in CPU {cpu_ms:.0f} ms = "
+            f"{cpu_ms / floor_cpu_ms:.2f}x the floor's {floor_cpu_ms:.1f} (1 proc); fixed cost "
             f"{fixed_s:.2f} s; candidate pairs {small.get('candidates')} and "
             f"{large.get('candidates')}"
         )
@@ -999,8 +1050,9 @@ def main(argv: list[str] | None = None) -> int:
             "min_mb": min(sizes) / 1e6,
             "max_mb": max(sizes) / 1e6,
             "folder": str(IMAGES.relative_to(ROOT)),
-            "generation": "upscaled real photographs from the scikit-image and scikit-learn "
-            "wheels with luminance and chroma grain; camera EXIF on most, Orientation 1/3/6/8",
+            "generation": "24 different real photographs (scikit-image, scikit-learn, "
+            "Debian wallpapers), upscaled, with luminance and chroma grain; "
+            "camera EXIF on most, Orientation 1/3/6/8",
         },
         "repeat": args.repeat,
         "workers": args.workers,

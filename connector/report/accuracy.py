@@ -41,6 +41,7 @@ class AccuracyReport:
     merged_different_shots: list[tuple[str, str]] = field(default_factory=list)
     similar_different_shots: int = 0
     different_shot_pairs: int = 0
+    missed: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, copy, original)
 
     @property
     def precision(self) -> float:
@@ -63,6 +64,7 @@ class AccuracyReport:
             "merged_different_shots": self.merged_different_shots,
             "different_shot_pairs": self.different_shot_pairs,
             "different_shots_marked_similar": self.similar_different_shots,
+            "missed": self.missed,
         }
 
 
@@ -106,6 +108,8 @@ def score(
         counts[variant][1] += 1
         if tiers.get(frozenset((name, original))) in DUPLICATE_TIERS:
             counts[variant][0] += 1
+        else:
+            report.missed.append((variant, name, original))
     report.recall = {kind: (found, total) for kind, (found, total) in counts.items()}
     names = sorted(labels)
     for i, a in enumerate(names):
