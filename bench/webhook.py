@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/webhook.py [--assets 100000] [--notifications 60]
                                       [--lookups 60] [--threads 1] [--fresh]
+                                      [--sync-beside]
 
 The index: every labelled fixture photo fingerprinted for real (so a notified
 copy finds its original and the other variants, and settles them with the
@@ -19,6 +20,12 @@ run: reads of the marks) exactly as `damdup serve` would. Timed from
 `start_check` (the notification accepted) to the verdict stored. The first
 `Checker.warm()` (search structure and worker processes, as at server start)
 is timed apart.
+
+With --sync-beside, another unit syncs into the same index throughout, as the
+daemon would beside `damdup serve`: `damdup scan` (its own process, 2 workers)
+of the labelled fixture photos as unit "beside", again and again, each round's
+copies made new content by a trailer after the JPEG's end (so every round
+fingerprints them all and settles their candidates against the index).
 
 When connector/webhooks.py exists, the same is measured through HTTP as
 well: a signed `POST /hooks/museum` (202), the check's record polled every
@@ -38,13 +45,16 @@ with the other numbers to bench/results/webhook.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -414,6 +424,51 @@ def table(rows: list[tuple[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+class SyncBeside:
+    """`damdup scan` of another unit into the same index, round after round,
+    until stopped: every round's files are new content."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.rounds = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._scratch = tempfile.TemporaryDirectory(prefix="damdup-beside-")
+
+    def __enter__(self) -> SyncBeside:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._scratch.cleanup()
+
+    def _folder(self, number: int) -> Path:
+        folder = Path(self._scratch.name) / "beside"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        for n, path in enumerate(photo_paths()):
+            trailer = f"damdup-bench round {number}".encode()
+            (folder / f"{n:03d}{path.suffix}").write_bytes(path.read_bytes() + trailer)
+        return folder
+
+    def _run(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        while not self._stop.is_set():
+            folder = self._folder(self.rounds)
+            done = subprocess.run(
+                [sys.executable, "-m", "connector.cli", "scan", str(folder), "--db",
+                 str(self.db), "--unit", "beside", "--workers", "2", "-q"],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                self.failures.append(done.stderr.strip()[-300:])
+                return
+            self.rounds += 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=100_000)
@@ -421,6 +476,9 @@ def main() -> int:
     parser.add_argument("--lookups", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1, help="checks at once")
     parser.add_argument("--fresh", action="store_true", help="rebuild the cached index")
+    parser.add_argument(
+        "--sync-beside", action="store_true", help="another unit syncs into the index meanwhile"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -469,6 +527,11 @@ def main() -> int:
                 roles[key] = roles.get(key, 0) + 1
             return elapsed
 
+        beside = SyncBeside(db) if args.sync_beside else None
+        sidecar = contextlib.ExitStack()
+        if beside is not None:
+            sidecar.enter_context(beside)
+            time.sleep(3)  # its scan under way before the first check
         started = time.perf_counter()
         checker.warm()  # what `damdup serve` does at start
         cold = time.perf_counter() - started
@@ -505,6 +568,7 @@ def main() -> int:
                 checker, server, settings, db, uploads_http(args.notifications, rng), rng
             )
 
+        sidecar.close()
         checker.close()
         store.close()
     finally:
@@ -520,7 +584,15 @@ def main() -> int:
     command = (
         f"`.venv/bin/python bench/webhook.py --assets {args.assets} "
         f"--notifications {args.notifications} --lookups {args.lookups} "
-        f"--threads {args.threads}`"
+        f"--threads {args.threads}{' --sync-beside' if args.sync_beside else ''}`"
+    )
+    if beside is not None and beside.failures:
+        raise SystemExit(f"the sync beside failed: {beside.failures[0]}")
+    alongside = (
+        f" Throughout, another unit synced into the same index: {beside.rounds} whole "
+        f"`damdup scan` rounds of {len(photo_paths())} new files each (2 workers)."
+        if beside is not None
+        else ""
     )
     machine = (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, "
@@ -530,7 +602,7 @@ def main() -> int:
         f"## bench/webhook.py — {args.assets:,}-asset index\n\n"
         f"{command}\n\n"
         f"{machine}; the asset on the Drupal emulator on "
-        f"127.0.0.1; checks {args.threads} at a time.\n\n"
+        f"127.0.0.1; checks {args.threads} at a time.{alongside}\n\n"
         + table(rows)
         + f"\n\nWarm-up (search structure over the whole index, worker processes): "
         f"{cold * 1000:.0f} ms; first check after it: {first * 1000:.0f} ms. "
@@ -567,6 +639,7 @@ def main() -> int:
                 "command": command.strip("`"),
                 "machine": machine,
                 "warm_up_s": cold,
+                "sync_beside_rounds": beside.rounds if beside is not None else None,
                 "first_check_s": first,
                 "rows": summary,
                 "peers": {
