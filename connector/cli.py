@@ -47,6 +47,7 @@ from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.lookup import LookupAnswer, LookupRefused
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
+from connector.engine.pool import EngineUnavailable
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import OriginalReader, RunResult, current_clusters, sync_and_match
 from connector.plugin import PluginExists, write_plugin
@@ -1453,6 +1454,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Busy as exc:
         err.print(f"damdup: {error_text(exc)}", style="red", markup=False, highlight=False)
+        return EXIT_SOME_FAILED
+    except EngineUnavailable as exc:  # the broker: what was indexed stays indexed
+        err.print(
+            f"damdup: {error_text(exc).rstrip('.')}; the run stopped, what it indexed is kept: "
+            "run it again",
+            style="red",
+            markup=False,
+            highlight=False,
+        )
         return EXIT_SOME_FAILED
     except KeyboardInterrupt:
         err.print("damdup: interrupted; the index keeps every page saved so far")

@@ -47,6 +47,11 @@ TASK = "damdup.job"
 SERIALIZER = "msgpack"
 
 
+# A job sent while the broker is out of reach (restarting) is sent again for
+# about a minute (0, 1, 2, 3, 4, then every 5 s) before the run stops.
+PUBLISH_RETRY = {"max_retries": 15, "interval_start": 0, "interval_step": 1, "interval_max": 5}
+
+
 def hard_limit(seconds: float) -> float:
     """When a job's worker process is killed (the local pool's limit too)."""
     return seconds * 2 + 10
@@ -155,6 +160,7 @@ def make_app(settings: Settings) -> Any:
         result_accept_content=[SERIALIZER],
         task_default_queue=QUEUE,
         task_time_limit=hard,
+        task_publish_retry_policy=PUBLISH_RETRY,
         # Acknowledged when run: a killed worker's jobs go to another worker.
         task_acks_late=True,
         task_acks_on_failure_or_timeout=True,

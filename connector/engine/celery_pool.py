@@ -8,6 +8,17 @@ on the broker report, asked again every minute), so a big run holds a few
 images in memory, not its whole listing. Outcomes are yielded as their
 results arrive, in any order. What the workers do and why is in
 connector/engine/celery_app.py.
+
+A job with no result for longer than any job may run (the hard limit, plus a
+margin for a dead worker's job to come back from Redis) while workers answer
+is sent again: the broker lost it (restarted without its queues, say). At
+most SENDS times, then it is the job's recorded error. Sending a job again
+is safe: what a job returns is keyed by the content digest of its image (a
+fingerprint row's key; pairs by their two digests) and stored with an
+upsert, so a job run twice is stored once; the first result taken counts and
+later ones are dropped. A broker out of reach is waited for (the publish is
+retried, celery_app.PUBLISH_RETRY) and then stops the run with
+EngineUnavailable, one line naming the broker.
 """
 
 from __future__ import annotations
@@ -17,15 +28,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import structlog
+from kombu.exceptions import OperationalError
 
 from connector.core.settings import Settings
 from connector.engine.celery_app import JOBS, QUEUE, TASK, hard_limit, job_name, make_app
-from connector.engine.pool import Limits, Outcome, WorkerPool
+from connector.engine.pool import EngineUnavailable, Limits, Outcome, WorkerPool
 
-__all__ = ["CeleryPool"]
+__all__ = ["CeleryPool", "max_message_bytes"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +48,32 @@ CAPACITY_TTL_S = 60.0  # how long the workers' reported processes are trusted
 INSPECT_TIMEOUT_S = 1.0
 STALL_WARNING_S = 60.0
 
-# Larger jobs run in one local worker process (same limits, same outcome): a
-# broker refuses big messages (RabbitMQ 3's default is 128 MiB, 4's 16 MiB;
-# Redis carries them base64-encoded, a third larger), and a few such files
-# are not worth another host.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A job of more image bytes than its broker takes runs in one local worker
+# process instead (same limits, same outcome); a few such files are not worth
+# another host. RabbitMQ refuses messages over its max_message_size (4's
+# default 16 MiB, 3's 128 MiB): the bytes go as they are (msgpack), with a
+# little room for the rest of the message. Redis would take values up to
+# 512 MB, but holds every message in memory, and kombu carries one there as
+# base64 in JSON, a third larger than the bytes: messages of 64 MiB at most,
+# 48 MiB of image.
+AMQP_MESSAGE_BYTES = 16 * 1024 * 1024
+REDIS_MESSAGE_BYTES = 64 * 1024 * 1024
+MESSAGE_ROOM_BYTES = 64 * 1024  # the task's name, numbers, headers, envelope
+
+
+def max_message_bytes(broker: str) -> int:
+    """The most image bytes one job may carry through this broker."""
+    if broker.partition("://")[0].lower() in ("redis", "rediss"):
+        return (REDIS_MESSAGE_BYTES - MESSAGE_ROOM_BYTES) // 4 * 3  # base64: 4 per 3
+    return AMQP_MESSAGE_BYTES - MESSAGE_ROOM_BYTES
+
+
+# A job with no result this long past the hard limit is sent again; longer
+# than a dead worker's job takes to come back from Redis (visibility_timeout,
+# hard limit + 20 s, then the restore interval), so that a killed worker's
+# jobs are not sent twice.
+RESEND_MARGIN_S = 30.0
+SENDS = 3  # sends of one job at most (each wait twice the one before)
 
 # Per broker, for every pool of this process: (when asked, worker processes).
 _capacity: dict[str, tuple[float, int]] = {}
@@ -69,9 +103,12 @@ class CeleryPool:
         self.settings = settings
         self.broker = settings.broker
         self.seconds = settings.file_timeout_s
+        self.max_bytes = max_message_bytes(settings.broker)
         self._app: Any = None
         self._backends: list[Any] = []
         self._local_pool: WorkerPool | None = None
+        # What the broker's client raises when the broker is out of reach.
+        self.broker_errors: tuple[type[BaseException], ...] = (OperationalError, OSError)
 
     def __enter__(self) -> CeleryPool:
         return self
@@ -104,14 +141,26 @@ class CeleryPool:
     def app(self) -> Any:
         if self._app is None:
             self._app = make_app(self.settings)
+            with self._app.connection_for_write() as connection:  # not connected yet
+                self.broker_errors = (
+                    OperationalError, OSError, *connection.connection_errors
+                )  # fmt: skip
         return self._app
 
     def warm(self) -> None:
         """Reach the broker now and learn the workers, not at the first job."""
         self._in_flight_limit(fresh=True)
 
+    def _worker_processes(self, fresh: bool = False) -> int:
+        try:
+            return worker_processes(self.app(), self.broker, fresh)
+        except self.broker_errors as exc:
+            raise EngineUnavailable(
+                f"the broker {_safe(self.broker)} does not answer: {exc}"
+            ) from exc
+
     def _in_flight_limit(self, fresh: bool = False) -> int:
-        processes = worker_processes(self.app(), self.broker, fresh)
+        processes = self._worker_processes(fresh)
         if processes == 0:
             log.warning(
                 "celery.no_workers",
@@ -132,22 +181,12 @@ class CeleryPool:
         (preparing a job's arguments) into a reason for a person."""
         name = job_name(function)
         job = JOBS[name]
-        app = self.app()
-        # A Celery app's result backend is per thread: this call's, throughout.
-        backend = app.backend
-        if all(known is not backend for known in self._backends):
-            self._backends.append(backend)
-        hard = hard_limit(self.seconds)
-        finished: deque[Any] = deque()
-        in_flight: dict[str, KeyT] = {}
-        results: dict[str, Any] = {}
+        run: _Run[KeyT] = _Run(self, name)
         pending = iter(jobs)
         exhausted = False
-        limit = self._in_flight_limit()
-        limit_at = last_progress = time.monotonic()
         try:
             while True:
-                while not exhausted and len(in_flight) < limit:
+                while not exhausted and len(run.flights) < run.limit:
                     try:
                         key, args = next(pending)
                     except StopIteration:
@@ -158,42 +197,19 @@ class CeleryPool:
                     except Exception as exc:  # the file cannot be read here
                         yield Outcome(key, error=describe_error(exc))
                         continue
-                    if _oversize(sent):  # this host's pool, under the same limits
+                    if _oversize(sent, self.max_bytes):  # this host's pool, same limits
                         yield from self._local().map(function, [(key, args)], describe_error)
                         continue
-                    result = app.send_task(
-                        TASK, args=(name, list(sent), self.seconds), queue=QUEUE, time_limit=hard
-                    )
-                    in_flight[result.id] = key
-                    results[result.id] = result
-                    result.then(finished.append)
-                if not in_flight:
+                    run.send(_Flight(key, (name, list(sent), self.seconds)))
+                if not run.flights:
                     break
-                if not finished:
-                    _drain(backend)
-                while finished:
-                    result = finished.popleft()
-                    key = in_flight.pop(result.id)
-                    results.pop(result.id, None)
-                    yield self._outcome(key, result, job, hard)
-                    _forget(result)
-                    last_progress = time.monotonic()
-                now = time.monotonic()
-                if now - limit_at > CAPACITY_TTL_S:  # a worker host may have come or gone
-                    limit, limit_at = self._in_flight_limit(), now
-                if now - last_progress > STALL_WARNING_S:
-                    log.warning(
-                        "celery.waiting",
-                        jobs=len(in_flight),
-                        worker_processes=worker_processes(app, self.broker, fresh=True),
-                        waited_s=round(now - last_progress),
-                    )
-                    last_progress = now
+                yield from run.arrived()
+                yield from run.overdue()
+                run.keep_watch()
         finally:
             # Stopped early (an error, the caller gone): the results still
             # coming are of no use to anyone.
-            for result in results.values():
-                _forget(result)
+            run.forget_all()
 
     def _outcome(self, key: KeyT, result: Any, job: Any, hard: float) -> Outcome[KeyT]:
         if result.state == "SUCCESS":
@@ -213,19 +229,160 @@ class CeleryPool:
         return Outcome(key, error=f"the worker failed: {kind}: {exc}")
 
 
-def _oversize(args: tuple[Any, ...]) -> bool:
-    return sum(len(arg) for arg in args if isinstance(arg, bytes)) > MAX_MESSAGE_BYTES
+@dataclass(eq=False)
+class _Flight(Generic[KeyT]):
+    """One job in flight: its message, the task ids it was sent as, when it
+    was sent last and how many times."""
+
+    key: KeyT
+    message: tuple[Any, ...]
+    ids: list[str] = field(default_factory=list)
+    sent_at: float = 0.0
+    sends: int = 0
 
 
-def _drain(backend: Any) -> None:
-    """Wait up to a second for results to arrive."""
-    try:
-        backend.result_consumer.drain_events(timeout=1.0)
-    except TimeoutError:
-        pass
-    except OSError as exc:  # the broker restarts: Celery reconnects on the next call
-        log.warning("celery.connection", reason=str(exc))
-        time.sleep(1.0)
+class _Run(Generic[KeyT]):
+    """The jobs of one CeleryPool.map in flight, their results as they come."""
+
+    def __init__(self, pool: CeleryPool, name: str) -> None:
+        self.pool = pool
+        self.app = pool.app()
+        self.job = JOBS[name]
+        # A Celery app's result backend is per thread: this call's, throughout.
+        self.backend = self.app.backend
+        if all(known is not self.backend for known in pool._backends):
+            pool._backends.append(self.backend)
+        self.hard = hard_limit(pool.seconds)
+        self.finished: deque[Any] = deque()
+        self.flights: set[_Flight[KeyT]] = set()
+        self.by_id: dict[str, _Flight[KeyT]] = {}
+        self.results: dict[str, Any] = {}
+        self.limit = pool._in_flight_limit()
+        self.limit_at = self.last_progress = time.monotonic()
+
+    def send(self, flight: _Flight[KeyT]) -> None:
+        try:
+            result = self.app.send_task(
+                TASK, args=flight.message, queue=QUEUE, time_limit=self.hard
+            )
+        except self.pool.broker_errors as exc:  # retried already (PUBLISH_RETRY)
+            raise EngineUnavailable(
+                f"the broker {_safe(self.pool.broker)} does not answer: {exc}"
+            ) from exc
+        flight.ids.append(result.id)
+        flight.sent_at = time.monotonic()
+        flight.sends += 1
+        self.flights.add(flight)
+        self.by_id[result.id] = flight
+        self.results[result.id] = result
+        result.then(self.finished.append)
+
+    def arrived(self) -> Iterator[Outcome[KeyT]]:
+        if not self.finished:
+            self._drain()
+        while self.finished:
+            result = self.finished.popleft()
+            flight = self.by_id.get(result.id)
+            if flight is None:  # a later answer of a job sent again: taken already
+                self._forget(result.id)
+                continue
+            self.last_progress = time.monotonic()
+            if result.state == "REVOKED":
+                # Cancelled by its worker on losing the broker: its message
+                # is handed out again, but its result would reach no one.
+                log.warning("celery.cancelled", job=str(flight.key))
+                self.by_id.pop(result.id, None)
+                self._forget(result.id)
+                yield from self._again(flight)
+                continue
+            outcome = self.pool._outcome(flight.key, result, self.job, self.hard)
+            self._done(flight)  # its result read: forgotten
+            yield outcome
+
+    def overdue(self) -> Iterator[Outcome[KeyT]]:
+        """Jobs the broker lost: sent again, or after SENDS their error."""
+        now = time.monotonic()
+        late = [flight for flight in self.flights if now - flight.sent_at > self._wait(flight)]
+        if not late:
+            return
+        if self._workers() == 0:  # they wait in the queue for a worker to start
+            for flight in late:
+                flight.sent_at = now
+            return
+        for flight in late:
+            log.warning("celery.resent", job=str(flight.key), sends=flight.sends + 1,
+                        waited_s=round(now - flight.sent_at))  # fmt: skip
+            yield from self._again(flight)
+
+    def _again(self, flight: _Flight[KeyT]) -> Iterator[Outcome[KeyT]]:
+        """Send a job again, or after SENDS sends give its error."""
+        if flight.sends < SENDS:
+            self.send(flight)
+            return
+        self._done(flight)
+        yield Outcome(
+            flight.key, error=f"the broker lost the job: no result after {flight.sends} sends"
+        )
+
+    def keep_watch(self) -> None:
+        now = time.monotonic()
+        if now - self.limit_at > CAPACITY_TTL_S:  # a worker host may have come or gone
+            with contextlib.suppress(EngineUnavailable):  # away for now: the limit as it was
+                self.limit = self.pool._in_flight_limit()
+            self.limit_at = now
+        if now - self.last_progress > STALL_WARNING_S:
+            log.warning(
+                "celery.waiting",
+                jobs=len(self.flights),
+                worker_processes=self._workers(),
+                waited_s=round(now - self.last_progress),
+            )
+            self.last_progress = now
+
+    def forget_all(self) -> None:
+        for task_id in list(self.results):
+            self._forget(task_id)
+
+    def _drain(self) -> None:
+        """Wait up to a second for results to arrive."""
+        try:
+            self.backend.result_consumer.drain_events(timeout=1.0)
+        except TimeoutError:
+            pass
+        except OSError as exc:  # the broker restarts: Celery reconnects on the next call
+            log.warning("celery.connection", reason=str(exc))
+            time.sleep(1.0)
+        except RuntimeError as exc:  # Redis: its reconnection retries ran out
+            if exc.__cause__ is None:
+                raise
+            raise EngineUnavailable(
+                f"the broker {_safe(self.pool.broker)} does not answer: {exc.__cause__}"
+            ) from exc
+
+    def _wait(self, flight: _Flight[KeyT]) -> float:
+        return (self.hard + RESEND_MARGIN_S) * 2.0 ** (flight.sends - 1)
+
+    def _workers(self) -> int:
+        try:
+            return self.pool._worker_processes(fresh=True)
+        except EngineUnavailable as exc:  # the broker is away: none to be seen
+            log.warning("celery.connection", reason=str(exc))
+            return 0
+
+    def _done(self, flight: _Flight[KeyT]) -> None:
+        self.flights.discard(flight)
+        for task_id in flight.ids:
+            self.by_id.pop(task_id, None)
+            self._forget(task_id)
+
+    def _forget(self, task_id: str) -> None:
+        result = self.results.pop(task_id, None)
+        if result is not None:
+            _forget(result)
+
+
+def _oversize(args: tuple[Any, ...], max_bytes: int) -> bool:
+    return sum(len(arg) for arg in args if isinstance(arg, bytes)) > max_bytes
 
 
 def _forget(result: Any) -> None:

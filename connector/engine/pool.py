@@ -36,6 +36,11 @@ class JobTimeout(Exception):
     pass
 
 
+class EngineUnavailable(Exception):
+    """The jobs cannot be sent: the broker of engine "celery" stays out of
+    reach. One line for a person, naming it (its password masked)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     seconds: float = 30.0

@@ -23,7 +23,7 @@ from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
-from connector.engine.pool import Limits, Pool, WorkerPool
+from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
 from connector.engine.settle import MatchStats
 from connector.engine.sync import SyncStats, sync_unit
 
@@ -159,6 +159,8 @@ def sync_and_match(
             log.error("unit.failed", unit=unit, reason=error_text(exc))
             failed[unit] = f"{type(exc).__name__}: {error_text(exc)}"
             return SyncStats(unit=unit)
+        except EngineUnavailable:  # no unit can go on: the run stops
+            raise
         except Exception as exc:  # a defect in one adapter must not stop the others
             # The traceback as text: it reaches the log whatever the renderer.
             log.error("unit.crashed", unit=unit, error=repr(exc), exception=traceback.format_exc())

@@ -50,44 +50,52 @@ def amqp_broker() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
+def start_worker(
+    broker: str, where: Path, number: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`damdup worker --concurrency 1`, logging to where/worker{number}.log."""
+    with (where / f"worker{number}.log").open("wb") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "-v", "worker", "--concurrency", "1"],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=where,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DAMDUP_BROKER": broker, **(env or {})},
+        )  # fmt: skip
+
+
+def wait_ready(process: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
+    while " ready." not in log.read_text(errors="replace"):
+        assert process.poll() is None, f"worker exited:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"worker not ready:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def stop_workers(started: list[subprocess.Popen[bytes]]) -> None:
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextmanager
 def workers(
     broker: str, where: Path, count: int = 2, env: dict[str, str] | None = None
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`count` `damdup worker --concurrency 1`, each ready to take jobs."""
     started: list[subprocess.Popen[bytes]] = []
-    logs: list[Path] = []
     try:
         for number in range(count):
-            log = where / f"worker{number}.log"
-            with log.open("wb") as handle:
-                started.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "connector.cli", "-v", "worker",
-                         "--concurrency", "1"],
-                        stdout=handle, stderr=subprocess.STDOUT, cwd=where,
-                        env={**os.environ, "PYTHONPATH": str(ROOT), "DAMDUP_BROKER": broker,
-                             **(env or {})},
-                    )
-                )  # fmt: skip
-            logs.append(log)
+            started.append(start_worker(broker, where, number, env))
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for process, log in zip(started, logs, strict=True):
-            while " ready." not in log.read_text(errors="replace"):
-                assert process.poll() is None, f"worker exited:\n{log.read_text()}"
-                assert time.monotonic() < deadline, f"worker not ready:\n{log.read_text()}"
-                time.sleep(0.3)
+        for number, process in enumerate(started):
+            wait_ready(process, where / f"worker{number}.log", deadline)
         yield started
     finally:
-        for process in started:
-            if process.poll() is None:
-                process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_workers(started)
 
 
 def jobs_run(where: Path) -> int:

@@ -15,8 +15,9 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-__all__ = ["ServerError", "amqp_vhost", "redis_database"]
+__all__ = ["PrivateRedis", "ServerError", "amqp_vhost", "private_redis", "redis_database"]
 
 HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -119,3 +120,63 @@ def amqp_vhost() -> Iterator[str]:
         yield f"amqp://guest:guest@{HOST}:{AMQP_PORT}/{vhost}"
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+class PrivateRedis:
+    """A `redis-server` of one test's own on a free loopback port, its data
+    in `where`: stopped and started again on the same port (the broker
+    restarting under a run), with its queues kept (`--appendonly yes`, as a
+    deployment configures it) or not."""
+
+    def __init__(self, where: Path, persistent: bool = True) -> None:
+        _need("redis-server")
+        self.where = where
+        self.persistent = persistent
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://{HOST}:{self.port}/0"
+        self.log = where / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.process is None, "running already"
+        appendonly = "yes" if self.persistent else "no"
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", "--bind", HOST, "--port", str(self.port),
+                 "--dir", str(self.where), "--save", "", "--appendonly", appendonly],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ServerError(f"private redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self, forget: bool = False) -> None:
+        """A clean shutdown (SIGTERM: what it holds is written out); `forget`:
+        its data removed, so that it comes back empty."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=60)
+            self.process = None
+        if forget:
+            shutil.rmtree(self.where / "appendonlydir", ignore_errors=True)
+            (self.where / "dump.rdb").unlink(missing_ok=True)
+
+    def restart(self, pause_s: float, forget: bool = False) -> None:
+        self.stop(forget)
+        time.sleep(pause_s)
+        self.start()
+
+
+@contextmanager
+def private_redis(where: Path, persistent: bool = True) -> Iterator[PrivateRedis]:
+    where.mkdir(parents=True, exist_ok=True)
+    server = PrivateRedis(where, persistent)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,298 @@
+"""engine = "celery" under faults, with real processes: `damdup worker`s
+killed with SIGKILL again and again under a run of 2,000 images, and the
+broker restarted under a run, with its queues kept or lost. Each run must
+index what a local scan indexes: every asset once, its fingerprint once,
+the same relations.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+
+from tests.conftest import PHOTOS, ROOT, damdup
+from tests.entry.test_celery import (
+    FAST,
+    READY_TIMEOUT_S,
+    amqp_broker,
+    celery_env,
+    relations,
+    start_worker,
+    stop_workers,
+    wait_ready,
+    workers,
+)
+from tests.servers.broker import PrivateRedis, ServerError, private_redis
+
+__all__ = ["amqp_broker"]  # a fixture of test_celery.py, used here
+
+pytestmark = pytest.mark.slow
+
+ASSETS = 2000
+COPY_EVERY = 9  # every ninth image has a smaller, recompressed copy
+KILLS = 10
+RUN_TIMEOUT_S = 400
+# Longer than a job the broker forgot takes to be sent again (hard limit + margin).
+RESTART_TIMEOUT_S = 240
+RECEIVED = re.compile(r"damdup\.job\[([0-9a-f-]+)\] received")
+DONE = re.compile(r"damdup\.job\[([0-9a-f-]+)\] (?:succeeded|raised)")
+
+
+def build_images(folder: Path, count: int) -> None:
+    """`count` small JPEGs (64-160 px, cheap to decode), the same on every
+    run; every ninth with a near-copy, so that there are relations to find."""
+    folder.mkdir(parents=True)
+    made = number = 0
+    while made < count:
+        rng = np.random.default_rng(number)
+        width, height = (int(side) for side in rng.integers(64, 161, size=2))
+        coarse = Image.fromarray(rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.int16)
+        noise = rng.integers(-12, 13, size=(height, width, 3))
+        image = Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+        image.save(folder / f"img{number:05d}.jpg", quality=88)
+        made += 1
+        if made < count and number % COPY_EVERY == 0:
+            smaller = image.resize((width * 3 // 4, height * 3 // 4), Image.Resampling.LANCZOS)
+            smaller.save(folder / f"img{number:05d}_copy.jpg", quality=70)
+            made += 1
+        number += 1
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """2,000 images and their local scan (this host's pool): the reference."""
+    root = tmp_path_factory.mktemp("many")
+    folder = root / "images"
+    build_images(folder, ASSETS)
+    local = root / "local.sqlite"
+    damdup("scan", str(folder), "--db", str(local), "-q")
+    assert relations(local).count("\n") > 100, "the images hold duplicates to find"
+    return folder, local
+
+
+@contextmanager
+def scanning(folder: Path, db: Path, broker: str, where: Path) -> Iterator[subprocess.Popen[str]]:
+    """`damdup scan` with engine = "celery", ended if the test stops first."""
+    scan = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "scan", str(folder), "--db", str(db), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=where,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DAMDUP_WORKERS": "2",
+             **celery_env(broker)},
+    )  # fmt: skip
+    try:
+        yield scan
+    finally:
+        if scan.poll() is None:
+            scan.kill()
+            scan.communicate()
+
+
+def index_rows(db: Path) -> dict[str, object]:
+    """What an index holds, as SQL sees it."""
+    with sqlite3.connect(db) as conn:
+        assets, ids, errors, unfingerprinted = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT unit || '/' || asset_id),"
+            " COUNT(error), COUNT(*) - COUNT(sha256) FROM assets"
+        ).fetchone()
+        # Each asset's fingerprint rows (the content digest is their key).
+        per_asset = conn.execute(
+            "SELECT n, COUNT(*) FROM (SELECT COUNT(f.sha256) AS n FROM assets a"
+            " LEFT JOIN fingerprints f ON f.sha256 = a.sha256 GROUP BY a.unit, a.asset_id)"
+            " GROUP BY n"
+        ).fetchall()
+        codes = conn.execute(
+            "SELECT sha256, phash, dhash, width, height FROM fingerprints ORDER BY sha256"
+        ).fetchall()
+    return {
+        "assets": assets,
+        "distinct ids": ids,
+        "error rows": errors,
+        "without a digest": unfingerprinted,
+        "fingerprint rows per asset": dict(per_asset),
+        "fingerprints": codes,
+    }
+
+
+def assert_indexed_as_local(db: Path, local: Path, scan_output: str) -> None:
+    found, expected = index_rows(db), index_rows(local)
+    assert found["assets"] == found["distinct ids"] == ASSETS
+    assert found["error rows"] == 0 and found["without a digest"] == 0
+    assert found["fingerprint rows per asset"] == {1: ASSETS}
+    assert found == expected
+    # One outcome per asset reached the index: none lost, none counted twice.
+    assert f"{ASSETS} fingerprinted" in scan_output, scan_output
+    assert relations(db) == relations(local)
+
+
+def wait_for(condition: object, what: str, scan: subprocess.Popen[str], limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while not condition():  # type: ignore[operator]
+        assert scan.poll() is None, f"the scan ended before {what}: {scan.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} within {limit_s:g} s"
+        time.sleep(0.02)
+
+
+def received(log: Path) -> list[str]:
+    return RECEIVED.findall(log.read_text(errors="replace"))
+
+
+def running(log: Path) -> list[str]:
+    """The jobs a worker's log shows taken and not finished."""
+    text = log.read_text(errors="replace")
+    return sorted(set(RECEIVED.findall(text)) - set(DONE.findall(text)))
+
+
+def kill_under_a_job(
+    victim: subprocess.Popen[bytes], log: Path, scan: subprocess.Popen[str]
+) -> list[str]:
+    """SIGKILL to a worker's main process while it holds a job it has not
+    acknowledged; that job's id. Stopped first (SIGSTOP), so that what its
+    log shows is what it holds: it acknowledges a job after the job's
+    "succeeded" line, and a stopped worker acknowledges nothing."""
+    children = psutil.Process(victim.pid).children(recursive=True)
+    while True:
+        wait_for(lambda: running(log), "a job for the worker", scan, 120)
+        victim.send_signal(signal.SIGSTOP)
+        held = running(log)
+        if held:
+            break
+        victim.send_signal(signal.SIGCONT)  # done meanwhile: the next one
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    # Its worker process ends with it: nothing left holding memory.
+    _gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"worker processes outlived their worker: {alive}"
+    return held
+
+
+# -- workers killed, again and again ---------------------------------------------
+
+
+def test_workers_killed_ten_times_lose_and_double_nothing(
+    amqp_broker: str, many: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """SIGKILL to a worker's main process, as when its host is lost, 10 times
+    under a run: its child (the worker process running the job) ends with
+    it, RabbitMQ hands the unacknowledged job to another worker at once, and
+    a new worker takes the dead one's place. (A worker process killed under
+    a job while its worker lives is that job's recorded error instead, as a
+    decoder crash is: test_celery.py's hostile files.)"""
+    folder, local = many
+    db = tmp_path / "index.sqlite"
+    started: list[subprocess.Popen[bytes]] = []
+    in_flight_at_death: list[str] = []
+    try:
+        for number in range(2):
+            started.append(start_worker(amqp_broker, tmp_path, number, FAST))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for number, process in enumerate(started):
+            wait_ready(process, tmp_path / f"worker{number}.log", deadline)
+        began = time.monotonic()
+        with scanning(folder, db, amqp_broker, tmp_path) as scan:
+            live = [0, 1]  # the numbers of the running workers, oldest first
+            for kill in range(KILLS):
+                number = live.pop(0)
+                victim, log = started[number], tmp_path / f"worker{number}.log"
+                in_flight_at_death.extend(kill_under_a_job(victim, log, scan))
+                # Its place taken at once; the next kill needs no wait for it to be
+                # ready (the other worker runs the jobs meanwhile), only for the
+                # next victim to hold a job.
+                replacement = 2 + kill
+                started.append(start_worker(amqp_broker, tmp_path, replacement, FAST))
+                live.append(replacement)
+            out, err = scan.communicate(timeout=RUN_TIMEOUT_S)
+            took = time.monotonic() - began
+            assert scan.returncode == 0, err
+            assert all(started[number].poll() is None for number in live)
+    finally:
+        stop_workers(started)
+    # The kills hit jobs under way, and each of those was run again elsewhere.
+    runs: dict[str, int] = {}
+    for log in tmp_path.glob("worker*.log"):
+        for task in received(log):
+            runs[task] = runs.get(task, 0) + 1
+    twice = sum(count > 1 for count in runs.values())
+    print(f"{KILLS} kills, {twice} jobs received twice, run of {ASSETS} images: {took:.1f} s")
+    assert len(in_flight_at_death) >= KILLS, in_flight_at_death  # each kill, under a job
+    assert all(runs[task] >= 2 for task in in_flight_at_death), in_flight_at_death
+    assert_indexed_as_local(db, local, out)
+
+
+# -- the broker restarted ------------------------------------------------------------
+
+
+@contextmanager
+def own_redis(where: Path, persistent: bool) -> Iterator[PrivateRedis]:
+    try:
+        with private_redis(where, persistent) as server:
+            yield server
+    except ServerError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["queues-kept", "comes-back-empty"])
+def test_a_broker_restarted_mid_run_loses_nothing(
+    many: tuple[Path, Path], tmp_path: Path, kept: bool
+) -> None:
+    """Redis stopped mid-run and started again 3 s later on the same port:
+    with its queues kept (appendonly, as docs/deploy.md asks), or empty (its
+    jobs and results lost). The run goes on once the broker is back; a job
+    the broker forgot is sent again once it has had no result for longer
+    than any job may run. Nothing is lost, nothing stored twice."""
+    folder, local = many
+    db = tmp_path / "index.sqlite"
+    with (
+        own_redis(tmp_path / "redis", persistent=kept) as server,
+        workers(server.url, tmp_path, env=FAST),
+        scanning(folder, db, server.url, tmp_path) as scan,
+    ):
+        began = time.monotonic()
+        wait_for(
+            lambda: sum(len(received(log)) for log in tmp_path.glob("worker*.log")) > 300,
+            "300 jobs run",
+            scan,
+            120,
+        )
+        server.restart(pause_s=3, forget=not kept)
+        out, err = scan.communicate(timeout=RESTART_TIMEOUT_S)
+        took = time.monotonic() - began
+    (tmp_path / "scan.err").write_text(err)
+    resent, cancelled = err.count('"celery.resent"'), err.count('"celery.cancelled"')
+    print(f"broker restarted ({'kept' if kept else 'empty'}): run of {ASSETS} images {took:.1f} s,"
+          f" {resent} jobs sent again, {cancelled} cancelled by their worker")  # fmt: skip
+    assert scan.returncode == 0, err
+    if not kept:  # what it forgot was sent again
+        assert "celery.resent" in err, err
+    assert_indexed_as_local(db, local, out)
+
+
+def test_a_broker_out_of_reach_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    """Away past the retries (here: never there): one line naming it, exit 3."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    scan = damdup(
+        "scan", str(PHOTOS / "hel-fi"), "--db", str(tmp_path / "index.sqlite"), "-q",
+        env=celery_env(url), check=False,
+    )  # fmt: skip
+    assert scan.returncode == 3, scan.stderr
+    assert scan.stderr.splitlines() == [
+        f"damdup: the broker {url} does not answer: Error 111 connecting to 127.0.0.1:{port}. "
+        "Connection refused; the run stopped, what it indexed is kept: run it again"
+    ]
