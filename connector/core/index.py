@@ -574,6 +574,14 @@ class IndexStore(ABC):
     def live_assets_with(self, sha256s: Iterable[str]) -> list[AssetRow]: ...
 
     @abstractmethod
+    def shared_contents(self) -> set[str]:
+        """The content digests that more than one live asset holds (byte copies)."""
+
+    @abstractmethod
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        """The columns of these contents' fingerprints only, in sha256 order."""
+
+    @abstractmethod
     def assets_at_url(self, url: str) -> list[AssetRow]:
         """Live assets whose page or file address is `url`."""
 
@@ -1295,6 +1303,29 @@ class SQLiteStore(IndexStore):
             )
             out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
+
+    def shared_contents(self) -> set[str]:
+        rows = self.db.execute(
+            """SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL
+               GROUP BY sha256 HAVING COUNT(*) > 1"""
+        )
+        return {row[0] for row in rows}
+
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        builder = ColumnsBuilder()
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples
+        try:
+            for chunk, marks in _chunks(sha256s):
+                cursor.execute(
+                    f"""SELECT {COLUMNS_SELECT} FROM fingerprints
+                        WHERE recipe = ? AND sha256 IN ({marks}) ORDER BY sha256""",
+                    (recipe, *chunk),
+                )
+                builder.add(cursor.fetchall())
+        finally:
+            cursor.close()
+        return builder.build()
 
     def assets_at_url(self, url: str) -> list[AssetRow]:
         rows = self.db.execute(

@@ -1090,6 +1090,26 @@ class PostgreSQLStore(IndexStore):
                 out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
 
+    def shared_contents(self) -> set[str]:
+        with self._db() as db:
+            rows = db.execute(
+                """SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL
+                   GROUP BY sha256 HAVING COUNT(*) > 1"""
+            ).fetchall()
+        return {row["sha256"] for row in rows}
+
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        builder = ColumnsBuilder()
+        with self._db() as db, db.cursor(row_factory=tuple_row) as cursor:
+            for chunk in _chunks(sha256s):
+                cursor.execute(
+                    f"""SELECT {COLUMNS_SELECT} FROM fingerprints
+                        WHERE recipe = %s AND sha256 = ANY(%s) ORDER BY sha256""",
+                    (recipe, chunk),
+                )
+                builder.add(cursor.fetchall())
+        return builder.build()
+
     def assets_at_url(self, url: str) -> list[AssetRow]:
         with self._db() as db:
             rows = db.execute(
