@@ -302,6 +302,11 @@ MIGRATIONS: list[str] = [
         made_at TEXT NOT NULL
     );
     """,
+    # 8: assets by id alone (`find_asset`, as a webhook check looks up an asset
+    # new to the index), without reading every asset
+    """
+    CREATE INDEX assets_id ON assets(asset_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -687,6 +692,13 @@ def pair_of(row: Row) -> PairRow:
     )
 
 
+def is_digest_prefix(reference: str) -> bool:
+    """Whether a reference can be the start of a content digest (lowercase hex
+    once lowered): no other is looked for among the digests, which costs a
+    read of every asset."""
+    return all(char in "0123456789abcdef" for char in reference.lower())
+
+
 def _chunks(values: Iterable[str], size: int = 400) -> Iterator[tuple[list[str], str]]:
     """Distinct values, sorted, in chunks small enough for SQLite's parameter
     limit, each with its "?,?,..." placeholders."""
@@ -925,7 +937,7 @@ class SQLiteStore(IndexStore):
         ).fetchall()
         if len(rows) == 1:
             return asset_of(rows[0])
-        if len(reference) >= 8:
+        if len(reference) >= 8 and is_digest_prefix(reference):
             rows = self.db.execute(
                 "SELECT * FROM assets WHERE sha256 LIKE ? AND live = 1 LIMIT 2",
                 (reference.lower() + "%",),

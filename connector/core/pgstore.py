@@ -59,6 +59,7 @@ from connector.core.index import (
     UnitStatus,
     asset_of,
     code_row,
+    is_digest_prefix,
     listed_facts,
     now_iso,
     ordered,
@@ -245,6 +246,11 @@ MIGRATIONS: list[str] = [
         "full" INTEGER NOT NULL,
         made_at TEXT COLLATE "C" NOT NULL
     );
+    """,
+    # 8: assets by id alone (`find_asset`, as a webhook check looks up an asset
+    # new to the index), without reading every asset
+    """
+    CREATE INDEX assets_id ON assets(asset_id);
     """,
 ]
 
@@ -696,7 +702,7 @@ class PostgreSQLStore(IndexStore):
             ).fetchall()
             if len(rows) == 1:
                 return asset_of(rows[0])
-            if len(reference) >= 8:
+            if len(reference) >= 8 and is_digest_prefix(reference):
                 rows = db.execute(
                     "SELECT * FROM assets WHERE sha256 LIKE %s AND live = 1 LIMIT 2",
                     (reference.lower() + "%",),
