@@ -248,9 +248,11 @@ MIGRATIONS: list[str] = [
     );
     """,
     # 8: assets by id alone (`find_asset`, as a webhook check looks up an asset
-    # new to the index), without reading every asset
+    # new to the index) and pairs by their second content (`pairs_touching`,
+    # a check's component), without reading every asset or pair
     """
     CREATE INDEX assets_id ON assets(asset_id);
+    CREATE INDEX pairs_b ON pairs(sha_b);
     """,
 ]
 

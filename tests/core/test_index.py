@@ -135,12 +135,13 @@ def test_find_asset_by_unit_and_id_by_id_and_by_digest(index_db: str | Path) -> 
     store.close()
 
 
-def test_an_asset_new_to_the_index_is_looked_up_without_reading_every_asset(
+def test_an_asset_new_to_the_index_and_its_pairs_are_read_through_indexes(
     tmp_path: Path,
 ) -> None:
     """`find_asset` of an id the index does not hold (every webhook check of a
     new asset) uses indexes: by id alone through assets_id, and no digest
-    search for a reference that cannot be a digest's start."""
+    search for a reference that cannot be a digest's start; `pairs_touching`
+    finds a content's pairs on the second side through pairs_b."""
     store = SQLiteStore(tmp_path / "index.sqlite")
     plan = " ".join(
         str(tuple(row))
@@ -150,6 +151,15 @@ def test_an_asset_new_to_the_index_is_looked_up_without_reading_every_asset(
         )
     )
     assert "assets_id" in plan
+    # Its component: the pairs that touch its content on either side.
+    plan = " ".join(
+        str(tuple(row))
+        for row in store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM pairs WHERE recipe = ? AND sha_b IN (?)",
+            (RECIPE, "ab" * 32),
+        )
+    )
+    assert "pairs_b" in plan
     asked: list[str] = []
     store.db.set_trace_callback(asked.append)
     assert store.find_asset("u:dir/new-photo.jpg") is None
