@@ -711,7 +711,8 @@ def run_size(label: str, base: str, size: int, top: bool, args: Any) -> dict[str
         ("clusters_json", "cli", {"args": ["clusters", "--cross-unit", "--format", "json"]}),
     ]
     if top and args.checks:
-        changing.append(("webhook", "webhook", {"folder": str(hook_folder(args.checks))}))
+        folder = hook_folder(args.checks, args.hook_side)
+        changing.append(("webhook", "webhook", {"folder": str(folder)}))
     changing = [step_ for step_ in changing if step_[0] in wanted]
     if not changing:
         return rows
@@ -733,7 +734,9 @@ def run_size(label: str, base: str, size: int, top: bool, args: Any) -> dict[str
 # -- real renditions: fingerprint throughput, webhook checks ----------------------------
 
 
-def renditions(count: int, folder: Path, side: int = 1024, per_photo: int = 1) -> Path:
+def renditions(
+    count: int, folder: Path, side: int = 1024, per_photo: int = 1, prefix: str = "r"
+) -> Path:
     """`count` distinct JPEGs of about `side` px made from the fixture photos,
     `per_photo` from each (a random crop of 70-100 % of each side, resized,
     quality 80-92)."""
@@ -764,15 +767,19 @@ def renditions(count: int, folder: Path, side: int = 1024, per_photo: int = 1) -
         crop = crop.resize(
             (max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.LANCZOS
         )
-        crop.save(folder / f"r{made:05d}.jpg", "JPEG", quality=int(rng.integers(80, 93)))
+        crop.save(folder / f"{prefix}{made:05d}.jpg", "JPEG", quality=int(rng.integers(80, 93)))
         made += 1
     return folder
 
 
-def hook_folder(count: int) -> Path:
+def hook_folder(count: int, side: int = 800) -> Path:
     """The notified assets: two renditions of each of count/2 fixture photos
-    (the second finds the first and settles it with the pixel check)."""
-    return renditions(count, RESULTS / f"scale_hooks_{count}", side=800, per_photo=2)
+    (the second finds the first and settles it with the pixel check), of
+    about `side` px; another side gives other files, new to an index that
+    was checked before (a check of a known, unchanged asset does little)."""
+    name = f"scale_hooks_{count}" + (f"_{side}" if side != 800 else "")
+    prefix = "r" if side == 800 else f"s{side}-"
+    return renditions(count, RESULTS / name, side=side, per_photo=2, prefix=prefix)
 
 
 def start_worker(broker: str, processes: int, log: Path) -> subprocess.Popen[bytes]:
@@ -996,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the match")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--checks", type=int, default=40, help="webhook checks (0: none)")
+    parser.add_argument("--hook-side", type=int, default=800, help="px of the checked files")
     parser.add_argument("--fingerprints", type=int, default=2000, help="renditions (0: none)")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--pg", default=None, help="URL of a database on the server to use")
