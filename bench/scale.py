@@ -35,6 +35,8 @@ import argparse
 import hashlib
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +54,10 @@ SEED = 20261215
 PAGE = 10_000
 TARGET_MB = 2048
 STEPS = ("columns", "search", "rows", "rows_search", "matchindex")
+UNITS = 4
+NEW_UNIT = "u1"
+NEAR_SHARE = 0.05
+BUILT = "damdup scale v3 complete"
 
 
 # -- the synthetic index ----------------------------------------------------------
@@ -67,76 +73,151 @@ def _flip(rng: np.random.Generator, codes: npt.NDArray[np.uint64], low: int, hig
     return out
 
 
-def synthetic(n: int) -> dict[str, Any]:
-    rng = np.random.default_rng(SEED)
+def _generate(
+    rng: np.random.Generator, count: int, offset: int, pool: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`count` rows numbered from `offset`; near-copies of rows of `pool` (the
+    index already there) or, without one, of these rows."""
     top = np.iinfo(np.uint64).max
-    near = rng.random(n) < 0.05
-    source = rng.integers(0, n, size=n)
+    near = rng.random(count) < NEAR_SHARE
+    size = len(pool["near"]) if pool is not None else count
+    source = rng.integers(0, size, size=count)
     data: dict[str, Any] = {"near": near}
     for kind in ("phash", "dhash"):
-        main = rng.integers(0, top, size=n, dtype=np.uint64, endpoint=True)
-        main = np.where(near, _flip(rng, main[source], 1, 6), main)
+        main = rng.integers(0, top, size=count, dtype=np.uint64, endpoint=True)
+        origin = pool[kind] if pool is not None else main
+        main = np.where(near, _flip(rng, origin[source], 1, 6), main)
         data[kind] = main
         data[f"{kind}_inner"] = _flip(rng, main, 0, 3)
         data[f"{kind}_trim"] = _flip(rng, main, 1, 4)
-        data[f"{kind}_has_trim"] = rng.random(n) < 0.10
-    data["flat"] = rng.random(n) < 0.003
-    data["format"] = rng.choice(np.array(["JPEG", "PNG", "WEBP"]), size=n, p=[0.8, 0.15, 0.05])
-    data["width"] = rng.integers(200, 6000, size=n)
-    data["height"] = rng.integers(200, 6000, size=n)
-    data["size_bytes"] = rng.integers(20_000, 20_000_000, size=n)
-    data["captured"] = rng.random(n) < 0.6
-    keeps_payload = near & (rng.random(n) < 0.2)
-    data["payload_of"] = np.where(keeps_payload, source, np.arange(n))
-    data["thumbs"] = rng.integers(0, 256, size=(n, 24), dtype=np.uint8)
+        data[f"{kind}_has_trim"] = rng.random(count) < 0.10
+    data["flat"] = rng.random(count) < 0.003
+    data["format"] = rng.choice(np.array(["JPEG", "PNG", "WEBP"]), size=count, p=[0.8, 0.15, 0.05])
+    data["width"] = rng.integers(200, 6000, size=count)
+    data["height"] = rng.integers(200, 6000, size=count)
+    data["size_bytes"] = rng.integers(20_000, 20_000_000, size=count)
+    data["captured"] = rng.random(count) < 0.6
+    keeps_payload = near & (rng.random(count) < 0.2)
+    if pool is not None:
+        data["payload_of"] = np.where(
+            keeps_payload, pool["payload_of"][source], offset + np.arange(count)
+        )
+    else:
+        data["payload_of"] = np.where(keeps_payload, source, np.arange(count))
+    # The "thumbnail": which photograph the row shows (a near-copy shows its
+    # source's), read by the stand-in pixel check (synthetic_pixel_check).
+    if pool is not None:
+        data["photo"] = np.where(near, pool["photo"][source], offset + np.arange(count))
+    else:
+        data["photo"] = np.where(near, source, np.arange(count))
     return data
+
+
+def synthetic(n: int, extra: int = 0) -> dict[str, Any]:
+    """The index of `n` assets (the same whatever `extra`), then `extra` new
+    ones of the same kind, near-copies among them of assets of the index."""
+    data = _generate(np.random.default_rng(SEED), n, 0, None)
+    if extra:
+        more = _generate(np.random.default_rng(SEED + 7), extra, n, data)
+        data = {key: np.concatenate([data[key], more[key]]) for key in data}
+    return data
+
+
+def unit_of(i: int, n: int) -> str:
+    """The index's assets in UNITS units of equal size (near-copies cross them)."""
+    return f"u{min(i * UNITS // n, UNITS - 1)}" if i < n else NEW_UNIT
+
+
+SYNTHETIC = b"damdup-synthetic-photo:"
+
+
+def synthetic_thumb(photo: int) -> bytes:
+    """No image: the number of the photograph the row shows (near-copies
+    share their source's)."""
+    return SYNTHETIC + b"%d" % photo
+
+
+def synthetic_pixel_check(thumb_a: bytes, thumb_b: bytes) -> dict[str, Any]:
+    """Stands in for settle.pixel_check_job on the synthetic index, whose rows
+    have no pixels: passes where both rows show the same photograph, else
+    fails as the real check fails unrelated images (nothing aligns). Its cost
+    is none; the real check's is measured apart (step_pixelcheck)."""
+    if not (thumb_a.startswith(SYNTHETIC) and thumb_b.startswith(SYNTHETIC)):
+        from connector.engine.settle import pixel_check_job
+
+        return pixel_check_job(thumb_a, thumb_b)
+    if thumb_a == thumb_b:
+        return {"passed": True, "reason": "synthetic: the same photograph"}
+    return {
+        "passed": False, "reason": "synthetic: another photograph", "coverage_a": 0.0,
+        "coverage_b": 0.0,
+    }  # fmt: skip
 
 
 def sha_of(i: int) -> str:
     return hashlib.sha256(b"damdup-scale-%d" % i).hexdigest()
 
 
-def build(store: Any, n: int) -> float:
-    """The synthetic index saved through the store API; seconds."""
+def page_of(data: dict[str, Any], first: int, last: int, n: int) -> tuple[list[Any], list[Any]]:
+    """Asset rows and fingerprints of rows first..last-1."""
     from connector.core.capture import CaptureFacts
     from connector.core.fingerprint import RECIPE, Fingerprint
     from connector.core.index import AssetRow
 
+    assets, prints = [], []
+    for i in range(first, last):
+        sha = sha_of(i)
+        fmt = str(data["format"][i])
+        payload = sha_of(-1 - int(data["payload_of"][i])) if fmt != "WEBP" else None
+        row = AssetRow(
+            unit=unit_of(i, n), asset_id=f"a{i}", version="v1", url=f"file:///nonexistent/a{i}.jpg",
+            size_bytes=int(data["size_bytes"][i]), modified=None, sha256=sha,
+            error=None, metadata={}, live=True,
+        )  # fmt: skip
+        assets.append(row)
+        codes = {
+            kind: int(data[kind][i]) for kind in ("phash", "dhash", "phash_inner", "dhash_inner")
+        }
+        taken = "2024:01:01 12:00:00" if data["captured"][i] else None
+        fp = Fingerprint(
+            sha256=sha, size_bytes=int(data["size_bytes"][i]), recipe=RECIPE,
+            format=fmt, width=int(data["width"][i]), height=int(data["height"][i]),
+            payload_digest=payload,
+            phash_trim=int(data["phash_trim"][i]) if data["phash_has_trim"][i] else None,
+            dhash_trim=int(data["dhash_trim"][i]) if data["dhash_has_trim"][i] else None,
+            flat=bool(data["flat"][i]), animated=False, capture=CaptureFacts(taken_at=taken),
+            thumb=synthetic_thumb(int(data["photo"][i])), **codes,
+        )  # fmt: skip
+        prints.append(fp)
+    return assets, prints
+
+
+def save_rows(store: Any, data: dict[str, Any], first: int, last: int, n: int, page: int) -> None:
+    """Rows first..last-1 saved as syncs save them: one run per unit, pages
+    of `page` assets."""
+    started = time.perf_counter()
+    by_unit: dict[str, list[int]] = {}
+    for i in range(first, last):
+        by_unit.setdefault(unit_of(i, n), []).append(i)
+    done = 0
+    for unit, members in by_unit.items():
+        run = store.start_run(unit, "sync")
+        for at in range(0, len(members), page):
+            chunk = members[at : at + page]
+            assets, prints = page_of(data, chunk[0], chunk[-1] + 1, n)
+            complete = at + page >= len(members)
+            store.save_page(unit, run, assets, prints, [], None if complete else f"p{at}")
+            done += len(chunk)
+            if last - first > 100_000 and (done // page) % 20 == 0:
+                print(f"    {done:,} saved, {time.perf_counter() - started:.0f} s", flush=True)
+        store.finish_run(run, True, {})
+
+
+def build(store: Any, n: int) -> float:
+    """The synthetic index saved through the store API; seconds."""
     data = synthetic(n)
     started = time.perf_counter()
-    run = store.start_run("u", "sync")
-    for first in range(0, n, PAGE):
-        assets, prints = [], []
-        for i in range(first, min(first + PAGE, n)):
-            sha = sha_of(i)
-            fmt = str(data["format"][i])
-            payload = sha_of(-1 - int(data["payload_of"][i])) if fmt != "WEBP" else None
-            row = AssetRow(
-                unit="u", asset_id=f"a{i}", version="v1", url=f"file:///a{i}.jpg",
-                size_bytes=int(data["size_bytes"][i]), modified=None, sha256=sha,
-                error=None, metadata={}, live=True,
-            )  # fmt: skip
-            assets.append(row)
-            codes = {
-                kind: int(data[kind][i])
-                for kind in ("phash", "dhash", "phash_inner", "dhash_inner")
-            }
-            taken = "2024:01:01 12:00:00" if data["captured"][i] else None
-            fp = Fingerprint(
-                sha256=sha, size_bytes=int(data["size_bytes"][i]), recipe=RECIPE,
-                format=fmt, width=int(data["width"][i]), height=int(data["height"][i]),
-                payload_digest=payload,
-                phash_trim=int(data["phash_trim"][i]) if data["phash_has_trim"][i] else None,
-                dhash_trim=int(data["dhash_trim"][i]) if data["dhash_has_trim"][i] else None,
-                flat=bool(data["flat"][i]), animated=False, capture=CaptureFacts(taken_at=taken),
-                thumb=data["thumbs"][i].tobytes(), **codes,
-            )  # fmt: skip
-            prints.append(fp)
-        last = first + PAGE >= n
-        store.save_page("u", run, assets, prints, [], None if last else f"page{first}")
-        if (first // PAGE) % 10 == 9:
-            print(f"    {first + PAGE:,} saved, {time.perf_counter() - started:.0f} s", flush=True)
-    store.finish_run(run, True, {})
+    save_rows(store, data, 0, n, n, PAGE)
     return time.perf_counter() - started
 
 
@@ -144,8 +225,6 @@ def build(store: Any, n: int) -> float:
 
 
 def _peak_mb() -> float:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -214,172 +293,783 @@ def step(name: str, location: str, queries: int) -> dict[str, Any]:
     return out
 
 
-def measure(name: str, location: str, queries: int) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--step", name, "--location", location]
-    command += ["--queries", str(queries)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def _quiet() -> None:
+    """Warnings off in the children: unreadable synthetic originals would log
+    one line each."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+class _Timed:
+    """Seconds spent in one function, while patched in."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.owner, self.name, self.seconds = owner, name, 0.0
+        self.function = getattr(owner, name)
+        setattr(owner, name, self)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def undo(self) -> None:
+        setattr(self.owner, self.name, self.function)
+
+
+def _match_once(store: Any, workers: int) -> dict[str, Any]:
+    """`match()` as `damdup scan`/`sync` runs it after the syncs (the index's
+    search, the new pairs settled through a local worker pool, saved), then
+    the clusters built as `sync` prints them; seconds of each part."""
+    from connector.core.settings import Settings
+    from connector.engine import matcher, settle
+    from connector.engine.pool import WorkerPool
+    from connector.engine.scan import OriginalReader, current_clusters
+
+    settings = Settings()
+    out: dict[str, Any] = {}
+    # The stand-in by the name `scale.synthetic_pixel_check`, which the pool's
+    # workers import (this file runs as __main__ here).
+    import scale
+
+    settle.pixel_check_job = scale.synthetic_pixel_check
+    load = _Timed(store, "fingerprint_columns")
+    search = _Timed(matcher, "find_candidates")
+    try:
+        with WorkerPool(workers) as pool:
+            pool.warm()
+            started = time.perf_counter()
+            stats = matcher.match(
+                store, pool, OriginalReader(store, {}), max_pixels=settings.max_pixels
+            )
+            out["match_s"] = time.perf_counter() - started
+    finally:
+        load.undo()
+        search.undo()
+    out["load_s"], out["search_s"] = load.seconds, search.seconds
+    out["settle_s"] = out["match_s"] - load.seconds - search.seconds
+    out["match_peak_rss_mb"] = _peak_mb()
+    started = time.perf_counter()
+    clusters, relations = current_clusters(store, settings)
+    out["cluster_s"] = time.perf_counter() - started
+    out["clusters"], out["relations"] = len(clusters), len(relations)
+    out |= {
+        "candidates": stats.candidates, "evaluated": stats.evaluated, "cached": stats.cached,
+        "pixel_checks": stats.pixel_checks, "pixel_digests": stats.pixel_digests,
+        "originals_read": stats.originals_read, "tiers": stats.tiers,
+    }  # fmt: skip
+    return out
+
+
+def step_match(location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from connector.core.store import open_store
+
+    store = open_store(location)
+    try:
+        out = _match_once(store, spec["workers"])
+    finally:
+        store.close()
+    out["peak_rss_mb"] = _peak_mb()
+    return out
+
+
+def step_sync(location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec["new"]` new assets saved through the store as a sync of one unit
+    saves them (pages of 250), then matched as the sync's run matches."""
+    from connector.core.store import open_store
+
+    n, new = spec["n"], spec["new"]
+    data = synthetic(n, extra=new)
+    store = open_store(location)
+    try:
+        started = time.perf_counter()
+        # What sync_unit reads before its first page (Ingest's known versions
+        # and fingerprint sizes), then the pages saved.
+        store.listing_state(NEW_UNIT)
+        store.asset_versions(NEW_UNIT)
+        store.fingerprint_sizes()
+        prepared = time.perf_counter() - started
+        save_rows(store, data, n, n + new, n, 250)
+        saved = time.perf_counter() - started
+        out = _match_once(store, spec["workers"])
+    finally:
+        store.close()
+    out["prepare_s"], out["save_s"] = prepared, saved
+    out["sync_s"] = saved + out["match_s"]
+    out["peak_rss_mb"] = _peak_mb()
+    return out
+
+
+def step_cli(location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A damdup command as a whole process (interpreter start included)."""
+    import tempfile
+
+    command = [sys.executable, "-m", "connector.cli", *spec["args"], "--db", location]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("DAMDUP_CONFIG", None)
+    with tempfile.TemporaryDirectory() as where:  # no config/damdup.toml found there
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=where)
+        seconds = time.perf_counter() - started
     if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        raise RuntimeError(done.stderr.strip()[-300:])
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "command_s": seconds,
+        "command_cpu_s": used.ru_utime + used.ru_stime,
+        "command_peak_rss_mb": used.ru_maxrss / 1024,
+        "output_lines": done.stdout.count("\n"),
+    }
+
+
+def step_webhook(location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Webhook checks (`Checker.check`, what `damdup serve` runs for a
+    notification) of real renditions in a folder unit, against the index."""
+    from adapters.filesystem import Filesystem, FilesystemSettings
+    from connector.core.settings import Settings
+    from connector.core.store import open_store
+    from connector.engine.check import Checker
+
+    folder = Path(spec["folder"])
+    adapter = Filesystem(FilesystemSettings(root=folder))
+    settings = Settings(db=location, workers=2)
+    checker = Checker(location, settings, {"web": adapter}, {"web": False})
+    started = time.perf_counter()
+    checker.warm()
+    warm = time.perf_counter() - started
+    store = open_store(location)
+    seconds: list[float] = []
+    roles: dict[str, int] = {}
+    try:
+        for path in sorted(folder.iterdir()):
+            started = time.perf_counter()
+            check_id = store.start_check("web", path.name, "bench")
+            verdict = checker.check("web", path.name, check_id)
+            seconds.append(time.perf_counter() - started)
+            role = str(verdict.get("role") or f"error: {verdict.get('error')}")
+            roles[role] = roles.get(role, 0) + 1
+    finally:
+        store.close()
+        checker.close()
+    ms = np.array(seconds) * 1e3
+    return {
+        "warm_s": warm, "checks": len(seconds), "check_p50_ms": float(np.percentile(ms, 50)),
+        "check_p95_ms": float(np.percentile(ms, 95)), "check_max_ms": float(ms.max()),
+        "roles": roles, "peak_rss_mb": _peak_mb(),
+    }  # fmt: skip
+
+
+def step_fingerprint(_location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Fingerprints of every file of a folder through a local WorkerPool or
+    the Celery workers on the broker (`damdup worker`s started by the parent)."""
+    from connector.core.settings import Settings
+    from connector.engine.ingest import describe_error, fingerprint_job
+    from connector.engine.pool import WorkerPool
+
+    settings = Settings()
+    files = sorted(Path(spec["folder"]).glob("*.jpg"))
+    data = [path.read_bytes() for path in files]
+    jobs = [
+        (i, (blob, settings.max_pixels, settings.max_file_bytes)) for i, blob in enumerate(data)
+    ]
+    pool: Any
+    if spec["engine"] == "celery":
+        from connector.engine.celery_pool import CeleryPool
+
+        pool = CeleryPool(Settings(engine="celery", broker=spec["broker"]))
+    else:
+        pool = WorkerPool(spec["processes"])
+    with pool:
+        pool.warm()
+        # Worker processes started and their imports done before the clock runs.
+        warm = jobs[: 4 * spec["processes"]]
+        assert all(o.error is None for o in pool.map(fingerprint_job, warm, describe_error))
+        started = time.perf_counter()
+        outcomes = list(pool.map(fingerprint_job, jobs, describe_error))
+        seconds = time.perf_counter() - started
+    failed = [o.error for o in outcomes if o.error is not None]
+    assert not failed, failed[:3]
+    out = {
+        "files": len(files), "seconds": seconds, "per_s": len(files) / seconds,
+        "mb": sum(map(len, data)) / 2**20, "peak_rss_mb": _peak_mb(),
+        "caller_cpu_ms": 1e3 * time.process_time() / len(files),
+    }  # fmt: skip
+    if spec["engine"] == "local" and spec["processes"] == 1:
+        # The job itself, in this process: what either engine must spend.
+        from connector.core.fingerprint import fingerprint_bytes
+
+        started = time.process_time()
+        for blob in data[:200]:
+            fingerprint_bytes(blob, max_pixels=settings.max_pixels)
+        out["job_cpu_ms"] = 1e3 * (time.process_time() - started) / min(200, len(data))
+    return out
+
+
+def step_pixelcheck(_location: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """What a pixel check costs on real 384 px thumbnails, which the synthetic
+    index lacks: pairs of renditions of one photo (near-copies) and of two
+    photos (codes agreeing by chance), each checked in this process."""
+    from connector.core.fingerprint import fingerprint_bytes
+    from connector.engine.settle import pixel_check_job
+
+    files = sorted(Path(spec["folder"]).glob("*.jpg"))
+    thumbs = [fingerprint_bytes(path.read_bytes()).thumb for path in files]
+    pixel_check_job(thumbs[0], thumbs[1])  # imports and kernels loaded
+    out: dict[str, Any] = {}
+    for kind, pairs in (
+        ("same_photo", [(i, i + 1) for i in range(0, len(thumbs) - 1, 2)]),
+        ("other_photo", [(i, i + 2) for i in range(1, len(thumbs) - 2, 2)]),
+    ):
+        seconds, passed = [], 0
+        for i, j in pairs:
+            started = time.perf_counter()
+            passed += bool(pixel_check_job(thumbs[i], thumbs[j])["passed"])
+            seconds.append(time.perf_counter() - started)
+        out[kind] = {
+            "pairs": len(pairs), "passed": passed, "mean_ms": 1e3 * float(np.mean(seconds)),
+            "p95_ms": 1e3 * float(np.percentile(seconds, 95)),
+        }  # fmt: skip
+    out["thumb_kb"] = sum(map(len, thumbs)) / len(thumbs) / 1024
+    return out
+
+
+ALL_STEPS = (
+    "search", "columns", "matchindex", "rows", "rows_search", "match", "sync", "status",
+    "clusters", "clusters_json", "webhook",
+)  # fmt: skip
+NEW_STEPS = {
+    "match": step_match, "sync": step_sync, "cli": step_cli, "webhook": step_webhook,
+    "fingerprint": step_fingerprint, "pixelcheck": step_pixelcheck,
+}  # fmt: skip
+
+
+def measure(
+    name: str,
+    location: str,
+    queries: int,
+    spec: dict[str, Any] | None = None,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--step", name, "--location", location]
+    command += ["--queries", str(queries), "--spec", json.dumps(spec or {})]
+    if profile:
+        command += ["--profile-to", profile]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if profile:
+        Path(profile).with_suffix(".txt").write_text(done.stderr)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:300]}
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load_average"] = os.getloadavg()[0]
+    result["cpu_s"] = cpu  # the step's processes, its workers and commands included
+    return result
+
+
+def run_step(
+    name: str, location: str, queries: int, spec: dict[str, Any], profile: str | None
+) -> dict[str, Any]:
+    """One step in this (child) process, under cProfile when asked."""
+    _quiet()
+
+    def run() -> dict[str, Any]:
+        if name in NEW_STEPS:
+            return NEW_STEPS[name](location, spec)
+        return step(name, location, queries)
+
+    if not profile:
+        return run()
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(run)
+    profiler.dump_stats(profile)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     return result
 
 
 # -- the run ---------------------------------------------------------------------------
 
 
-def open_sqlite(n: int, fresh: bool, old_n: int) -> list[tuple[int, str]]:
+def base_sqlite(size: int, fresh: bool) -> str:
+    """The synthetic index of `size` assets in SQLite, built unless there."""
     from connector.core.index import SQLiteStore
 
-    out = []
-    for size in sorted({n, old_n}):
-        path = RESULTS / f"scale_{size}.sqlite"
-        if fresh or not path.exists():
-            for stale in RESULTS.glob(f"scale_{size}.sqlite*"):
-                stale.unlink()
-            print(f"building {size:,} assets in {path} ...", flush=True)
-            store = SQLiteStore(path)
-            print(f"  built in {build(store, size):.0f} s", flush=True)
-            store.close()
-        out.append((size, str(path)))
-    return out
+    path = RESULTS / f"scale_v3_{size}.sqlite"
+    if fresh or not path.exists():
+        for stale in RESULTS.glob(f"scale_v3_{size}.sqlite*"):
+            stale.unlink()
+        print(f"building {size:,} assets in {path} ...", flush=True)
+        partial = path.with_suffix(".partial")
+        for stale in RESULTS.glob(partial.name + "*"):
+            stale.unlink()
+        store = SQLiteStore(partial)
+        print(f"  built in {build(store, size):.0f} s", flush=True)
+        store.close()
+        partial.rename(path)
+    return str(path)
 
 
-def open_pg(url: str, n: int, old_n: int) -> list[tuple[int, str]]:
+def base_pg(url: str, size: int, fresh: bool) -> str:
+    """The synthetic index in a PostgreSQL database of its own
+    (damdup_scale_v3_<size>), built unless there (a complete build is marked
+    by the database's comment)."""
     import psycopg
 
     from connector.core.pgstore import PostgreSQLStore, close_pools
 
-    out = []
-    for size in sorted({n, old_n}):
-        name = f"damdup_scale_{size}"
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name}")
-            admin.execute(f"CREATE DATABASE {name}")
-        target = url.rsplit("/", 1)[0] + "/" + name
-        print(f"building {size:,} assets in PostgreSQL {name} ...", flush=True)
-        store = PostgreSQLStore(target)
-        print(f"  built in {build(store, size):.0f} s", flush=True)
-        store.close()
-        close_pools(target)
-        out.append((size, target))
-    return out
+    name = f"damdup_scale_v3_{size}"
+    target = url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+        if row is not None and row[0] == BUILT and not fresh:
+            return target
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    print(f"building {size:,} assets in PostgreSQL {name} ...", flush=True)
+    store = PostgreSQLStore(target)
+    print(f"  built in {build(store, size):.0f} s", flush=True)
+    store.close()
+    close_pools(target)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"COMMENT ON DATABASE {name} IS '{BUILT}'")
+    return target
 
 
-def drop_pg(url: str, targets: list[tuple[int, str]]) -> None:
+def work_copy(base: str, url: str | None, reuse: bool = False, tag: str = "") -> str:
+    """A copy of the index that the steps change (pairs settled, assets
+    added): the base stays as built, for the next run. `reuse`: the copy a
+    --keep-work run left, where there is one."""
+    if base.startswith("postgresql"):
+        import psycopg
+
+        name = base.rsplit("/", 1)[1]
+        work = name.replace("damdup_scale_v3_", "damdup_scale_work_") + (f"_{tag}" if tag else "")
+        with psycopg.connect(url or base, autocommit=True) as admin:
+            there = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (work,))
+            if reuse and there.fetchone() is not None:
+                return base.rsplit("/", 1)[0] + "/" + work
+            admin.execute(f"DROP DATABASE IF EXISTS {work}")
+            admin.execute(f"CREATE DATABASE {work} TEMPLATE {name}")
+        return base.rsplit("/", 1)[0] + "/" + work
+    path = Path(base)
+    work_path = path.with_name(
+        path.name.replace("scale_v3_", "scale_work_").replace(".sqlite", f"{tag}.sqlite")
+    )
+    if reuse and work_path.exists():
+        return str(work_path)
+    for stale in RESULTS.glob(work_path.name + "*"):
+        stale.unlink()
+    shutil.copyfile(path, work_path)
+    return str(work_path)
+
+
+def drop_work(url: str, work: str) -> None:
     import psycopg
 
+    from connector.core.pgstore import close_pools
+
+    close_pools(work)
     with psycopg.connect(url, autocommit=True) as admin:
-        for _size, target in targets:
-            admin.execute(f"DROP DATABASE IF EXISTS {target.rsplit('/', 1)[1]}")
+        admin.execute(f"DROP DATABASE IF EXISTS {work.rsplit('/', 1)[1]}")
 
 
-def run_store(label: str, targets: list[tuple[int, str]], n: int, args: Any) -> dict[str, Any]:
-    where = dict(targets)
+def run_size(label: str, base: str, size: int, top: bool, args: Any) -> dict[str, Any]:
+    """Every step at one size on one store; the changing ones on a copy."""
     rows: dict[str, Any] = {}
-    for name in STEPS:
-        size = args.old_n if name.startswith("rows") else n
+
+    def one(name: str, step_name: str, location: str, spec: dict[str, Any] | None = None) -> None:
         print(f"  {label} {name} at {size:,} ...", flush=True)
-        rows[name] = {"n": size, **measure(name, where[size], args.queries)}
+        profile = None
+        if name in args.profile:
+            profile = str(RESULTS / f"scale_{name}_{label}_{size}.prof")
+        rows[name] = {"n": size, **measure(step_name, location, args.queries, spec, profile)}
         print(f"    {rows[name]}", flush=True)
+
+    wanted = set(args.steps)
+    reading = ["search"] + (["columns", "matchindex"] if top else [])
+    reading += ["rows", "rows_search"] if args.old and top else []
+    for name in reading:
+        if name in wanted:
+            one(name, name, base)
+    changing = [
+        ("match", "match", {"workers": args.workers}),
+        ("sync", "sync", {"n": size, "new": args.new, "workers": args.workers}),
+        ("status", "cli", {"args": ["status"]}),
+        ("clusters", "cli", {"args": ["clusters", "--cross-unit"]}),
+        ("clusters_json", "cli", {"args": ["clusters", "--cross-unit", "--format", "json"]}),
+    ]
+    if top and args.checks:
+        folder = hook_folder(args.checks, args.hook_side)
+        changing.append(("webhook", "webhook", {"folder": str(folder)}))
+    changing = [step_ for step_ in changing if step_[0] in wanted]
+    if not changing:
+        return rows
+    # Without the match, the steps run on the copy a --keep-work run left.
+    work = work_copy(base, args.pg, reuse="match" not in wanted, tag=args.tag)
+    try:
+        for name, step_name, spec in changing:
+            one(name, step_name, work, spec)
+    finally:
+        if not args.keep_work:
+            if work.startswith("postgresql"):
+                drop_work(args.pg, work)
+            else:
+                for stale in RESULTS.glob(Path(work).name + "*"):
+                    stale.unlink()
     return rows
 
 
-def table(label: str, rows: dict[str, Any], n: int) -> list[str]:
-    def scaled(row: dict[str, Any], key: str) -> str:
-        value = row.get(key)
-        if not isinstance(value, float):
-            return "-"
-        if row["n"] != n:  # linear in the rows, the interpreter's own part left as it is
-            base = row.get("start_rss_mb", 0.0) if key == "peak_rss_mb" else 0.0
-            return f"~{base + (value - base) * n / row['n']:,.0f}*"
-        return f"{value:,.0f}" if key == "peak_rss_mb" else f"{value:.1f}"
+# -- real renditions: fingerprint throughput, webhook checks ----------------------------
 
-    out = [
-        f"{label}: {'step':<12} {'rows':>10} {'load s':>8} {'search s':>9} {'peak RSS MB':>12} "
-        f"{'candidates':>11} {'vs columns':>10}",
-    ]
-    ours = rows["search"].get("peak_rss_mb")
-    for name in STEPS:
-        row = rows[name]
-        if "error" in row:
-            out.append(f"{label}: {name:<12} {row['n']:>10,} error: {row['error']}")
+
+def renditions(
+    count: int, folder: Path, side: int = 1024, per_photo: int = 1, prefix: str = "r"
+) -> Path:
+    """`count` distinct JPEGs of about `side` px made from the fixture photos,
+    `per_photo` from each (a random crop of 70-100 % of each side, resized,
+    quality 80-92)."""
+    from PIL import Image
+
+    if folder.exists() and len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    photos = sorted(p for p in (ROOT / "fixtures" / "photos").rglob("*") if p.is_file())
+    rng = np.random.default_rng(SEED + 3)
+    made = 0
+    while made < count:
+        source = photos[(made // per_photo) % len(photos)]
+        try:
+            with Image.open(source) as image:
+                image.load()
+                rgb = image.convert("RGB")
+        except OSError:
+            photos.remove(source)
             continue
-        candidates = f"{row['candidates']:,}" if "candidates" in row else "-"
-        peak = scaled(row, "peak_rss_mb")
-        ratio = "-"
-        if name.startswith("rows") and isinstance(ours, float):
-            figure = float(peak.strip("~*").replace(",", ""))
-            ratio = f"{figure / ours:.1f}x"
-        search = scaled(row, "search_s") if "search_s" in row else "-"
-        out.append(
-            f"{label}: {name:<12} {row['n']:>10,} {scaled(row, 'load_s'):>8} {search:>9} "
-            f"{peak:>12} {candidates:>11} {ratio:>10}"
+        w, h = rgb.size
+        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        crop = rgb.crop((x, y, x + cw, y + ch))
+        long_side = int(side * rng.uniform(0.94, 1.06))
+        scale = long_side / max(cw, ch)
+        crop = crop.resize(
+            (max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.LANCZOS
         )
-    mi = rows["matchindex"]
-    if "p50_ms" in mi:
-        out.append(
-            f"{label}: MatchIndex build {mi['build_s']:.1f} s after a {mi['load_s']:.1f} s load; "
-            f"{mi['queries']:,} single-image queries p50 {mi['p50_ms']:.2f} ms, "
-            f"p95 {mi['p95_ms']:.2f} ms, {mi['mean_candidates']:.1f} candidates each"
-        )
-    if "columns_mb" in rows["columns"]:
-        out.append(f"{label}: the columns themselves: {rows['columns']['columns_mb']:.0f} MB")
+        crop.save(folder / f"{prefix}{made:05d}.jpg", "JPEG", quality=int(rng.integers(80, 93)))
+        made += 1
+    return folder
+
+
+def hook_folder(count: int, side: int = 800) -> Path:
+    """The notified assets: two renditions of each of count/2 fixture photos
+    (the second finds the first and settles it with the pixel check), of
+    about `side` px; another side gives other files, new to an index that
+    was checked before (a check of a known, unchanged asset does little)."""
+    name = f"scale_hooks_{count}" + (f"_{side}" if side != 800 else "")
+    prefix = "r" if side == 800 else f"s{side}-"
+    return renditions(count, RESULTS / name, side=side, per_photo=2, prefix=prefix)
+
+
+def start_worker(broker: str, processes: int, log: Path) -> subprocess.Popen[bytes]:
+    """`damdup worker --concurrency N` on the broker (its log at the default
+    level: -v would log every result), once it answers with its processes."""
+    from connector.core.settings import Settings
+    from connector.engine.celery_app import make_app
+    from connector.engine.celery_pool import worker_processes
+
+    with log.open("wb") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "worker", "--concurrency", str(processes)],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=RESULTS,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "DAMDUP_BROKER": broker},
+        )  # fmt: skip
+    app = make_app(Settings(engine="celery", broker=broker))
+    deadline = time.monotonic() + 120
+    try:
+        while worker_processes(app, broker, fresh=True) < processes:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                worker.kill()
+                raise RuntimeError(f"worker not ready: {log.read_text()[-500:]}")
+            time.sleep(0.5)
+    finally:
+        app.close()
+    return worker
+
+
+def fingerprint_throughput(count: int, broker: str) -> dict[str, Any]:
+    folder = renditions(count, RESULTS / f"scale_renditions_{count}")
+    out: dict[str, Any] = {}
+    for processes in (1, 2):
+        spec = {"folder": str(folder), "engine": "local", "processes": processes}
+        print(f"  fingerprints: local pool, {processes} process(es) ...", flush=True)
+        out[f"local_{processes}"] = measure("fingerprint", "-", 0, spec)
+        print(f"    {out[f'local_{processes}']}", flush=True)
+        print(f"  fingerprints: Celery, 1 worker with {processes} process(es) ...", flush=True)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        worker = start_worker(broker, processes, RESULTS / f"scale_worker_{processes}.log")
+        try:
+            spec |= {"engine": "celery", "broker": broker}
+            out[f"celery_{processes}"] = measure("fingerprint", "-", 0, spec)
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        celery = out[f"celery_{processes}"]
+        if "files" in celery:
+            # The worker and its processes, start and warm-up included.
+            used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            celery["worker_cpu_ms"] = 1e3 * (used - celery["cpu_s"]) / celery["files"]
+        print(f"    {out[f'celery_{processes}']}", flush=True)
+    print("  pixel check on real thumbnails ...", flush=True)
+    out["pixelcheck"] = measure("pixelcheck", "-", 0, {"folder": str(hook_folder(40))})
+    print(f"    {out['pixelcheck']}", flush=True)
     return out
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def _f(row: dict[str, Any], key: str, digits: int = 1) -> str:
+    value = row.get(key)
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return "-"
+
+
+def table(label: str, sizes: dict[str, Any]) -> list[str]:
+    out = []
+    for size_text, rows in sizes.items():
+        size = int(size_text)
+        tag = f"{label} {size:>9,}"
+        for name, row in rows.items():
+            if "error" in row:
+                out.append(f"{tag} {name:<10} error: {row['error']}")
+        search, match, sync = rows.get("search", {}), rows.get("match", {}), rows.get("sync", {})
+        if "search_s" in search:
+            out.append(
+                f"{tag} search     load {_f(search, 'load_s')} s + find_candidates "
+                f"{_f(search, 'search_s')} s, peak {_f(search, 'peak_rss_mb', 0)} MB, "
+                f"{search.get('candidates', 0):,} candidates  [load {_f(search, 'load_average')}]"
+            )
+        if "match_s" in match:
+            m = match
+            out.append(
+                f"{tag} match      {_f(m, 'match_s')} s (load {_f(m, 'load_s')} + search "
+                f"{_f(m, 'search_s')} + settle {_f(m, 'settle_s')}: {m['evaluated']:,} pairs, "
+                f"{m['pixel_checks']:,} pixel checks) + clusters {_f(m, 'cluster_s')} s = "
+                f"{m['match_s'] + m['cluster_s']:.1f} s, peak {_f(m, 'peak_rss_mb', 0)} MB "
+                f"(match alone {_f(m, 'match_peak_rss_mb', 0)})  [load {_f(m, 'load_average')}]"
+            )
+            out.append(f"{tag}            tiers {m['tiers']}, {m['clusters']:,} clusters")
+        if "sync_s" in sync:
+            y = sync
+            out.append(
+                f"{tag} sync +new  {_f(y, 'sync_s')} s (save {_f(y, 'save_s')}, of which reads "
+                f"before the first page {_f(y, 'prepare_s')}, + match "
+                f"{_f(y, 'match_s')}: search {_f(y, 'search_s')}, {y['evaluated']:,} new pairs "
+                f"settled in {_f(y, 'settle_s')}); clusters after it {_f(y, 'cluster_s')} s, "
+                f"peak {_f(y, 'peak_rss_mb', 0)} MB  [load {_f(y, 'load_average')}]"
+            )
+        for name in ("status", "clusters", "clusters_json"):
+            row = rows.get(name, {})
+            if "command_s" in row:
+                out.append(
+                    f"{tag} {name:<10} {_f(row, 'command_s')} s whole process "
+                    f"({_f(row, 'command_cpu_s')} s CPU), peak "
+                    f"{_f(row, 'command_peak_rss_mb', 0)} MB  [load {_f(row, 'load_average')}]"
+                )
+        hook = rows.get("webhook", {})
+        if "check_p95_ms" in hook:
+            out.append(
+                f"{tag} webhook    {hook['checks']} checks p50 {_f(hook, 'check_p50_ms', 0)} ms, "
+                f"p95 {_f(hook, 'check_p95_ms', 0)} ms (warm {_f(hook, 'warm_s')} s), "
+                f"{hook['roles']}  [load {_f(hook, 'load_average')}]"
+            )
+        mi = rows.get("matchindex", {})
+        if "p50_ms" in mi:
+            out.append(
+                f"{tag} MatchIndex build {mi['build_s']:.1f} s after a {mi['load_s']:.1f} s load; "
+                f"{mi['queries']:,} queries p50 {mi['p50_ms']:.2f} ms, p95 {mi['p95_ms']:.2f} ms"
+            )
+        for name in ("rows", "rows_search"):
+            row = rows.get(name, {})
+            if "load_s" in row:
+                out.append(
+                    f"{tag} {name:<10} load {_f(row, 'load_s')} s search {_f(row, 'search_s')} s, "
+                    f"peak {_f(row, 'peak_rss_mb', 0)} MB (before the columns)"
+                )
+    return out
+
+
+GROWTH = (
+    ("search", "search_s"), ("match", "match_s"), ("match", "settle_s"), ("match", "cluster_s"),
+    ("sync", "sync_s"), ("status", "command_s"), ("status", "command_cpu_s"),
+    ("clusters", "command_s"), ("clusters_json", "command_s"),
+)  # fmt: skip
+
+
+def growth(label: str, sizes: dict[str, Any]) -> list[str]:
+    """The exponent k of seconds ~ n^k (least squares on log-log) per figure."""
+    if len(sizes) < 2:
+        return []
+    parts = []
+    for name, key in GROWTH:
+        points = [
+            (int(size), rows[name][key])
+            for size, rows in sizes.items()
+            if isinstance(rows.get(name, {}).get(key), float) and rows[name][key] > 0
+        ]
+        if len(points) >= 2:
+            x = np.log([p[0] for p in points])
+            y = np.log([p[1] for p in points])
+            slope = float(np.polyfit(x, y, 1)[0])
+            parts.append(f"{name}.{key.removesuffix('_s')} n^{slope:.2f}")
+    return [f"{label} growth over {', '.join(f'{int(s):,}' for s in sizes)}: " + ", ".join(parts)]
+
+
+def fingerprint_lines(found: dict[str, Any]) -> list[str]:
+    lines = []
+    for processes in (1, 2):
+        local, celery = found.get(f"local_{processes}", {}), found.get(f"celery_{processes}", {})
+        if "seconds" in local and "seconds" in celery:
+            lines.append(
+                f"fingerprints {local['files']:,} renditions, {processes} process(es): local "
+                f"{local['per_s']:.1f}/s, Celery {celery['per_s']:.1f}/s, Celery's overhead "
+                f"{100 * (celery['seconds'] / local['seconds'] - 1):+.1f} %  "
+                f"[load {_f(local, 'load_average')} / {_f(celery, 'load_average')}]"
+            )
+        else:
+            lines.append(f"fingerprints {processes}: {local} {celery}")
+    local, celery = found.get("local_1", {}), found.get("celery_1", {})
+    if "job_cpu_ms" in local and "worker_cpu_ms" in celery:
+        lines.append(
+            f"CPU per fingerprint: the job {local['job_cpu_ms']:.1f} ms; the caller's process "
+            f"{local['caller_cpu_ms']:.1f} ms (local pool) / {celery['caller_cpu_ms']:.1f} ms "
+            f"(Celery); Celery's worker {celery['worker_cpu_ms']:.1f} ms, i.e. "
+            f"{celery['worker_cpu_ms'] - local['job_cpu_ms']:+.1f} ms over the job"
+        )
+    check = found.get("pixelcheck", {})
+    for kind in ("same_photo", "other_photo"):
+        if kind in check:
+            row = check[kind]
+            lines.append(
+                f"pixel check, real {check['thumb_kb']:.0f} KB thumbnails, {kind}: "
+                f"{row['pairs']} pairs, mean {row['mean_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms "
+                f"[load {_f(check, 'load_average')}]"
+            )
+    return lines
+
+
+def report(paths: list[str]) -> None:
+    """The tables of results files, merged per store and size."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        print(f"# {results['command']}")
+        if "fingerprints" in results:
+            print("\n".join(fingerprint_lines(results["fingerprints"])))
+        for store in ("sqlite", "postgresql"):
+            for size, rows in results.get(store, {}).items():
+                merged.setdefault(store, {}).setdefault(size, {}).update(rows)
+    for store, sizes in merged.items():
+        label = "SQLite" if store == "sqlite" else "PostgreSQL"
+        ordered_sizes = {size: sizes[size] for size in sorted(sizes, key=int)}
+        print("\n".join(table(label, ordered_sizes) + growth(label, ordered_sizes)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
-    parser.add_argument("--old-n", type=int, default=None)
+    parser.add_argument(
+        "--also", default="", help="smaller sizes for the growth, e.g. 100000,300000"
+    )
+    parser.add_argument("--new", type=int, default=1000, help="assets of the incremental sync")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the match")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--checks", type=int, default=40, help="webhook checks (0: none)")
+    parser.add_argument("--hook-side", type=int, default=800, help="px of the checked files")
+    parser.add_argument("--fingerprints", type=int, default=2000, help="renditions (0: none)")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--pg", default=None, help="URL of a database on the server to use")
-    parser.add_argument("--fresh", action="store_true", help="rebuild the SQLite index")
-    parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL databases")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the indexes")
     parser.add_argument("--no-sqlite", action="store_true")
-    parser.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
+    parser.add_argument("--old", action="store_true", help="also the row-dict load and search")
+    parser.add_argument(
+        "--profile", default="", help="steps to run under cProfile, e.g. match,sync"
+    )
+    parser.add_argument("--steps", default=",".join(ALL_STEPS), help="steps to run")
+    parser.add_argument("--keep-work", action="store_true", help="keep the changed copies")
+    parser.add_argument("--tag", default="", help="suffix of the results file's name")
+    parser.add_argument("--report", nargs="*", help="print the tables of saved results")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--location", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        print(json.dumps(step(args.step, args.location, args.queries)))
+        spec = json.loads(args.spec)
+        print(json.dumps(run_step(args.step, args.location, args.queries, spec, args.profile_to)))
         return 0
+    if args.report:
+        report(args.report)
+        return 0
+    args.profile = [name for name in args.profile.split(",") if name]
+    args.steps = [name for name in args.steps.split(",") if name]
     n = args.n
-    args.old_n = args.old_n or n
+    sizes = sorted({n, *(int(size) for size in args.also.split(",") if size)})
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = "bench/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {
-        "command": command, "n": n, "old_n": args.old_n, "cpus": os.cpu_count(),
+        "command": command, "n": n, "sizes": sizes, "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg()[0],
     }  # fmt: skip
     lines: list[str] = []
-    if not args.no_sqlite:
-        targets = open_sqlite(n, args.fresh, args.old_n)
-        results["sqlite"] = run_store("sqlite", targets, n, args)
-        lines += table("SQLite", results["sqlite"], n)
-    if args.pg:
-        targets = open_pg(args.pg, n, args.old_n)
-        try:
-            results["postgresql"] = run_store("postgresql", targets, n, args)
-        finally:
-            if not args.keep:
-                drop_pg(args.pg, targets)
-        lines += table("PostgreSQL", results["postgresql"], n)
+    if args.fingerprints:
+        found = fingerprint_throughput(args.fingerprints, args.broker)
+        results["fingerprints"] = found
+        lines += fingerprint_lines(found)
+    stores = [] if args.no_sqlite else ["sqlite"]
+    stores += ["postgresql"] if args.pg else []
+    for store in stores:
+        label = "SQLite" if store == "sqlite" else "PostgreSQL"
+        results[store] = {}
+        for size in sizes:
+            base = (
+                base_sqlite(size, args.fresh)
+                if store == "sqlite"
+                else base_pg(args.pg, size, args.fresh)
+            )
+            results[store][str(size)] = run_size(store, base, size, size == n, args)
+        lines += table(label, results[store])
+        lines += growth(label, results[store])
     results["load_average_end"] = os.getloadavg()[0]
     print()
     print(f"$ .venv/bin/python {command}")
     print("\n".join(lines))
     print(
-        f"* extrapolated linearly from {args.old_n:,} rows to {n:,}"
-        if args.old_n != n
-        else f"every step at {n:,} rows"
-    )
-    print(
         f"peak RSS: ru_maxrss of a fresh child process per step (interpreter, numpy, numba "
-        f"kernels included); target {TARGET_MB:,} MB. load average "
-        f"{results['load_average_start']:.1f} at start, {results['load_average_end']:.1f} "
-        f"at end (2 shared cores)"
+        f"kernels included); target {TARGET_MB:,} MB. [load: 1-minute load average at the "
+        f"end of each step]; {results['load_average_start']:.1f} at start, "
+        f"{results['load_average_end']:.1f} at end (2 shared cores)"
     )
-    stores = "_".join(store for store in ("sqlite", "postgresql") if store in results)
-    path = RESULTS / f"scale_{n}_{stores}.json"
+    name = "_".join(stores) or "fingerprints"
+    path = RESULTS / f"scale_{n}_{name}{'_' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written {path}")
     return 0

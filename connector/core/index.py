@@ -302,6 +302,13 @@ MIGRATIONS: list[str] = [
         made_at TEXT NOT NULL
     );
     """,
+    # 8: assets by id alone (`find_asset`, as a webhook check looks up an asset
+    # new to the index) and pairs by their second content (`pairs_touching`,
+    # a check's component), without reading every asset or pair
+    """
+    CREATE INDEX assets_id ON assets(asset_id);
+    CREATE INDEX pairs_b ON pairs(sha_b);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -574,6 +581,14 @@ class IndexStore(ABC):
     def live_assets_with(self, sha256s: Iterable[str]) -> list[AssetRow]: ...
 
     @abstractmethod
+    def shared_contents(self) -> set[str]:
+        """The content digests that more than one live asset holds (byte copies)."""
+
+    @abstractmethod
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        """The columns of these contents' fingerprints only, in sha256 order."""
+
+    @abstractmethod
     def assets_at_url(self, url: str) -> list[AssetRow]:
         """Live assets whose page or file address is `url`."""
 
@@ -677,6 +692,13 @@ def pair_of(row: Row) -> PairRow:
         dhash_distance=row["dhash_distance"],
         evidence=json.loads(row["evidence"]),
     )
+
+
+def is_digest_prefix(reference: str) -> bool:
+    """Whether a reference can be the start of a content digest (lowercase hex
+    once lowered): no other is looked for among the digests, which costs a
+    read of every asset."""
+    return all(char in "0123456789abcdef" for char in reference.lower())
 
 
 def _chunks(values: Iterable[str], size: int = 400) -> Iterator[tuple[list[str], str]]:
@@ -917,7 +939,7 @@ class SQLiteStore(IndexStore):
         ).fetchall()
         if len(rows) == 1:
             return asset_of(rows[0])
-        if len(reference) >= 8:
+        if len(reference) >= 8 and is_digest_prefix(reference):
             rows = self.db.execute(
                 "SELECT * FROM assets WHERE sha256 LIKE ? AND live = 1 LIMIT 2",
                 (reference.lower() + "%",),
@@ -1295,6 +1317,29 @@ class SQLiteStore(IndexStore):
             )
             out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
+
+    def shared_contents(self) -> set[str]:
+        rows = self.db.execute(
+            """SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL
+               GROUP BY sha256 HAVING COUNT(*) > 1"""
+        )
+        return {row[0] for row in rows}
+
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        builder = ColumnsBuilder()
+        cursor = self.db.cursor()
+        cursor.row_factory = None  # plain tuples
+        try:
+            for chunk, marks in _chunks(sha256s):
+                cursor.execute(
+                    f"""SELECT {COLUMNS_SELECT} FROM fingerprints
+                        WHERE recipe = ? AND sha256 IN ({marks}) ORDER BY sha256""",
+                    (recipe, *chunk),
+                )
+                builder.add(cursor.fetchall())
+        finally:
+            cursor.close()
+        return builder.build()
 
     def assets_at_url(self, url: str) -> list[AssetRow]:
         rows = self.db.execute(

@@ -59,6 +59,7 @@ from connector.core.index import (
     UnitStatus,
     asset_of,
     code_row,
+    is_digest_prefix,
     listed_facts,
     now_iso,
     ordered,
@@ -245,6 +246,13 @@ MIGRATIONS: list[str] = [
         "full" INTEGER NOT NULL,
         made_at TEXT COLLATE "C" NOT NULL
     );
+    """,
+    # 8: assets by id alone (`find_asset`, as a webhook check looks up an asset
+    # new to the index) and pairs by their second content (`pairs_touching`,
+    # a check's component), without reading every asset or pair
+    """
+    CREATE INDEX assets_id ON assets(asset_id);
+    CREATE INDEX pairs_b ON pairs(sha_b);
     """,
 ]
 
@@ -696,7 +704,7 @@ class PostgreSQLStore(IndexStore):
             ).fetchall()
             if len(rows) == 1:
                 return asset_of(rows[0])
-            if len(reference) >= 8:
+            if len(reference) >= 8 and is_digest_prefix(reference):
                 rows = db.execute(
                     "SELECT * FROM assets WHERE sha256 LIKE %s AND live = 1 LIMIT 2",
                     (reference.lower() + "%",),
@@ -1089,6 +1097,26 @@ class PostgreSQLStore(IndexStore):
                 )
                 out.extend(asset_of(row) for row in rows)
         return sorted(out, key=lambda asset: (asset.unit, asset.asset_id))
+
+    def shared_contents(self) -> set[str]:
+        with self._db() as db:
+            rows = db.execute(
+                """SELECT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL
+                   GROUP BY sha256 HAVING COUNT(*) > 1"""
+            ).fetchall()
+        return {row["sha256"] for row in rows}
+
+    def fingerprint_columns_of(self, recipe: int, sha256s: Iterable[str]) -> FingerprintColumns:
+        builder = ColumnsBuilder()
+        with self._db() as db, db.cursor(row_factory=tuple_row) as cursor:
+            for chunk in _chunks(sha256s):
+                cursor.execute(
+                    f"""SELECT {COLUMNS_SELECT} FROM fingerprints
+                        WHERE recipe = %s AND sha256 = ANY(%s) ORDER BY sha256""",
+                    (recipe, chunk),
+                )
+                builder.add(cursor.fetchall())
+        return builder.build()
 
     def assets_at_url(self, url: str) -> list[AssetRow]:
         with self._db() as db:

@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 ReadOriginal = ReadsOriginals
 
 SAVE_BATCH = 200
+# Pairs settled per round: the fingerprints a round loads (each with its
+# thumbnail, ~25 KB) are held until it ends, not for the whole match.
+SETTLE_BATCH = 5_000
 
 I64 = npt.NDArray[np.int64]
 
@@ -116,6 +119,7 @@ def match(
     stats.candidates = len(candidates)
     done = store.evaluated_pairs(RECIPE)
     todo = sorted(pair for pair in candidates if pair not in done)
+    del done
     stats.cached = len(candidates) - len(todo)
     log.info("match.candidates", candidates=len(candidates), new=len(todo))
 
@@ -134,15 +138,19 @@ def match(
 
     settler = Settler(store, load, read_original, run_jobs, max_pixels=max_pixels, stats=stats)
     settled: list[PairRow] = []
-    for done_pair in settler.settle({pair: candidates[pair] for pair in todo}):
-        settled.append(done_pair.row)
-        if len(settled) >= SAVE_BATCH:
-            store.save_pairs(settled, RECIPE)
-            settled.clear()
-        if progress is not None:
-            progress(stats.evaluated, len(todo))
+    # A pair's evidence depends on that pair alone: settled round by round,
+    # each pair settles as in one whole run.
+    for first in range(0, len(todo), SETTLE_BATCH):
+        batch = {pair: candidates.pop(pair) for pair in todo[first : first + SETTLE_BATCH]}
+        for done_pair in settler.settle(batch):
+            settled.append(done_pair.row)
+            if len(settled) >= SAVE_BATCH:
+                store.save_pairs(settled, RECIPE)
+                settled.clear()
+            if progress is not None:
+                progress(stats.evaluated, len(todo))
+        cache.clear()
     store.save_pairs(settled, RECIPE)
-    cache.clear()
     return stats
 
 

@@ -189,7 +189,9 @@ class Originals:
         self._unreadable: set[str] = set()
 
     def prepare(self, sha256s: Iterable[str]) -> None:
-        wanted = sorted(set(sha256s) - set(self.known))
+        # Only the digests not known yet: no copy of `known`, which holds every
+        # digest of the match's pairs and is asked about once per side of a pair.
+        wanted = sorted({sha for sha in sha256s if sha not in self.known})
         if not wanted:
             return
         assets = self.store.live_assets_with(wanted)
@@ -201,7 +203,8 @@ class Originals:
             self.known[sha] = describe(self.load(sha), by_sha.get(sha, []), recorded)
 
     def original(self, sha256: str) -> Original:
-        self.prepare([sha256])
+        if sha256 not in self.known:
+            self.prepare([sha256])
         return self.known[sha256]
 
     def same_shape(self, pair: tuple[str, str]) -> bool:

@@ -20,7 +20,7 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
-from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
+from connector.engine.clusters import Cluster, Lineage, Relation, build_clusters, shape_at
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
 from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
@@ -234,11 +234,22 @@ def current_clusters(
     settings: Settings,
     read_original: Callable[[str], bytes | None] | None = None,
 ) -> tuple[list[Cluster], list[Relation]]:
+    pairs = store.pairs()
+    decisions = store.decisions()
+    # Only the contents a cluster or relation can hold (those of related pairs
+    # and of decisions, and byte copies), not every asset and fingerprint of
+    # the index: the same clusters, read in time and memory that follow the
+    # related pairs rather than the index's size.
+    contents = {sha for pair in pairs for sha in (pair.sha_a, pair.sha_b)}
+    contents.update(sha for key in decisions for sha in key)
+    contents.update(store.shared_contents())
+    columns = store.fingerprint_columns_of(RECIPE, contents)
+    shapes = {sha.decode(): shape_at(columns, at) for at, sha in enumerate(columns.sha256.tolist())}
     return build_clusters(
-        store.live_assets(),
-        ShapeLookup(store.fingerprint_columns(RECIPE)),
-        store.pairs(),
-        store.decisions(),
+        store.live_assets_with(contents),
+        shapes,
+        pairs,
+        decisions,
         settings.authoritative_units,
         lineage_of(store, read_original),
     )

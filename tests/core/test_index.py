@@ -128,6 +128,43 @@ def test_find_asset_by_unit_and_id_by_id_and_by_digest(index_db: str | Path) -> 
         found = store.find_asset(reference)
         assert found is not None and found.asset_id == "dir/a.jpg"
     assert store.find_asset("missing.jpg") is None
+    # What a webhook check asks of an asset new to the index, and a digest
+    # written in capitals.
+    assert store.find_asset("u:dir/new-photo.jpg") is None
+    assert store.find_asset(sha[:12].upper()) == store.find_asset(sha[:12])
+    store.close()
+
+
+def test_an_asset_new_to_the_index_and_its_pairs_are_read_through_indexes(
+    tmp_path: Path,
+) -> None:
+    """`find_asset` of an id the index does not hold (every webhook check of a
+    new asset) uses indexes: by id alone through assets_id, and no digest
+    search for a reference that cannot be a digest's start; `pairs_touching`
+    finds a content's pairs on the second side through pairs_b."""
+    store = SQLiteStore(tmp_path / "index.sqlite")
+    plan = " ".join(
+        str(tuple(row))
+        for row in store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM assets WHERE asset_id = ? AND live = 1 LIMIT 2",
+            ("u:dir/new-photo.jpg",),
+        )
+    )
+    assert "assets_id" in plan
+    # Its component: the pairs that touch its content on either side.
+    plan = " ".join(
+        str(tuple(row))
+        for row in store.db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM pairs WHERE recipe = ? AND sha_b IN (?)",
+            (RECIPE, "ab" * 32),
+        )
+    )
+    assert "pairs_b" in plan
+    asked: list[str] = []
+    store.db.set_trace_callback(asked.append)
+    assert store.find_asset("u:dir/new-photo.jpg") is None
+    store.db.set_trace_callback(None)
+    assert not any("LIKE" in statement for statement in asked)
     store.close()
 
 

@@ -217,3 +217,51 @@ def test_same_bytes_from_what_is_known() -> None:
         is None
     )
     assert same_bytes(Original(sha256="a", conflict=True), Original(sha256="a")) is False
+
+
+def test_each_digest_is_described_once() -> None:
+    """A match asks about both sides of every pair, many times over: what is
+    known already is neither looked up again nor described anew, and a mix of
+    known and new digests looks up only the new ones."""
+    from connector.core.fingerprint import fingerprint_bytes
+    from connector.engine.originals import Originals
+
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 80, 40)).save(image, "PNG")
+    fingerprint = fingerprint_bytes(image.getvalue())
+    asked: list[list[str]] = []
+
+    class Store:
+        def live_assets_with(self, sha256s: list[str]) -> list[Any]:
+            asked.append(list(sha256s))
+            return []
+
+        def originals(self, assets: list[Any]) -> dict[str, Any]:
+            return {}
+
+    def reader(sha256: str) -> bytes | None:
+        return None
+
+    originals = Originals(Store(), reader, lambda sha: fingerprint)  # type: ignore[arg-type]
+    originals.prepare(["b", "a", "b"])
+    first = originals.original("a")
+    assert asked == [["a", "b"]]
+    originals.prepare(["c", "b", "a"])
+    assert asked == [["a", "b"], ["c"]]
+    for _ in range(3):
+        assert originals.original("a") is first
+        originals.same_shape(("a", "c"))
+    assert asked == [["a", "b"], ["c"]]
+    assert (originals.original("c").width, originals.original("c").height) == (64, 48)
+
+    class NoCopies(dict[str, Any]):
+        """`known` grows to every digest of a match: a copy per question made
+        the match quadratic in its pairs."""
+
+        def __iter__(self) -> Any:
+            raise AssertionError("the known originals were copied")
+
+    originals.known = NoCopies(originals.known)
+    originals.prepare(["a", "d"])
+    assert asked[-1] == ["d"]
+    assert originals.original("d") is originals.known["d"]

@@ -473,3 +473,52 @@ def test_a_malformed_sheet_is_refused(store: IndexStore, text: str, message: str
         import_csv(store, io.StringIO(text), default_by="Aino")
     assert message in str(caught.value)
     assert store.decisions() == {}
+
+
+def test_clusters_are_those_of_the_whole_index(store: IndexStore) -> None:
+    """`current_clusters` reads the assets and fingerprints of related pairs,
+    decisions and byte copies only; its clusters and relations are those built
+    from every live asset and fingerprint, a reviewer's join of two contents no
+    pair relates and a byte copy of a content without pairs included."""
+    import numpy as np
+    from PIL import Image
+
+    from connector.core.fingerprint import RECIPE, fingerprint_bytes
+    from connector.core.index import AssetRow
+    from connector.engine.clusters import ShapeLookup, build_clusters
+    from connector.engine.scan import lineage_of
+
+    settings = Settings(db=db_of(store))
+    shas = []
+    for number, name in enumerate(["joined-a", "joined-b", "copied", "byte-copy", "alone"]):
+        if name != "byte-copy":  # the same bytes as "copied"
+            noise = np.random.default_rng(number).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+            out = io.BytesIO()
+            Image.fromarray(noise).save(out, "PNG")
+            fingerprint = fingerprint_bytes(out.getvalue())
+        row = AssetRow(
+            unit="extra", asset_id=name, version="1", url=f"file:///extra/{name}.png",
+            size_bytes=fingerprint.size_bytes, modified=None, sha256=fingerprint.sha256,
+            error=None, metadata={}, live=True,
+        )  # fmt: skip
+        store.save_asset("extra", row, fingerprint)
+        shas.append(fingerprint.sha256)
+    sha_a, sha_b = ordered(shas[0], shas[1])
+    store.save_decision(
+        DecisionRow(sha_a, sha_b, "same", None, "reviewer", datetime.now(UTC).isoformat())
+    )
+
+    found = current_clusters(store, settings)
+    whole = build_clusters(
+        store.live_assets(),
+        ShapeLookup(store.fingerprint_columns(RECIPE)),
+        store.pairs(),
+        store.decisions(),
+        settings.authoritative_units,
+        lineage_of(store),
+    )
+    assert found == whole
+    keys = {member.asset.key for cluster in found[0] for member in cluster.members}
+    keys |= {cluster.canonical.key for cluster in found[0]}
+    assert {"extra:joined-a", "extra:joined-b", "extra:copied", "extra:byte-copy"} <= keys
+    assert "extra:alone" not in keys

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from subprocess import CompletedProcess
 
+import pytest
+
 from connector.core.index import SQLiteStore
 from connector.core.tiers import DUPLICATE_TIERS, Tier
 from connector.report.accuracy import EDIT_KINDS, EXACT_KINDS, load_labels, score
@@ -150,3 +152,33 @@ def test_deleted_and_changed_files_are_noticed(
             (victim.relative_to(photo_copy).as_posix(),),
         ).fetchone()
     assert live == (0,)
+
+
+def test_pairs_settled_round_by_round_settle_as_in_one_round(
+    scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matcher settles its pairs a round at a time (memory: the
+    fingerprints of one round, thumbnails included); rounds of a few pairs
+    give every pair the evidence and tier of the one whole run."""
+    from connector.core.settings import Settings
+    from connector.engine import matcher
+    from connector.engine.pool import WorkerPool
+    from connector.engine.scan import OriginalReader
+
+    db = tmp_path / "rounds.sqlite"
+    shutil.copyfile(scanned_fixtures, db)
+    with sqlite3.connect(db) as raw:
+        dropped = raw.execute("DELETE FROM pairs").rowcount
+    assert dropped > 100
+    monkeypatch.setattr(matcher, "SETTLE_BATCH", 7)
+    whole, rounds = SQLiteStore(scanned_fixtures), SQLiteStore(db)
+    try:
+        with WorkerPool(2) as pool:
+            stats = matcher.match(
+                rounds, pool, OriginalReader(rounds, {}), max_pixels=Settings().max_pixels
+            )
+        assert stats.evaluated == dropped
+        assert rounds.dump()["pairs"] == whole.dump()["pairs"]
+    finally:
+        whole.close()
+        rounds.close()
