@@ -433,6 +433,7 @@ class SyncBeside:
         self.rounds = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
+        self._process: subprocess.Popen[str] | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._scratch = tempfile.TemporaryDirectory(prefix="damdup-beside-")
 
@@ -442,6 +443,9 @@ class SyncBeside:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()  # the round under way is of no more use
         self._thread.join()
         self._scratch.cleanup()
 
@@ -458,13 +462,16 @@ class SyncBeside:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         while not self._stop.is_set():
             folder = self._folder(self.rounds)
-            done = subprocess.run(
+            self._process = subprocess.Popen(
                 [sys.executable, "-m", "connector.cli", "scan", str(folder), "--db",
                  str(self.db), "--unit", "beside", "--workers", "2", "-q"],
-                env=env, capture_output=True, text=True, check=False,
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            if done.returncode != 0:
-                self.failures.append(done.stderr.strip()[-300:])
+            _out, err = self._process.communicate()
+            if self._stop.is_set():
+                return
+            if self._process.returncode != 0:
+                self.failures.append(err.strip()[-300:])
                 return
             self.rounds += 1
 
