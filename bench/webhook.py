@@ -597,7 +597,8 @@ def main() -> int:
         raise SystemExit(f"the sync beside failed: {beside.failures[0]}")
     alongside = (
         f" Throughout, another unit synced into the same index: {beside.rounds} whole "
-        f"`damdup scan` rounds of {len(photo_paths())} new files each (2 workers)."
+        f"`damdup scan` rounds of {len(photo_paths())} new files each (2 workers), and "
+        f"one more stopped when the checks ended."
         if beside is not None
         else ""
     )
