@@ -45,6 +45,9 @@ class EngineUnavailable(Exception):
 class Limits:
     seconds: float = 30.0
     memory_bytes: int = 4 * 1024**3
+    # Added to the workers' nice value: a sync's workers yield the CPU to the
+    # jobs of webhook checks and lookups that someone waits for.
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ def _init_worker(limits: Limits, owner: int | None = None) -> None:
     signal.signal(signal.SIGALRM, _alarm)
     with contextlib.suppress(ValueError, OSError):  # a lower hard limit already applies
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    if limits.nice:
+        os.nice(limits.nice)
     try:
         import cv2
 

@@ -95,12 +95,23 @@ class OriginalReader:
         raise LookupError(asset.key)
 
 
-def worker_pool(settings: Settings, workers: int | None = None) -> Pool:
+# The nice value a sync's local workers add: a run in the background leaves
+# the CPU to the webhook checks and lookups of `damdup serve` on the same host.
+BACKGROUND_NICE = 10
+
+
+def worker_pool(
+    settings: Settings, workers: int | None = None, *, background: bool = False
+) -> Pool:
     """Where the run's jobs go: this host's worker processes (`workers` of
     them, else settings.workers), or with engine "celery" the `damdup worker`s
-    on the broker (connector/engine/celery_pool.py, imported only then)."""
+    on the broker (connector/engine/celery_pool.py, imported only then).
+    `background`: a sync or match, whose local workers run at a lower CPU
+    priority (BACKGROUND_NICE) than those of checks someone waits for."""
     limits = Limits(
-        seconds=settings.file_timeout_s, memory_bytes=settings.worker_memory_mb * 1024 * 1024
+        seconds=settings.file_timeout_s,
+        memory_bytes=settings.worker_memory_mb * 1024 * 1024,
+        nice=BACKGROUND_NICE if background else 0,
     )
     if settings.engine == "celery":
         from connector.engine.celery_pool import CeleryPool
@@ -142,7 +153,7 @@ def sync_and_match(
         if stop is not None and stop.is_set():
             return SyncStats(unit=unit, stopped=True)
         try:
-            with worker_pool(settings) as pool:
+            with worker_pool(settings, background=True) as pool:
                 return sync_unit(
                     own_store,
                     adapter,
@@ -186,7 +197,7 @@ def sync_and_match(
         if progress is not None:
             progress("matching", done, total)
 
-    with match_lock or nullcontext(), worker_pool(settings) as pool:
+    with match_lock or nullcontext(), worker_pool(settings, background=True) as pool:
         stats = match(
             store,
             pool,

@@ -68,3 +68,16 @@ def test_memory_limit_turns_a_huge_allocation_into_an_error() -> None:
 def test_exceptions_become_reasons() -> None:
     out = run(pool_jobs.fail, [("x", ("bad header",))])
     assert out["x"] == (None, "bad header")
+
+
+def test_a_syncs_workers_yield_the_cpu_to_a_checks() -> None:
+    """A sync's local workers (background) run at a nice value BACKGROUND_NICE
+    above a check's, whose jobs someone waits for."""
+    from connector.core.settings import Settings
+    from connector.engine.scan import BACKGROUND_NICE, worker_pool
+
+    settings = Settings(workers=1)
+    with worker_pool(settings) as check, worker_pool(settings, background=True) as sync:
+        mine = [o.value for o in check.map(pool_jobs.niceness, [("n", ())], str)]
+        theirs = [o.value for o in sync.map(pool_jobs.niceness, [("n", ())], str)]
+    assert theirs[0] - mine[0] == BACKGROUND_NICE, (mine, theirs)
