@@ -17,7 +17,7 @@ import structlog
 from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
-from connector.core.index import AssetRow, IndexStore
+from connector.core.index import AssetRow, IndexStore, SchemaError
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, build_clusters, shape_at
@@ -170,7 +170,7 @@ def sync_and_match(
             log.error("unit.failed", unit=unit, reason=error_text(exc))
             failed[unit] = f"{type(exc).__name__}: {error_text(exc)}"
             return SyncStats(unit=unit)
-        except EngineUnavailable:  # no unit can go on: the run stops
+        except (EngineUnavailable, SchemaError):  # the broker or the index: no unit can go on
             raise
         except Exception as exc:  # a defect in one adapter must not stop the others
             # The traceback as text: it reaches the log whatever the renderer.
