@@ -502,8 +502,11 @@ def main() -> int:
             f"inserted in {built['seconds']:.1f} s",
             file=sys.stderr,
         )
-    for path in db.parent.glob(db.name + "*"):
-        path.unlink()
+    for path in db.parent.glob(db.name + "*"):  # the index, its WAL, its unit locks
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     shutil.copyfile(cached, db)  # every run starts from the same index
 
     server = start_harness("drupal")
