@@ -662,6 +662,29 @@ class Row(Protocol):
     def keys(self) -> Iterable[str]: ...
 
 
+def fingerprint_of(row: Row) -> Fingerprint:
+    """A `fingerprints` row as both stores read it."""
+    return Fingerprint(
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        recipe=row["recipe"],
+        format=row["format"],
+        width=row["width"],
+        height=row["height"],
+        payload_digest=row["payload_digest"],
+        phash=to_unsigned(row["phash"]) or 0,
+        dhash=to_unsigned(row["dhash"]) or 0,
+        phash_trim=to_unsigned(row["phash_trim"]),
+        dhash_trim=to_unsigned(row["dhash_trim"]),
+        phash_inner=to_unsigned(row["phash_inner"]) or 0,
+        dhash_inner=to_unsigned(row["dhash_inner"]) or 0,
+        flat=bool(row["flat"]),
+        animated=bool(row["animated"]),
+        capture=CaptureFacts.from_dict(json.loads(row["capture"])),
+        thumb=bytes(row["thumb"]),
+    )
+
+
 def asset_of(row: Row) -> AssetRow:
     """An `assets` row as both stores read it."""
     return AssetRow(
@@ -989,25 +1012,7 @@ class SQLiteStore(IndexStore):
         row = self.db.execute("SELECT * FROM fingerprints WHERE sha256 = ?", (sha256,)).fetchone()
         if row is None:
             return None
-        return Fingerprint(
-            sha256=row["sha256"],
-            size_bytes=row["size_bytes"],
-            recipe=row["recipe"],
-            format=row["format"],
-            width=row["width"],
-            height=row["height"],
-            payload_digest=row["payload_digest"],
-            phash=to_unsigned(row["phash"]) or 0,
-            dhash=to_unsigned(row["dhash"]) or 0,
-            phash_trim=to_unsigned(row["phash_trim"]),
-            dhash_trim=to_unsigned(row["dhash_trim"]),
-            phash_inner=to_unsigned(row["phash_inner"]) or 0,
-            dhash_inner=to_unsigned(row["dhash_inner"]) or 0,
-            flat=bool(row["flat"]),
-            animated=bool(row["animated"]),
-            capture=CaptureFacts.from_dict(json.loads(row["capture"])),
-            thumb=bytes(row["thumb"]),
-        )
+        return fingerprint_of(row)
 
     def pixel_digest(self, sha256: str) -> str | None:
         row = self.db.execute(

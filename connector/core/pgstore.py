@@ -37,7 +37,6 @@ import psycopg
 from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from connector.core.capture import CaptureFacts
 from connector.core.columns import COLUMNS_SELECT, FETCH_CHUNK, ColumnsBuilder, FingerprintColumns
 from connector.core.dburl import describe_url
 from connector.core.fingerprint import Fingerprint
@@ -59,13 +58,13 @@ from connector.core.index import (
     UnitStatus,
     asset_of,
     code_row,
+    fingerprint_of,
     is_digest_prefix,
     listed_facts,
     now_iso,
     ordered,
     pair_of,
     to_signed,
-    to_unsigned,
 )
 
 __all__ = [
@@ -758,25 +757,7 @@ class PostgreSQLStore(IndexStore):
             row = db.execute("SELECT * FROM fingerprints WHERE sha256 = %s", (sha256,)).fetchone()
         if row is None:
             return None
-        return Fingerprint(
-            sha256=row["sha256"],
-            size_bytes=row["size_bytes"],
-            recipe=row["recipe"],
-            format=row["format"],
-            width=row["width"],
-            height=row["height"],
-            payload_digest=row["payload_digest"],
-            phash=to_unsigned(row["phash"]) or 0,
-            dhash=to_unsigned(row["dhash"]) or 0,
-            phash_trim=to_unsigned(row["phash_trim"]),
-            dhash_trim=to_unsigned(row["dhash_trim"]),
-            phash_inner=to_unsigned(row["phash_inner"]) or 0,
-            dhash_inner=to_unsigned(row["dhash_inner"]) or 0,
-            flat=bool(row["flat"]),
-            animated=bool(row["animated"]),
-            capture=CaptureFacts.from_dict(json.loads(row["capture"])),
-            thumb=bytes(row["thumb"]),
-        )
+        return fingerprint_of(row)
 
     def pixel_digest(self, sha256: str) -> str | None:
         with self._db() as db:
