@@ -20,7 +20,7 @@ from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore, SchemaError
 from connector.core.provenance import Examiner, Family, group_key
 from connector.core.settings import Settings
-from connector.engine.clusters import Cluster, Lineage, Relation, build_clusters, shape_at
+from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
 from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
@@ -254,11 +254,9 @@ def current_clusters(
     contents = {sha for pair in pairs for sha in (pair.sha_a, pair.sha_b)}
     contents.update(sha for key in decisions for sha in key)
     contents.update(store.shared_contents())
-    columns = store.fingerprint_columns_of(RECIPE, contents)
-    shapes = {sha.decode(): shape_at(columns, at) for at, sha in enumerate(columns.sha256.tolist())}
     return build_clusters(
         store.live_assets_with(contents),
-        shapes,
+        ShapeLookup(store.fingerprint_columns_of(RECIPE, contents)),
         pairs,
         decisions,
         settings.authoritative_units,
