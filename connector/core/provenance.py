@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from PIL import Image, JpegImagePlugin
 
 from connector.core.capture import read_capture_facts
 from connector.core.fingerprint import FORMATS_ORIGINAL
-from connector.core.verify import similarity
+from connector.core.verify import Features, features, similarity
 
 # Long side of the reduced decode that borders and clipping are judged on.
 LOOK_SIDE = 768
@@ -140,6 +141,20 @@ class Specimen:
     look: npt.NDArray[np.uint8]  # reduced, oriented grey image
     image: Image.Image | None = field(default=None, repr=False)  # the JPEG itself, undecoded
     full: bool = True  # False when only a reduced rendition could be read
+    # The look at FRAME_SIDE and its ORB features, found once per specimen
+    # however many copies it is aligned with.
+    _work: npt.NDArray[np.uint8] | None = field(default=None, init=False, repr=False, compare=False)
+    _features: Features | None = field(default=None, init=False, repr=False, compare=False)
+
+    def working(self) -> npt.NDArray[np.uint8]:
+        if self._work is None:
+            self._work = _working(self.look)
+        return self._work
+
+    def features(self) -> Features:
+        if self._features is None:
+            self._features = features(self.working())
+        return self._features
 
     @property
     def pixels(self) -> int:
@@ -350,9 +365,9 @@ def _frames(a: Specimen, b: Specimen) -> Finding | None:
     the two cannot be aligned."""
     if min(a.look.shape) < FRAME_MIN_SIDE or min(b.look.shape) < FRAME_MIN_SIDE:
         return None
-    grey_a, grey_b = _working(a.look), _working(b.look)
+    grey_a, grey_b = a.working(), b.working()
     try:
-        w, _inliers = similarity(grey_a, grey_b)
+        w, _inliers = similarity(a.features(), b.features())
     except cv2.error:
         return None
     if w is None or abs(math.degrees(math.atan2(w[1, 0], w[0, 0]))) > FRAME_MAX_ROTATION:
@@ -802,14 +817,53 @@ def _plural(kind: str) -> str:
 # sha256 -> bytes of the original (None when unreadable), and a reduced rendition.
 ReadBytes = Callable[[str], bytes | None]
 
+RelationKey = tuple[str, str, bool, bool, int, int, int, int]
+
+
+class Relations:
+    """Findings of `relate` by the two specimens they were found on (content
+    digests, whether each was the original, the sizes they were judged at):
+    the same two specimens always give the same finding, so a finding is
+    kept for whoever examines them next (a webhook server's checks of one
+    growing group). Bounded: past `limit` findings it starts again."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._found: dict[RelationKey, Finding] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: RelationKey) -> Finding | None:
+        return self._found.get(key)
+
+    def __setitem__(self, key: RelationKey, found: Finding) -> None:
+        with self._lock:
+            if len(self._found) >= self.limit:
+                self._found.clear()
+            self._found[key] = found
+
 
 class Examiner:
     """Specimens read once per content digest, and the lineage of groups."""
 
-    def __init__(self, read_original: ReadBytes, read_reduced: ReadBytes | None = None) -> None:
+    def __init__(
+        self,
+        read_original: ReadBytes,
+        read_reduced: ReadBytes | None = None,
+        relations: Relations | None = None,
+    ) -> None:
         self.read_original = read_original
         self.read_reduced = read_reduced
         self._specimens: dict[str, Specimen | None] = {}
+        self.relations = relations if relations is not None else Relations()
+
+    def _relate(self, x: Specimen, y: Specimen) -> Finding:
+        """`relate`, found once per pair of specimens as read (a group that
+        gains a copy relates only the new one to the others)."""
+        key = (x.sha256, y.sha256, x.full, y.full, x.width, x.height, y.width, y.height)
+        found = self.relations.get(key)
+        if found is None:
+            found = self.relations[key] = relate(x, y)
+        return found
 
     def specimen(self, sha256: str) -> Specimen | None:
         if sha256 not in self._specimens:
@@ -840,15 +894,16 @@ class Examiner:
         readable = [sha for sha in members if specimens[sha] is not None]
         # Copies with the same pixels are one image to the lineage: each takes
         # the relations of the one in a camera format (a PNG of the original is
-        # not "converted" from a re-encode of it).
+        # not "converted" from a re-encode of it). `relate` finds the same
+        # pixels first, by `_by_pixels`, so that test alone decides here.
         same: dict[str, str] = {sha: sha for sha in readable}
         for i, a in enumerate(readable):
             for b in readable[i + 1 :]:
                 spec_a, spec_b = specimens[a], specimens[b]
                 assert spec_a is not None and spec_b is not None
                 if same[a] == a and same[b] == b:
-                    found = relate(spec_a, spec_b)
-                    if found.same_pixels:
+                    found = _by_pixels(spec_a, spec_b, None)
+                    if found is not None:
                         same[b] = same[a]
                         out.findings[(a, b)] = found
         classes: dict[str, list[str]] = {}
@@ -862,17 +917,14 @@ class Examiner:
             best = min(group, key=lambda sha: _completeness(specimens[sha]))
             for sha in group:
                 speaker[sha] = best
-        cache: dict[tuple[str, str], Finding] = {}
         for i, a in enumerate(readable):
             for b in readable[i + 1 :]:
                 if same[a] == same[b]:
                     continue
                 x, y = sorted((speaker[a], speaker[b]))
-                if (x, y) not in cache:
-                    spec_x, spec_y = specimens[x], specimens[y]
-                    assert spec_x is not None and spec_y is not None
-                    cache[(x, y)] = relate(spec_x, spec_y)
-                found = cache[(x, y)]
+                spec_x, spec_y = specimens[x], specimens[y]
+                assert spec_x is not None and spec_y is not None
+                found = self._relate(spec_x, spec_y)
                 if found.parent is not None:
                     parent = a if found.parent == speaker[a] else b
                     found = Finding(parent, found.kind)

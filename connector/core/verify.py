@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -329,12 +330,24 @@ def verify_pair_detailed(
         return _result(False, reason), _diag("error")
 
 
-def similarity(a: U8, b: U8) -> tuple[Mat3 | None, int]:
+Features = tuple[Any, Any]  # ORB keypoints and their descriptors (None when none)
+
+
+def features(grey: U8) -> Features:
+    """ORB keypoints and descriptors of a grey image, as the alignment uses
+    them: found once per image where one image is aligned with many."""
+    orb = cv2.ORB.create(nfeatures=ORB_FEATURES, fastThreshold=ORB_FAST_THRESHOLD)
+    keypoints, descriptors = orb.detectAndCompute(grey, None)
+    return keypoints, descriptors
+
+
+def similarity(a: Features, b: Features) -> tuple[Mat3 | None, int]:
     """The similarity transform from grey image ``a`` to grey image ``b``
-    (pixel coordinates) that ORB matches and RANSAC find, as step 2 of the
-    check starts from, and its inlier count; None below MIN_INLIERS. The
-    lineage (provenance.py) maps one copy's frame into the other's with it."""
-    return _feature_transform(a, b)
+    (pixel coordinates, given by their `features`) that ORB matches and RANSAC
+    find, as step 2 of the check starts from, and its inlier count; None below
+    MIN_INLIERS. The lineage (provenance.py) maps one copy's frame into the
+    other's with it."""
+    return _matched_transform(a, b)
 
 
 # --- results ------------------------------------------------------------------
@@ -439,9 +452,11 @@ def _gray(img: U8) -> U8:
 
 def _feature_transform(ga: U8, gb: U8) -> tuple[Mat3 | None, int]:
     """Similarity A->B (pixel coords of ga/gb) from ORB matches, and inlier count."""
-    orb = cv2.ORB.create(nfeatures=ORB_FEATURES, fastThreshold=ORB_FAST_THRESHOLD)
-    ka, da = orb.detectAndCompute(ga, None)
-    kb, db = orb.detectAndCompute(gb, None)
+    return _matched_transform(features(ga), features(gb))
+
+
+def _matched_transform(a: Features, b: Features) -> tuple[Mat3 | None, int]:
+    (ka, da), (kb, db) = a, b
     if da is None or db is None or len(ka) < MIN_INLIERS or len(kb) < MIN_INLIERS:
         return None, 0
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)

@@ -18,7 +18,7 @@ from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore, SchemaError
-from connector.core.provenance import Examiner, Family, group_key
+from connector.core.provenance import Examiner, Family, Relations, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
@@ -210,17 +210,20 @@ def sync_and_match(
 
 
 def lineage_of(
-    store: IndexStore, read_original: Callable[[str], bytes | None] | None = None
+    store: IndexStore,
+    read_original: Callable[[str], bytes | None] | None = None,
+    relations: Relations | None = None,
 ) -> Lineage:
     """Which copy of a group is the original, from the images themselves: the
     original bytes where they can be read (folder scans, or through `read_original`),
-    else the stored thumbnail."""
+    else the stored thumbnail. `relations`: findings kept from earlier calls
+    (a server's checks), so a group that grows relates only its new copies."""
 
     def thumbnail(sha256: str) -> bytes | None:
         found = store.fingerprint(sha256)
         return found.thumb if found is not None else None
 
-    examiner = Examiner(read_original or OriginalReader(store, {}), thumbnail)
+    examiner = Examiner(read_original or OriginalReader(store, {}), thumbnail, relations)
 
     def family(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> Family:
         # Saved per group: reading the clusters (status, clusters, push) never

@@ -19,6 +19,7 @@ import structlog
 from adapters.base import Adapter
 from connector.core.fingerprint import Fingerprint, ImageError
 from connector.core.index import AssetRow, IndexStore, ordered
+from connector.core.provenance import Relations
 from connector.core.settings import Settings
 from connector.core.store import open_store
 from connector.engine.component import Component, component_of
@@ -49,6 +50,7 @@ class Workbench:
         self.adapters = dict(adapters)
         self.links = Links(self.adapters)
         self.index = LiveIndex()
+        self.relations = Relations()  # lineage findings, kept from check to check
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
 
@@ -161,7 +163,7 @@ class Workbench:
             start,
             index.shape,
             self.settings,
-            lineage_of(store, OriginalReader(store, self.adapters)),
+            lineage_of(store, OriginalReader(store, self.adapters), self.relations),
         )
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from connector.core import provenance
 from connector.core.fingerprint import sha256_hex
-from connector.core.provenance import Examiner, examine, relate
+from connector.core.provenance import Examiner, Finding, Relations, Specimen, examine, relate
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -155,6 +156,37 @@ def test_the_original_is_the_only_root_of_its_group(
         assert all(family.derived[sha] > 0 for sha in by_sha if sha not in (root, png))
         words = family.describe(root, [sha for sha in by_sha if sha != root])
         assert "a watermark" in words and "smaller cop" in words, words
+
+
+def test_a_group_that_grows_relates_only_its_new_copies(
+    families: dict[str, dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's checks see one group grow a copy at a time: findings kept in
+    a shared `Relations` are not found again, and the answer is the same as
+    finding every relation anew."""
+    copies = families["coffee"]
+    by_sha = {sha256_hex(data): data for data in copies.values()}
+    last = sha256_hex(copies["watermarked"])  # the copy the group gains
+    members = [*sorted(set(by_sha) - {last}), last]
+    calls: list[tuple[str, str]] = []
+    real = provenance.relate
+
+    def counted(a: Specimen, b: Specimen) -> Finding:
+        calls.append((a.sha256, b.sha256))
+        return real(a, b)
+
+    monkeypatch.setattr(provenance, "relate", counted)
+    kept = Relations()
+    Examiner(by_sha.get, relations=kept).family(members[:-1], {})
+    before = len(calls)
+    assert before > 0
+    grown = Examiner(by_sha.get, relations=kept).family(members, {})
+    new = calls[before:]
+    assert new, "the new copy is related to the others"
+    assert all(last in pair for pair in new), new
+    afresh = Examiner(by_sha.get).family(members, {})
+    assert grown.derived == afresh.derived
+    assert grown.findings == afresh.findings
 
 
 def without_exif(data: bytes, note: int) -> bytes:
