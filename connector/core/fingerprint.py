@@ -272,8 +272,11 @@ def _trim_box(grey: np.ndarray) -> tuple[int, int, int, int] | None:
 
 
 def _thumb_bytes(thumb: Image.Image) -> bytes:
+    """The stored thumbnail: its pixels and nothing of the file's own (Pillow
+    would carry a JPEG comment over), so that copies with the same pixels
+    store the same thumbnail and share their pixel checks."""
     out = io.BytesIO()
-    thumb.save(out, "JPEG", quality=THUMB_QUALITY, optimize=False)
+    thumb.save(out, "JPEG", quality=THUMB_QUALITY, optimize=False, comment=b"")
     return out.getvalue()
 
 

@@ -16,6 +16,7 @@ run agree pair by pair.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class MatchStats:
 def _thumb_array(thumb: bytes) -> npt.NDArray[np.uint8]:
     with Image.open(io.BytesIO(thumb)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def pixel_check_job(thumb_a: bytes, thumb_b: bytes) -> dict[str, Any]:
@@ -159,23 +164,31 @@ class Settler:
         self.originals.settle(evidences)
         self._same_pixels(evidences)
         self._count_originals()
-        jobs: list[tuple[Any, tuple[Any, ...]]] = []
+        # The pixel check reads the two stored thumbnails and nothing else: pairs
+        # whose thumbnails are the same two images (copies with the same pixels,
+        # such as one photo re-saved with other metadata) share one check.
+        jobs: dict[tuple[str, str], tuple[Any, ...]] = {}
+        sharing: dict[tuple[str, str], list[Pair]] = {}
         for pair, evidence in evidences.items():
             if needs_pixel_check(evidence):
-                jobs.append((pair, (self.load(pair[0]).thumb, self.load(pair[1]).thumb)))
+                thumbs = (self.load(pair[0]).thumb, self.load(pair[1]).thumb)
+                key = (_digest(thumbs[0]), _digest(thumbs[1]))
+                jobs.setdefault(key, thumbs)
+                sharing.setdefault(key, []).append(pair)
             else:
                 yield self._settled(pair, evidence)
-        for outcome in self.run_jobs(pixel_check_job, jobs):
+        for outcome in self.run_jobs(pixel_check_job, list(jobs.items())):
             self.stats.pixel_checks += 1
             check: dict[str, Any] = (
                 outcome.value if outcome.error is None else check_not_run(outcome.error)
             )
-            evidence = with_evidence(
-                evidences[outcome.key],
-                pixel_check_passed=bool(check.get("passed")),
-                pixel_check=check,
-            )
-            yield self._settled(outcome.key, evidence)
+            for pair in sharing[outcome.key]:
+                evidence = with_evidence(
+                    evidences[pair],
+                    pixel_check_passed=bool(check.get("passed")),
+                    pixel_check=check,
+                )
+                yield self._settled(pair, evidence)
 
     def _settled(self, pair: Pair, evidence: Evidence) -> Settled:
         verdict = place(evidence)
