@@ -123,7 +123,14 @@ class Workbench:
         then nothing is saved."""
         known: dict[str, Fingerprint] = {fingerprint.sha256: fingerprint}
         pairs: dict[tuple[str, str], tuple[int, int]] = {}
-        for candidate in candidates:
+        listed = list(candidates)
+        # The search structure also holds contents no asset holds any more (a
+        # file replaced, a unit's asset gone): as for the matcher, which
+        # searches live fingerprints only, those are nobody's duplicates.
+        held = {asset.sha256 for asset in store.live_assets_with(c.sha256 for c in listed)}
+        for candidate in listed:
+            if candidate.sha256 not in held:
+                continue
             other = store.fingerprint(candidate.sha256)
             if other is None:
                 continue  # gone since the search structure was built

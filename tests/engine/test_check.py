@@ -175,6 +175,32 @@ def test_a_byte_copy_on_another_platform_is_exact_in_a_webhook_check(
     assert [p.tier for p in pair if rows[1].sha256 in (p.sha_a, p.sha_b)] == ["exact"]
 
 
+def test_a_check_settles_no_pair_with_content_no_asset_holds(site: dict[str, Any]) -> None:
+    """The search structure keeps every fingerprint, also of files since
+    replaced or removed; a check settles pairs only with contents a live asset
+    holds, as the matcher does (it searches live fingerprints only)."""
+    store = site["store"]
+    shot = store.find_asset(f"museum:{site['ids']['shot']}")
+    assert shot is not None and shot.sha256 is not None
+    assert check(site, "museum", site["ids"]["shot"])["role"] == "unique"  # structure built
+    site["servers"]["museum"].remove(site["ids"]["shot"])
+    museum = {"museum": site["checker"].adapters["museum"]}
+    sync_and_match(store, museum, site["settings"], full=True)  # a removal shows in full
+    assert not store.live_assets_with([shot.sha256])
+    with Image.open(photo("china", "different_shot", scene_only=True)) as image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=70)  # a re-encode of the removed shot
+    new_id = site["servers"]["opendata"].add("shot-again.jpg", buffer.getvalue(), None)
+    verdict = check(site, "opendata", new_id)
+    row = store.find_asset(f"opendata:{new_id}")
+    assert row is not None and row.sha256 is not None
+    assert site["checker"].index.current(store).position(shot.sha256) is not None
+    touching = store.pairs_touching([row.sha256], RECIPE)
+    assert touching, "the check settled the pairs with live contents"
+    assert all(shot.sha256 not in (p.sha_a, p.sha_b) for p in touching), touching
+    assert verdict["role"] == "unique", verdict
+
+
 def test_marks_are_written_where_the_unit_writes(site: dict[str, Any]) -> None:
     adapters = site["checker"].adapters
     writer = Checker(site["db"], site["settings"], adapters, {"opendata": True})
