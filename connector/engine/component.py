@@ -122,15 +122,19 @@ def component_of(
     settings: Settings,
     lineage: Lineage | None,
 ) -> Component:
-    """Every content linked to `start` by a related pair or a decision, and
-    the clusters of their live assets, built as for the whole index."""
+    """Every live content linked to `start` by a related pair or a decision
+    between live contents, and the clusters of their assets, built as for
+    the whole index (whose clusters hold live assets only: a content no asset
+    holds any more links nothing, however many pairs it was settled in)."""
     decisions = store.decisions()
     decided: dict[str, set[str]] = {}
     for sha_a, sha_b in decisions:
         decided.setdefault(sha_a, set()).add(sha_b)
         decided.setdefault(sha_b, set()).add(sha_a)
     seen = set(start)
-    frontier = set(seen)
+    assets = store.live_assets_with(seen)
+    live = {asset.sha256 for asset in assets if asset.sha256 is not None}
+    frontier = set(live)
     pairs: dict[tuple[str, str], PairRow] = {}
     while frontier:
         found: set[str] = set()
@@ -141,16 +145,19 @@ def component_of(
             found.update((pair.sha_a, pair.sha_b))
         for sha in frontier:
             found.update(decided.get(sha, ()))
-        frontier = found - seen
-        seen |= frontier
-    if len(seen) > LARGE_COMPONENT:
-        log.warning("check.large_component", contents=len(seen))
-    assets = store.live_assets_with(seen)
-    live = {asset.sha256 for asset in assets if asset.sha256 is not None}
+        new = found - seen
+        seen |= new
+        held = store.live_assets_with(new) if new else []
+        assets += held
+        frontier = {asset.sha256 for asset in held if asset.sha256 is not None} - live
+        live |= frontier
+    if len(live) > LARGE_COMPONENT:
+        log.warning("check.large_component", contents=len(live))
+    assets.sort(key=lambda asset: (asset.unit, asset.asset_id))
     kept = [pair for pair in pairs.values() if pair.sha_a in live and pair.sha_b in live]
     shapes = {content: known for content in live if (known := shape(content)) is not None}
     component_decisions: dict[tuple[str, str], DecisionRow] = {
-        key: row for key, row in decisions.items() if key[0] in seen or key[1] in seen
+        key: row for key, row in decisions.items() if key[0] in live or key[1] in live
     }
     clusters, relations = build_clusters(
         assets, shapes, kept, component_decisions, settings.authoritative_units, lineage

@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.core.index import AssetRow, DecisionRow, PairRow, ordered
+from connector.core.settings import Settings
 from connector.core.tiers import DUPLICATE_TIERS, Tier
-from connector.engine.clusters import Shape, build_clusters
+from connector.engine.clusters import Cluster, Shape, build_clusters
+from connector.engine.component import component_of
 
 TIERS = [t.value for t in Tier]
 
@@ -151,3 +153,58 @@ def test_reviewer_different_splits_and_same_joins() -> None:
     same = {("s0", "s1"): DecisionRow("s0", "s1", "same", None, "r", "t")}
     clusters, _ = build_clusters(assets, shapes(2), [], same)
     assert len(clusters) == 1 and clusters[0].members[0].edge.decision == "same"
+
+
+class GraphStore:
+    """What `component_of` reads of an index, over a list of assets and pairs."""
+
+    def __init__(self, assets: list[AssetRow], pairs: list[PairRow]) -> None:
+        self.assets, self.pairs = assets, pairs
+        self.walked: set[str] = set()  # the contents whose pairs were read
+
+    def decisions(self) -> dict[tuple[str, str], DecisionRow]:
+        return {}
+
+    def pairs_touching(self, shas: set[str], recipe: int) -> list[PairRow]:
+        self.walked |= shas
+        return [p for p in self.pairs if p.sha_a in shas or p.sha_b in shas]
+
+    def live_assets_with(self, shas: set[str]) -> list[AssetRow]:
+        found = [a for a in self.assets if a.live and a.sha256 in shas]
+        return sorted(found, key=lambda a: (a.unit, a.asset_id))
+
+
+@settings(max_examples=300, deadline=None)
+@given(graphs(), st.data())
+def test_a_component_holds_what_the_whole_index_clusters_hold(
+    graph: tuple[list[AssetRow], list[PairRow]], data: st.DataObject
+) -> None:
+    """A check's component (connector/engine/component.py) gives the clusters
+    the whole index gives for its assets, also where contents no live asset
+    holds any more sit between them (they link nothing)."""
+    assets, pairs = graph
+    dead = data.draw(st.sets(st.sampled_from([a.asset_id for a in assets])))
+    assets = [replace(a, live=False) if a.asset_id in dead else a for a in assets]
+    whole, _ = build_clusters([a for a in assets if a.live], shapes(10), pairs, {})
+    start = data.draw(st.sampled_from(assets))
+    assert start.sha256 is not None
+    store = GraphStore(assets, pairs)
+    part = component_of(
+        store,  # type: ignore[arg-type]
+        [start.sha256],
+        shapes(10).get,
+        Settings(),
+        None,
+    )
+
+    def members(clusters: list[Cluster]) -> set[frozenset[str]]:
+        return {frozenset([c.canonical.key, *(m.asset.key for m in c.members)]) for c in clusters}
+
+    mine = {a.key for a in part.assets}
+    assert all(a.live for a in part.assets)
+    expected = {group for group in members(whole) if group & mine}
+    assert members(part.clusters) == expected
+    held = {a.sha256 for a in assets if a.live}
+    assert store.walked <= held, "the walk went through contents no asset holds"
+    if start.sha256 not in held:
+        assert not part.assets
