@@ -49,7 +49,13 @@ from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.pool import EngineUnavailable
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
-from connector.engine.scan import OriginalReader, RunResult, current_clusters, sync_and_match
+from connector.engine.scan import (
+    OriginalReader,
+    RunResult,
+    current_clusters,
+    sync_and_match,
+    unit_figures,
+)
 from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
@@ -365,21 +371,6 @@ def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit
         err.print(
             f"{result.errors} asset(s) could not be indexed: see `damdup errors`", style="yellow"
         )
-
-
-def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
-    """Per unit: copies that duplicate a canonical (confirmed, and awaiting
-    review); the canonical itself is never counted as redundant."""
-    clusters, _relations = current_clusters(store, settings)
-    figures: dict[str, dict[str, int]] = {}
-    for cluster in clusters:
-        for member in cluster.members:
-            entry = figures.setdefault(member.asset.unit, {"duplicates": 0, "candidates": 0})
-            if member.edge.confirmed:
-                entry["duplicates"] += 1
-            else:
-                entry["candidates"] += 1
-    return figures
 
 
 def _age(stamp: str | None) -> str:

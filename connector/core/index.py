@@ -309,9 +309,48 @@ MIGRATIONS: list[str] = [
     CREATE INDEX assets_id ON assets(asset_id);
     CREATE INDEX pairs_b ON pairs(sha_b);
     """,
+    # 9: a count of the changes to what clusters are made of (assets, pairs,
+    # decisions), kept by triggers, and summaries of the clusters saved with
+    # the count they were made at: `damdup status` answers from the summary
+    # while nothing has changed since, instead of clustering the index again
+    """
+    CREATE TABLE changes (n INTEGER NOT NULL);
+    INSERT INTO changes VALUES (0);
+    CREATE TRIGGER assets_inserted AFTER INSERT ON assets BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER assets_updated AFTER UPDATE ON assets BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER assets_deleted AFTER DELETE ON assets BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER pairs_inserted AFTER INSERT ON pairs BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER pairs_updated AFTER UPDATE ON pairs BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER pairs_deleted AFTER DELETE ON pairs BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER decisions_inserted AFTER INSERT ON decisions
+        BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER decisions_updated AFTER UPDATE ON decisions
+        BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TRIGGER decisions_deleted AFTER DELETE ON decisions
+        BEGIN UPDATE changes SET n = n + 1; END;
+    CREATE TABLE summaries (
+        name TEXT PRIMARY KEY,
+        stamp TEXT NOT NULL,
+        data TEXT NOT NULL,
+        made_at TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """A migration's statements one by one (a trigger's body holds ';' too)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"an incomplete statement in a migration: {pending!r}")
 
 
 class SchemaError(Exception):
@@ -503,6 +542,19 @@ class IndexStore(ABC):
 
     @abstractmethod
     def save_lineage(self, group_key: str, family: str, full: bool) -> None: ...
+
+    @abstractmethod
+    def changes(self) -> str:
+        """A mark that moves with every change to assets, pairs and decisions
+        (what clusters are made of). Read it before reading what a summary is
+        made from: a summary saved with it is current while it stays."""
+
+    @abstractmethod
+    def summary(self, name: str) -> tuple[str, str] | None:
+        """A saved summary (opaque JSON) and the stamp it was saved with."""
+
+    @abstractmethod
+    def save_summary(self, name: str, stamp: str, data: str) -> None: ...
 
     @abstractmethod
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
@@ -800,9 +852,8 @@ class SQLiteStore(IndexStore):
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             with self._transaction() as db:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(script):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
     # -- runs and cursors ------------------------------------------------
@@ -1156,6 +1207,23 @@ class SQLiteStore(IndexStore):
             db.execute(
                 "INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?)",
                 (group_key, family, int(full), now_iso()),
+            )
+
+    def changes(self) -> str:
+        row = self.db.execute("SELECT n FROM changes").fetchone()
+        return str(row[0])
+
+    def summary(self, name: str) -> tuple[str, str] | None:
+        row = self.db.execute(
+            "SELECT data, stamp FROM summaries WHERE name = ?", (name,)
+        ).fetchone()
+        return (str(row[0]), str(row[1])) if row is not None else None
+
+    def save_summary(self, name: str, stamp: str, data: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?)",
+                (name, stamp, data, now_iso()),
             )
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:

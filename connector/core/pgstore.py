@@ -253,6 +253,31 @@ MIGRATIONS: list[str] = [
     CREATE INDEX assets_id ON assets(asset_id);
     CREATE INDEX pairs_b ON pairs(sha_b);
     """,
+    # 9: as SQLite's 9. The changes are counted as the transactions that
+    # changed assets, pairs or decisions, one row each (hosts writing at once
+    # never wait on one counter row); a count read in one snapshot moves
+    # whenever one of them commits, whatever the order of their ids.
+    """
+    CREATE TABLE changes (txid BIGINT PRIMARY KEY);
+    CREATE FUNCTION damdup_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO changes VALUES (txid_current()) ON CONFLICT DO NOTHING;
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER assets_changed AFTER INSERT OR UPDATE OR DELETE ON assets
+        FOR EACH STATEMENT EXECUTE FUNCTION damdup_changed();
+    CREATE TRIGGER pairs_changed AFTER INSERT OR UPDATE OR DELETE ON pairs
+        FOR EACH STATEMENT EXECUTE FUNCTION damdup_changed();
+    CREATE TRIGGER decisions_changed AFTER INSERT OR UPDATE OR DELETE ON decisions
+        FOR EACH STATEMENT EXECUTE FUNCTION damdup_changed();
+    CREATE TABLE summaries (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        stamp TEXT COLLATE "C" NOT NULL,
+        data TEXT COLLATE "C" NOT NULL,
+        made_at TEXT COLLATE "C" NOT NULL
+    );
+    """,
 ]
 
 
@@ -903,6 +928,28 @@ class PostgreSQLStore(IndexStore):
                    ON CONFLICT (group_key) DO UPDATE SET family = excluded.family,
                        "full" = excluded."full", made_at = excluded.made_at""",
                 (group_key, family, int(full), now_iso()),
+            )
+
+    def changes(self) -> str:
+        with self._db() as db:
+            row = db.execute("SELECT count(*) AS n FROM changes").fetchone()
+        assert row is not None
+        return str(row["n"])
+
+    def summary(self, name: str) -> tuple[str, str] | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT data, stamp FROM summaries WHERE name = %s", (name,)
+            ).fetchone()
+        return (str(row["data"]), str(row["stamp"])) if row is not None else None
+
+    def save_summary(self, name: str, stamp: str, data: str) -> None:
+        with self._db() as db:
+            db.execute(
+                """INSERT INTO summaries VALUES (%s, %s, %s, %s)
+                   ON CONFLICT (name) DO UPDATE SET stamp = excluded.stamp,
+                       data = excluded.data, made_at = excluded.made_at""",
+                (name, stamp, data, now_iso()),
             )
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:

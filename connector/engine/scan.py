@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +19,7 @@ from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore, SchemaError
-from connector.core.provenance import Examiner, Family, Relations, group_key
+from connector.core.provenance import LINEAGE_VERSION, Examiner, Family, Relations, group_key
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
@@ -243,11 +244,51 @@ def lineage_of(
     return family
 
 
+# What the saved figures are made by: a rule that changes them changes this.
+FIGURES_VERSION = 1
+
+
+def _figures_stamp(store: IndexStore, settings: Settings) -> str:
+    """The index's change mark, and what else the clusters depend on: the
+    authoritative units, and the rules of this damdup."""
+    units = ",".join(sorted(settings.authoritative_units))
+    return f"{store.changes()}|{units}|{LINEAGE_VERSION}.{FIGURES_VERSION}"
+
+
+def figures_of(clusters: Iterable[Cluster]) -> dict[str, dict[str, int]]:
+    """Per unit: copies that duplicate a canonical (confirmed, and awaiting
+    review); the canonical itself is never counted as redundant."""
+    figures: dict[str, dict[str, int]] = {}
+    for cluster in clusters:
+        for member in cluster.members:
+            entry = figures.setdefault(member.asset.unit, {"duplicates": 0, "candidates": 0})
+            if member.edge.confirmed:
+                entry["duplicates"] += 1
+            else:
+                entry["candidates"] += 1
+    return figures
+
+
+def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
+    """`figures_of` the current clusters: as saved by the last clustering
+    (every command that clusters the index saves them) while the index has
+    not changed since; else the index is clustered again."""
+    saved = store.summary("unit_figures")
+    if saved is not None and saved[1] == _figures_stamp(store, settings):
+        figures: dict[str, dict[str, int]] = json.loads(saved[0])
+        return figures
+    clusters, _relations = current_clusters(store, settings)
+    return figures_of(clusters)
+
+
 def current_clusters(
     store: IndexStore,
     settings: Settings,
     read_original: Callable[[str], bytes | None] | None = None,
 ) -> tuple[list[Cluster], list[Relation]]:
+    # Read before the index: a change committed meanwhile leaves the saved
+    # figures older than the mark, never the other way round.
+    stamp = _figures_stamp(store, settings)
     pairs = store.pairs()
     decisions = store.decisions()
     # Only the contents a cluster or relation can hold (those of related pairs
@@ -257,7 +298,7 @@ def current_clusters(
     contents = {sha for pair in pairs for sha in (pair.sha_a, pair.sha_b)}
     contents.update(sha for key in decisions for sha in key)
     contents.update(store.shared_contents())
-    return build_clusters(
+    clusters, relations = build_clusters(
         store.live_assets_with(contents),
         ShapeLookup(store.fingerprint_columns_of(RECIPE, contents)),
         pairs,
@@ -265,3 +306,5 @@ def current_clusters(
         settings.authoritative_units,
         lineage_of(store, read_original),
     )
+    store.save_summary("unit_figures", stamp, json.dumps(figures_of(clusters), sort_keys=True))
+    return clusters, relations

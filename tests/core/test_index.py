@@ -389,6 +389,42 @@ def test_pairs_touching_decisions_originals_and_lineage(index_db: str | Path) ->
     store.close()
 
 
+def test_the_change_mark_moves_with_assets_pairs_and_decisions_only(
+    index_db: str | Path,
+) -> None:
+    """`changes` moves with every committed change to what clusters are made
+    of, also one made through another connection (another host, a sync
+    beside), and not with the rest (lineage, summaries, checks)."""
+    store = open_store(index_db, create=True)
+    other = open_store(index_db, create=False)
+    marks = [store.changes()]
+
+    def moved() -> bool:
+        marks.append(store.changes())
+        return marks[-1] != marks[-2]
+
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset(n, f"s{n}") for n in "ab"], [], [], None)
+    assert moved()
+    store.save_pairs([PairRow("sa", "sb", "near_identical", 2, 4, {})], RECIPE)
+    assert moved()
+    other.save_decision(DecisionRow("sa", "sb", "same", None, "anna", "t"))
+    assert moved(), "a change made through another connection"
+    other.save_page("u", other.start_run("u", "sync"), [asset("a", "sa")], [], [], None)
+    assert moved(), "b retired"
+    store.save_lineage("g", "{}", True)
+    store.save_summary("unit_figures", marks[-1], '{"u": 1}')
+    store.start_check("u", "a", "test")
+    assert not moved()
+    assert store.summary("unit_figures") == ('{"u": 1}', marks[-1])
+    assert other.summary("unit_figures") == ('{"u": 1}', marks[-1])
+    store.save_summary("unit_figures", "later", "{}")
+    assert store.summary("unit_figures") == ("{}", "later")
+    assert store.summary("other") is None
+    other.close()
+    store.close()
+
+
 def test_holds_errors_intended_per_asset_and_unit_status(index_db: str | Path) -> None:
     store = outbox_store(index_db)
     changed = store.set_intended_assets({("u", "a"): "dup", ("u", "b"): ""})

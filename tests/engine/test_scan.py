@@ -182,3 +182,46 @@ def test_pairs_settled_round_by_round_settle_as_in_one_round(
     finally:
         whole.close()
         rounds.close()
+
+
+def test_status_figures_are_kept_until_the_index_changes(
+    scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`damdup status` reads the per-unit figures the last clustering saved
+    while nothing they are made of has changed; a reviewer's decision (or a
+    sync, a new pair) makes it cluster the index again."""
+    from connector.core.index import DecisionRow
+    from connector.core.settings import Settings
+    from connector.engine import scan
+
+    db = tmp_path / "index.sqlite"
+    shutil.copyfile(scanned_fixtures, db)
+    settings = Settings(db=db)
+    store = SQLiteStore(db)
+    try:
+        clustered, _ = scan.current_clusters(store, settings)
+        expected = scan.figures_of(clustered)
+        (unit,) = expected
+        assert expected[unit]["candidates"] > 0
+
+        def no_clustering(*args: object, **kwargs: object) -> None:
+            raise AssertionError("clustered again")
+
+        monkeypatch.setattr(scan, "current_clusters", no_clustering)
+        assert scan.unit_figures(store, settings) == expected
+        other = Settings(db=db, authoritative_units=[unit])
+        with pytest.raises(AssertionError, match="clustered again"):
+            scan.unit_figures(store, other)  # figures of other settings
+        member = next(m for c in clustered for m in c.members if not m.edge.confirmed)
+        canonical = next(c for c in clustered if member in c.members).canonical
+        assert member.asset.sha256 is not None and canonical.sha256 is not None
+        a, b = sorted((member.asset.sha256, canonical.sha256))
+        store.save_decision(DecisionRow(a, b, "same", None, "anna", "2026-12-07T00:00:00+00:00"))
+        with pytest.raises(AssertionError, match="clustered again"):
+            scan.unit_figures(store, settings)
+        monkeypatch.undo()
+        after = scan.unit_figures(store, settings)
+        assert after[unit]["duplicates"] == expected[unit]["duplicates"] + 1
+        assert after[unit]["candidates"] == expected[unit]["candidates"] - 1
+    finally:
+        store.close()
