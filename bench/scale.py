@@ -406,8 +406,19 @@ def step_sync(location: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def step_cli(location: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A damdup command as a whole process (interpreter start included)."""
+    """A damdup command as a whole process (interpreter start included).
+    `changed`: as after a change no clustering has seen yet (a reviewer's
+    decision, a sync whose run was stopped): the saved figures are stale."""
     import tempfile
+
+    if spec.get("changed"):
+        from connector.core.store import open_store
+
+        store = open_store(location)
+        try:
+            store.save_summary("unit_figures", "stale", "{}")
+        finally:
+            store.close()
 
     command = [sys.executable, "-m", "connector.cli", *spec["args"], "--db", location]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -540,7 +551,7 @@ def step_pixelcheck(_location: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 ALL_STEPS = (
     "search", "columns", "matchindex", "rows", "rows_search", "match", "sync", "status",
-    "clusters", "clusters_json", "webhook",
+    "status_changed", "clusters", "clusters_json", "webhook",
 )  # fmt: skip
 NEW_STEPS = {
     "match": step_match, "sync": step_sync, "cli": step_cli, "webhook": step_webhook,
@@ -707,6 +718,7 @@ def run_size(label: str, base: str, size: int, top: bool, args: Any) -> dict[str
         ("match", "match", {"workers": args.workers}),
         ("sync", "sync", {"n": size, "new": args.new, "workers": args.workers}),
         ("status", "cli", {"args": ["status"]}),
+        ("status_changed", "cli", {"args": ["status"], "changed": True}),
         ("clusters", "cli", {"args": ["clusters", "--cross-unit"]}),
         ("clusters_json", "cli", {"args": ["clusters", "--cross-unit", "--format", "json"]}),
     ]
@@ -886,11 +898,11 @@ def table(label: str, sizes: dict[str, Any]) -> list[str]:
                 f"settled in {_f(y, 'settle_s')}); clusters after it {_f(y, 'cluster_s')} s, "
                 f"peak {_f(y, 'peak_rss_mb', 0)} MB  [load {_f(y, 'load_average')}]"
             )
-        for name in ("status", "clusters", "clusters_json"):
+        for name in ("status", "status_changed", "clusters", "clusters_json"):
             row = rows.get(name, {})
             if "command_s" in row:
                 out.append(
-                    f"{tag} {name:<10} {_f(row, 'command_s')} s whole process "
+                    f"{tag} {name:<14} {_f(row, 'command_s')} s whole process "
                     f"({_f(row, 'command_cpu_s')} s CPU), peak "
                     f"{_f(row, 'command_peak_rss_mb', 0)} MB  [load {_f(row, 'load_average')}]"
                 )
@@ -920,7 +932,7 @@ def table(label: str, sizes: dict[str, Any]) -> list[str]:
 GROWTH = (
     ("search", "search_s"), ("match", "match_s"), ("match", "settle_s"), ("match", "cluster_s"),
     ("sync", "sync_s"), ("status", "command_s"), ("status", "command_cpu_s"),
-    ("clusters", "command_s"), ("clusters_json", "command_s"),
+    ("status_changed", "command_s"), ("clusters", "command_s"), ("clusters_json", "command_s"),
 )  # fmt: skip
 
 
