@@ -25,7 +25,9 @@ With --sync-beside, another unit syncs into the same index throughout, as the
 daemon would beside `damdup serve`: `damdup scan` (its own process, 2 workers)
 of the labelled fixture photos as unit "beside", again and again, each round's
 copies made new content by a trailer after the JPEG's end (so every round
-fingerprints them all and settles their candidates against the index).
+fingerprints them all and settles their candidates against the index). It
+runs at the daemon's priority: `damdup daemon` lowers its own by
+BACKGROUND_NICE (`--nice`), and its sync workers by as much again.
 
 When connector/webhooks.py exists, the same is measured through HTTP as
 well: a signed `POST /hooks/museum` (202), the check's record polled every
@@ -79,6 +81,7 @@ from connector.core.settings import Settings  # noqa: E402
 from connector.core.store import open_store  # noqa: E402
 from connector.core.tiers import CANDIDATE_RADIUS  # noqa: E402
 from connector.engine.check import Checker, MatchIndex  # noqa: E402
+from connector.engine.scan import BACKGROUND_NICE  # noqa: E402
 from tests.contract.harness import start_harness  # noqa: E402
 from tests.servers.common import photo_paths, upscaled  # noqa: E402
 
@@ -463,8 +466,9 @@ class SyncBeside:
         while not self._stop.is_set():
             folder = self._folder(self.rounds)
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "connector.cli", "scan", str(folder), "--db",
-                 str(self.db), "--unit", "beside", "--workers", "2", "-q"],
+                ["nice", "-n", str(BACKGROUND_NICE), sys.executable, "-m", "connector.cli",
+                 "scan", str(folder), "--db", str(self.db), "--unit", "beside", "--workers",
+                 "2", "-q"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             _out, err = self._process.communicate()

@@ -50,6 +50,7 @@ from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push,
 from connector.engine.pool import EngineUnavailable
 from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
 from connector.engine.scan import (
+    BACKGROUND_NICE,
     OriginalReader,
     RunResult,
     current_clusters,
@@ -972,12 +973,17 @@ def cmd_daemon(args: argparse.Namespace, ctx: Context) -> int:
     adapters = build_adapters(config, args.unit, observer=metrics.observe_request)
     if not 0.0 <= args.jitter < 1.0:
         raise UsageError(f"--jitter {args.jitter}: give a fraction from 0 up to (not) 1")
+    if not 0 <= args.nice <= 19:
+        raise UsageError(f"--nice {args.nice}: give 0 (as started) to 19")
     configure_json_logging()
+    # The daemon's syncs are background work: `damdup serve`'s webhook checks
+    # and lookups, which someone waits for, get the CPU first.
+    nice = os.nice(args.nice)
     try:
         return run_daemon(
             config, adapters, jitter=args.jitter, once=args.once, host=args.metrics_host,
             port=args.metrics_port, port_file=Path(args.port_file) if args.port_file else None,
-            metrics=metrics,
+            metrics=metrics, nice=nice,
         )  # fmt: skip
     except OSError as exc:  # the metrics port is taken, the port file cannot be written
         raise UsageError(f"daemon: {error_text(exc)}") from exc
@@ -1303,6 +1309,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"each interval varies by this fraction either way (default {DEFAULT_JITTER})",
     )  # fmt: skip
     daemon_cmd.add_argument("--workers", type=int, help="worker processes (default: all cores)")
+    daemon_cmd.add_argument(
+        "--nice", type=int, default=BACKGROUND_NICE, metavar="N",
+        help=f"lower the daemon's priority by N, so that `damdup serve` answers webhooks and "
+        f"lookups first (default {BACKGROUND_NICE}; 0: as started; its sync workers add "
+        f"{BACKGROUND_NICE} more)",
+    )  # fmt: skip
     daemon_cmd.set_defaults(handler=cmd_daemon)
 
     migrate_cmd = command("migrate", "full sync of some units, then a redundancy report")

@@ -490,11 +490,13 @@ def run_daemon(
     port: int = DEFAULT_METRICS_PORT,
     port_file: Path | None = None,
     metrics: Metrics | None = None,
+    nice: int | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with `once`, until every unit had one
     cycle). 0 when stopped or every cycle succeeded; 3 when a --once cycle
     failed or was skipped; 1 when the scheduler itself died. `metrics`: the
-    registry the adapters' observer feeds (`Metrics.observe_request`)."""
+    registry the adapters' observer feeds (`Metrics.observe_request`); `nice`:
+    the process's priority, for the log."""
     daemon = Daemon(config, adapters, jitter=jitter, once=once, metrics=metrics)
 
     def on_signal(number: int, _frame: FrameType | None) -> None:
@@ -521,7 +523,7 @@ def run_daemon(
         log.info(
             "daemon.started", metrics=f"{bound}/metrics", healthz=f"{bound}/healthz",
             units={unit: state.interval_s for unit, state in daemon.states.items()},
-            once=once, jitter=jitter, db=str(config.settings.db),
+            once=once, jitter=jitter, db=str(config.settings.db), nice=nice,
         )  # fmt: skip
         if not daemon.stopping:
             daemon.start()

@@ -445,6 +445,8 @@ def test_sigterm_mid_listing_saves_the_cursor_and_the_next_run_resumes(
     assert 0 < indexed < 8
     said = {(e["event"], e.get("signal")) for e in first.events()}
     assert {("daemon.stopping", "SIGTERM"), ("sync.stopped", None)} <= said
+    (started,) = [e for e in first.events() if e["event"] == "daemon.started"]
+    assert started["nice"] == os.nice(0) + 10, "background work: lower priority than serve"
 
     drupal.proxy.clear()
     second = DaemonProcess(config, env, tmp_path, "--once")
