@@ -276,8 +276,12 @@ def test_a_broker_restarted_mid_run_loses_nothing(
     print(f"broker restarted ({'kept' if kept else 'empty'}): run of {ASSETS} images {took:.1f} s,"
           f" {resent} jobs sent again, {cancelled} cancelled by their worker")  # fmt: skip
     assert scan.returncode == 0, err
-    if not kept:  # what it forgot was sent again
-        assert "celery.resent" in err, err
+    if not kept:
+        # The jobs out when the broker went come back one way or the other:
+        # cancelled by their worker on losing the broker (sent again at once),
+        # or forgotten with the broker's queues (sent again past the hard
+        # limit). Which way depends on where each job was at that moment.
+        assert resent + cancelled > 0, err
     assert_indexed_as_local(db, local, out)
 
 
