@@ -259,6 +259,8 @@ MIGRATIONS: list[str] = [
     # whenever one of them commits, whatever the order of their ids.
     """
     CREATE TABLE changes (txid BIGINT PRIMARY KEY);
+    CREATE TABLE changes_folded (n BIGINT NOT NULL);
+    INSERT INTO changes_folded VALUES (0);
     CREATE FUNCTION damdup_changed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         INSERT INTO changes VALUES (txid_current()) ON CONFLICT DO NOTHING;
@@ -398,6 +400,10 @@ def _migrate(db: Connection) -> None:
                 continue
             db.execute(script.encode())  # several statements, no parameters
             db.execute("UPDATE schema_version SET version = %s", (number,))
+
+
+# Rows of `changes` past which saving a summary folds them into one count.
+CHANGES_FOLD = 10_000
 
 
 # -- one pool per database and process ---------------------------------------
@@ -931,8 +937,11 @@ class PostgreSQLStore(IndexStore):
             )
 
     def changes(self) -> str:
-        with self._db() as db:
-            row = db.execute("SELECT count(*) AS n FROM changes").fetchone()
+        with self._db() as db:  # one statement: one snapshot of both tables
+            row = db.execute(
+                """SELECT (SELECT n FROM changes_folded)
+                          + (SELECT count(*) FROM changes) AS n"""
+            ).fetchone()
         assert row is not None
         return str(row["n"])
 
@@ -951,6 +960,15 @@ class PostgreSQLStore(IndexStore):
                        data = excluded.data, made_at = excluded.made_at""",
                 (name, stamp, data, now_iso()),
             )
+            # One row per changing transaction would grow without end: the
+            # committed ones are folded into a count (the mark stays the same;
+            # rows of transactions still open are not visible, and stay).
+            row = db.execute("SELECT count(*) AS n FROM changes").fetchone()
+            if row is not None and row["n"] > CHANGES_FOLD:
+                db.execute(
+                    """WITH gone AS (DELETE FROM changes RETURNING 1)
+                       UPDATE changes_folded SET n = n + (SELECT count(*) FROM gone)"""
+                )
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
         with self._db() as db:

@@ -425,6 +425,33 @@ def test_the_change_mark_moves_with_assets_pairs_and_decisions_only(
     store.close()
 
 
+def test_postgresql_folds_its_change_rows_and_keeps_the_mark(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL counts one row per changing transaction; saving a summary
+    folds the committed ones into one count, and the mark does not move."""
+    import psycopg
+
+    from connector.core import pgstore
+
+    monkeypatch.setattr(pgstore, "CHANGES_FOLD", 3)
+    store = open_store(pg_url, create=True)
+    try:
+        run = store.start_run("u", "sync")
+        for n in range(5):
+            store.save_page("u", run, [asset(f"a{n}", f"s{n}")], [], [], f"page{n}")
+        before = store.changes()
+        store.save_summary("unit_figures", before, "{}")
+        assert store.changes() == before
+        with psycopg.connect(pg_url) as db:
+            (rows,) = db.execute("SELECT count(*) FROM changes").fetchone() or (None,)
+        assert rows == 0
+        store.save_pairs([PairRow("s0", "s1", "near_identical", 2, 4, {})], RECIPE)
+        assert store.changes() != before
+    finally:
+        store.close()
+
+
 def test_holds_errors_intended_per_asset_and_unit_status(index_db: str | Path) -> None:
     store = outbox_store(index_db)
     changed = store.set_intended_assets({("u", "a"): "dup", ("u", "b"): ""})
