@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -335,6 +335,15 @@ MIGRATIONS: list[str] = [
         made_at TEXT NOT NULL
     );
     """,
+    # 10: how two copies relate (which was made from which), by the two
+    # images as they were judged: a group that gains a copy relates only the
+    # new one to the others, in whichever process meets it next
+    """
+    CREATE TABLE relations (
+        judged TEXT PRIMARY KEY,
+        finding TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -542,6 +551,14 @@ class IndexStore(ABC):
 
     @abstractmethod
     def save_lineage(self, group_key: str, family: str, full: bool) -> None: ...
+
+    @abstractmethod
+    def relations(self, keys: Sequence[str]) -> dict[str, str]:
+        """Saved findings of how two copies relate, by key (opaque text both);
+        keys not saved are left out."""
+
+    @abstractmethod
+    def save_relations(self, found: Mapping[str, str]) -> None: ...
 
     @abstractmethod
     def changes(self) -> str:
@@ -1208,6 +1225,24 @@ class SQLiteStore(IndexStore):
                 "INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?)",
                 (group_key, family, int(full), now_iso()),
             )
+
+    def relations(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.execute(
+                f"SELECT judged, finding FROM relations WHERE judged IN ({marks})", chunk
+            ):
+                found[str(row[0])] = str(row[1])
+        return found
+
+    def save_relations(self, found: Mapping[str, str]) -> None:
+        if not found:
+            return
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO relations VALUES (?, ?)", found.items())
 
     def changes(self) -> str:
         row = self.db.execute("SELECT n FROM changes").fetchone()

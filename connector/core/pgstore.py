@@ -27,7 +27,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,6 +278,13 @@ MIGRATIONS: list[str] = [
         stamp TEXT COLLATE "C" NOT NULL,
         data TEXT COLLATE "C" NOT NULL,
         made_at TEXT COLLATE "C" NOT NULL
+    );
+    """,
+    # 10: how two copies relate, by the two images as they were judged
+    """
+    CREATE TABLE relations (
+        judged TEXT COLLATE "C" PRIMARY KEY,
+        finding TEXT COLLATE "C" NOT NULL
     );
     """,
 ]
@@ -936,6 +943,26 @@ class PostgreSQLStore(IndexStore):
                 (group_key, family, int(full), now_iso()),
             )
 
+    def relations(self, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT judged, finding FROM relations WHERE judged = ANY(%s)",
+                (sorted(set(keys)),),
+            ).fetchall()
+        return {str(row["judged"]): str(row["finding"]) for row in rows}
+
+    def save_relations(self, found: Mapping[str, str]) -> None:
+        if not found:
+            return
+        with self._db() as db, db.cursor() as cursor:
+            cursor.executemany(
+                """INSERT INTO relations VALUES (%s, %s)
+                   ON CONFLICT (judged) DO UPDATE SET finding = excluded.finding""",
+                sorted(found.items()),
+            )
+
     def changes(self) -> str:
         with self._db() as db:  # one statement: one snapshot of both tables
             row = db.execute(
@@ -1358,6 +1385,7 @@ _COPIED = [
     ("webhook_seen", "unit, signature"),
     ("originals", "unit, asset_id"),
     ("lineage", "group_key"),
+    ("relations", "judged"),
 ]
 
 

@@ -36,7 +36,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -820,26 +820,59 @@ ReadBytes = Callable[[str], bytes | None]
 RelationKey = tuple[str, str, bool, bool, int, int, int, int]
 
 
+def relation_key(x: Specimen, y: Specimen) -> RelationKey:
+    return (x.sha256, y.sha256, x.full, y.full, x.width, x.height, y.width, y.height)
+
+
+def relation_text(key: RelationKey) -> str:
+    """A finding's key as the index keeps it, with the rules' version: a
+    finding of older rules is not found."""
+    sha_x, sha_y, full_x, full_y, wx, hx, wy, hy = key
+    judged = f"{'f' if full_x else 'r'}{wx}x{hx}-{'f' if full_y else 'r'}{wy}x{hy}"
+    return f"{sha_x}-{sha_y}-{judged}-v{LINEAGE_VERSION}"
+
+
+def finding_json(found: Finding) -> str:
+    return json.dumps([found.parent, found.kind, found.same_pixels])
+
+
+def finding_from_json(text: str) -> Finding:
+    parent, kind, same = json.loads(text)
+    return Finding(None if parent is None else str(parent), str(kind), bool(same))
+
+
+class RelationMemory(Protocol):
+    """Where an Examiner keeps findings: asked once per family for every pair
+    it needs, told once what was found new."""
+
+    def recall(self, keys: Iterable[RelationKey]) -> dict[RelationKey, Finding]: ...
+
+    def keep(self, found: dict[RelationKey, Finding]) -> None: ...
+
+
 class Relations:
     """Findings of `relate` by the two specimens they were found on (content
     digests, whether each was the original, the sizes they were judged at):
     the same two specimens always give the same finding, so a finding is
     kept for whoever examines them next (a webhook server's checks of one
-    growing group). Bounded: past `limit` findings it starts again."""
+    growing group). Bounded: past `limit` findings it starts again.
+    (connector/engine/scan.py keeps them in the index as well, for the next
+    process.)"""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self._found: dict[RelationKey, Finding] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: RelationKey) -> Finding | None:
-        return self._found.get(key)
+    def recall(self, keys: Iterable[RelationKey]) -> dict[RelationKey, Finding]:
+        found = self._found
+        return {key: found[key] for key in keys if key in found}
 
-    def __setitem__(self, key: RelationKey, found: Finding) -> None:
+    def keep(self, found: dict[RelationKey, Finding]) -> None:
         with self._lock:
-            if len(self._found) >= self.limit:
+            if len(self._found) + len(found) > self.limit:
                 self._found.clear()
-            self._found[key] = found
+            self._found.update(found)
 
 
 class Examiner:
@@ -849,21 +882,22 @@ class Examiner:
         self,
         read_original: ReadBytes,
         read_reduced: ReadBytes | None = None,
-        relations: Relations | None = None,
+        relations: RelationMemory | None = None,
     ) -> None:
         self.read_original = read_original
         self.read_reduced = read_reduced
         self._specimens: dict[str, Specimen | None] = {}
-        self.relations = relations if relations is not None else Relations()
+        self.relations: RelationMemory = relations if relations is not None else Relations()
 
-    def _relate(self, x: Specimen, y: Specimen) -> Finding:
-        """`relate`, found once per pair of specimens as read (a group that
-        gains a copy relates only the new one to the others)."""
-        key = (x.sha256, y.sha256, x.full, y.full, x.width, x.height, y.width, y.height)
-        found = self.relations.get(key)
-        if found is None:
-            found = self.relations[key] = relate(x, y)
-        return found
+    def _relate_all(self, pairs: list[tuple[Specimen, Specimen]]) -> dict[RelationKey, Finding]:
+        """`relate` of each pair, found once per pair of specimens as read (a
+        group that gains a copy relates only the new one to the others)."""
+        keys = {relation_key(x, y): (x, y) for x, y in pairs}
+        known = self.relations.recall(keys)
+        new = {key: relate(x, y) for key, (x, y) in keys.items() if key not in known}
+        if new:
+            self.relations.keep(new)
+        return known | new
 
     def specimen(self, sha256: str) -> Specimen | None:
         if sha256 not in self._specimens:
@@ -917,17 +951,20 @@ class Examiner:
             best = min(group, key=lambda sha: _completeness(specimens[sha]))
             for sha in group:
                 speaker[sha] = best
+        between: dict[tuple[str, str], tuple[Specimen, Specimen]] = {}
         for i, a in enumerate(readable):
             for b in readable[i + 1 :]:
-                if same[a] == same[b]:
-                    continue
-                x, y = sorted((speaker[a], speaker[b]))
-                spec_x, spec_y = specimens[x], specimens[y]
-                assert spec_x is not None and spec_y is not None
-                found = self._relate(spec_x, spec_y)
-                if found.parent is not None:
-                    parent = a if found.parent == speaker[a] else b
-                    found = Finding(parent, found.kind)
-                    out.derived[b if parent == a else a] += 1
-                out.findings[(a, b)] = found
+                if same[a] != same[b]:
+                    x, y = sorted((speaker[a], speaker[b]))
+                    spec_x, spec_y = specimens[x], specimens[y]
+                    assert spec_x is not None and spec_y is not None
+                    between[(a, b)] = (spec_x, spec_y)
+        related = self._relate_all(list(between.values()))
+        for (a, b), (spec_x, spec_y) in between.items():
+            found = related[relation_key(spec_x, spec_y)]
+            if found.parent is not None:
+                parent = a if found.parent == speaker[a] else b
+                found = Finding(parent, found.kind)
+                out.derived[b if parent == a else a] += 1
+            out.findings[(a, b)] = found
         return out

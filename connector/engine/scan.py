@@ -19,7 +19,18 @@ from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, IndexStore, SchemaError
-from connector.core.provenance import LINEAGE_VERSION, Examiner, Family, Relations, group_key
+from connector.core.provenance import (
+    LINEAGE_VERSION,
+    Examiner,
+    Family,
+    Finding,
+    RelationKey,
+    Relations,
+    finding_from_json,
+    finding_json,
+    group_key,
+    relation_text,
+)
 from connector.core.settings import Settings
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
@@ -210,6 +221,36 @@ def sync_and_match(
     return RunResult(syncs=syncs, match=stats, errors=errors, failed_units=failed)
 
 
+class StoredRelations:
+    """Findings of how two copies relate, kept in the index as well: the
+    process that meets a group next (a webhook server after the daemon's
+    clustering, a later `damdup clusters`) relates only what is new in it.
+    `memory`: findings this process keeps between calls (a server's)."""
+
+    def __init__(self, store: IndexStore, memory: Relations | None = None) -> None:
+        self.store = store
+        self.memory = memory if memory is not None else Relations()
+
+    def recall(self, keys: Iterable[RelationKey]) -> dict[RelationKey, Finding]:
+        wanted = list(keys)
+        found = self.memory.recall(wanted)
+        rest = {relation_text(key): key for key in wanted if key not in found}
+        if rest:
+            saved = {
+                rest[text]: finding_from_json(value)
+                for text, value in self.store.relations(list(rest)).items()
+            }
+            self.memory.keep(saved)
+            found |= saved
+        return found
+
+    def keep(self, found: dict[RelationKey, Finding]) -> None:
+        self.memory.keep(found)
+        self.store.save_relations(
+            {relation_text(key): finding_json(value) for key, value in found.items()}
+        )
+
+
 def lineage_of(
     store: IndexStore,
     read_original: Callable[[str], bytes | None] | None = None,
@@ -224,7 +265,9 @@ def lineage_of(
         found = store.fingerprint(sha256)
         return found.thumb if found is not None else None
 
-    examiner = Examiner(read_original or OriginalReader(store, {}), thumbnail, relations)
+    examiner = Examiner(
+        read_original or OriginalReader(store, {}), thumbnail, StoredRelations(store, relations)
+    )
 
     def family(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> Family:
         # Saved per group: reading the clusters (status, clusters, push) never

@@ -386,6 +386,19 @@ def test_pairs_touching_decisions_originals_and_lineage(index_db: str | Path) ->
     store.save_lineage("g", '{"family": 1}', True)
     store.save_lineage("g", '{"family": 2}', False)
     assert store.lineage("g") == ('{"family": 2}', False)
+
+    assert store.relations(["x-y", "x-z"]) == {}
+    store.save_relations({"x-y": '["x", "a copy", false]', "x-z": "[null, 1, true]"})
+    store.save_relations({"x-z": '[null, "a copy", true]'})
+    store.save_relations({})
+    assert store.relations(["x-y", "x-z", "y-z", "x-y"]) == {
+        "x-y": '["x", "a copy", false]',
+        "x-z": '[null, "a copy", true]',
+    }
+    assert store.relations([]) == {}
+    many = [f"k{n}" for n in range(1200)]  # more than one statement's worth
+    store.save_relations({key: "[]" for key in many})
+    assert len(store.relations(many)) == 1200
     store.close()
 
 
@@ -413,6 +426,7 @@ def test_the_change_mark_moves_with_assets_pairs_and_decisions_only(
     other.save_page("u", other.start_run("u", "sync"), [asset("a", "sa")], [], [], None)
     assert moved(), "b retired"
     store.save_lineage("g", "{}", True)
+    store.save_relations({"x-y": "[]"})
     store.save_summary("unit_figures", marks[-1], '{"u": 1}')
     store.start_check("u", "a", "test")
     assert not moved()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import pytest
+from PIL import Image
+
+from connector.core.fingerprint import sha256_hex
 from connector.core.index import AssetRow, PairRow, SQLiteStore
 from connector.core.provenance import Family, Finding
 from connector.core.tiers import Tier
@@ -127,3 +132,60 @@ def test_a_groups_lineage_is_found_once_then_read_from_the_index(tmp_path: Path)
         assert [c.reason for c in plain] == [c.reason for c in first]
     finally:
         store.close()
+
+
+def test_a_group_that_gains_a_copy_relates_only_the_new_one_in_a_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How two copies relate is kept in the index, by the two images as
+    judged: after the daemon's clustering, the next process to meet a grown
+    group (a webhook server, `damdup clusters`) relates only its new copy to
+    the others, and finds what relating all of them anew finds."""
+    from connector.core import provenance
+    from connector.core.settings import Settings
+    from connector.engine.scan import current_clusters
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for suffix in ("", "_lowq", "_kehys", "_vaalea"):
+        name = f"kahvikuppi_Pikolo{suffix}.jpg"
+        shutil.copyfile(FIXTURES / "photos" / "hel-fi" / name, folder / name)
+    db = tmp_path / "index.sqlite"
+    settings = Settings(db=db)
+    damdup("scan", str(folder), "--db", str(db), "-q")
+    store = SQLiteStore(db)
+    try:
+        current_clusters(store, settings)  # what the daemon does after its sync
+        assert store.db.execute("SELECT count(*) FROM relations").fetchone()[0] > 0
+    finally:
+        store.close()
+    with Image.open(folder / "kahvikuppi_Pikolo.jpg") as image:
+        image.resize((image.width // 2, image.height // 2)).save(folder / "pieni.jpg", quality=80)
+    damdup("scan", str(folder), "--db", str(db), "-q")
+    new = sha256_hex((folder / "pieni.jpg").read_bytes())
+
+    related: list[tuple[str, str]] = []
+    real = provenance.relate
+
+    def counted(a: provenance.Specimen, b: provenance.Specimen) -> provenance.Finding:
+        related.append((a.sha256, b.sha256))
+        return real(a, b)
+
+    monkeypatch.setattr(provenance, "relate", counted)
+    store = SQLiteStore(db)  # another process: nothing kept in memory
+    try:
+        grown, _ = current_clusters(store, settings)
+        assert related, "the new copy is related to the others"
+        assert all(new in pair for pair in related), related
+        store.db.execute("DELETE FROM relations")
+        store.db.execute("DELETE FROM lineage")
+        related.clear()
+        afresh, _ = current_clusters(store, settings)
+        assert any(new not in pair for pair in related)
+    finally:
+        store.close()
+    assert len(grown) == len(afresh) == 1
+    assert new in {member.asset.sha256 for member in grown[0].members}
+    assert [(c.canonical.key, c.reason) for c in grown] == [
+        (c.canonical.key, c.reason) for c in afresh
+    ]
