@@ -161,15 +161,20 @@ def _run(function: Callable[..., Any], args: tuple[Any, ...], seconds: float) ->
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
+# The modules whose functions the pools run as jobs (fingerprints, pixel
+# digests, pixel checks): the forkserver imports them once for every worker.
+JOB_MODULES = ("connector.engine.ingest", "connector.engine.settle")
+
+
 def _preload(function: Callable[..., Any]) -> list[str]:
     """Modules the forkserver imports once, so that every worker it forks has
-    them: the job's module and with it the decoders, numpy and OpenCV. Without
-    it, each worker of `python -m connector.cli` imports all of them again
-    (the forkserver preloads a main module only when it was started as a
-    script, as `damdup` is). The main module itself is not named: a worker
-    runs it again as `__mp_main__`, and would warn that it was already
-    imported."""
-    return ["__main__", function.__module__]
+    them: the job modules, and with them the decoders, numpy and OpenCV.
+    Without it, each worker imports all of them again at its first job (0.7 s
+    of a server's first check, after `warm` started the workers with a job
+    of no module of ours). The main module itself is not named: a worker runs
+    it again as `__mp_main__`, and would warn that it was already imported."""
+    named = [] if function.__module__ in ("builtins", "__main__") else [function.__module__]
+    return ["__main__", *JOB_MODULES, *named]
 
 
 class WorkerPool:

@@ -31,3 +31,10 @@ def fail(message: str) -> None:
 
 def niceness() -> int:
     return os.nice(0)
+
+
+def loaded(names: list[str]) -> list[str]:
+    """Which of `names` this worker had imported before this job ran."""
+    import sys
+
+    return [name for name in names if name in sys.modules]

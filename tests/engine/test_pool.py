@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from connector.engine.pool import Limits, WorkerPool
+from connector.engine.pool import JOB_MODULES, Limits, WorkerPool
 from tests.engine import pool_jobs
 
 
@@ -81,3 +81,14 @@ def test_a_syncs_workers_yield_the_cpu_to_a_checks() -> None:
         mine = [o.value for o in check.map(pool_jobs.niceness, [("n", ())], str)]
         theirs = [o.value for o in sync.map(pool_jobs.niceness, [("n", ())], str)]
     assert theirs[0] - mine[0] == BACKGROUND_NICE, (mine, theirs)
+
+
+def test_workers_start_with_the_job_modules_imported() -> None:
+    """A server warms its pool with a job of no module of ours; its first
+    fingerprint or pixel check must not wait while each worker imports the
+    decoders, numpy and OpenCV."""
+    with WorkerPool(2) as pool:
+        pool.warm()
+        outcomes = list(pool.map(pool_jobs.loaded, [("w", (list(JOB_MODULES),))], str))
+    assert [(o.value, o.error) for o in outcomes] == [(list(JOB_MODULES), None)]
+    assert "connector.engine.settle" in JOB_MODULES
