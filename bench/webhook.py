@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/webhook.py [--assets 100000] [--notifications 60]
                                       [--lookups 60] [--threads 1] [--fresh]
-                                      [--sync-beside]
+                                      [--sync-beside [photos|copies]]
 
 The index: every labelled fixture photo fingerprinted for real (so a notified
 copy finds its original and the other variants, and settles them with the
@@ -25,11 +25,18 @@ is timed apart.
 
 With --sync-beside, another unit syncs into the same index throughout, as the
 daemon would beside `damdup serve`: `damdup scan` (its own process, 2 workers)
-of the labelled fixture photos as unit "beside", again and again, each round's
-copies made new content by a trailer after the JPEG's end (so every round
-fingerprints them all and settles their candidates against the index). It
-runs at the daemon's priority: `damdup daemon` lowers its own by
-BACKGROUND_NICE (`--nice`), and its sync workers by as much again.
+of 225 photos as unit "beside", again and again, each round's files made new
+content by a trailer after the JPEG's end (so every round fingerprints them
+all and settles their candidates). It runs at the daemon's priority: `damdup
+daemon` lowers its own by BACKGROUND_NICE (`--nice`), and its sync workers by
+as much again. What the other unit holds:
+- `photos` (the default): photos new to the index, the labelled fixture
+  photos mirrored (a mirror image is no copy to the matcher, as the sync's
+  own report shows), with the same groups among themselves: a sync's work,
+  beside checks of other pictures.
+- `copies`: the labelled fixture photos themselves, so every group a check
+  meets also gains the other unit's copies, new to its lineage, while it is
+  checked (the worst case: the checks and the sync work on the same groups).
 
 When connector/webhooks.py exists, the same is measured through HTTP as
 well: a signed `POST /hooks/museum` (202), the check's record polled every
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import os
@@ -99,6 +107,7 @@ except ImportError:  # pragma: no cover - before connector/webhooks.py existed
     webhooks = None  # type: ignore[assignment]
 
 RESULTS = ROOT / "bench" / "results"
+BESIDE_KINDS = {"photos": "photos new to the index", "copies": "copies of the groups checked"}
 UNITS = [f"unit{number:02d}" for number in range(11)]
 BATCH = 2000
 SEED = 20261127
@@ -207,6 +216,16 @@ def _row(unit: str, asset_id: str, fp: Fingerprint, name: str) -> AssetRow:
         metadata={"location": "Helsinki", "date": "2024-01-01", "department": unit},
         live=True,
     )
+
+
+def mirrored(path: Path) -> bytes:
+    """The photo mirrored left to right, as a JPEG: a picture the index does not hold."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        out = io.BytesIO()
+        ImageOps.mirror(image.convert("RGB")).save(out, "JPEG", quality=90)
+    return out.getvalue()
 
 
 def uploads_http(count: int, rng: random.Random) -> list[bytes]:
@@ -453,8 +472,9 @@ class SyncBeside:
     """`damdup scan` of another unit into the same index, round after round,
     until stopped: every round's files are new content."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, kind: str = "photos") -> None:
         self.db = db
+        self.kind = kind
         self.rounds = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -478,10 +498,18 @@ class SyncBeside:
         folder = Path(self._scratch.name) / "beside"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
-        for n, path in enumerate(photo_paths()):
+        for n, data in enumerate(self._photos()):
             trailer = f"damdup-bench round {number}".encode()
-            (folder / f"{n:03d}{path.suffix}").write_bytes(path.read_bytes() + trailer)
+            (folder / f"{n:03d}.jpg").write_bytes(data + trailer)
         return folder
+
+    def _photos(self) -> list[bytes]:
+        if not hasattr(self, "_made"):
+            self._made = [
+                path.read_bytes() if self.kind == "copies" else mirrored(path)
+                for path in photo_paths()
+            ]
+        return self._made
 
     def _run(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -510,7 +538,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="checks at once")
     parser.add_argument("--fresh", action="store_true", help="rebuild the cached index")
     parser.add_argument(
-        "--sync-beside", action="store_true", help="another unit syncs into the index meanwhile"
+        "--sync-beside",
+        nargs="?",
+        const="photos",
+        choices=["photos", "copies"],
+        help="another unit syncs into the index meanwhile: photos new to it, or copies of "
+        "the groups checked",
     )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -564,7 +597,7 @@ def main() -> int:
                 roles[key] = roles.get(key, 0) + 1
             return elapsed
 
-        beside = SyncBeside(db) if args.sync_beside else None
+        beside = SyncBeside(db, args.sync_beside) if args.sync_beside else None
         sidecar = contextlib.ExitStack()
         if beside is not None:
             sidecar.enter_context(beside)
@@ -621,14 +654,15 @@ def main() -> int:
     command = (
         f"`.venv/bin/python bench/webhook.py --assets {args.assets} "
         f"--notifications {args.notifications} --lookups {args.lookups} "
-        f"--threads {args.threads}{' --sync-beside' if args.sync_beside else ''}`"
+        f"--threads {args.threads}"
+        f"{f' --sync-beside {args.sync_beside}' if args.sync_beside else ''}`"
     )
     if beside is not None and beside.failures:
         raise SystemExit(f"the sync beside failed: {beside.failures[0]}")
     alongside = (
         f" Throughout, another unit synced into the same index: {beside.rounds} whole "
-        f"`damdup scan` rounds of {len(photo_paths())} new files each (2 workers), and "
-        f"one more stopped when the checks ended."
+        f"`damdup scan` rounds of {len(photo_paths())} new files each (2 workers; "
+        f"{BESIDE_KINDS[beside.kind]}), and one more stopped when the checks ended."
         if beside is not None
         else ""
     )

@@ -28,7 +28,11 @@ class Settings(BaseSettings):
         default_factory=lambda: os.cpu_count() or 1, ge=1, le=64, description="worker processes"
     )
     file_timeout_s: float = Field(30.0, gt=0, le=3600, description="time limit per file")
-    worker_memory_mb: int = Field(4096, ge=256, description="address-space limit per worker")
+    worker_memory_mb: int = Field(
+        4096,
+        ge=1024,
+        description="address-space limit per worker (its libraries alone take about 900 MB)",
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images are refused")
     max_file_mb: int = Field(512, ge=1, description="larger files are refused")
     fetch_concurrency: int = Field(4, ge=1, le=64, description="fetches in flight per unit")

@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from connector.core.tones import tone_curve
+
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
@@ -151,6 +153,7 @@ TONE_BINS = 128
 # Grey-level distances beyond which histogram cells are ignored when refitting
 # the tone curve (successive passes); brightness/gamma edits stay well inside.
 TONE_OUTLIER_STEPS = (48.0, 24.0)
+_OUTLIER_STEPS = np.array(TONE_OUTLIER_STEPS, dtype=np.float64)
 # Bins whose mapped level is within this of 0 or 255 are clipped: the curve
 # may run flat there.
 TONE_CLIP_LEVEL = 2.0
@@ -632,24 +635,6 @@ def _content_mask(
     return out
 
 
-def _isotonic(y: F64, wt: F64) -> F64:
-    """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
-    vals: list[float] = []
-    wts: list[float] = []
-    sizes: list[int] = []
-    for yi, wi in zip(y.tolist(), wt.tolist(), strict=True):
-        vals.append(yi)
-        wts.append(wi)
-        sizes.append(1)
-        while len(vals) > 1 and vals[-2] > vals[-1]:
-            w2 = wts[-2] + wts[-1]
-            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w2
-            n2 = sizes[-2] + sizes[-1]
-            del vals[-1], wts[-1], sizes[-1]
-            vals[-1], wts[-1], sizes[-1] = v2, w2, n2
-    return np.repeat(np.array(vals, dtype=np.float64), sizes)
-
-
 def _tone_curve(joint: F64) -> F64:
     """Curve f(src) ~ E[dst | src] from a joint histogram joint[src, dst].
 
@@ -657,51 +642,17 @@ def _tone_curve(joint: F64) -> F64:
     TONE_MIN_SLOPE (a brightness, contrast, gamma or levels edit never
     flattens a stretch of mid-tones; a caption band or a box at a level of its
     own would otherwise be "explained" as a tone change), refitted while
-    ignoring histogram cells far from the curve.
+    ignoring histogram cells far from the curve. Between points whose target
+    is clipped (at 0 or 255) the curve may be flat: brightening clips the
+    highlights to one level. Compiled: connector/core/tones.py.
     """
-    levels = np.arange(256, dtype=np.float64)
-    cnt = joint.sum(axis=1)
-    bc = cnt.reshape(TONE_BINS, -1).sum(axis=1)
-    used = bc > 0
-    if not np.any(used):
-        return levels.copy()
-    bx = (cnt * levels).reshape(TONE_BINS, -1).sum(axis=1)[used] / bc[used]
-    jb = joint.reshape(TONE_BINS, -1, 256).sum(axis=1)[used]
-    # Start from conditional medians: a minority of edited pixels in a bin
-    # (white caption text among white highlights) cannot move a median.
-    cum = np.cumsum(jb, axis=1)
-    by = np.argmax(cum >= 0.5 * cum[:, -1:], axis=1).astype(np.float64)
-    fit = _monotone_fit(bx, by, bc[used])
-    for limit in TONE_OUTLIER_STEPS:
-        kept = jb * (np.abs(fit[:, None] - levels[None, :]) <= limit)
-        kc = kept.sum(axis=1)
-        ok = kc > 0
-        if not np.any(ok):
-            break
-        ky = (kept[ok] @ levels) / kc[ok]
-        fit = np.interp(bx, bx[ok], _monotone_fit(bx[ok], ky, kc[ok]))
-    return _extend_curve(bx, fit, levels)
-
-
-def _monotone_fit(bx: F64, by: F64, wt: F64) -> F64:
-    """Weighted fit through binned points that rises at least TONE_MIN_SLOPE.
-
-    Between points whose target is clipped (at 0 or 255) the curve may be
-    flat: brightening clips the highlights to one level.
-    """
-    clipped = (by <= TONE_CLIP_LEVEL) | (by >= 255.0 - TONE_CLIP_LEVEL)
-    slope = np.where(clipped[:-1] | clipped[1:], 0.0, TONE_MIN_SLOPE)
-    offset = np.concatenate(([0.0], np.cumsum(slope * np.diff(bx))))
-    return _isotonic(by - offset, wt) + offset
-
-
-def _extend_curve(bx: F64, fit: F64, levels: F64) -> F64:
-    """All 256 levels from binned points; beyond them rise at the least slope."""
-    inner = np.interp(levels, bx, fit)
-    lo = fit[0] + TONE_MIN_SLOPE * (levels - bx[0])
-    hi = fit[-1] + TONE_MIN_SLOPE * (levels - bx[-1])
-    curve = np.where(levels < bx[0], lo, np.where(levels > bx[-1], hi, inner))
-    return np.clip(curve, 0.0, 255.0)
+    return tone_curve(
+        np.ascontiguousarray(joint, dtype=np.float64),
+        TONE_BINS,
+        _OUTLIER_STEPS,
+        TONE_CLIP_LEVEL,
+        TONE_MIN_SLOPE,
+    )
 
 
 def _fit_luts(a: U8, b: U8, mask: npt.NDArray[np.bool_]) -> tuple[Lut, Lut]:

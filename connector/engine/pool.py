@@ -141,6 +141,12 @@ def _init_worker(limits: Limits, owner: int | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGALRM, _alarm)
+    # The pixel check's compiled kernels, loaded before the limit: loading
+    # them reserves about 300 MB of address space, which under the limit
+    # would abort the worker (LLVM cannot fail softly).
+    from connector.core.tones import ready
+
+    ready()
     with contextlib.suppress(ValueError, OSError):  # a lower hard limit already applies
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     if limits.nice:
