@@ -28,12 +28,14 @@ small) and nothing is stored.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
 import math
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -875,6 +877,38 @@ class Relations:
             self._found.update(found)
 
 
+class Specimens:
+    """Specimens of stored thumbnails (the copies whose originals cannot be
+    read), kept between families with the features found on them: a
+    server's checks meet the same groups again and again. Bounded, least
+    recently used first out; only thumbnails, so a few megabytes at most.
+    Each taker gets a copy of its own (a family sets a thumbnail's true size
+    on it)."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[str, tuple[Specimen, int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> Specimen | None:
+        with self._lock:
+            entry = self._kept.get(sha256)
+            if entry is None:
+                return None
+            self._kept.move_to_end(sha256)
+        spec, width, height = entry
+        mine = copy.copy(spec)
+        mine.width, mine.height = width, height
+        return mine
+
+    def put(self, spec: Specimen, width: int, height: int) -> None:
+        with self._lock:
+            self._kept[spec.sha256] = (copy.copy(spec), width, height)
+            self._kept.move_to_end(spec.sha256)
+            while len(self._kept) > self.limit:
+                self._kept.popitem(last=False)
+
+
 class Examiner:
     """Specimens read once per content digest, and the lineage of groups."""
 
@@ -883,11 +917,14 @@ class Examiner:
         read_original: ReadBytes,
         read_reduced: ReadBytes | None = None,
         relations: RelationMemory | None = None,
+        kept: Specimens | None = None,
     ) -> None:
         self.read_original = read_original
         self.read_reduced = read_reduced
         self._specimens: dict[str, Specimen | None] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}  # reduced ones, as read
         self.relations: RelationMemory = relations if relations is not None else Relations()
+        self.kept = kept
 
     def _relate_all(self, pairs: list[tuple[Specimen, Specimen]]) -> dict[RelationKey, Finding]:
         """`relate` of each pair, found once per pair of specimens as read (a
@@ -906,11 +943,22 @@ class Examiner:
             if data is not None:
                 found = examine(sha256, data)
             elif self.read_reduced is not None:
-                reduced = self.read_reduced(sha256)
-                if reduced is not None:
-                    found = examine(sha256, reduced, full=False)
+                found = self.kept.get(sha256) if self.kept is not None else None
+                if found is None:
+                    reduced = self.read_reduced(sha256)
+                    if reduced is not None:
+                        found = examine(sha256, reduced, full=False)
+                if found is not None:
+                    self._sizes[sha256] = (found.width, found.height)
             self._specimens[sha256] = found
         return self._specimens[sha256]
+
+    def _keep(self, specimens: Iterable[Specimen | None]) -> None:
+        """The thumbnails' specimens, with what was found on them, for the next family."""
+        if self.kept is not None:
+            for spec in specimens:
+                if spec is not None and not spec.full:
+                    self.kept.put(spec, *self._sizes[spec.sha256])
 
     def family(
         self, shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None
@@ -967,4 +1015,5 @@ class Examiner:
                 found = Finding(parent, found.kind)
                 out.derived[b if parent == a else a] += 1
             out.findings[(a, b)] = found
+        self._keep(specimens.values())
         return out

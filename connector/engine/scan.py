@@ -26,6 +26,7 @@ from connector.core.provenance import (
     Finding,
     RelationKey,
     Relations,
+    Specimens,
     finding_from_json,
     finding_json,
     group_key,
@@ -255,18 +256,23 @@ def lineage_of(
     store: IndexStore,
     read_original: Callable[[str], bytes | None] | None = None,
     relations: Relations | None = None,
+    kept: Specimens | None = None,
 ) -> Lineage:
     """Which copy of a group is the original, from the images themselves: the
     original bytes where they can be read (folder scans, or through `read_original`),
     else the stored thumbnail. `relations`: findings kept from earlier calls
-    (a server's checks), so a group that grows relates only its new copies."""
+    (a server's checks), so a group that grows relates only its new copies;
+    `kept`: the thumbnails' specimens, kept likewise."""
 
     def thumbnail(sha256: str) -> bytes | None:
         found = store.fingerprint(sha256)
         return found.thumb if found is not None else None
 
     examiner = Examiner(
-        read_original or OriginalReader(store, {}), thumbnail, StoredRelations(store, relations)
+        read_original or OriginalReader(store, {}),
+        thumbnail,
+        StoredRelations(store, relations),
+        kept,
     )
 
     def family(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> Family:

@@ -19,7 +19,7 @@ import structlog
 from adapters.base import Adapter
 from connector.core.fingerprint import Fingerprint, ImageError
 from connector.core.index import AssetRow, IndexStore, ordered
-from connector.core.provenance import Relations
+from connector.core.provenance import Relations, Specimens
 from connector.core.settings import Settings
 from connector.core.store import open_store
 from connector.engine.component import Component, component_of
@@ -51,6 +51,7 @@ class Workbench:
         self.links = Links(self.adapters)
         self.index = LiveIndex()
         self.relations = Relations()  # lineage findings, kept from check to check
+        self.specimens = Specimens()  # and the thumbnails' specimens they were found on
         self._pool: Pool | None = None
         self._pool_lock = threading.Lock()
 
@@ -170,7 +171,7 @@ class Workbench:
             start,
             index.shape,
             self.settings,
-            lineage_of(store, OriginalReader(store, self.adapters), self.relations),
+            lineage_of(store, OriginalReader(store, self.adapters), self.relations, self.specimens),
         )
 
 

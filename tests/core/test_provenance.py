@@ -14,7 +14,15 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from connector.core import provenance
 from connector.core.fingerprint import sha256_hex
-from connector.core.provenance import Examiner, Finding, Relations, Specimen, examine, relate
+from connector.core.provenance import (
+    Examiner,
+    Finding,
+    Relations,
+    Specimen,
+    Specimens,
+    examine,
+    relate,
+)
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -381,3 +389,53 @@ def test_a_group_with_padded_and_cropped_copies_has_the_original_as_its_only_roo
         family = Examiner(by_sha.get).family(sorted(by_sha), {})
         roots = [sha for sha, count in family.derived.items() if count == 0]
         assert roots == [sha256_hex(original)], (name, family.findings)
+
+
+def test_thumbnails_specimens_are_kept_between_families(
+    families: dict[str, dict[str, bytes]],
+) -> None:
+    """A server meets one group again and again: the specimens of copies known
+    only by their thumbnails are read once, each family still gets its own
+    sizes, and the answer is the one found afresh."""
+    copies = families["coffee"]
+    thumbs = {sha256_hex(data): _thumbnail(data) for data in copies.values()}
+    members = sorted(thumbs)
+    sizes = {sha: (4000 + n, 3000 + n) for n, sha in enumerate(members)}
+    reads: list[str] = []
+
+    def reduced(sha: str) -> bytes | None:
+        reads.append(sha)
+        return thumbs.get(sha)
+
+    kept = Specimens()
+    first = Examiner(lambda sha: None, reduced, kept=kept).family(members, sizes)
+    assert sorted(reads) == members
+    reads.clear()
+    again = Examiner(lambda sha: None, reduced, kept=kept).family(members, sizes)
+    assert reads == [], "every thumbnail's specimen was kept"
+    afresh = Examiner(lambda sha: None, thumbs.get).family(members, sizes)
+    assert again.derived == first.derived == afresh.derived
+    assert again.findings == afresh.findings
+    other = {sha: (width * 2, height * 2) for sha, (width, height) in sizes.items()}
+    examiner = Examiner(lambda sha: None, reduced, kept=kept)
+    examiner.family(members, other)
+    assert all(
+        (spec.width, spec.height) == other[sha] for sha, spec in examiner._specimens.items() if spec
+    )
+    assert reads == []
+    unsized = Examiner(lambda sha: None, reduced, kept=kept)
+    unsized.family(members[:1], {})
+    spec = unsized._specimens[members[0]]
+    assert (
+        spec is not None
+        and (spec.width, spec.height) == Image.open(io.BytesIO(thumbs[members[0]])).size
+    ), "a kept specimen comes back with its own size, not the last family's"
+
+
+def _thumbnail(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        image.thumbnail((384, 384))
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=90)
+    return out.getvalue()
