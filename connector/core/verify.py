@@ -728,11 +728,17 @@ def _match_tones(
 
 def _clipped_share(img: U8, valid: npt.NDArray[np.bool_]) -> float:
     """Share of the values over ``valid`` at 0 or 255, within TONE_CLIP_LEVEL."""
-    values = img[valid]
-    if values.size == 0:
+    mask = valid.astype(np.uint8)
+    channels = img.shape[2] if img.ndim == 3 else 1
+    total = int(np.count_nonzero(mask)) * channels
+    if total == 0:
         return 0.0
-    low, high = TONE_CLIP_LEVEL, 255.0 - TONE_CLIP_LEVEL
-    return float(np.mean((values <= low) | (values >= high)))
+    low, high = int(TONE_CLIP_LEVEL), math.ceil(255.0 - TONE_CLIP_LEVEL)
+    clipped = 0
+    for c in range(channels):  # counted by histogram: no copy of the values
+        hist = cv2.calcHist([img], [c], mask, [256], [0, 256])
+        clipped += int(hist[: low + 1].sum()) + int(hist[high:].sum())
+    return clipped / total
 
 
 def _block_sums(x: F32, bs: int) -> F64:
