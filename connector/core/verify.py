@@ -31,7 +31,10 @@ uses a fixed seed and nothing else is random.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -455,7 +458,38 @@ def _gray(img: U8) -> U8:
 
 def _feature_transform(ga: U8, gb: U8) -> tuple[Mat3 | None, int]:
     """Similarity A->B (pixel coords of ga/gb) from ORB matches, and inlier count."""
-    return _matched_transform(features(ga), features(gb))
+    return _matched_transform(_RECENT.features(ga), _RECENT.features(gb))
+
+
+class _RecentFeatures:
+    """The features of the last few images aligned, by their content: one
+    image is checked against its ten candidates in a row (a webhook check, a
+    burst), and ORB finds the same features in the same pixels every time."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._found: OrderedDict[tuple[bytes, tuple[int, ...]], Features] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def features(self, grey: U8) -> Features:
+        key = (
+            hashlib.blake2b(np.ascontiguousarray(grey).data, digest_size=16).digest(),
+            grey.shape,
+        )
+        with self._lock:
+            found = self._found.get(key)
+            if found is not None:
+                self._found.move_to_end(key)
+                return found
+        found = features(grey)
+        with self._lock:
+            self._found[key] = found
+            while len(self._found) > self.size:
+                self._found.popitem(last=False)
+        return found
+
+
+_RECENT = _RecentFeatures(32)
 
 
 def _matched_transform(a: Features, b: Features) -> tuple[Mat3 | None, int]:

@@ -517,3 +517,33 @@ def test_a_brightened_copy_with_clipped_sky_passes_in_either_order() -> None:
     forward, backward = verify_pair(a, b), verify_pair(b, a)
     assert forward.passed, forward.reason
     assert backward.passed, backward.reason
+
+
+def test_one_image_checked_against_several_finds_its_features_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A webhook check sends one image against its ten candidates: its ORB
+    features are found once, and every answer is the one found afresh."""
+    from connector.core import verify
+
+    base = photo("coffee.png")
+    query = thumb(base)
+    others = [
+        thumb(reencode(base, "JPEG", quality=60)),
+        thumb(watermark(base)),
+        thumb(crop(base, 0.05, 0.0, 0.0, 0.05)),
+    ]
+    monkeypatch.setattr(verify, "_RECENT", verify._RecentFeatures(0))  # keeps nothing
+    fresh = [verify_pair_detailed(query, other) for other in others]
+    calls: list[tuple[int, ...]] = []
+    real = verify.features
+
+    def counted(grey: np.ndarray) -> verify.Features:
+        calls.append(grey.shape)
+        return real(grey)
+
+    monkeypatch.setattr(verify, "features", counted)
+    monkeypatch.setattr(verify, "_RECENT", verify._RecentFeatures(32))
+    again = [verify_pair_detailed(query, other) for other in others]
+    assert [repr(x) for x in again] == [repr(x) for x in fresh]
+    assert len(calls) == 1 + len(others), calls
