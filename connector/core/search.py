@@ -67,7 +67,7 @@ _RANGES_PER_CHUNK = 32
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _jit(fn: _F) -> _F:
+def jit(fn: _F) -> _F:
     # nogil so the thread pool runs kernels on all cores; cache so the compile
     # (seconds) is paid once per install, not on every small scan.
     return cast(_F, numba.njit(cache=True, nogil=True)(fn))
@@ -202,7 +202,7 @@ def _plan(n: int, radius: int, join: bool) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- kernels
 
 
-@_jit
+@jit
 def _bit_ones(codes: U64Array) -> I64Array:
     ones = np.zeros(64, dtype=np.int64)
     for x in codes:
@@ -211,7 +211,7 @@ def _bit_ones(codes: U64Array) -> I64Array:
     return ones
 
 
-@_jit
+@jit
 def _permute(codes: U64Array, source_bit: I64Array) -> U64Array:
     out = np.empty_like(codes)
     for i in range(codes.shape[0]):
@@ -223,7 +223,7 @@ def _permute(codes: U64Array, source_bit: I64Array) -> U64Array:
     return out
 
 
-@_jit
+@jit
 def _join_range(
     sorted_codes: U64Array,
     order: I32Array,
@@ -284,7 +284,7 @@ def _join_range(
     return written, stop
 
 
-@_jit
+@jit
 def _query_kernel(
     code: np.uint64,
     radius: int,
@@ -339,7 +339,7 @@ def _query_kernel(
     return found
 
 
-@_jit
+@jit
 def _count_rows(
     pair_i: I32Array, pair_j: I32Array, group_start: I64Array, members: I64Array, rows: I64Array
 ) -> None:
@@ -351,7 +351,7 @@ def _count_rows(
                 rows[min(members[x], members[y]) + 1] += 1
 
 
-@_jit
+@jit
 def _fill_rows(
     pair_i: I32Array,
     pair_j: I32Array,
@@ -374,7 +374,7 @@ def _fill_rows(
                 cursor[i] = k + 1
 
 
-@_jit
+@jit
 def _count_copies(group_start: I64Array, members: I64Array, rows: I64Array) -> None:
     for g in range(group_start.shape[0] - 1):
         first = group_start[g]
@@ -383,7 +383,7 @@ def _count_copies(group_start: I64Array, members: I64Array, rows: I64Array) -> N
             rows[members[first + k] + 1] += size - 1 - k
 
 
-@_jit
+@jit
 def _fill_copies(group_start: I64Array, members: I64Array, cursor: I64Array, out: I64Array) -> None:
     for g in range(group_start.shape[0] - 1):
         for x in range(group_start[g], group_start[g + 1]):
@@ -396,7 +396,7 @@ def _fill_copies(group_start: I64Array, members: I64Array, cursor: I64Array, out
                 cursor[i] = k + 1
 
 
-@_jit
+@jit
 def _sort_rows(row_start: I64Array, out: I64Array) -> None:
     for i in range(row_start.shape[0] - 1):
         lo = row_start[i]

@@ -8,30 +8,22 @@ arrays and a pool-adjacent-violators loop in Python. The same arithmetic in
 the same order, compiled: every sum before a division is a sum of whole
 counts (exact in float64 in any order), the rest is done step by step as
 NumPy did it, so the curves are the same to the last bit (a test compares
-them with the NumPy reference in tests/core/test_verify.py).
+them with the NumPy reference in tests/core/test_tones.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
-
-import numba
 import numpy as np
 import numpy.typing as npt
+
+from connector.core.search import jit
 
 __all__ = ["tone_curve"]
 
 F64 = npt.NDArray[np.float64]
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _jit(fn: _F) -> _F:
-    # cache: compiled once per install, not in every worker process
-    return cast(_F, numba.njit(cache=True, nogil=True)(fn))
-
-
-@_jit
+@jit
 def _isotonic(y: F64, wt: F64) -> F64:  # pragma: no cover - compiled
     """Weighted least-squares non-decreasing fit (pool adjacent violators)."""
     n = y.shape[0]
@@ -61,7 +53,7 @@ def _isotonic(y: F64, wt: F64) -> F64:  # pragma: no cover - compiled
     return out
 
 
-@_jit
+@jit
 def _monotone_fit(
     bx: F64, by: F64, wt: F64, clip_level: float, min_slope: float
 ) -> F64:  # pragma: no cover - compiled
@@ -80,7 +72,7 @@ def _monotone_fit(
     return fit + offset
 
 
-@_jit
+@jit
 def _binned(joint: F64, bins: int) -> tuple[F64, F64, F64]:  # pragma: no cover - compiled
     """The used source bins: their mean level, their count, and their rows of
     the joint histogram summed."""
@@ -110,7 +102,7 @@ def _binned(joint: F64, bins: int) -> tuple[F64, F64, F64]:  # pragma: no cover 
     return bxs[:n].copy(), bc[:n].copy(), jb
 
 
-@_jit
+@jit
 def _medians(jb: F64) -> F64:  # pragma: no cover - compiled
     """Each bin's conditional median: a minority of edited pixels in a bin
     (white caption text among white highlights) cannot move it."""
@@ -127,7 +119,7 @@ def _medians(jb: F64) -> F64:  # pragma: no cover - compiled
     return by
 
 
-@_jit
+@jit
 def _extended(bx: F64, fit: F64, min_slope: float) -> F64:  # pragma: no cover - compiled
     """All 256 levels from binned points; beyond them rise at the least slope."""
     n = bx.shape[0]
@@ -145,7 +137,7 @@ def _extended(bx: F64, fit: F64, min_slope: float) -> F64:  # pragma: no cover -
     return curve
 
 
-@_jit
+@jit
 def tone_curve(
     joint: F64, bins: int, steps: F64, clip_level: float, min_slope: float
 ) -> F64:  # pragma: no cover - compiled
