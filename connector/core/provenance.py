@@ -35,7 +35,6 @@ import json
 import math
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,7 +46,7 @@ from PIL import Image, JpegImagePlugin
 
 from connector.core.capture import read_capture_facts
 from connector.core.fingerprint import FORMATS_ORIGINAL
-from connector.core.verify import Features, features, similarity
+from connector.core.verify import Features, Recent, features, similarity
 
 # Long side of the reduced decode that borders and clipping are judged on.
 LOOK_SIDE = 768
@@ -886,27 +885,19 @@ class Specimens:
     on it)."""
 
     def __init__(self, limit: int = 256) -> None:
-        self.limit = limit
-        self._kept: OrderedDict[str, tuple[Specimen, int, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._kept: Recent[str, tuple[Specimen, int, int]] = Recent(limit)
 
     def get(self, sha256: str) -> Specimen | None:
-        with self._lock:
-            entry = self._kept.get(sha256)
-            if entry is None:
-                return None
-            self._kept.move_to_end(sha256)
+        entry = self._kept.get(sha256)
+        if entry is None:
+            return None
         spec, width, height = entry
         mine = copy.copy(spec)
         mine.width, mine.height = width, height
         return mine
 
     def put(self, spec: Specimen, width: int, height: int) -> None:
-        with self._lock:
-            self._kept[spec.sha256] = (copy.copy(spec), width, height)
-            self._kept.move_to_end(spec.sha256)
-            while len(self._kept) > self.limit:
-                self._kept.popitem(last=False)
+        self._kept.put(spec.sha256, (copy.copy(spec), width, height))
 
 
 class Examiner:

@@ -35,8 +35,9 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import cv2
 import numpy as np
@@ -461,31 +462,51 @@ def _feature_transform(ga: U8, gb: U8) -> tuple[Mat3 | None, int]:
     return _matched_transform(_RECENT.features(ga), _RECENT.features(gb))
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Recent(Generic[K, V]):
+    """The last `size` values by key, least recently used first out;
+    thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            found = self._kept.get(key)
+            if found is not None:
+                self._kept.move_to_end(key)
+            return found
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._kept[key] = value
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+
+
 class _RecentFeatures:
     """The features of the last few images aligned, by their content: one
     image is checked against its ten candidates in a row (a webhook check, a
     burst), and ORB finds the same features in the same pixels every time."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self._found: OrderedDict[tuple[bytes, tuple[int, ...]], Features] = OrderedDict()
-        self._lock = threading.Lock()
+        self._found: Recent[tuple[bytes, tuple[int, ...]], Features] = Recent(size)
 
     def features(self, grey: U8) -> Features:
         key = (
             hashlib.blake2b(np.ascontiguousarray(grey).data, digest_size=16).digest(),
             grey.shape,
         )
-        with self._lock:
-            found = self._found.get(key)
-            if found is not None:
-                self._found.move_to_end(key)
-                return found
-        found = features(grey)
-        with self._lock:
-            self._found[key] = found
-            while len(self._found) > self.size:
-                self._found.popitem(last=False)
+        found = self._found.get(key)
+        if found is None:
+            found = features(grey)
+            self._found.put(key, found)
         return found
 
 
