@@ -39,7 +39,10 @@ as much again. What the other unit holds:
   checked (the worst case: the checks and the sync work on the same groups).
 
 When connector/webhooks.py exists, the same is measured through HTTP as
-well: a signed `POST /hooks/museum` (202), the check's record polled every
+well, from a fresh copy of the same index with the very same uploads (new
+asset ids) and a sync beside of its own, so that the two differ by HTTP
+alone (before, the HTTP checks ran second, into groups the first ones had
+grown): a signed `POST /hooks/museum` (202), the check's record polled every
 20 ms until its verdict is stored (the server runs in this process: polling
 it every 5 ms took a share of its CPU; 20 ms adds at most that much to a time);
 and `POST /api/lookup` uploads.
@@ -231,18 +234,13 @@ def mirrored(path: Path) -> bytes:
     return out.getvalue()
 
 
-def uploads_http(count: int, rng: random.Random) -> list[bytes]:
-    chosen = [rng.choice(photo_paths()) for _ in range(count)]
-    return [upscaled(path, 2000, quality=88, grain=2.0) for path in chosen]
-
-
 def measure_http(
     checker: Checker,
     server: Any,
     settings: Settings,
     db: Path,
-    uploads: list[bytes],
-    rng: random.Random,
+    ids: list[str],
+    lookup_files: list[Path],
 ) -> tuple[list[float], list[float]]:
     """The same through `damdup serve`'s routes (connector/webhooks.py): a
     signed notification answered 202, then the check's record polled until
@@ -264,7 +262,6 @@ def measure_http(
     notified: list[float] = []
     looked: list[float] = []
     try:
-        ids = [server.add(f"http-{n}.jpg", data, None) for n, data in enumerate(uploads)]
         for asset_id in ids:
             body = json.dumps({"asset_id": asset_id, "event": "created"}).encode()
             stamp = str(int(time.time()))
@@ -286,7 +283,7 @@ def measure_http(
                 time.sleep(POLL_S)
             notified.append(time.perf_counter() - started)
             assert record["status"] == "done", record
-        for path in [rng.choice(photo_paths()) for _ in range(len(uploads))]:
+        for path in lookup_files:
             started = time.perf_counter()
             reply = session.post(
                 f"{base}/api/lookup",
@@ -533,6 +530,60 @@ class SyncBeside:
             self.rounds += 1
 
 
+class Phase:
+    """One measured phase: a fresh copy of the cached index, a Checker on it
+    as `damdup serve` holds one, and the sync beside it when asked for."""
+
+    def __init__(
+        self,
+        cached: Path,
+        db: Path,
+        adapter: Any,
+        settings: Settings,
+        beside: str | None,
+    ) -> None:
+        for path in db.parent.glob(db.name + "*"):  # the index, its WAL, its unit locks
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        shutil.copyfile(cached, db)  # every phase starts from the same index
+        self.db = db
+        self.checker = Checker(db, settings, {"museum": adapter}, {"museum": False})
+        self.store = open_store(db, create=False)
+        self.beside = SyncBeside(db, beside) if beside else None
+        self.roles: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._sidecar = contextlib.ExitStack()
+
+    def __enter__(self) -> Phase:
+        if self.beside is not None:
+            self._sidecar.enter_context(self.beside)
+            time.sleep(3)  # its scan under way before the first check
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sidecar.close()
+        self.checker.close()
+        self.store.close()
+
+    def notify(self, asset_id: str) -> float:
+        """One check in process, timed from the notification accepted to the
+        verdict stored."""
+        own = open_store(self.db, create=False)
+        try:
+            started = time.perf_counter()
+            check_id = own.start_check("museum", asset_id, "bench")
+            verdict = self.checker.check("museum", asset_id, check_id)
+            elapsed = time.perf_counter() - started
+        finally:
+            own.close()
+        with self._lock:
+            key = verdict.get("role") or f"error: {verdict.get('error')}"
+            self.roles[key] = self.roles.get(key, 0) + 1
+        return elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--assets", type=int, default=100_000)
@@ -565,85 +616,65 @@ def main() -> int:
             f"would in {built['clustered_s']:.1f} s ({built['clusters']} clusters)",
             file=sys.stderr,
         )
-    for path in db.parent.glob(db.name + "*"):  # the index, its WAL, its unit locks
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    shutil.copyfile(cached, db)  # every run starts from the same index
-
     server = start_harness("drupal")
     try:
         adapter = server.adapter()
         settings = Settings(db=db, workers=2)
-        checker = Checker(db, settings, {"museum": adapter}, {"museum": False})
         rng = random.Random(SEED)
         chosen = [rng.choice(photo_paths()) for _ in range(args.notifications + 1)]
         uploads = [upscaled(path, 2000, quality=90, grain=2.0) for path in chosen]
-        ids = [server.add(f"upload-{n}.jpg", data, None) for n, data in enumerate(uploads)]
-
-        store = open_store(db, create=True)
-        lock = threading.Lock()
-        roles: dict[str, int] = {}
-
-        def notify(asset_id: str) -> float:
-            own = open_store(db, create=False)
-            try:
-                started = time.perf_counter()
-                check_id = own.start_check("museum", asset_id, "bench")
-                verdict = checker.check("museum", asset_id, check_id)
-                elapsed = time.perf_counter() - started
-            finally:
-                own.close()
-            with lock:
-                key = verdict.get("role") or f"error: {verdict.get('error')}"
-                roles[key] = roles.get(key, 0) + 1
-            return elapsed
-
-        beside = SyncBeside(db, args.sync_beside) if args.sync_beside else None
-        sidecar = contextlib.ExitStack()
-        if beside is not None:
-            sidecar.enter_context(beside)
-            time.sleep(3)  # its scan under way before the first check
-        started = time.perf_counter()
-        checker.warm()  # what `damdup serve` does at start
-        cold = time.perf_counter() - started
-        first = notify(ids[0])
-        if args.threads > 1:
-            with ThreadPoolExecutor(args.threads) as pool:
-                warm = list(pool.map(notify, ids[1:]))
-        else:
-            warm = [notify(asset_id) for asset_id in ids[1:]]
-        stored = [row for row in store.checks(limit=10_000) if row.finished_at is not None]
-        assert len(stored) == len(ids), "every notification has its verdict stored"
-
-        looked: list[float] = []
-        lookup_matches = 0
         lookup_files = [rng.choice(photo_paths()) for _ in range(args.lookups)]
-        lookup_data = [
-            upscaled(path, 1200, quality=85) if n % 2 else path.read_bytes()
-            for n, path in enumerate(lookup_files)
-        ]
-        for data in lookup_data:
+        # In process first, then the very same uploads over HTTP (new asset
+        # ids), each from a fresh copy of the index with its own sync beside:
+        # the two differ by HTTP alone, not by groups the first grew.
+        run = Phase(cached, db, adapter, settings, args.sync_beside)
+        with run:
+            ids = [server.add(f"upload-{n}.jpg", data, None) for n, data in enumerate(uploads)]
             started = time.perf_counter()
-            answer = checker.lookup(data=data)
-            looked.append(time.perf_counter() - started)
-            lookup_matches += bool(answer["match"])
+            run.checker.warm()  # what `damdup serve` does at start
+            cold = time.perf_counter() - started
+            first = run.notify(ids[0])
+            if args.threads > 1:
+                with ThreadPoolExecutor(args.threads) as pool:
+                    warm = list(pool.map(run.notify, ids[1:]))
+            else:
+                warm = [run.notify(asset_id) for asset_id in ids[1:]]
+            stored = [row for row in run.store.checks(limit=10_000) if row.finished_at is not None]
+            assert len(stored) == len(ids), "every notification has its verdict stored"
 
-        # Peers: the candidate search alone, on the Checker's own structure.
-        peers = measure_peers(
-            checker.index.current(store), query_fingerprints(store, ids, lookup_data)
-        )
+            looked: list[float] = []
+            lookup_matches = 0
+            lookup_data = [
+                upscaled(path, 1200, quality=85) if n % 2 else path.read_bytes()
+                for n, path in enumerate(lookup_files)
+            ]
+            for data in lookup_data:
+                started = time.perf_counter()
+                answer = run.checker.lookup(data=data)
+                looked.append(time.perf_counter() - started)
+                lookup_matches += bool(answer["match"])
+
+            # Peers: the candidate search alone, on the Checker's own structure.
+            peers = measure_peers(
+                run.checker.index.current(run.store),
+                query_fingerprints(run.store, ids, lookup_data),
+            )
+        roles = run.roles
+        beside = run.beside
         over_http: list[float] = []
         http_lookups: list[float] = []
         if webhooks is not None:
-            over_http, http_lookups = measure_http(
-                checker, server, settings, db, uploads_http(args.notifications, rng), rng
-            )
-
-        sidecar.close()
-        checker.close()
-        store.close()
+            http_run = Phase(cached, db, adapter, settings, args.sync_beside)
+            with http_run:
+                http_ids = [
+                    server.add(f"http-{n}.jpg", data, None) for n, data in enumerate(uploads[1:])
+                ]
+                http_run.checker.warm()
+                over_http, http_lookups = measure_http(
+                    http_run.checker, server, settings, db, http_ids, lookup_files
+                )
+            if http_run.beside is not None and http_run.beside.failures:
+                raise SystemExit(f"the sync beside failed: {http_run.beside.failures[0]}")
     finally:
         server.close()
 
