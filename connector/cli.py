@@ -57,6 +57,7 @@ from connector.engine.scan import (
     sync_and_match,
     unit_figures,
 )
+from connector.engine.settle import MatchStats
 from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
@@ -226,6 +227,16 @@ def open_store(ctx: Context, create: bool = False) -> IndexStore:
 # -- commands ----------------------------------------------------------------
 
 
+def candidate_pairs(stats: MatchStats) -> str:
+    """What the match searched, in words: the whole index, or what changed."""
+    if stats.searched == "queued":
+        return (
+            f"{stats.candidates} candidate pairs of {stats.fingerprints} new or changed "
+            "images (searched against the whole index)"
+        )
+    return f"{stats.candidates} candidate pairs in the whole index"
+
+
 def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
     settings = ctx.settings
     root = Path(args.path)
@@ -258,6 +269,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
             "errors": result.errors,
             "failed_units": result.failed_units,
             "candidates": result.match.candidates,
+            "searched": result.match.searched,
             "pairs_checked": result.match.evaluated,
             "db": str(settings.db),
         }
@@ -270,7 +282,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
             out.print(
                 f"{unit}: {sync.listed} files listed, {sync.fingerprinted} fingerprinted, "
                 f"{sync.unchanged} unchanged, {sync.reused} known content, "
-                f"{sync.retired} gone; {result.match.candidates} candidate pairs, "
+                f"{sync.retired} gone; {candidate_pairs(result.match)}, "
                 f"{result.match.evaluated} newly checked; index {settings.db}"
             )
             if result.errors:
@@ -327,6 +339,7 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             "busy_units": busy,
             "errors": result.errors,
             "candidates": result.match.candidates,
+            "searched": result.match.searched,
             "pairs_checked": result.match.evaluated,
             "originals_read": result.match.originals_read,
             "originals_bytes": result.match.originals_bytes,
@@ -365,7 +378,7 @@ def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit
     for unit, reason in result.failed_units.items():
         err.print(f"{unit}: sync stopped: {reason}", style="red")
     out.print(
-        f"{result.match.candidates} candidate pairs, {result.match.evaluated} newly checked; "
+        f"{candidate_pairs(result.match)}, {result.match.evaluated} newly checked; "
         f"{clusters} duplicate clusters, {cross_unit} across units; index {settings.db}"
     )
     if result.errors:

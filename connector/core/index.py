@@ -344,6 +344,33 @@ MIGRATIONS: list[str] = [
         finding TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 11: the contents a match has still to search, queued by triggers
+    # whenever an asset becomes live with a content (new, changed, back
+    # again) or a fingerprint is saved (a newer recipe), and when a flat
+    # image gets its full-pixel digest (flat images pair by digests alone; for
+    # the others the same pixels give the same codes): a sync's match searches
+    # those against the index instead of searching the whole index again. '*'
+    # asks for the whole index (an index made or migrated before the queue
+    # existed may hold unsearched contents).
+    """
+    CREATE TABLE match_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256 TEXT NOT NULL
+    );
+    INSERT INTO match_queue(sha256) VALUES ('*');
+    CREATE TRIGGER assets_match_inserted AFTER INSERT ON assets
+        WHEN NEW.live = 1 AND NEW.sha256 IS NOT NULL
+        BEGIN INSERT INTO match_queue(sha256) VALUES (NEW.sha256); END;
+    CREATE TRIGGER assets_match_updated AFTER UPDATE OF sha256, live ON assets
+        WHEN NEW.live = 1 AND NEW.sha256 IS NOT NULL
+            AND (OLD.live = 0 OR OLD.sha256 IS NOT NEW.sha256)
+        BEGIN INSERT INTO match_queue(sha256) VALUES (NEW.sha256); END;
+    CREATE TRIGGER fingerprints_match_inserted AFTER INSERT ON fingerprints
+        BEGIN INSERT INTO match_queue(sha256) VALUES (NEW.sha256); END;
+    CREATE TRIGGER fingerprints_match_digest AFTER UPDATE OF pixel_digest ON fingerprints
+        WHEN NEW.flat = 1 AND NEW.pixel_digest IS NOT OLD.pixel_digest
+        BEGIN INSERT INTO match_queue(sha256) VALUES (NEW.sha256); END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -417,6 +444,33 @@ class ListingState:
     run: int | None
     full_listing: bool
     watermark: str | None
+
+
+@dataclass(frozen=True)
+class MatchQueue:
+    """Contents a match has still to search against the index: those of
+    assets that became live (new, changed content, back again) since the
+    last match that completed. `everything`: the whole index is to be
+    searched (a new or migrated index). `seqs`: the queue's rows read, for
+    `clear_match_queue` once the match has saved every pair."""
+
+    seqs: tuple[int, ...]
+    contents: frozenset[str]
+    everything: bool
+
+
+def queue_of(rows: Iterable[Sequence[Any]]) -> MatchQueue:
+    """The queue from its rows (seq, sha256); '*' asks for the whole index."""
+    seqs: list[int] = []
+    contents: set[str] = set()
+    everything = False
+    for seq, sha256 in rows:
+        seqs.append(int(seq))
+        if sha256 == "*":
+            everything = True
+        else:
+            contents.add(str(sha256))
+    return MatchQueue(tuple(seqs), frozenset(contents), everything)
 
 
 class IndexStore(ABC):
@@ -559,6 +613,14 @@ class IndexStore(ABC):
 
     @abstractmethod
     def save_relations(self, found: Mapping[str, str]) -> None: ...
+
+    @abstractmethod
+    def match_queue(self) -> MatchQueue:
+        """What the next match has to search (kept by triggers on assets)."""
+
+    @abstractmethod
+    def clear_match_queue(self, seqs: Sequence[int]) -> None:
+        """Drop the queue rows a completed match read; rows queued since stay."""
 
     @abstractmethod
     def changes(self) -> str:
@@ -1243,6 +1305,17 @@ class SQLiteStore(IndexStore):
             return
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO relations VALUES (?, ?)", found.items())
+
+    def match_queue(self) -> MatchQueue:
+        return queue_of(self.db.execute("SELECT seq, sha256 FROM match_queue").fetchall())
+
+    def clear_match_queue(self, seqs: Sequence[int]) -> None:
+        listed = list(seqs)
+        with self._transaction() as db:
+            for start in range(0, len(listed), 500):
+                chunk = listed[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM match_queue WHERE seq IN ({marks})", chunk)
 
     def changes(self) -> str:
         row = self.db.execute("SELECT n FROM changes").fetchone()

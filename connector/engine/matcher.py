@@ -19,10 +19,11 @@ import structlog
 
 from connector.core.columns import Digests, FingerprintColumns
 from connector.core.fingerprint import RECIPE, Fingerprint
-from connector.core.index import IndexStore, PairRow, ordered
+from connector.core.index import IndexStore, MatchQueue, PairRow, ordered
 from connector.core.search import pairs_within
 from connector.core.tiers import CANDIDATE_RADIUS, Evidence, Verdict, place
 from connector.engine.ingest import describe_error
+from connector.engine.memindex import MatchIndex
 from connector.engine.originals import ReadsOriginals
 from connector.engine.pool import Jobs, Outcome, Pool
 from connector.engine.settle import (
@@ -43,6 +44,10 @@ SAVE_BATCH = 200
 # Pairs settled per round: the fingerprints a round loads (each with its
 # thumbnail, ~25 KB) are held until it ends, not for the whole match.
 SETTLE_BATCH = 5_000
+# Past this share of the index's fingerprints queued (a first scan, a large
+# migration) the whole index is searched against itself: one join costs less
+# than that many single searches.
+WHOLE_SEARCH_SHARE = 0.2
 
 I64 = npt.NDArray[np.int64]
 
@@ -111,13 +116,30 @@ def match(
     max_pixels: int,
     progress: Callable[[int, int | None], None] | None = None,
 ) -> MatchStats:
+    """Settle every candidate pair not settled yet. The contents queued since
+    the last completed match (`IndexStore.match_queue`: assets new, changed
+    or back) are searched against the whole index; the whole index is
+    searched against itself when the queue asks for it or holds more than
+    WHOLE_SEARCH_SHARE of the index. Either way every candidate pair among
+    live contents is found: the queue holds every content that became live
+    since the last search, and is cleared only once every pair is saved."""
     stats = MatchStats()
-    columns = store.fingerprint_columns(RECIPE)
-    stats.fingerprints = len(columns)
-    candidates = find_candidates(columns)
-    del columns
+    queue = store.match_queue()
+    queued = None if queue.everything else _queued_candidates(store, queue)
+    if queued is None:
+        columns = store.fingerprint_columns(RECIPE)
+        stats.fingerprints = len(columns)
+        candidates = find_candidates(columns)
+        del columns
+        done = store.evaluated_pairs(RECIPE)
+    else:
+        stats.fingerprints, candidates = queued
+        done = {
+            (pair.sha_a, pair.sha_b)
+            for pair in store.pairs_touching({sha for pair in candidates for sha in pair}, RECIPE)
+        }
+    stats.searched = "whole index" if queued is None else "queued"
     stats.candidates = len(candidates)
-    done = store.evaluated_pairs(RECIPE)
     todo = sorted(pair for pair in candidates if pair not in done)
     del done
     stats.cached = len(candidates) - len(todo)
@@ -151,7 +173,44 @@ def match(
                 progress(stats.evaluated, len(todo))
         cache.clear()
     store.save_pairs(settled, RECIPE)
+    store.clear_match_queue(queue.seqs)
     return stats
+
+
+def _queued_candidates(
+    store: IndexStore, queue: MatchQueue
+) -> tuple[int, dict[tuple[str, str], tuple[int, int]]] | None:
+    """The candidate pairs of the queued contents that are live, each searched
+    against every fingerprint of the index (as a webhook check searches one),
+    with their distances; None where the queue is too large a share of the
+    index for that to pay (search the whole index instead)."""
+    if not queue.contents:
+        return 0, {}
+    if len(queue.contents) > WHOLE_SEARCH_SHARE * max(store.fingerprint_watermark(), 1):
+        return None
+    live = {asset.sha256 for asset in store.live_assets_with(queue.contents) if asset.sha256}
+    queries = store.fingerprint_columns_of(RECIPE, sorted(live & queue.contents))
+    if not len(queries):
+        return 0, {}
+    index = MatchIndex(store.fingerprint_columns(RECIPE, after=0), store.fingerprint_watermark())
+    found: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in range(len(queries)):
+        sha256 = queries.sha(row)
+        for candidate in index.candidates_at(queries, row):
+            found.setdefault(
+                ordered(sha256, candidate.sha256),
+                (candidate.phash_distance, candidate.dhash_distance),
+            )
+    # The search structure holds every fingerprint saved: those of contents
+    # no live asset holds are nobody's duplicates (the whole-index search
+    # reads live ones only).
+    others = {sha for pair in found for sha in pair} - live
+    held = {asset.sha256 for asset in store.live_assets_with(others) if asset.sha256}
+    return len(queries), {
+        pair: distances
+        for pair, distances in found.items()
+        if all(sha in live or sha in held for sha in pair)
+    }
 
 
 def explain_pair(

@@ -10,7 +10,7 @@ folded into a rebuild once it grows.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ class MatchIndex:
         self.watermark = watermark
         self.hash_indexes = {kind: self._build(kind) for kind in ("phash", "dhash")}
         self.payloads = columns.payload_digest.lookup()
+        self._pixel_lookup: Mapping[str, npt.NDArray[np.int64]] | None = None
         # Full-pixel digests computed since the build, by owner.
         self.pixel_digests: dict[int, str] = {}
         # Fingerprints added since the build: their columns, positions by
@@ -134,6 +135,7 @@ class MatchIndex:
             self._side_parts.append(added)
             self._side_table = None
             self._side_arrays.clear()
+            self._pixel_lookup = None
         self.watermark = max(self.watermark, watermark)
 
     def add_rows(self, rows: Iterable[dict[str, Any]], watermark: int) -> None:
@@ -173,9 +175,47 @@ class MatchIndex:
     def candidates(self, fingerprint: Fingerprint) -> list[Candidate]:
         """Other contents within the candidate radius on pHash or dHash, or with
         the same payload digest; each with both distances."""
-        owners: set[int] = set()
         query = {kind: fingerprint.codes(kind) for kind in ("phash", "dhash")}
-        if not fingerprint.flat:
+        return self._near(fingerprint.sha256, query, fingerprint.flat, fingerprint.payload_digest)
+
+    def candidates_at(self, table: FingerprintColumns, row: int) -> list[Candidate]:
+        """`candidates` of a fingerprint given as a row of columns, and also
+        the contents with the same full-pixel digest (as
+        `matcher.find_candidates` pairs them)."""
+        query = {kind: table.codes(row, kind) for kind in ("phash", "dhash")}
+        near = self._near(
+            table.sha(row), query, bool(table.flat[row]), table.payload_digest.get(row)
+        )
+        digest = table.pixel_digest.get(row)
+        if digest is None:
+            return near
+        if self._pixel_lookup is None:
+            self._pixel_lookup = self.columns().pixel_digest.lookup()
+        found = {candidate.sha256 for candidate in near} | {table.sha(row)}
+        same = self._pixel_lookup.get(digest)
+        for owner in same.tolist() if same is not None else ():
+            other, at = self._at(owner)
+            sha256 = other.sha(at)
+            if sha256 not in found:
+                found.add(sha256)
+                near.append(
+                    Candidate(
+                        sha256,
+                        _distance(query["phash"], other.codes(at, "phash")),
+                        _distance(query["dhash"], other.codes(at, "dhash")),
+                    )
+                )
+        return near
+
+    def _near(
+        self,
+        sha256: str,
+        query: dict[str, tuple[int, ...]],
+        flat: bool,
+        payload_digest: str | None,
+    ) -> list[Candidate]:
+        owners: set[int] = set()
+        if not flat:
             for kind, codes in query.items():
                 index = self.hash_indexes[kind]
                 for code in codes:
@@ -185,20 +225,20 @@ class MatchIndex:
                     for code in codes:
                         near = np.bitwise_count(side_codes ^ np.uint64(code)) <= CANDIDATE_RADIUS
                         owners.update(side_owners[near].tolist())
-        if fingerprint.payload_digest is not None:
-            same = self.payloads.get(fingerprint.payload_digest)
+        if payload_digest is not None:
+            same = self.payloads.get(payload_digest)
             if same is not None:
                 owners.update(int(owner) for owner in same)
-            owners.update(self._side_payloads.get(fingerprint.payload_digest, ()))
+            owners.update(self._side_payloads.get(payload_digest, ()))
         out = []
         for owner in sorted(owners):
             table, row = self._at(owner)
-            sha256 = table.sha(row)
-            if sha256 == fingerprint.sha256:
+            other = table.sha(row)
+            if other == sha256:
                 continue
             out.append(
                 Candidate(
-                    sha256,
+                    other,
                     _distance(query["phash"], table.codes(row, "phash")),
                     _distance(query["dhash"], table.codes(row, "dhash")),
                 )

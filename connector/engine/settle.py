@@ -49,7 +49,8 @@ def pixel_digest_job(data: bytes, max_pixels: int) -> str:
 
 @dataclass
 class MatchStats:
-    fingerprints: int = 0
+    fingerprints: int = 0  # searched: the whole index's, or the queued ones
+    searched: str = ""  # "whole index" or "queued" (connector/engine/matcher.py)
     candidates: int = 0
     evaluated: int = 0
     cached: int = 0

@@ -15,6 +15,7 @@ from connector.core.index import (
     IndexMissing,
     IndexStore,
     ListingState,
+    MatchQueue,
     NotAnIndex,
     PairRow,
     SchemaError,
@@ -435,6 +436,42 @@ def test_the_change_mark_moves_with_assets_pairs_and_decisions_only(
     store.save_summary("unit_figures", "later", "{}")
     assert store.summary("unit_figures") == ("{}", "later")
     assert store.summary("other") is None
+    other.close()
+    store.close()
+
+
+def test_assets_that_become_live_queue_their_contents_for_the_next_match(
+    index_db: str | Path,
+) -> None:
+    """The match queue holds the content of every asset that became live with
+    it (new, changed content, back after being gone), whichever connection
+    wrote it; not what was seen again unchanged or left. A new index asks for
+    a whole search; clearing drops only the rows read."""
+    store = open_store(index_db, create=True)
+    other = open_store(index_db, create=False)
+    first = store.match_queue()
+    assert first.everything and not first.contents, "a new index is searched whole"
+    store.clear_match_queue(first.seqs)
+    assert store.match_queue() == MatchQueue((), frozenset(), False)
+
+    run = store.start_run("u", "sync")
+    store.save_page("u", run, [asset("a", "sa"), asset("b", "sb")], [], [], "p1")
+    store.save_page("u", run, [asset("e", None, "not an image")], [], [], None)
+    queued = store.match_queue()
+    assert queued.contents == {"sa", "sb"} and not queued.everything
+    store.clear_match_queue(queued.seqs)
+
+    later = other.start_run("u", "sync")
+    other.save_page("u", later, [asset("a", "sa")], [], ["b"], None)  # a saved again, b seen
+    assert store.match_queue().contents == set(), "nothing became live"
+    other.save_page("u", later, [asset("b", "sb2")], [], [], None)  # b's file replaced
+    assert store.match_queue().contents == {"sb2"}
+    assert other.retire_unseen("u", other.start_run("u", "sync")) == 3  # a, b, e gone
+    assert store.match_queue().contents == {"sb2"}
+    read = store.match_queue()
+    store.save_asset("u", asset("a", "sa"), None)  # a back, after the queue was read
+    store.clear_match_queue(read.seqs)
+    assert store.match_queue().contents == {"sa"}, "a row queued after the read stays"
     other.close()
     store.close()
 

@@ -122,6 +122,8 @@ def test_a_pairs_evidence_does_not_depend_on_what_else_was_checked(
     shutil.copyfile(scanned_fixtures, db)
     with sqlite3.connect(db) as raw:
         dropped = raw.execute("DELETE FROM pairs WHERE rowid % 3 != 0").rowcount
+        # What a first scan stopped in its match leaves: a whole search to do.
+        raw.execute("INSERT INTO match_queue(sha256) VALUES ('*')")
     assert dropped > 100
     resumed = json.loads(
         run_damdup("scan", str(PHOTOS), "--db", str(db), "--format", "json", "-q").stdout
@@ -169,6 +171,7 @@ def test_pairs_settled_round_by_round_settle_as_in_one_round(
     shutil.copyfile(scanned_fixtures, db)
     with sqlite3.connect(db) as raw:
         dropped = raw.execute("DELETE FROM pairs").rowcount
+        raw.execute("INSERT INTO match_queue(sha256) VALUES ('*')")  # search the whole index
     assert dropped > 100
     monkeypatch.setattr(matcher, "SETTLE_BATCH", 7)
     whole, rounds = SQLiteStore(scanned_fixtures), SQLiteStore(db)
@@ -182,6 +185,70 @@ def test_pairs_settled_round_by_round_settle_as_in_one_round(
     finally:
         whole.close()
         rounds.close()
+
+
+def test_a_match_searches_the_contents_a_sync_brought_and_finds_every_pair(
+    scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a completed match nothing is queued; contents that became live
+    since (here: assets gone and back) are searched against the index alone,
+    not the whole index against itself, and get exactly the pairs a whole
+    search gives them. A match that fails leaves the queue for the next."""
+    from connector.core.settings import Settings
+    from connector.engine import matcher
+    from connector.engine.pool import WorkerPool
+    from connector.engine.scan import OriginalReader
+
+    db = tmp_path / "queued.sqlite"
+    shutil.copyfile(scanned_fixtures, db)
+    store, whole = SQLiteStore(db), SQLiteStore(scanned_fixtures)
+    assert store.match_queue().contents == frozenset() and not store.match_queue().everything
+    with sqlite3.connect(db) as raw:
+        chosen = [
+            row[0]
+            for row in raw.execute(
+                """SELECT DISTINCT sha256 FROM assets WHERE live = 1 AND sha256 IS NOT NULL
+                   ORDER BY sha256 LIMIT 15"""
+            )
+        ]
+        marks = ",".join("?" * len(chosen))
+        dropped = raw.execute(
+            f"DELETE FROM pairs WHERE sha_a IN ({marks}) OR sha_b IN ({marks})", chosen * 2
+        ).rowcount
+        raw.execute(f"UPDATE assets SET live = 0 WHERE sha256 IN ({marks})", chosen)
+        raw.execute(f"UPDATE assets SET live = 1 WHERE sha256 IN ({marks})", chosen)
+    assert dropped > 20
+    assert store.match_queue().contents == set(chosen)
+
+    def no_whole_search(*args: object) -> None:
+        raise AssertionError("the whole index was searched")
+
+    monkeypatch.setattr(matcher, "find_candidates", no_whole_search)
+    settings = Settings()
+    try:
+        with WorkerPool(2) as pool:
+            real_save = store.save_pairs
+
+            def disk_full(*args: object) -> None:
+                raise OSError("disk full")
+
+            monkeypatch.setattr(store, "save_pairs", disk_full)
+            with pytest.raises(OSError):
+                matcher.match(
+                    store, pool, OriginalReader(store, {}), max_pixels=settings.max_pixels
+                )
+            assert store.match_queue().contents == set(chosen), "kept after a failed match"
+            monkeypatch.setattr(store, "save_pairs", real_save)
+            stats = matcher.match(
+                store, pool, OriginalReader(store, {}), max_pixels=settings.max_pixels
+            )
+        assert (stats.searched, stats.fingerprints) == ("queued", len(chosen))
+        assert stats.evaluated == dropped
+        assert store.dump()["pairs"] == whole.dump()["pairs"]
+        assert store.match_queue().contents == frozenset()
+    finally:
+        whole.close()
+        store.close()
 
 
 def test_status_figures_are_kept_until_the_index_changes(
