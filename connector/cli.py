@@ -53,6 +53,7 @@ from connector.engine.scan import (
     BACKGROUND_NICE,
     OriginalReader,
     RunResult,
+    cluster_listing,
     current_clusters,
     sync_and_match,
     unit_figures,
@@ -463,27 +464,6 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return EXIT_OK
 
 
-def _cluster_json(cluster: Cluster) -> dict[str, Any]:
-    return {
-        "cluster": cluster.id,
-        "tier": cluster.tier.value,
-        "canonical": {"unit": cluster.canonical.unit, "id": cluster.canonical.asset_id},
-        "reason": cluster.reason,
-        "members": [
-            {
-                "unit": member.asset.unit,
-                "id": member.asset.asset_id,
-                "tier": member.edge.tier.value,
-                "mark": member.edge.mark,
-                "phash_distance": member.edge.phash_distance,
-                "dhash_distance": member.edge.dhash_distance,
-                "decision": member.edge.decision,
-            }
-            for member in cluster.members
-        ],
-    }
-
-
 def load_clusters(ctx: Context) -> tuple[list[Cluster], list[Relation]]:
     store = open_store(ctx)
     try:
@@ -492,69 +472,86 @@ def load_clusters(ctx: Context) -> tuple[list[Cluster], list[Relation]]:
         store.close()
 
 
+def shown(value: str) -> str:
+    """A file name or id as one line of plain text: a control character in it
+    (newline, escape) is written as an escape, never acted on."""
+    if value.isprintable():
+        return value
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value
+    )
+
+
+def cluster_lines(cluster: dict[str, Any]) -> list[str]:
+    """One cluster as plain aligned lines (a table per cluster cost ~2 ms each:
+    minutes for the tens of thousands of a city's index)."""
+    canonical = cluster["canonical"]
+    rows = [("canonical", shown(canonical["unit"]), shown(canonical["id"]), "", "")]
+    rows += [
+        (
+            member["mark"],
+            shown(member["unit"]),
+            shown(member["id"]),
+            member["tier"],
+            f"pHash {member['phash_distance']}  dHash {member['dhash_distance']}",
+        )
+        for member in cluster["members"]
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    lines = [
+        f"cluster {cluster['cluster']} · {len(cluster['members']) + 1} copies · {cluster['tier']}"
+    ]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append(("  " + "  ".join([*cells, row[4]])).rstrip())
+    lines.append(f"  canonical because: {cluster['reason']}")
+    lines.append("")
+    return lines
+
+
+def load_listing(ctx: Context) -> dict[str, Any]:
+    store = open_store(ctx)
+    try:
+        return cluster_listing(store, ctx.settings)
+    finally:
+        store.close()
+
+
 def cmd_clusters(args: argparse.Namespace, ctx: Context) -> int:
-    clusters, relations = load_clusters(ctx)
+    listing = load_listing(ctx)
+    clusters: list[dict[str, Any]] = listing["clusters"]
+    similar: list[dict[str, Any]] = listing["similar"]
     if args.tier:
-        wanted = Tier(args.tier)
-        clusters = [c for c in clusters if any(m.edge.tier == wanted for m in c.members)]
+        clusters = [c for c in clusters if any(m["tier"] == args.tier for m in c["members"])]
     if args.cross_unit:
         clusters = [
-            c for c in clusters if len({c.canonical.unit, *(m.asset.unit for m in c.members)}) > 1
+            c
+            for c in clusters
+            if len({c["canonical"]["unit"], *(m["unit"] for m in c["members"])}) > 1
         ]
-        relations = [r for r in relations if r.a.unit != r.b.unit]
-    similar = [r for r in relations if r.edge.tier == Tier.SIMILAR]
+        similar = [r for r in similar if r["a"]["unit"] != r["b"]["unit"]]
     if args.format == "json":
-        payload = {
-            "clusters": [_cluster_json(c) for c in clusters],
-            "similar": [
-                {
-                    "a": {"unit": r.a.unit, "id": r.a.asset_id},
-                    "b": {"unit": r.b.unit, "id": r.b.asset_id},
-                    "phash_distance": r.edge.phash_distance,
-                    "dhash_distance": r.edge.dhash_distance,
-                }
-                for r in similar
-            ],
-        }
+        payload = {"clusters": clusters, "similar": similar}
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         return EXIT_OK
     if not clusters:
         out.print(f"No duplicate clusters in {ctx.index_line}.", markup=False, highlight=False)
-    for cluster in clusters:
-        table = Table(
-            title=f"cluster {cluster.id} · {len(cluster.members) + 1} copies · {cluster.tier}",
-            title_justify="left",
-        )
-        table.add_column("role")
-        table.add_column("unit")
-        table.add_column("id", overflow="fold")
-        table.add_column("tier")
-        table.add_column("pHash", justify="right")
-        table.add_column("dHash", justify="right")
-        table.add_row("canonical", cluster.canonical.unit, plain(cluster.canonical.asset_id))
-        for member in cluster.members:
-            table.add_row(
-                member.edge.mark,
-                member.asset.unit,
-                plain(member.asset.asset_id),
-                member.edge.tier.value,
-                str(member.edge.phash_distance),
-                str(member.edge.dhash_distance),
-            )
-        out.print(table)
-        out.print(f"  canonical because: {cluster.reason}\n")
+    lines = [line for cluster in clusters for line in cluster_lines(cluster)]
     if similar and args.tier in (None, Tier.SIMILAR.value):
-        out.print(f"[bold]Other shots of the same scene[/] (related, never merged): {len(similar)}")
-        shown = similar if args.all else similar[:SIMILAR_SHOWN]
-        for relation in shown:
-            out.print(
-                f"  {relation.a.key}  ~  {relation.b.key}  "
-                f"(pHash {relation.edge.phash_distance}, dHash {relation.edge.dhash_distance})"
+        lines.append(f"Other shots of the same scene (related, never merged): {len(similar)}")
+        listed = similar if args.all else similar[:SIMILAR_SHOWN]
+        lines += [
+            f"  {shown(r['a']['unit'])}:{shown(r['a']['id'])}  ~  "
+            f"{shown(r['b']['unit'])}:{shown(r['b']['id'])}  "
+            f"(pHash {r['phash_distance']}, dHash {r['dhash_distance']})"
+            for r in listed
+        ]
+        if len(listed) < len(similar):
+            lines.append(
+                f"  ... and {len(similar) - len(listed)} more (--all, or `damdup export relations`)"
             )
-        if len(shown) < len(similar):
-            out.print(
-                f"  ... and {len(similar) - len(shown)} more (--all, or `damdup export relations`)"
-            )
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
 
 

@@ -33,6 +33,7 @@ from connector.core.provenance import (
     relation_text,
 )
 from connector.core.settings import Settings
+from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
 from connector.engine.matcher import match
@@ -356,4 +357,60 @@ def current_clusters(
         lineage_of(store, read_original),
     )
     store.save_summary("unit_figures", stamp, json.dumps(figures_of(clusters), sort_keys=True))
+    store.save_summary(LISTING, stamp, json.dumps(listing_of(clusters, relations)))
     return clusters, relations
+
+
+# The clusters as `damdup clusters` lists them, saved by every clustering.
+LISTING = "cluster_listing"
+
+
+def cluster_record(cluster: Cluster) -> dict[str, Any]:
+    """One cluster as `damdup clusters --format json` gives it."""
+    return {
+        "cluster": cluster.id,
+        "tier": cluster.tier.value,
+        "canonical": {"unit": cluster.canonical.unit, "id": cluster.canonical.asset_id},
+        "reason": cluster.reason,
+        "members": [
+            {
+                "unit": member.asset.unit,
+                "id": member.asset.asset_id,
+                "tier": member.edge.tier.value,
+                "mark": member.edge.mark,
+                "phash_distance": member.edge.phash_distance,
+                "dhash_distance": member.edge.dhash_distance,
+                "decision": member.edge.decision,
+            }
+            for member in cluster.members
+        ],
+    }
+
+
+def listing_of(clusters: Iterable[Cluster], relations: Iterable[Relation]) -> dict[str, Any]:
+    """The clusters, and the other shots of a scene (related, never merged)."""
+    return {
+        "clusters": [cluster_record(cluster) for cluster in clusters],
+        "similar": [
+            {
+                "a": {"unit": r.a.unit, "id": r.a.asset_id},
+                "b": {"unit": r.b.unit, "id": r.b.asset_id},
+                "phash_distance": r.edge.phash_distance,
+                "dhash_distance": r.edge.dhash_distance,
+            }
+            for r in relations
+            if r.edge.tier == Tier.SIMILAR
+        ],
+    }
+
+
+def cluster_listing(store: IndexStore, settings: Settings) -> dict[str, Any]:
+    """`listing_of` the current clusters: as saved by the last clustering
+    while the index has not changed since (as `unit_figures`); else the
+    index is clustered again."""
+    saved = store.summary(LISTING)
+    if saved is not None and saved[1] == _figures_stamp(store, settings):
+        listing: dict[str, Any] = json.loads(saved[0])
+        return listing
+    clusters, relations = current_clusters(store, settings)
+    return listing_of(clusters, relations)

@@ -292,3 +292,48 @@ def test_status_figures_are_kept_until_the_index_changes(
         assert after[unit]["candidates"] == expected[unit]["candidates"] - 1
     finally:
         store.close()
+
+
+def test_the_cluster_listing_is_kept_until_the_index_changes(
+    scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`damdup clusters` lists what the last clustering saved while the index
+    is unchanged, the same as clustering it again; a decision makes it
+    cluster again, and the listing shows the decision."""
+    from connector.core.index import DecisionRow
+    from connector.core.settings import Settings
+    from connector.engine import scan
+
+    db = tmp_path / "index.sqlite"
+    shutil.copyfile(scanned_fixtures, db)
+    settings = Settings(db=db)
+    store = SQLiteStore(db)
+    try:
+        clustered, relations = scan.current_clusters(store, settings)
+        expected = json.loads(json.dumps(scan.listing_of(clustered, relations)))
+        assert expected["clusters"] and expected["similar"]
+
+        def no_clustering(*args: object, **kwargs: object) -> None:
+            raise AssertionError("clustered again")
+
+        monkeypatch.setattr(scan, "current_clusters", no_clustering)
+        assert scan.cluster_listing(store, settings) == expected
+        member = next(m for c in clustered for m in c.members if not m.edge.confirmed)
+        canonical = next(c for c in clustered if member in c.members).canonical
+        assert member.asset.sha256 is not None and canonical.sha256 is not None
+        a, b = sorted((member.asset.sha256, canonical.sha256))
+        store.save_decision(DecisionRow(a, b, "same", None, "anna", "2026-12-07T00:00:00+00:00"))
+        with pytest.raises(AssertionError, match="clustered again"):
+            scan.cluster_listing(store, settings)
+        monkeypatch.undo()
+        after = scan.cluster_listing(store, settings)
+        decided = [
+            m
+            for c in after["clusters"]
+            for m in c["members"]
+            if (m["unit"], m["id"]) == (member.asset.unit, member.asset.asset_id)
+        ]
+        assert [m["decision"] for m in decided] == ["same"]
+        assert scan.cluster_listing(store, settings) == after
+    finally:
+        store.close()
