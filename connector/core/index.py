@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -451,26 +452,35 @@ class MatchQueue:
     """Contents a match has still to search against the index: those of
     assets that became live (new, changed content, back again) since the
     last match that completed. `everything`: the whole index is to be
-    searched (a new or migrated index). `seqs`: the queue's rows read, for
+    searched (a new or migrated index, or more contents queued than asked
+    for; `contents` is then left empty). `seqs`: the queue's rows read, for
     `clear_match_queue` once the match has saved every pair."""
 
-    seqs: tuple[int, ...]
+    seqs: array[int]
     contents: frozenset[str]
     everything: bool
 
 
-def queue_of(rows: Iterable[Sequence[Any]]) -> MatchQueue:
-    """The queue from its rows (seq, sha256); '*' asks for the whole index."""
-    seqs: list[int] = []
+def queue_of(chunks: Iterable[Sequence[Sequence[Any]]], most: int | None) -> MatchQueue:
+    """The queue from its rows (seq, sha256), read a chunk at a time: '*', or
+    more than `most` contents, asks for the whole index."""
+    seqs: array[int] = array("q")
     contents: set[str] = set()
     everything = False
-    for seq, sha256 in rows:
-        seqs.append(int(seq))
-        if sha256 == "*":
-            everything = True
-        else:
-            contents.add(str(sha256))
-    return MatchQueue(tuple(seqs), frozenset(contents), everything)
+    for rows in chunks:
+        for seq, sha256 in rows:
+            seqs.append(int(seq))
+            if everything:
+                continue
+            if sha256 == "*":
+                everything = True
+                contents.clear()
+            else:
+                contents.add(str(sha256))
+                if most is not None and len(contents) > most:
+                    everything = True
+                    contents.clear()
+    return MatchQueue(seqs, frozenset(contents), everything)
 
 
 class IndexStore(ABC):
@@ -615,8 +625,9 @@ class IndexStore(ABC):
     def save_relations(self, found: Mapping[str, str]) -> None: ...
 
     @abstractmethod
-    def match_queue(self) -> MatchQueue:
-        """What the next match has to search (kept by triggers on assets)."""
+    def match_queue(self, most: int | None = None) -> MatchQueue:
+        """What the next match has to search (kept by triggers on assets and
+        fingerprints); past `most` contents, the whole index."""
 
     @abstractmethod
     def clear_match_queue(self, seqs: Sequence[int]) -> None:
@@ -1306,8 +1317,14 @@ class SQLiteStore(IndexStore):
         with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO relations VALUES (?, ?)", found.items())
 
-    def match_queue(self) -> MatchQueue:
-        return queue_of(self.db.execute("SELECT seq, sha256 FROM match_queue").fetchall())
+    def match_queue(self, most: int | None = None) -> MatchQueue:
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        try:
+            cursor.execute("SELECT seq, sha256 FROM match_queue")
+            return queue_of(iter(lambda: cursor.fetchmany(FETCH_CHUNK), []), most)
+        finally:
+            cursor.close()
 
     def clear_match_queue(self, seqs: Sequence[int]) -> None:
         listed = list(seqs)

@@ -1003,9 +1003,14 @@ class PostgreSQLStore(IndexStore):
                 sorted(found.items()),
             )
 
-    def match_queue(self) -> MatchQueue:
-        with self._db() as db, db.cursor(row_factory=tuple_row) as cursor:
-            return queue_of(cursor.execute("SELECT seq, sha256 FROM match_queue").fetchall())
+    def match_queue(self, most: int | None = None) -> MatchQueue:
+        with (
+            self._db() as db,
+            db.cursor("match_queue", row_factory=tuple_row) as cursor,
+        ):
+            cursor.itersize = FETCH_CHUNK
+            cursor.execute("SELECT seq, sha256 FROM match_queue")
+            return queue_of(iter(lambda: cursor.fetchmany(FETCH_CHUNK), []), most)
 
     def clear_match_queue(self, seqs: Sequence[int]) -> None:
         listed = list(seqs)

@@ -124,7 +124,8 @@ def match(
     live contents is found: the queue holds every content that became live
     since the last search, and is cleared only once every pair is saved."""
     stats = MatchStats()
-    queue = store.match_queue()
+    # Read before the index: what is queued meanwhile is searched next time.
+    queue = store.match_queue(most=int(WHOLE_SEARCH_SHARE * store.fingerprint_watermark()))
     queued = None if queue.everything else _queued_candidates(store, queue)
     if queued is None:
         columns = store.fingerprint_columns(RECIPE)
@@ -179,15 +180,12 @@ def match(
 
 def _queued_candidates(
     store: IndexStore, queue: MatchQueue
-) -> tuple[int, dict[tuple[str, str], tuple[int, int]]] | None:
+) -> tuple[int, dict[tuple[str, str], tuple[int, int]]]:
     """The candidate pairs of the queued contents that are live, each searched
     against every fingerprint of the index (as a webhook check searches one),
-    with their distances; None where the queue is too large a share of the
-    index for that to pay (search the whole index instead)."""
+    with their distances."""
     if not queue.contents:
         return 0, {}
-    if len(queue.contents) > WHOLE_SEARCH_SHARE * max(store.fingerprint_watermark(), 1):
-        return None
     live = {asset.sha256 for asset in store.live_assets_with(queue.contents) if asset.sha256}
     queries = store.fingerprint_columns_of(RECIPE, sorted(live & queue.contents))
     if not len(queries):

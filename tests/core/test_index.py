@@ -15,7 +15,6 @@ from connector.core.index import (
     IndexMissing,
     IndexStore,
     ListingState,
-    MatchQueue,
     NotAnIndex,
     PairRow,
     SchemaError,
@@ -452,13 +451,16 @@ def test_assets_that_become_live_queue_their_contents_for_the_next_match(
     first = store.match_queue()
     assert first.everything and not first.contents, "a new index is searched whole"
     store.clear_match_queue(first.seqs)
-    assert store.match_queue() == MatchQueue((), frozenset(), False)
+    empty = store.match_queue()
+    assert (list(empty.seqs), empty.contents, empty.everything) == ([], set(), False)
 
     run = store.start_run("u", "sync")
     store.save_page("u", run, [asset("a", "sa"), asset("b", "sb")], [], [], "p1")
     store.save_page("u", run, [asset("e", None, "not an image")], [], [], None)
     queued = store.match_queue()
     assert queued.contents == {"sa", "sb"} and not queued.everything
+    assert store.match_queue(most=1).everything, "more than asked for: the whole index"
+    assert not store.match_queue(most=1).contents
     store.clear_match_queue(queued.seqs)
 
     later = other.start_run("u", "sync")
