@@ -183,29 +183,16 @@ class MatchIndex:
         the contents with the same full-pixel digest (as
         `matcher.find_candidates` pairs them)."""
         query = {kind: table.codes(row, kind) for kind in ("phash", "dhash")}
-        near = self._near(
-            table.sha(row), query, bool(table.flat[row]), table.payload_digest.get(row)
-        )
+        same: set[int] = set()
         digest = table.pixel_digest.get(row)
-        if digest is None:
-            return near
-        if self._pixel_lookup is None:
-            self._pixel_lookup = self.columns().pixel_digest.lookup()
-        found = {candidate.sha256 for candidate in near} | {table.sha(row)}
-        same = self._pixel_lookup.get(digest)
-        for owner in same.tolist() if same is not None else ():
-            other, at = self._at(owner)
-            sha256 = other.sha(at)
-            if sha256 not in found:
-                found.add(sha256)
-                near.append(
-                    Candidate(
-                        sha256,
-                        _distance(query["phash"], other.codes(at, "phash")),
-                        _distance(query["dhash"], other.codes(at, "dhash")),
-                    )
-                )
-        return near
+        if digest is not None:
+            if self._pixel_lookup is None:
+                self._pixel_lookup = self.columns().pixel_digest.lookup()
+            owners = self._pixel_lookup.get(digest)
+            same.update(owners.tolist() if owners is not None else ())
+        return self._near(
+            table.sha(row), query, bool(table.flat[row]), table.payload_digest.get(row), same
+        )
 
     def _near(
         self,
@@ -213,8 +200,9 @@ class MatchIndex:
         query: dict[str, tuple[int, ...]],
         flat: bool,
         payload_digest: str | None,
+        also: Iterable[int] = (),
     ) -> list[Candidate]:
-        owners: set[int] = set()
+        owners: set[int] = set(also)
         if not flat:
             for kind, codes in query.items():
                 index = self.hash_indexes[kind]

@@ -15,6 +15,7 @@ import pytest
 
 from connector.core.index import SQLiteStore
 from connector.core.tiers import DUPLICATE_TIERS, Tier
+from connector.engine.clusters import Cluster, Member
 from connector.report.accuracy import EDIT_KINDS, EXACT_KINDS, load_labels, score
 from tests.conftest import FIXTURES, PHOTOS
 
@@ -251,56 +252,25 @@ def test_a_match_searches_the_contents_a_sync_brought_and_finds_every_pair(
         store.close()
 
 
-def test_status_figures_are_kept_until_the_index_changes(
+def confirm_a_candidate(store: SQLiteStore, clustered: list[Cluster]) -> Member:
+    """A reviewer's `same` on the first member awaiting review: the member."""
+    from connector.core.index import DecisionRow
+
+    member = next(m for c in clustered for m in c.members if not m.edge.confirmed)
+    canonical = next(c for c in clustered if member in c.members).canonical
+    assert member.asset.sha256 is not None and canonical.sha256 is not None
+    a, b = sorted((member.asset.sha256, canonical.sha256))
+    store.save_decision(DecisionRow(a, b, "same", None, "anna", "2026-12-07T00:00:00+00:00"))
+    return member
+
+
+def test_status_figures_and_the_cluster_listing_are_kept_until_the_index_changes(
     scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`damdup status` reads the per-unit figures the last clustering saved
-    while nothing they are made of has changed; a reviewer's decision (or a
-    sync, a new pair) makes it cluster the index again."""
-    from connector.core.index import DecisionRow
-    from connector.core.settings import Settings
-    from connector.engine import scan
-
-    db = tmp_path / "index.sqlite"
-    shutil.copyfile(scanned_fixtures, db)
-    settings = Settings(db=db)
-    store = SQLiteStore(db)
-    try:
-        clustered, _ = scan.current_clusters(store, settings)
-        expected = scan.figures_of(clustered)
-        (unit,) = expected
-        assert expected[unit]["candidates"] > 0
-
-        def no_clustering(*args: object, **kwargs: object) -> None:
-            raise AssertionError("clustered again")
-
-        monkeypatch.setattr(scan, "current_clusters", no_clustering)
-        assert scan.unit_figures(store, settings) == expected
-        other = Settings(db=db, authoritative_units=[unit])
-        with pytest.raises(AssertionError, match="clustered again"):
-            scan.unit_figures(store, other)  # figures of other settings
-        member = next(m for c in clustered for m in c.members if not m.edge.confirmed)
-        canonical = next(c for c in clustered if member in c.members).canonical
-        assert member.asset.sha256 is not None and canonical.sha256 is not None
-        a, b = sorted((member.asset.sha256, canonical.sha256))
-        store.save_decision(DecisionRow(a, b, "same", None, "anna", "2026-12-07T00:00:00+00:00"))
-        with pytest.raises(AssertionError, match="clustered again"):
-            scan.unit_figures(store, settings)
-        monkeypatch.undo()
-        after = scan.unit_figures(store, settings)
-        assert after[unit]["duplicates"] == expected[unit]["duplicates"] + 1
-        assert after[unit]["candidates"] == expected[unit]["candidates"] - 1
-    finally:
-        store.close()
-
-
-def test_the_cluster_listing_is_kept_until_the_index_changes(
-    scanned_fixtures: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`damdup clusters` lists what the last clustering saved while the index
-    is unchanged, the same as clustering it again; a decision makes it
-    cluster again, and the listing shows the decision."""
-    from connector.core.index import DecisionRow
+    """`damdup status` reads the per-unit figures, and `damdup clusters` the
+    listing, that the last clustering saved while nothing they are made of
+    has changed (the same as clustering again); a reviewer's decision (or a
+    sync, a new pair) makes them cluster the index again, and shows."""
     from connector.core.settings import Settings
     from connector.engine import scan
 
@@ -310,30 +280,36 @@ def test_the_cluster_listing_is_kept_until_the_index_changes(
     store = SQLiteStore(db)
     try:
         clustered, relations = scan.current_clusters(store, settings)
-        expected = json.loads(json.dumps(scan.listing_of(clustered, relations)))
-        assert expected["clusters"] and expected["similar"]
+        expected = scan.figures_of(clustered)
+        listed = json.loads(json.dumps(scan.listing_of(clustered, relations)))
+        (unit,) = expected
+        assert expected[unit]["candidates"] > 0
+        assert listed["clusters"] and listed["similar"]
 
         def no_clustering(*args: object, **kwargs: object) -> None:
             raise AssertionError("clustered again")
 
         monkeypatch.setattr(scan, "current_clusters", no_clustering)
-        assert scan.cluster_listing(store, settings) == expected
-        member = next(m for c in clustered for m in c.members if not m.edge.confirmed)
-        canonical = next(c for c in clustered if member in c.members).canonical
-        assert member.asset.sha256 is not None and canonical.sha256 is not None
-        a, b = sorted((member.asset.sha256, canonical.sha256))
-        store.save_decision(DecisionRow(a, b, "same", None, "anna", "2026-12-07T00:00:00+00:00"))
+        assert scan.unit_figures(store, settings) == expected
+        assert scan.cluster_listing(store, settings) == listed
+        other = Settings(db=db, authoritative_units=[unit])
+        with pytest.raises(AssertionError, match="clustered again"):
+            scan.unit_figures(store, other)  # figures of other settings
+        member = confirm_a_candidate(store, clustered)
+        with pytest.raises(AssertionError, match="clustered again"):
+            scan.unit_figures(store, settings)
         with pytest.raises(AssertionError, match="clustered again"):
             scan.cluster_listing(store, settings)
         monkeypatch.undo()
-        after = scan.cluster_listing(store, settings)
+        after = scan.unit_figures(store, settings)
+        assert after[unit]["duplicates"] == expected[unit]["duplicates"] + 1
+        assert after[unit]["candidates"] == expected[unit]["candidates"] - 1
         decided = [
-            m
-            for c in after["clusters"]
+            m["decision"]
+            for c in scan.cluster_listing(store, settings)["clusters"]
             for m in c["members"]
             if (m["unit"], m["id"]) == (member.asset.unit, member.asset.asset_id)
         ]
-        assert [m["decision"] for m in decided] == ["same"]
-        assert scan.cluster_listing(store, settings) == after
+        assert decided == ["same"]
     finally:
         store.close()
