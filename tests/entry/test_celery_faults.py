@@ -1,6 +1,7 @@
 """engine = "celery" under faults, with real processes: `damdup worker`s
 killed with SIGKILL again and again under a run of 2,000 images, and the
-broker restarted under a run, with its queues kept or lost. Each run must
+broker restarted under a run: Redis with its queues kept or lost, and a
+RabbitMQ node. Each run must
 index what a local scan indexes: every asset once, its fingerprint once,
 the same relations.
 """
@@ -36,7 +37,13 @@ from tests.entry.test_celery import (
     wait_ready,
     workers,
 )
-from tests.servers.broker import PrivateRedis, ServerError, private_redis
+from tests.servers.broker import (
+    PrivateRabbitMQ,
+    PrivateRedis,
+    ServerError,
+    private_rabbitmq,
+    private_redis,
+)
 
 __all__ = ["amqp_broker"]  # a fixture of test_celery.py, used here
 
@@ -282,6 +289,45 @@ def test_a_broker_restarted_mid_run_loses_nothing(
         # or forgotten with the broker's queues (sent again past the hard
         # limit). Which way depends on where each job was at that moment.
         assert resent + cancelled > 0, err
+    assert_indexed_as_local(db, local, out)
+
+
+@contextmanager
+def own_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    try:
+        with private_rabbitmq() as server:
+            yield server
+    except ServerError as exc:
+        pytest.skip(str(exc))
+
+
+def test_rabbitmq_restarted_mid_run_loses_nothing(many: tuple[Path, Path], tmp_path: Path) -> None:
+    """RabbitMQ (a node of the test's own) stopped mid-run and started again
+    3 s later on the same port, as a restart does: its durable queue and
+    persistent messages come back with it. The run goes on once the broker
+    is back; nothing is lost, nothing stored twice."""
+    folder, local = many
+    db = tmp_path / "index.sqlite"
+    with (
+        own_rabbitmq() as server,
+        workers(server.url, tmp_path, env=FAST),
+        scanning(folder, db, server.url, tmp_path) as scan,
+    ):
+        began = time.monotonic()
+        wait_for(
+            lambda: sum(len(received(log)) for log in tmp_path.glob("worker*.log")) > 300,
+            "300 jobs run",
+            scan,
+            120,
+        )
+        server.restart(pause_s=3)
+        out, err = scan.communicate(timeout=RESTART_TIMEOUT_S)
+        took = time.monotonic() - began
+    (tmp_path / "scan.err").write_text(err)
+    resent, cancelled = err.count('"celery.resent"'), err.count('"celery.cancelled"')
+    print(f"RabbitMQ restarted: run of {ASSETS} images {took:.1f} s, {resent} jobs sent again,"
+          f" {cancelled} cancelled by their worker")  # fmt: skip
+    assert scan.returncode == 0, err
     assert_indexed_as_local(db, local, out)
 
 

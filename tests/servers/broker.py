@@ -3,21 +3,33 @@ RabbitMQ from Debian's `redis-server` and `rabbitmq-server` packages
 (`tests/servers/install-debian.sh` installs them), started here when they do
 not answer on 127.0.0.1. Each test works apart from any other run on the same
 server: a Redis database number no one uses (emptied afterwards), or a
-RabbitMQ virtual host of its own (deleted afterwards).
+RabbitMQ virtual host of its own (deleted afterwards). A test that restarts
+its broker runs one of its own instead (`private_redis`, `private_rabbitmq`:
+a node with its own name, ports and data), never the machine's.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["PrivateRedis", "ServerError", "amqp_vhost", "private_redis", "redis_database"]
+__all__ = [
+    "PrivateRabbitMQ",
+    "PrivateRedis",
+    "ServerError",
+    "amqp_vhost",
+    "private_rabbitmq",
+    "private_redis",
+    "redis_database",
+]
 
 HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -180,3 +192,96 @@ def private_redis(where: Path, persistent: bool = True) -> Iterator[PrivateRedis
         yield server
     finally:
         server.stop()
+
+
+def _free_port() -> int:
+    """A free loopback port below the ephemeral range (a client connection
+    of another test may take one in that range meanwhile)."""
+    for _ in range(200):
+        port = 20000 + secrets.randbelow(12000)
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise ServerError("no free port for a private RabbitMQ node")
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of one test's own (`rabbitmq-server` from the Debian
+    package, node name and ports of its own, data in a directory of its own),
+    stopped and started again (the broker restarting under a run): durable
+    queues and persistent messages are kept across, as on a real restart.
+    The guest user on the default virtual host, from loopback only."""
+
+    def __init__(self) -> None:
+        _need("rabbitmq-server")
+        _need("rabbitmqctl")
+        # Run as root, the Debian scripts run the node as the rabbitmq user:
+        # its files live where that user may write.
+        self.where = Path(tempfile.mkdtemp(prefix="damdup-rabbitmq-"))
+        os.chmod(self.where, 0o777)
+        plugins = self.where / "enabled_plugins"
+        plugins.write_text("[].\n")
+        plugins.chmod(0o666)
+        self.port, dist = _free_port(), _free_port()
+        self.node = f"damdup_test_{secrets.token_hex(4)}@localhost"
+        self.url = f"amqp://guest:guest@{HOST}:{self.port}//"
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "RABBITMQ_MNESIA_BASE": str(self.where / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.where / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_PID_FILE": str(self.where / "pid"),
+            "RABBITMQ_CONFIG_FILE": str(self.where / "rabbitmq"),
+        }
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args],
+            env=self.env, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+
+    def _log(self) -> str:
+        logs = sorted((self.where / "log").glob("*.log"))
+        return "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
+
+    def start(self) -> None:
+        subprocess.run(
+            ["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self._ctl("await_startup").returncode != 0 or not _answers(self.port):
+            if time.monotonic() > deadline:
+                raise ServerError(f"private rabbitmq-server did not start:\n{self._log()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """A clean shutdown of the whole node (what it holds durable is kept)."""
+        self._ctl("stop")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while _answers(self.port):
+            if time.monotonic() > deadline:
+                raise ServerError(f"private rabbitmq node {self.node} did not stop")
+            time.sleep(0.1)
+
+    def restart(self, pause_s: float) -> None:
+        self.stop()
+        time.sleep(pause_s)
+        self.start()
+
+
+@contextmanager
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    server = PrivateRabbitMQ()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.where, ignore_errors=True)
