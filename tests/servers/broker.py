@@ -252,9 +252,11 @@ class PrivateRabbitMQ:
         return "\n".join(log.read_text(errors="replace")[-3000:] for log in logs)
 
     def start(self) -> None:
-        subprocess.run(
-            ["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True
+        started = subprocess.run(
+            ["rabbitmq-server", "-detached"], env=self.env, capture_output=True, text=True
         )
+        if started.returncode != 0:  # e.g. the Debian script refuses a user but root
+            raise ServerError(f"rabbitmq-server -detached: {started.stderr or started.stdout}")
         deadline = time.monotonic() + START_TIMEOUT_S
         while self._ctl("await_startup").returncode != 0 or not _answers(self.port):
             if time.monotonic() > deadline:
