@@ -355,8 +355,8 @@ def _match_once(store: Any, workers: int) -> dict[str, Any]:
         queued.undo()
     out["load_s"] = load.seconds
     out["search_s"] = search.seconds + max(0.0, queued.seconds - load.seconds)
+    out["settle_s"] = out["match_s"] - out["load_s"] - out["search_s"]
     out["searched"] = stats.searched
-    out["settle_s"] = out["match_s"] - load.seconds - search.seconds
     out["match_peak_rss_mb"] = _peak_mb()
     started = time.perf_counter()
     clusters, relations = current_clusters(store, settings)
