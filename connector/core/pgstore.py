@@ -409,33 +409,35 @@ def prepare(url: str, create: bool) -> None:
     with connect(url) as db:
         version = _schema_version(db)
         db.commit()
-        if version is None:
-            if not create:
-                raise IndexMissing(f"no damdup index in database {database} on {server}")
-            row = db.execute(
-                "SELECT count(*) AS n FROM pg_tables WHERE schemaname = current_schema()"
-            ).fetchone()
-            db.commit()
-            if row is not None and row["n"]:
-                raise NotAnIndex(
-                    f"database {database} on {server} holds tables of another program, not a "
-                    "damdup index: give damdup a database (or a schema) of its own"
-                )
+        if version is None and not create:
+            raise IndexMissing(f"no damdup index in database {database} on {server}")
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaError(
                 f"database {database} on {server} has schema version {version}, newer than "
                 f"this damdup ({SCHEMA_VERSION}); upgrade damdup"
             )
         if version is None or version < SCHEMA_VERSION:
-            _migrate(db)
+            _migrate(db, f"database {database} on {server}")
 
 
-def _migrate(db: Connection) -> None:
+def _migrate(db: Connection, where: str) -> None:
     # Two processes starting at once: one migrates, the other waits, then
     # finds the work done.
     with db.transaction():
         db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_KEY,))
-        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        if _schema_version(db) is None:
+            # Looked at under the lock: a process making the index meanwhile
+            # has committed schema_version with its first tables, so tables
+            # without it here are another program's.
+            row = db.execute(
+                "SELECT count(*) AS n FROM pg_tables WHERE schemaname = current_schema()"
+            ).fetchone()
+            if row is not None and row["n"]:
+                raise NotAnIndex(
+                    f"{where} holds tables of another program, not a damdup index: give "
+                    "damdup a database (or a schema) of its own"
+                )
+            db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         if db.execute("SELECT version FROM schema_version").fetchone() is None:
             db.execute("INSERT INTO schema_version VALUES (0)")
     version = _schema_version(db) or 0

@@ -49,7 +49,7 @@ __all__ = ["amqp_broker"]  # a fixture of test_celery.py, used here
 
 pytestmark = pytest.mark.slow
 
-ASSETS = 2000
+ASSETS = 4000  # a run long enough for ten kills on a quiet machine (2,000 ran out)
 COPY_EVERY = 9  # every ninth image has a smaller, recompressed copy
 KILLS = 10
 RUN_TIMEOUT_S = 400
@@ -165,26 +165,37 @@ def running(log: Path) -> list[str]:
 
 
 def kill_under_a_job(
-    victim: subprocess.Popen[bytes], log: Path, scan: subprocess.Popen[str]
-) -> list[str]:
-    """SIGKILL to a worker's main process while it holds a job it has not
-    acknowledged; that job's id. Stopped first (SIGSTOP), so that what its
-    log shows is what it holds: it acknowledges a job after the job's
-    "succeeded" line, and a stopped worker acknowledges nothing."""
-    children = psutil.Process(victim.pid).children(recursive=True)
+    workers: dict[int, subprocess.Popen[bytes]], where: Path, scan: subprocess.Popen[str]
+) -> tuple[int, list[str]]:
+    """SIGKILL to the main process of whichever of `workers` first holds a job
+    it has not acknowledged: its number, and that job's id. Stopped first
+    (SIGSTOP), so that what its log shows is what it holds: it acknowledges
+    a job after the job's "succeeded" line, and a stopped worker
+    acknowledges nothing. (Whichever holds one, not a given one: waiting for
+    a just-started worker to take a job let a fast run end before its tenth
+    kill.)"""
+
+    def log(number: int) -> Path:
+        return where / f"worker{number}.log"
+
     while True:
-        wait_for(lambda: running(log), "a job for the worker", scan, 120)
+        wait_for(lambda: any(running(log(n)) for n in workers), "a job for a worker", scan, 120)
+        number = next((n for n in workers if running(log(n))), None)
+        if number is None:
+            continue  # finished meanwhile
+        victim = workers[number]
         victim.send_signal(signal.SIGSTOP)
-        held = running(log)
+        held = running(log(number))
         if held:
             break
         victim.send_signal(signal.SIGCONT)  # done meanwhile: the next one
+    children = psutil.Process(victim.pid).children(recursive=True)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     # Its worker process ends with it: nothing left holding memory.
     _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"worker processes outlived their worker: {alive}"
-    return held
+    return number, held
 
 
 # -- workers killed, again and again ---------------------------------------------
@@ -211,14 +222,14 @@ def test_workers_killed_ten_times_lose_and_double_nothing(
             wait_ready(process, tmp_path / f"worker{number}.log", deadline)
         began = time.monotonic()
         with scanning(folder, db, amqp_broker, tmp_path) as scan:
-            live = [0, 1]  # the numbers of the running workers, oldest first
+            live = [0, 1]  # the numbers of the running workers
             for kill in range(KILLS):
-                number = live.pop(0)
-                victim, log = started[number], tmp_path / f"worker{number}.log"
-                in_flight_at_death.extend(kill_under_a_job(victim, log, scan))
+                number, held = kill_under_a_job({n: started[n] for n in live}, tmp_path, scan)
+                live.remove(number)
+                in_flight_at_death.extend(held)
                 # Its place taken at once; the next kill needs no wait for it to be
-                # ready (the other worker runs the jobs meanwhile), only for the
-                # next victim to hold a job.
+                # ready (the other worker runs the jobs meanwhile), only for a
+                # worker to hold a job.
                 replacement = 2 + kill
                 started.append(start_worker(amqp_broker, tmp_path, replacement, FAST))
                 live.append(replacement)
