@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -254,6 +254,31 @@ def test_workers_killed_ten_times_lose_and_double_nothing(
 # -- the broker restarted ------------------------------------------------------------
 
 
+def run_through_a_restart(
+    broker: str, restart: Callable[[], None], folder: Path, db: Path, where: Path
+) -> tuple[str, str, int, int]:
+    """A Celery scan of `folder` on two workers, the broker restarted (by
+    `restart`) once 300 jobs have run: the scan's output, its log, and how
+    many jobs it sent again and how many their workers cancelled."""
+    with workers(broker, where, env=FAST), scanning(folder, db, broker, where) as scan:
+        began = time.monotonic()
+        wait_for(
+            lambda: sum(len(received(log)) for log in where.glob("worker*.log")) > 300,
+            "300 jobs run",
+            scan,
+            120,
+        )
+        restart()
+        out, err = scan.communicate(timeout=RESTART_TIMEOUT_S)
+        took = time.monotonic() - began
+    (where / "scan.err").write_text(err)
+    assert scan.returncode == 0, err
+    resent, cancelled = err.count('"celery.resent"'), err.count('"celery.cancelled"')
+    print(f"broker restarted: run of {ASSETS} images {took:.1f} s, {resent} jobs sent again,"
+          f" {cancelled} cancelled by their worker")  # fmt: skip
+    return out, err, resent, cancelled
+
+
 @contextmanager
 def own_redis(where: Path, persistent: bool) -> Iterator[PrivateRedis]:
     try:
@@ -274,26 +299,10 @@ def test_a_broker_restarted_mid_run_loses_nothing(
     than any job may run. Nothing is lost, nothing stored twice."""
     folder, local = many
     db = tmp_path / "index.sqlite"
-    with (
-        own_redis(tmp_path / "redis", persistent=kept) as server,
-        workers(server.url, tmp_path, env=FAST),
-        scanning(folder, db, server.url, tmp_path) as scan,
-    ):
-        began = time.monotonic()
-        wait_for(
-            lambda: sum(len(received(log)) for log in tmp_path.glob("worker*.log")) > 300,
-            "300 jobs run",
-            scan,
-            120,
+    with own_redis(tmp_path / "redis", persistent=kept) as server:
+        out, err, resent, cancelled = run_through_a_restart(
+            server.url, lambda: server.restart(pause_s=3, forget=not kept), folder, db, tmp_path
         )
-        server.restart(pause_s=3, forget=not kept)
-        out, err = scan.communicate(timeout=RESTART_TIMEOUT_S)
-        took = time.monotonic() - began
-    (tmp_path / "scan.err").write_text(err)
-    resent, cancelled = err.count('"celery.resent"'), err.count('"celery.cancelled"')
-    print(f"broker restarted ({'kept' if kept else 'empty'}): run of {ASSETS} images {took:.1f} s,"
-          f" {resent} jobs sent again, {cancelled} cancelled by their worker")  # fmt: skip
-    assert scan.returncode == 0, err
     if not kept:
         # The jobs out when the broker went come back one way or the other:
         # cancelled by their worker on losing the broker (sent again at once),
@@ -319,26 +328,10 @@ def test_rabbitmq_restarted_mid_run_loses_nothing(many: tuple[Path, Path], tmp_p
     is back; nothing is lost, nothing stored twice."""
     folder, local = many
     db = tmp_path / "index.sqlite"
-    with (
-        own_rabbitmq() as server,
-        workers(server.url, tmp_path, env=FAST),
-        scanning(folder, db, server.url, tmp_path) as scan,
-    ):
-        began = time.monotonic()
-        wait_for(
-            lambda: sum(len(received(log)) for log in tmp_path.glob("worker*.log")) > 300,
-            "300 jobs run",
-            scan,
-            120,
+    with own_rabbitmq() as server:
+        out, _err, _resent, _cancelled = run_through_a_restart(
+            server.url, lambda: server.restart(pause_s=3), folder, db, tmp_path
         )
-        server.restart(pause_s=3)
-        out, err = scan.communicate(timeout=RESTART_TIMEOUT_S)
-        took = time.monotonic() - began
-    (tmp_path / "scan.err").write_text(err)
-    resent, cancelled = err.count('"celery.resent"'), err.count('"celery.cancelled"')
-    print(f"RabbitMQ restarted: run of {ASSETS} images {took:.1f} s, {resent} jobs sent again,"
-          f" {cancelled} cancelled by their worker")  # fmt: skip
-    assert scan.returncode == 0, err
     assert_indexed_as_local(db, local, out)
 
 
