@@ -395,7 +395,15 @@ def connect(url: str, **kwargs: Any) -> Connection:
 
 
 def _schema_version(db: Connection) -> int | None:
-    row = db.execute("SELECT to_regclass('schema_version') IS NOT NULL AS present").fetchone()
+    # Read from pg_tables, not to_regclass: a name lookup goes through the
+    # session's catalog cache, which waiting on an advisory lock does not
+    # refresh, so a process that had looked before another made the index
+    # found no schema_version under the migration lock while it counted the
+    # other's tables: "tables of another program".
+    row = db.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema()
+                          AND tablename = 'schema_version') AS present"""
+    ).fetchone()
     if row is None or not row["present"]:
         return None
     found = db.execute("SELECT version FROM schema_version").fetchone()
