@@ -81,11 +81,21 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)  # messages are never broken mid-path
 
 
+def shown(value: str) -> str:
+    """A file name or id as one line of plain text: a control character in it
+    (newline, carriage return, escape) is written as an escape, never acted on."""
+    if value.isprintable():
+        return value
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value
+    )
+
+
 def plain(value: str) -> Text:
     """A table cell shown as it is: no rich markup read into a file name
-    (`[red]x.jpg`), and a newline or carriage return in it shown escaped
-    instead of breaking the row."""
-    return Text(value.replace("\r", "\\r").replace("\n", "\\n"))
+    (`[red]x.jpg`), and control characters shown escaped (`shown`) instead of
+    breaking the row."""
+    return Text(shown(value))
 
 
 class UsageError(Exception):
@@ -470,16 +480,6 @@ def load_clusters(ctx: Context) -> tuple[list[Cluster], list[Relation]]:
         return current_clusters(store, ctx.settings)
     finally:
         store.close()
-
-
-def shown(value: str) -> str:
-    """A file name or id as one line of plain text: a control character in it
-    (newline, escape) is written as an escape, never acted on."""
-    if value.isprintable():
-        return value
-    return "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value
-    )
 
 
 def cluster_lines(cluster: dict[str, Any]) -> list[str]:
