@@ -29,6 +29,7 @@ queue) and delete them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -40,10 +41,17 @@ from connector.engine.ingest import describe_error, fingerprint_job, read_source
 from connector.engine.pool import JobTimeout, Limits, _init_worker, _run
 from connector.engine.settle import pixel_check_job, pixel_digest_job
 
-__all__ = ["JOBS", "QUEUE", "TASK", "hard_limit", "job_name", "make_app", "run_worker"]
+__all__ = [
+    "BATCH_JOBS", "JOBS", "QUEUE", "TASK", "hard_limit", "job_name", "make_app", "run_worker",
+]  # fmt: skip
 
 QUEUE = "damdup"
-TASK = "damdup.job"
+# One message carries up to BATCH_JOBS jobs of one kind: Celery spends about
+# as much on each message (its receipt, the hand-over to a worker process,
+# the result published, the acknowledgement, the next message fetched) as
+# the fingerprint of a rendition itself (bench/scale.py, "Fingerprints").
+TASK = "damdup.jobs"
+BATCH_JOBS = 16
 SERIALIZER = "msgpack"
 
 
@@ -134,6 +142,30 @@ def run_job(name: str, args: list[Any], seconds: float) -> dict[str, Any]:
     return {"value": job.encode(value)}
 
 
+def run_jobs(name: str, batch: list[Any], seconds: float) -> dict[str, Any]:
+    """The task: the jobs of one message, one after another, each under its
+    own time limit; {"values": [{"value": ...} or {"error": ...}, ...]} in
+    the order sent, or {"error": why} for the whole message.
+
+    No job starts once the message has run for `seconds`: the values of the
+    jobs run come back, and the caller sends the rest again. So a message
+    runs no longer than one job may (the hard limit: its last job started
+    before `seconds`, and stopped by its alarm `seconds` later), however
+    slow its files, and the hard limit and Redis's visibility timeout hold
+    for a message as they do for one job."""
+    if not isinstance(batch, list) or not 0 < len(batch) <= BATCH_JOBS:
+        return {"error": "malformed batch"}
+    if not all(isinstance(args, list) for args in batch):
+        return {"error": f"malformed arguments for job {name!r}"}
+    began = time.monotonic()
+    values: list[dict[str, Any]] = []
+    for args in batch:
+        if values and time.monotonic() - began >= seconds:
+            break
+        values.append(run_job(name, args, seconds))
+    return {"values": values}
+
+
 def result_backend(broker: str) -> str:
     """Redis keeps results where it queues jobs; with RabbitMQ they come back
     as messages to the caller's own reply queue."""
@@ -165,14 +197,17 @@ def make_app(settings: Settings) -> Any:
         task_acks_late=True,
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=False,
-        # One job at a time per process: what a worker holds is what it runs,
-        # and a dead worker holds back no queue.
-        worker_prefetch_multiplier=1,
+        # Two messages per process: the one it runs, and the next, at hand
+        # when that ends (one would leave each process idle for a round trip
+        # to the broker after every message). A dead worker's go back to the
+        # queue, unacknowledged.
+        worker_prefetch_multiplier=2,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
-            # Redis: a job unacknowledged this long is handed out again. Longer
-            # than any job may run (the hard limit), so only a dead worker's are.
+            # Redis: a message unacknowledged this long is handed out again.
+            # Longer than any message may run (the hard limit, run_jobs), so
+            # only a dead worker's are.
             "visibility_timeout": int(hard + 20),
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
@@ -180,7 +215,7 @@ def make_app(settings: Settings) -> Any:
         # Callers delete the results they take; these are left by callers that died.
         result_expires=3600,
     )
-    app.task(name=TASK, acks_late=True)(run_job)
+    app.task(name=TASK, acks_late=True)(run_jobs)
     return app
 
 

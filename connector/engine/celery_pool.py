@@ -3,17 +3,21 @@ number of hosts ([damdup] engine = "celery"): the same map/close interface
 as the local WorkerPool (connector/engine/pool.py), the same outcomes and
 error texts, so a run indexes alike wherever its jobs ran.
 
-At most two jobs per worker process are in flight (the processes the workers
+Jobs travel a few to a message (up to BATCH_JOBS, BATCH_BYTES of images):
+Celery's cost per message is as large as a rendition's fingerprint. At most
+two messages per worker process are in flight (the processes the workers
 on the broker report, asked again every minute), so a big run holds a few
 images in memory, not its whole listing. Outcomes are yielded as their
-results arrive, in any order. What the workers do and why is in
-connector/engine/celery_app.py.
+results arrive, in any order. A message whose worker process died or was
+killed (a decoder crash, a hang past the hard limit) is sent again job by
+job, so that only the culprit is recorded. What the workers do and why is
+in connector/engine/celery_app.py.
 
-A job with no result for longer than any job may run (the hard limit, plus a
-margin for a dead worker's job to come back from Redis) while workers answer
-is sent again: the broker lost it (restarted without its queues, say). At
-most SENDS times, then it is the job's recorded error. Sending a job again
-is safe: what a job returns is keyed by the content digest of its image (a
+A message with no result for longer than it may run (its hard limit, plus a
+margin for a dead worker's message to come back from Redis) while workers
+answer is sent again: the broker lost it (restarted without its queues,
+say). At most SENDS times, then it is its jobs' recorded error. Sending a
+job again is safe: what a job returns is keyed by the content digest of its image (a
 fingerprint row's key; pairs by their two digests) and stored with an
 upsert, so a job run twice is stored once; the first result taken counts and
 later ones are dropped. A broker out of reach is waited for (the publish is
@@ -27,7 +31,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -35,7 +39,15 @@ import structlog
 from kombu.exceptions import OperationalError
 
 from connector.core.settings import Settings
-from connector.engine.celery_app import JOBS, QUEUE, TASK, hard_limit, job_name, make_app
+from connector.engine.celery_app import (
+    BATCH_JOBS,
+    JOBS,
+    QUEUE,
+    TASK,
+    hard_limit,
+    job_name,
+    make_app,
+)
 from connector.engine.pool import EngineUnavailable, Limits, Outcome, WorkerPool
 
 __all__ = ["CeleryPool", "max_message_bytes"]
@@ -59,6 +71,9 @@ STALL_WARNING_S = 60.0
 AMQP_MESSAGE_BYTES = 16 * 1024 * 1024
 REDIS_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_ROOM_BYTES = 64 * 1024  # the task's name, numbers, headers, envelope
+# Image bytes gathered into one message at most: a batch of renditions, while
+# a camera original goes alone (and a batch's worker holds little memory).
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 def max_message_bytes(broker: str) -> int:
@@ -176,12 +191,14 @@ class CeleryPool:
         jobs: Iterable[tuple[KeyT, tuple[Any, ...]]],
         describe_error: Callable[[BaseException], str],
     ) -> Iterator[Outcome[KeyT]]:
-        """Send `function(*args)` for each job to the workers; yield outcomes
-        as they finish. `describe_error` turns an exception raised here
-        (preparing a job's arguments) into a reason for a person."""
+        """Send `function(*args)` for each job to the workers, a few jobs to
+        a message; yield outcomes as they finish. `describe_error` turns an
+        exception raised here (preparing a job's arguments) into a reason
+        for a person."""
         name = job_name(function)
         job = JOBS[name]
         run: _Run[KeyT] = _Run(self, name)
+        batch = _Batch[KeyT](_batch_jobs(jobs, run.limit), min(BATCH_BYTES, self.max_bytes))
         pending = iter(jobs)
         exhausted = False
         try:
@@ -197,10 +214,13 @@ class CeleryPool:
                     except Exception as exc:  # the file cannot be read here
                         yield Outcome(key, error=describe_error(exc))
                         continue
-                    if _oversize(sent, self.max_bytes):  # this host's pool, same limits
+                    if _image_bytes(sent) > self.max_bytes:  # this host's pool, same limits
                         yield from self._local().map(function, [(key, args)], describe_error)
                         continue
-                    run.send(_Flight(key, (name, list(sent), self.seconds)))
+                    for full in batch.add(key, list(sent)):
+                        run.send(full)
+                if exhausted and batch.items and len(run.flights) < run.limit:
+                    run.send(batch.take())  # the last jobs
                 if not run.flights:
                     break
                 yield from run.arrived()
@@ -211,41 +231,71 @@ class CeleryPool:
             # coming are of no use to anyone.
             run.forget_all()
 
-    def _outcome(self, key: KeyT, result: Any, job: Any, hard: float) -> Outcome[KeyT]:
-        if result.state == "SUCCESS":
-            payload = result.result
-            if not isinstance(payload, dict):
-                return Outcome(key, error="the worker returned no result")
-            if payload.get("error") is not None:
-                return Outcome(key, error=str(payload["error"]))
-            return Outcome(key, value=job.decode(payload["value"]))
-        exc = result.result
-        kind = type(exc).__name__
-        if kind == "TimeLimitExceeded":
-            return Outcome(key, error=f"took longer than {hard:g} s (killed)")
-        if kind == "WorkerLostError":
-            log.warning("worker.died", job=str(key))
-            return Outcome(key, error="crashed or hung the decoder (worker process died)")
-        return Outcome(key, error=f"the worker failed: {kind}: {exc}")
+    def _outcome(self, key: KeyT, entry: Any, job: Any) -> Outcome[KeyT]:
+        """One job's entry of a message's result."""
+        if not isinstance(entry, dict) or ("value" not in entry and entry.get("error") is None):
+            return Outcome(key, error="the worker returned no result")
+        if entry.get("error") is not None:
+            return Outcome(key, error=str(entry["error"]))
+        return Outcome(key, value=job.decode(entry["value"]))
+
+
+def _batch_jobs(jobs: Iterable[Any], in_flight: int) -> int:
+    """Jobs per message: BATCH_JOBS, or fewer where the jobs are few enough
+    that full messages would leave worker processes idle."""
+    if not isinstance(jobs, Sized):
+        return BATCH_JOBS
+    return max(1, min(BATCH_JOBS, -(-len(jobs) // in_flight)))
 
 
 @dataclass(eq=False)
 class _Flight(Generic[KeyT]):
-    """One job in flight: its message, the task ids it was sent as, when it
-    was sent last and how many times."""
+    """The jobs of one message in flight (their keys and arguments as sent),
+    the task ids it was sent as, when it was sent last and how many times."""
 
-    key: KeyT
-    message: tuple[Any, ...]
+    items: list[tuple[KeyT, list[Any]]]
     ids: list[str] = field(default_factory=list)
     sent_at: float = 0.0
     sends: int = 0
 
+    @property
+    def name(self) -> str:
+        first = str(self.items[0][0])
+        return first if len(self.items) == 1 else f"{first} and {len(self.items) - 1} more"
+
+
+class _Batch(Generic[KeyT]):
+    """Jobs gathered into one message: at most `jobs` of them, and at most
+    `max_bytes` of image bytes (a big original goes alone)."""
+
+    def __init__(self, jobs: int, max_bytes: int) -> None:
+        self.jobs = jobs
+        self.max_bytes = max_bytes
+        self.items: list[tuple[KeyT, list[Any]]] = []
+        self.bytes = 0
+
+    def add(self, key: KeyT, args: list[Any]) -> Iterator[_Flight[KeyT]]:
+        """Take a job; yield the message(s) that are full."""
+        weight = _image_bytes(args)
+        if self.items and self.bytes + weight > self.max_bytes:
+            yield self.take()
+        self.items.append((key, args))
+        self.bytes += weight
+        if len(self.items) >= self.jobs:
+            yield self.take()
+
+    def take(self) -> _Flight[KeyT]:
+        flight = _Flight(self.items)
+        self.items, self.bytes = [], 0
+        return flight
+
 
 class _Run(Generic[KeyT]):
-    """The jobs of one CeleryPool.map in flight, their results as they come."""
+    """The messages of one CeleryPool.map in flight, their results as they come."""
 
     def __init__(self, pool: CeleryPool, name: str) -> None:
         self.pool = pool
+        self.name = name
         self.app = pool.app()
         self.job = JOBS[name]
         # A Celery app's result backend is per thread: this call's, throughout.
@@ -261,10 +311,9 @@ class _Run(Generic[KeyT]):
         self.limit_at = self.last_progress = time.monotonic()
 
     def send(self, flight: _Flight[KeyT]) -> None:
+        message = (self.name, [args for _key, args in flight.items], self.pool.seconds)
         try:
-            result = self.app.send_task(
-                TASK, args=flight.message, queue=QUEUE, time_limit=self.hard
-            )
+            result = self.app.send_task(TASK, args=message, queue=QUEUE, time_limit=self.hard)
         except self.pool.broker_errors as exc:  # retried already (PUBLISH_RETRY)
             raise EngineUnavailable(
                 f"the broker {_safe(self.pool.broker)} does not answer: {exc}"
@@ -283,24 +332,62 @@ class _Run(Generic[KeyT]):
         while self.finished:
             result = self.finished.popleft()
             flight = self.by_id.get(result.id)
-            if flight is None:  # a later answer of a job sent again: taken already
+            if flight is None:  # a later answer of a message sent again: taken already
                 self._forget(result.id)
                 continue
             self.last_progress = time.monotonic()
             if result.state == "REVOKED":
                 # Cancelled by its worker on losing the broker: its message
                 # is handed out again, but its result would reach no one.
-                log.warning("celery.cancelled", job=str(flight.key))
+                log.warning("celery.cancelled", job=flight.name)
                 self.by_id.pop(result.id, None)
                 self._forget(result.id)
                 yield from self._again(flight)
                 continue
-            outcome = self.pool._outcome(flight.key, result, self.job, self.hard)
+            outcomes, again = self._outcomes(flight, result)
             self._done(flight)  # its result read: forgotten
-            yield outcome
+            if len(again) > 1 and not outcomes:
+                # One of its jobs killed or hung its process: each again on
+                # its own, so that only that one is recorded as the culprit.
+                log.warning("celery.batch_split", job=flight.name, state=result.state)
+                for item in again:
+                    self.send(_Flight([item]))
+            elif again:  # the jobs its worker had no time left for
+                self.send(_Flight(again))
+            yield from outcomes
+
+    def _outcomes(
+        self, flight: _Flight[KeyT], result: Any
+    ) -> tuple[list[Outcome[KeyT]], list[tuple[KeyT, list[Any]]]]:
+        """The outcomes of a message's jobs, and the jobs to send again: those
+        its worker had no time left for, or, when the worker process of a
+        message of several jobs died under it, all of them."""
+        keys = [key for key, _args in flight.items]
+        if result.state == "SUCCESS":
+            payload = result.result
+            values = payload.get("values") if isinstance(payload, dict) else None
+            if isinstance(values, list) and 0 < len(values) <= len(keys):
+                outcomes = [
+                    self.pool._outcome(key, entry, self.job)
+                    for key, entry in zip(keys, values, strict=False)
+                ]
+                return outcomes, flight.items[len(values) :]
+            whole = payload if isinstance(payload, dict) and "error" in payload else None
+            return [self.pool._outcome(key, whole, self.job) for key in keys], []
+        kind = type(result.result).__name__
+        if kind in ("TimeLimitExceeded", "WorkerLostError") and len(keys) > 1:
+            return [], flight.items
+        if kind == "TimeLimitExceeded":
+            error = f"took longer than {self.hard:g} s (killed)"
+        elif kind == "WorkerLostError":
+            log.warning("worker.died", job=flight.name)
+            error = "crashed or hung the decoder (worker process died)"
+        else:
+            error = f"the worker failed: {kind}: {result.result}"
+        return [Outcome(key, error=error) for key in keys], []
 
     def overdue(self) -> Iterator[Outcome[KeyT]]:
-        """Jobs the broker lost: sent again, or after SENDS their error."""
+        """Messages the broker lost: sent again, or after SENDS their jobs' error."""
         now = time.monotonic()
         late = [flight for flight in self.flights if now - flight.sent_at > self._wait(flight)]
         if not late:
@@ -310,19 +397,20 @@ class _Run(Generic[KeyT]):
                 flight.sent_at = now
             return
         for flight in late:
-            log.warning("celery.resent", job=str(flight.key), sends=flight.sends + 1,
+            log.warning("celery.resent", job=flight.name, sends=flight.sends + 1,
                         waited_s=round(now - flight.sent_at))  # fmt: skip
             yield from self._again(flight)
 
     def _again(self, flight: _Flight[KeyT]) -> Iterator[Outcome[KeyT]]:
-        """Send a job again, or after SENDS sends give its error."""
+        """Send a message again, or after SENDS sends give its jobs' error."""
         if flight.sends < SENDS:
             self.send(flight)
             return
         self._done(flight)
-        yield Outcome(
-            flight.key, error=f"the broker lost the job: no result after {flight.sends} sends"
-        )
+        for key, _args in flight.items:
+            yield Outcome(
+                key, error=f"the broker lost the job: no result after {flight.sends} sends"
+            )
 
     def keep_watch(self) -> None:
         now = time.monotonic()
@@ -333,7 +421,7 @@ class _Run(Generic[KeyT]):
         if now - self.last_progress > STALL_WARNING_S:
             log.warning(
                 "celery.waiting",
-                jobs=len(self.flights),
+                messages=len(self.flights),
                 worker_processes=self._workers(),
                 waited_s=round(now - self.last_progress),
             )
@@ -381,8 +469,8 @@ class _Run(Generic[KeyT]):
             _forget(result)
 
 
-def _oversize(args: tuple[Any, ...], max_bytes: int) -> bool:
-    return sum(len(arg) for arg in args if isinstance(arg, bytes)) > max_bytes
+def _image_bytes(args: Iterable[Any]) -> int:
+    return sum(len(arg) for arg in args if isinstance(arg, bytes))
 
 
 def _forget(result: Any) -> None:

@@ -101,7 +101,7 @@ def workers(
 def jobs_run(where: Path) -> int:
     """Jobs the workers logged as taken."""
     return sum(
-        len(re.findall(r"damdup\.job\[[0-9a-f-]+\] received", log.read_text(errors="replace")))
+        len(re.findall(r"damdup\.jobs\[[0-9a-f-]+\] received", log.read_text(errors="replace")))
         for log in where.glob("worker*.log")
     )
 
@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_job_loses_nothing(
             env={**os.environ, "PYTHONPATH": str(ROOT), **celery_env(redis_broker)},
         )  # fmt: skip
         deadline = time.monotonic() + 120
-        while "damdup.job[" not in log.read_text(errors="replace"):  # it has a job
+        while "damdup.jobs[" not in log.read_text(errors="replace"):  # it has a job
             assert scan.poll() is None, "the scan ended before the worker had a job"
             assert time.monotonic() < deadline, "the worker got no job"
             time.sleep(0.05)
@@ -197,9 +197,9 @@ def test_a_worker_killed_mid_job_loses_nothing(
         assert scan.returncode == 0, err
         assert running[1].poll() is None
     # What the killed worker had taken, the other one ran (the same task ids).
-    taken = set(re.findall(r"damdup\.job\[([0-9a-f-]+)\] received", log.read_text()))
+    taken = set(re.findall(r"damdup\.jobs\[([0-9a-f-]+)\] received", log.read_text()))
     redelivered = re.findall(
-        r"damdup\.job\[([0-9a-f-]+)\] received", (tmp_path / "worker1.log").read_text()
+        r"damdup\.jobs\[([0-9a-f-]+)\] received", (tmp_path / "worker1.log").read_text()
     )
     assert taken & set(redelivered), "no job of the killed worker was redelivered"
     assert relations(db) == local

@@ -55,8 +55,8 @@ KILLS = 10
 RUN_TIMEOUT_S = 400
 # Longer than a job the broker forgot takes to be sent again (hard limit + margin).
 RESTART_TIMEOUT_S = 240
-RECEIVED = re.compile(r"damdup\.job\[([0-9a-f-]+)\] received")
-DONE = re.compile(r"damdup\.job\[([0-9a-f-]+)\] (?:succeeded|raised)")
+RECEIVED = re.compile(r"damdup\.jobs\[([0-9a-f-]+)\] received")
+DONE = re.compile(r"damdup\.jobs\[([0-9a-f-]+)\] (?:succeeded|raised)")
 
 
 def build_images(folder: Path, count: int) -> None:
