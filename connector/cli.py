@@ -1097,13 +1097,13 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n")
     else:
-        _print_lookup(answer)
+        _print_lookup(answer, ctx.index_line)
     return EXIT_OK
 
 
-def _print_lookup(answer: LookupAnswer) -> None:
-    if not answer["match"]:
-        out.print("[bold]no match[/]: no indexed asset is this image")
+def _print_lookup(answer: LookupAnswer, index_line: str) -> None:
+    if not answer["match"]:  # an answer about one index: say which
+        out.print(f"[bold]no match[/] in {escape(index_line)}: no indexed asset is this image")
     for cluster in answer["clusters"]:
         canonical = cluster["canonical"]
         title = f"cluster {cluster['id']}" if cluster["id"] else "single copy"

@@ -222,3 +222,20 @@ def test_a_reading_command_on_an_empty_postgresql_database_makes_no_index(pg_url
     assert "(from --db)" in result.stderr
     with psycopg.connect(pg_url) as db:
         assert db.execute("SELECT to_regclass('schema_version')").fetchone() == (None,)
+
+
+def test_a_lookup_without_a_match_names_the_index_it_searched(
+    synced: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A lookup's "no match" is about one index: it says which, as the other
+    empty answers do, so an answer from the wrong index shows."""
+    import numpy as np
+    from PIL import Image
+
+    config, elsewhere = synced
+    photo = tmp_path / "kohina.png"
+    noise = np.random.default_rng(12).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(photo)
+    answer = damdup("lookup", str(photo), env={"DAMDUP_CONFIG": str(config)}, cwd=elsewhere)
+    index = config.parent / "index" / "damdup.sqlite"
+    assert f"no match in index {index} (from {config})" in answer.stdout
