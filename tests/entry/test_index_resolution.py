@@ -102,6 +102,31 @@ def test_a_missing_index_is_an_error_naming_it(name: str, tmp_path: Path) -> Non
     assert not (tmp_path / "damdup.sqlite").exists()
 
 
+NOT_BUILDERS = {
+    "push": ["push", "--dry-run"],
+    "push history": ["push", "--history"],
+    "review decide": [
+        "review", "decide", f"{UNIT}:DSC_2041.jpg", f"{UNIT}:DSC_2041_medium.jpg", "same",
+        "--by", "archivist",
+    ],
+    "serve": ["serve", "--port", "0"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NOT_BUILDERS))
+def test_commands_that_write_to_an_index_never_make_one(name: str, tmp_path: Path) -> None:
+    """Only scan, sync, migrate and the daemon build an index: push, a
+    decision and the server stop naming the missing one."""
+    missing = tmp_path / "gone" / "index.sqlite"
+    config = write_config(tmp_path / "damdup.toml", missing)
+    result = damdup(
+        *NOT_BUILDERS[name], env={"DAMDUP_CONFIG": str(config)}, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stdout
+    assert f"no index at {missing} (from {config})" in result.stderr
+    assert not missing.parent.exists() and not (tmp_path / "damdup.sqlite").exists()
+
+
 def test_a_file_that_is_not_an_index_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
