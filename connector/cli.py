@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import structlog
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -96,6 +97,12 @@ def plain(value: str) -> Text:
     (`[red]x.jpg`), and control characters shown escaped (`shown`) instead of
     breaking the row."""
     return Text(shown(value))
+
+
+def named(value: str) -> str:
+    """A file name or id inside a line printed with rich markup: `shown`, with
+    its brackets escaped, so `[red]x.jpg` is printed as it is, not read."""
+    return escape(shown(value))
 
 
 class UsageError(Exception):
@@ -593,7 +600,7 @@ def cmd_explain(args: argparse.Namespace, ctx: Context) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
         return EXIT_OK
-    out.print(f"[bold]{a.key}[/]  vs  [bold]{b.key}[/]")
+    out.print(f"[bold]{named(a.key)}[/]  vs  [bold]{named(b.key)}[/]")
     out.print(
         f"  sizes: {fa.width}x{fa.height} {fa.format}  vs  {fb.width}x{fb.height} {fb.format}"
     )
@@ -885,7 +892,9 @@ def cmd_review_decide(args: argparse.Namespace, ctx: Context) -> int:
         decide(store, args.a, args.b, args.decision, args.by)
     finally:
         store.close()
-    out.print(f"recorded: {args.a} / {args.b}: {args.decision} by {args.by.strip()}")
+    out.print(
+        f"recorded: {named(args.a)} / {named(args.b)}: {args.decision} by {named(args.by.strip())}"
+    )
     return EXIT_OK
 
 
@@ -1088,18 +1097,20 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(answer, indent=2, ensure_ascii=False) + "\n")
     else:
-        _print_lookup(answer)
+        _print_lookup(answer, ctx.index_line)
     return EXIT_OK
 
 
-def _print_lookup(answer: LookupAnswer) -> None:
-    if not answer["match"]:
-        out.print("[bold]no match[/]: no indexed asset is this image")
+def _print_lookup(answer: LookupAnswer, index_line: str) -> None:
+    if not answer["match"]:  # an answer about one index: say which
+        out.print(f"[bold]no match[/] in {escape(index_line)}: no indexed asset is this image")
     for cluster in answer["clusters"]:
         canonical = cluster["canonical"]
         title = f"cluster {cluster['id']}" if cluster["id"] else "single copy"
-        out.print(f"[bold]{title}[/]: canonical {canonical['unit']}:{canonical['asset_id']}")
-        out.print(f"  {canonical['link']}", markup=False, highlight=False)
+        out.print(
+            f"[bold]{title}[/]: canonical {named(canonical['unit'])}:{named(canonical['asset_id'])}"
+        )
+        out.print(f"  {shown(canonical['link'])}", markup=False, highlight=False)
         out.print(f"  why: {canonical['reason']}", markup=False, highlight=False)
         facts = ", ".join(
             f"{name} {canonical['metadata'].get(name) or '(missing)'}"
@@ -1123,7 +1134,7 @@ def _print_lookup(answer: LookupAnswer) -> None:
         out.print("[bold]other shots of this scene[/] (not copies):")
         for other in answer["similar"]:
             out.print(
-                f"  {other['unit']}:{other['asset_id']}  {other['link']}",
+                f"  {shown(other['unit'])}:{shown(other['asset_id'])}  {shown(other['link'])}",
                 markup=False,
                 highlight=False,
             )

@@ -144,8 +144,16 @@ class WebhookService:
         secrets: dict[str, bytes] = {}
         for unit in config.units:
             value = os.environ.get(secret_variable(unit))
-            if value is None or value == "":
+            if value is None:
                 continue
+            if not value.strip():
+                # Set but empty (a `$(openssl rand ...)` that failed): an
+                # error, as for a unit's other secrets, not a unit served
+                # without webhooks.
+                raise ConfigError(
+                    f"unit {unit}: the environment variable {secret_variable(unit)} is empty; "
+                    "set it to a long random value, or unset it for no webhooks"
+                )
             if len(value) < MIN_SECRET_CHARS:
                 raise ConfigError(
                     f"unit {unit}: {secret_variable(unit)} is shorter than "

@@ -59,3 +59,23 @@ def test_tables_show_names_as_they_are(tmp_path: Path) -> None:
     assert "[red]rikki\\nkuva.jpg" in errors.stdout
     clusters = damdup("clusters", "--db", str(db)).stdout
     assert "[bold]alkuperäinen.jpg" in clusters
+
+
+def test_lookup_explain_and_decide_name_assets_as_they_are(tmp_path: Path) -> None:
+    """What a user reads to act on (the canonical a lookup names, the pair an
+    explanation or a recorded decision names) keeps a name's brackets: rich
+    markup is never read into it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(ORIGINAL, folder / "[red]alkuperäinen.jpg")
+    shutil.copy(COPY, folder / "kopio.jpg")
+    db = str(tmp_path / "index.sqlite")
+    damdup("scan", str(folder), "--db", db, "-q")
+    original, copy = "scan:[red]alkuperäinen.jpg", "scan:kopio.jpg"
+
+    lookup = damdup("lookup", str(folder / "kopio.jpg"), "--db", db).stdout
+    assert f"canonical {original}\n" in lookup
+    explain = damdup("explain", original, copy, "--db", db).stdout
+    assert explain.startswith(f"{original}  vs  {copy}\n")
+    decide = damdup("review", "decide", original, copy, "same", "--by", "[i]Aino", "--db", db)
+    assert f"recorded: {original} / {copy}: same by [i]Aino" in decide.stdout

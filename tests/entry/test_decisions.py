@@ -1,5 +1,5 @@
-"""A reviewer's `same` confirms a duplicate everywhere damdup shows or writes
-it: clusters, status, push, lookup and the migration report."""
+"""A reviewer's `same` (or `canonical`) confirms a duplicate everywhere damdup
+shows or writes it: clusters, status, push, lookup and the migration report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from connector.core.sheets import uncell
 from tests.conftest import PHOTOS, damdup
@@ -42,7 +44,9 @@ def pushed(config: Path) -> dict[str, list[str]]:
     return {change["asset_id"]: change["after"]["labels"] for change in payload["changes"]}
 
 
-def test_same_confirms_the_duplicate_everywhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decision", ["same", "canonical"])
+def test_same_confirms_the_duplicate_everywhere(tmp_path: Path, decision: str) -> None:
+    """`canonical` names the original, A, as the canonical it already is."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for name, source in FILES.items():
@@ -63,7 +67,7 @@ def test_same_confirms_the_duplicate_everywhere(tmp_path: Path) -> None:
     assert (status(config)["duplicates"], status(config)["candidates"]) == (0, 2)
 
     damdup(
-        "review", "decide", f"{UNIT}:DSC_2041.jpg", f"{UNIT}:DSC_2041_medium.jpg", "same",
+        "review", "decide", f"{UNIT}:DSC_2041.jpg", f"{UNIT}:DSC_2041_medium.jpg", decision,
         "--by", "archivist", "--config", str(config),
     )  # fmt: skip
 

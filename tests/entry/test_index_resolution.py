@@ -102,6 +102,31 @@ def test_a_missing_index_is_an_error_naming_it(name: str, tmp_path: Path) -> Non
     assert not (tmp_path / "damdup.sqlite").exists()
 
 
+NOT_BUILDERS = {
+    "push": ["push", "--dry-run"],
+    "push history": ["push", "--history"],
+    "review decide": [
+        "review", "decide", f"{UNIT}:DSC_2041.jpg", f"{UNIT}:DSC_2041_medium.jpg", "same",
+        "--by", "archivist",
+    ],
+    "serve": ["serve", "--port", "0"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(NOT_BUILDERS))
+def test_commands_that_write_to_an_index_never_make_one(name: str, tmp_path: Path) -> None:
+    """Only scan, sync, migrate and the daemon build an index: push, a
+    decision and the server stop naming the missing one."""
+    missing = tmp_path / "gone" / "index.sqlite"
+    config = write_config(tmp_path / "damdup.toml", missing)
+    result = damdup(
+        *NOT_BUILDERS[name], env={"DAMDUP_CONFIG": str(config)}, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 2, result.stdout
+    assert f"no index at {missing} (from {config})" in result.stderr
+    assert not missing.parent.exists() and not (tmp_path / "damdup.sqlite").exists()
+
+
 def test_a_file_that_is_not_an_index_is_refused(tmp_path: Path) -> None:
     import sqlite3
 
@@ -222,3 +247,20 @@ def test_a_reading_command_on_an_empty_postgresql_database_makes_no_index(pg_url
     assert "(from --db)" in result.stderr
     with psycopg.connect(pg_url) as db:
         assert db.execute("SELECT to_regclass('schema_version')").fetchone() == (None,)
+
+
+def test_a_lookup_without_a_match_names_the_index_it_searched(
+    synced: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A lookup's "no match" is about one index: it says which, as the other
+    empty answers do, so an answer from the wrong index shows."""
+    import numpy as np
+    from PIL import Image
+
+    config, elsewhere = synced
+    photo = tmp_path / "kohina.png"
+    noise = np.random.default_rng(12).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(photo)
+    answer = damdup("lookup", str(photo), env={"DAMDUP_CONFIG": str(config)}, cwd=elsewhere)
+    index = config.parent / "index" / "damdup.sqlite"
+    assert f"no match in index {index} (from {config})" in answer.stdout

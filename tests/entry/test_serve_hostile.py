@@ -6,7 +6,9 @@ refusal is logged, and the server's threads and memory stay bounded."""
 
 from __future__ import annotations
 
+import json
 import select
+import shutil
 import signal
 import socket
 from collections.abc import Iterator
@@ -17,8 +19,8 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import damdup
-from tests.entry.test_webhooks import Serving, wait_for
+from tests.conftest import PHOTOS, damdup
+from tests.entry.test_webhooks import Serving, notification, wait_for
 from tests.servers.config import write_config
 
 SECRET = "archive-secret-for-the-hostile-tests"
@@ -147,6 +149,35 @@ def test_every_refusal_is_logged(served: Serving) -> None:
     refused(served, hook, 401, "webhook.rejected")
     # The webhook logs its own refusals: once, as webhook.rejected.
     assert not [e for e in served.events("request.rejected") if e["path"] == "/hooks/archive"]
+
+
+# -- a folder unit's webhook and links out of its folder ---------------------------
+
+
+def test_a_folder_webhook_never_reads_through_a_link_out_of_the_folder(tmp_path: Path) -> None:
+    """A signed notification names a path through a linked folder, a linked
+    file or `..` out of the unit's folder: the check fails saying why, and
+    nothing outside the folder reaches the index (a listing follows no such
+    link, and neither may a check)."""
+    server = start(tmp_path)
+    try:
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        shutil.copy(PHOTOS / "kuva" / "IMG_0412.jpg", outside / "salainen.jpg")
+        (tmp_path / "archive" / "kansio").symlink_to(outside)
+        (tmp_path / "archive" / "ulos.jpg").symlink_to(outside / "salainen.jpg")
+        for asset_id in ("kansio/salainen.jpg", "ulos.jpg", "../outside/salainen.jpg"):
+            reply = server.post_hook("archive", notification(asset_id), SECRET)
+            assert reply.status_code == 202, reply.text
+            check = server.finished(reply.json()["check"])
+            assert check["status"] == "failed" and check["verdict"] is None, check
+            assert "link" in check["error"] or "not a path inside" in check["error"], check
+        status = damdup("status", "--db", str(tmp_path / "index.sqlite"), "--format", "json")
+        assert [(row["unit"], row["assets"]) for row in json.loads(status.stdout)] == [
+            ("archive", 0)
+        ]
+    finally:
+        server.stop()
 
 
 # -- connections that send half a request and then nothing -------------------------

@@ -67,6 +67,29 @@ def test_an_empty_secret_in_the_environment_is_an_error_naming_it(
     assert "unit kuva: the environment variable DAMDUP_KUVA_APP_PASSWORD is empty" in text
 
 
+def test_an_empty_webhook_secret_stops_serve_naming_it(tmp_path: Path) -> None:
+    """An empty DAMDUP_<UNIT>_WEBHOOK_SECRET (a `$(openssl rand ...)` that
+    failed) is an error, not a unit quietly served without webhooks."""
+    import subprocess
+    import sys
+
+    path = config(tmp_path, f'platform = "filesystem"\nroot = "{tmp_path}"')
+    SQLiteStore(tmp_path / "index.sqlite").close()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "connector.cli", "serve", "--config", str(path), "--port", "0"],
+        cwd=ROOT, env={**os.environ, "DAMDUP_KUVA_WEBHOOK_SECRET": ""},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _, stderr = serve.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+        _, stderr = serve.communicate()
+        pytest.fail(f"damdup serve ran with an empty webhook secret:\n{stderr}")
+    assert serve.returncode == 2, stderr
+    assert "unit kuva: the environment variable DAMDUP_KUVA_WEBHOOK_SECRET is empty" in stderr
+
+
 @pytest.mark.parametrize("key", ["APP_PASSWORD", "App_Password"])
 def test_a_secret_in_the_file_is_refused_in_any_spelling(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
