@@ -55,6 +55,9 @@ KILLS = 10
 RUN_TIMEOUT_S = 400
 # Longer than a job the broker forgot takes to be sent again (hard limit + margin).
 RESTART_TIMEOUT_S = 240
+# Messages (of up to 16 jobs) taken by the workers before the broker restarts:
+# about a quarter of the run.
+RESTART_AFTER = 60
 RECEIVED = re.compile(r"damdup\.jobs\[([0-9a-f-]+)\] received")
 DONE = re.compile(r"damdup\.jobs\[([0-9a-f-]+)\] (?:succeeded|raised)")
 
@@ -258,13 +261,13 @@ def run_through_a_restart(
     broker: str, restart: Callable[[], None], folder: Path, db: Path, where: Path
 ) -> tuple[str, str, int, int]:
     """A Celery scan of `folder` on two workers, the broker restarted (by
-    `restart`) once 300 jobs have run: the scan's output, its log, and how
+    `restart`) once RESTART_AFTER messages have run: the scan's output, its log, and how
     many jobs it sent again and how many their workers cancelled."""
     with workers(broker, where, env=FAST), scanning(folder, db, broker, where) as scan:
         began = time.monotonic()
         wait_for(
-            lambda: sum(len(received(log)) for log in where.glob("worker*.log")) > 300,
-            "300 jobs run",
+            lambda: sum(len(received(log)) for log in where.glob("worker*.log")) > RESTART_AFTER,
+            f"{RESTART_AFTER} messages run",
             scan,
             120,
         )
