@@ -301,7 +301,9 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                 f"{unit}: {sync.listed} files listed, {sync.fingerprinted} fingerprinted, "
                 f"{sync.unchanged} unchanged, {sync.reused} known content, "
                 f"{sync.retired} gone; {candidate_pairs(result.match)}, "
-                f"{result.match.evaluated} newly checked; index {settings.db}"
+                f"{result.match.evaluated} newly checked; index {settings.db}",
+                markup=False,
+                highlight=False,
             )
             if result.errors:
                 err.print(
@@ -369,7 +371,7 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
     else:
         _print_sync(result, settings, len(clusters), len(cross_unit))
         for unit, reason in busy.items():
-            err.print(f"{unit}: skipped: {reason}", style="yellow")
+            err.print(f"{shown(unit)}: skipped: {shown(reason)}", style="yellow", markup=False)
     return EXIT_SOME_FAILED if result.errors or result.failed_units or busy else EXIT_OK
 
 
@@ -394,10 +396,12 @@ def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit
         )  # fmt: skip
     out.print(table)
     for unit, reason in result.failed_units.items():
-        err.print(f"{unit}: sync stopped: {reason}", style="red")
+        err.print(f"{shown(unit)}: sync stopped: {shown(reason)}", style="red", markup=False)
     out.print(
         f"{candidate_pairs(result.match)}, {result.match.evaluated} newly checked; "
-        f"{clusters} duplicate clusters, {cross_unit} across units; index {settings.db}"
+        f"{clusters} duplicate clusters, {cross_unit} across units; index {settings.db}",
+        markup=False,
+        highlight=False,
     )
     if result.errors:
         err.print(
@@ -800,14 +804,14 @@ def _print_push(
     out.print(table)
     # Every asset this run changed or would change, and why any was not: a
     # real push says what it wrote as plainly as a dry run says what it would.
-    shown = [c for c in report.changes if c.outcome not in (Outcome.ALREADY, Outcome.REPORT_ONLY)]
-    for change in shown:
+    listed = [c for c in report.changes if c.outcome not in (Outcome.ALREADY, Outcome.REPORT_ONLY)]
+    for change in listed:
         line = (
-            f"  {change.outcome.value:>12}  {change.unit}:{change.asset_id}  "
-            f"{_marks_text(change.before)}  →  {_marks_text(change.after)}"
+            f"  {change.outcome.value:>12}  {shown(change.unit)}:{shown(change.asset_id)}  "
+            f"{shown(_marks_text(change.before))}  →  {shown(_marks_text(change.after))}"
         )
         if change.error:
-            line += f"  ({change.error})"
+            line += f"  ({shown(change.error)})"
         out.print(line, markup=False, highlight=False)
     for unit in report.report_only_units:
         if report.count(Outcome.REPORT_ONLY, unit):
@@ -817,7 +821,7 @@ def _print_push(
                 "(--report FILE.csv, or --format json)"
             )
     for unit, reason in report.failed_units.items():
-        err.print(f"{unit}: push stopped: {reason}", style="red")
+        err.print(f"{unit}: push stopped: {shown(reason)}", style="red", markup=False)
     if report.held:
         held_units = sorted({unit for unit, _ in report.held})
         out.print(
@@ -1061,7 +1065,7 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
         store.close()
     migration.print_summary(report, out)
     for unit, reason in result.failed_units.items():
-        err.print(f"{unit}: sync stopped: {reason}", style="red")
+        err.print(f"{shown(unit)}: sync stopped: {shown(reason)}", style="red", markup=False)
     if result.errors:
         err.print(
             f"{result.errors} asset(s) could not be indexed: see `damdup errors`", style="yellow"

@@ -202,6 +202,13 @@ def test_unknown_asset_is_named_and_nothing_changes(store: IndexStore) -> None:
     with pytest.raises(UnknownAsset, match=r"no asset 'kuva:Kallio/tea\.jpg'"):
         decide(store, COFFEE, "kuva:Kallio/tea.jpg", "same", "Aino")
     assert store.decisions() == {}
+    # A mistyped unit: the id names one asset, of another unit.
+    unit, _, asset_id = COFFEE.partition(":")
+    with pytest.raises(
+        UnknownAsset, match=rf"no asset '{unit}x:.*' in the index; did you mean '{COFFEE}'\?"
+    ):
+        decide(store, f"{unit}x:{asset_id}", CROP, "same", "Aino")
+    assert store.decisions() == {}
 
 
 @pytest.mark.parametrize(

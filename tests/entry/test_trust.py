@@ -296,6 +296,58 @@ def test_the_wordpress_plugin_is_written_out_and_not_overwritten(
 
 def test_the_wordpress_plugin_is_package_data() -> None:
     import tomllib
+    from fnmatch import fnmatchcase
 
+    # Every file of the plugin is named by a pattern that setuptools puts in
+    # the wheel ("*" stops at a "/": a file in a subfolder needs its own).
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "wordpress_plugin/*" in project["tool"]["setuptools"]["package-data"]["adapters"]
+    patterns = project["tool"]["setuptools"]["package-data"]["adapters"]
+    files = [
+        path.relative_to(ROOT / "adapters").as_posix()
+        for path in (ROOT / "adapters" / "wordpress_plugin").rglob("*")
+        if path.is_file()
+    ]
+    assert "wordpress_plugin/damdup.php" in files
+    unpacked = [
+        name
+        for name in files
+        if not any(
+            fnmatchcase(name, pattern) and name.count("/") == pattern.count("/")
+            for pattern in patterns
+        )
+    ]
+    assert not unpacked, f"not in the wheel: {unpacked}"
+
+
+# -- names and server text in push's lines ----------------------------------------
+
+
+def test_push_prints_names_and_reasons_on_one_line_each_without_markup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An object name may hold a newline (S3, WebDAV) or brackets, and a
+    server's reason anything: each change stays one line, nothing in them is
+    read as rich markup."""
+    from adapters.base import Marks
+    from connector.cli import _print_push
+    from connector.engine.outbox import Change, Outcome, PushReport
+
+    report = PushReport(run=7, dry_run_units=[], report_only_units=[])
+    report.changes.append(
+        Change(
+            "s3",
+            "kuvat/a\nb [red]x.jpg",
+            "http://x/",
+            Marks(),
+            Marks(labels=("duplicate",)),
+            Outcome.FAILED,
+            error="403 [bold]Forbidden\r\nretry",
+        )
+    )
+    report.failed_units["s3"] = "HTTP 500: [link=http://evil/]click[/link]\nmore"
+    _print_push(report, ["s3"], None, {"s3": True})
+    captured = capsys.readouterr()
+    line = next(text for text in captured.out.splitlines() if "failed  s3:" in text)
+    assert "s3:kuvat/a\\nb [red]x.jpg" in line
+    assert "(403 [bold]Forbidden\\r\\nretry)" in line
+    assert "s3: push stopped: HTTP 500: [link=http://evil/]click[/link]\\nmore" in captured.err
