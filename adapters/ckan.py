@@ -71,6 +71,7 @@ from adapters.base import (
     choose_rendition,
     has_image_extension,
     listing_started,
+    reason,
 )
 from adapters.http import HttpClient, HttpError
 
@@ -434,7 +435,7 @@ class Ckan(HttpAdapter[CkanCursor]):
         except HttpError as exc:
             raise HttpError(
                 f"CKAN refused resource_patch (a resource schema that rejects the keys "
-                f"{', '.join(wanted)}?): {exc}",
+                f"{', '.join(wanted)}?): {reason(exc)}",
                 exc.status,
                 exc.detail,
             ) from None
@@ -483,7 +484,7 @@ class Ckan(HttpAdapter[CkanCursor]):
                 if name == "package_search"
                 else ""
             )
-            raise HttpError(f"CKAN refused {name}{hint}: {exc}", exc.status) from None
+            raise HttpError(f"CKAN refused {name}{hint}: {reason(exc)}", exc.status) from None
         body = reply.json
         if not isinstance(body, dict) or body.get("success") is not True or "result" not in body:
             raise Unavailable(

@@ -18,6 +18,7 @@ from adapters.base import (
     MarksDoNotFit,
     NotFound,
     Unavailable,
+    reason,
 )
 from adapters.http import HttpClient, Reply
 from adapters.transport import looks_like_html, redact_url
@@ -56,7 +57,9 @@ def multistatus(reply: Reply) -> ET.Element:
     try:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
-        raise Unavailable(f"{shown}: answered {reply.status} with unreadable XML: {exc}") from exc
+        raise Unavailable(
+            f"{shown}: answered {reply.status} with unreadable XML: {reason(exc)}"
+        ) from exc
     if root.tag != "{DAV:}multistatus":
         raise Unavailable(f"{shown}: answered {reply.status} with {root.tag}, not a multistatus")
     return root
@@ -95,7 +98,7 @@ class DavMarks:
         try:
             return Marks.from_fields(dict(self._stored(url)))
         except ValueError as exc:
-            raise BadAsset(f"{what}: damdup's properties are unreadable: {exc}") from exc
+            raise BadAsset(f"{what}: damdup's properties are unreadable: {reason(exc)}") from exc
 
     def write(self, url: str, marks: Marks, what: str) -> bool:
         stored, wanted = self._stored(url), marks.to_fields()

@@ -82,7 +82,9 @@ class Reply:
         try:
             return json.loads(self.content)
         except ValueError as exc:
-            raise Unavailable(f"{redact_url(self.url)} answered with invalid JSON: {exc}") from exc
+            raise Unavailable(
+                f"{redact_url(self.url)} answered with invalid JSON: {reason(exc)}"
+            ) from exc
 
 
 class _Transient(Exception):

@@ -41,6 +41,7 @@ from adapters.base import (
     RequestObserver,
     Unavailable,
     choose_rendition,
+    reason,
 )
 from adapters.http import HttpClient
 
@@ -223,7 +224,7 @@ class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
         try:
             record = self.http.get_json(f"image/{asset_id}/")
         except NotFound as exc:
-            raise NotFound(f"linked_events: no image {asset_id}: {exc}") from exc
+            raise NotFound(f"linked_events: no image {asset_id}: {reason(exc)}") from exc
         if not isinstance(record, dict) or str(record.get("id")) != asset_id:
             raise Unavailable(f"linked_events: image/{asset_id}/ answered with another record")
         for name in ("publisher", "data_source"):

@@ -80,6 +80,7 @@ from adapters.base import (
     Unavailable,
     Unsupported,
     choose_rendition,
+    reason,
 )
 from adapters.http import HttpClient, HttpError
 
@@ -432,7 +433,9 @@ class SharePoint(Adapter[SharePointCursor]):
         try:
             full = self.http.get_json(path, params)
         except NotFound as exc:
-            raise NotFound(f"SharePoint has no item {asset_id} in {self.drive}: {exc}") from exc
+            raise NotFound(
+                f"SharePoint has no item {asset_id} in {self.drive}: {reason(exc)}"
+            ) from exc
         if not isinstance(full, dict) or full.get("id") != asset_id:
             raise Unavailable(f"{path}: the answer is not the driveItem asked for")
         if "deleted" in full:
@@ -570,7 +573,7 @@ class SharePoint(Adapter[SharePointCursor]):
                 {mark: _text(fields.get(column)) for mark, column in self._columns().items()}
             )
         except ValueError as exc:  # a hand edit of damdup's columns
-            raise BadAsset(f"{asset.id}: damdup's columns are unreadable: {exc}") from exc
+            raise BadAsset(f"{asset.id}: damdup's columns are unreadable: {reason(exc)}") from exc
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
         stored = self._fields(asset)

@@ -46,6 +46,7 @@ from adapters.base import (
     Unsupported,
     choose_rendition,
     listing_started,
+    reason,
 )
 from adapters.http import HttpClient, HttpError, Reply
 
@@ -136,7 +137,7 @@ class WordPressCursor(BaseModel):
             if data.get("after") is not None:
                 data["after"] = _aware(data["after"], zone)  # the same local time
         except (TypeError, ValueError) as exc:  # pydantic reports a ValueError only
-            raise ValueError(f"an earlier cursor's times cannot be read: {exc}") from exc
+            raise ValueError(f"an earlier cursor's times cannot be read: {reason(exc)}") from exc
         return data
 
 
@@ -357,7 +358,7 @@ class WordPress(HttpAdapter[WordPressCursor]):
         try:
             record = self._get(f"{MEDIA}/{asset_id}", params).json
         except NotFound as exc:
-            raise NotFound(f"WordPress has no attachment {asset_id}: {exc}") from exc
+            raise NotFound(f"WordPress has no attachment {asset_id}: {reason(exc)}") from exc
         if not isinstance(record, dict) or "id" not in record:
             raise Unavailable(f"{MEDIA}/{asset_id} answered with something other than a medium")
         if not _is_image(record):
@@ -396,7 +397,8 @@ class WordPress(HttpAdapter[WordPressCursor]):
             return Marks.from_fields({MARK_META[key]: value for key, value in stored.items()})
         except ValueError as exc:  # written past the plugin, straight into the database
             raise BadAsset(
-                f"WordPress attachment {asset.id} holds damdup marks damdup cannot read: {exc}"
+                f"WordPress attachment {asset.id} holds damdup marks damdup cannot read: "
+                f"{reason(exc)}"
             ) from exc
 
     def annotate(self, asset: AssetRef, marks: Marks) -> bool:
@@ -429,7 +431,9 @@ class WordPress(HttpAdapter[WordPressCursor]):
                     f"WordPress at {site} has no damdup marks route, so marks cannot be "
                     f"written back: {PLUGIN_HINT}"
                 ) from exc
-            raise NotFound(f"WordPress at {site} has no attachment {asset.id}: {exc}") from exc
+            raise NotFound(
+                f"WordPress at {site} has no attachment {asset.id}: {reason(exc)}"
+            ) from exc
         except AuthFailed as exc:
             who = (
                 f"user {self.settings.username!r}"
@@ -488,7 +492,7 @@ class WordPress(HttpAdapter[WordPressCursor]):
             if exc.status == 400 and "modified_" in exc.detail:
                 raise Unsupported(
                     f"WordPress at {self.settings.base_url} cannot filter by modification "
-                    f"time (WordPress 5.7 or later is needed): {exc}"
+                    f"time (WordPress 5.7 or later is needed): {reason(exc)}"
                 ) from exc
             raise
 

@@ -1428,7 +1428,7 @@ def cmd_db_migrate(args: argparse.Namespace, ctx: Context) -> int:
     except IndexMissing as exc:
         raise UsageError(f"{exc} ({ctx.db_source}): nothing to migrate") from exc
     except DatabaseUrlError as exc:
-        raise UsageError(f"--to: {exc}") from exc
+        raise UsageError(f"--to: {error_text(exc)}") from exc
     except SchemaError as exc:
         raise UsageError(str(exc)) from exc
     if args.format == "json":

@@ -90,7 +90,7 @@ def unit_settings(
     try:
         cls = adapter_class(platform)
     except UnknownPlatform as exc:
-        raise ConfigError(f"unit {name}: platform: {exc}") from exc
+        raise ConfigError(f"unit {name}: platform: {reason(exc)}") from exc
     model = cls.settings_model
     prefix = env_prefix(name)
     secrets = secret_fields(model)

@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 from kombu.exceptions import OperationalError
 
+from adapters.base import reason
 from connector.core.settings import Settings
 from connector.engine.celery_app import (
     BATCH_JOBS,
@@ -171,7 +172,7 @@ class CeleryPool:
             return worker_processes(self.app(), self.broker, fresh)
         except self.broker_errors as exc:
             raise EngineUnavailable(
-                f"the broker {_safe(self.broker)} does not answer: {exc}"
+                f"the broker {_safe(self.broker)} does not answer: {reason(exc)}"
             ) from exc
 
     def _in_flight_limit(self, fresh: bool = False) -> int:
@@ -316,7 +317,7 @@ class _Run(Generic[KeyT]):
             result = self.app.send_task(TASK, args=message, queue=QUEUE, time_limit=self.hard)
         except self.pool.broker_errors as exc:  # retried already (PUBLISH_RETRY)
             raise EngineUnavailable(
-                f"the broker {_safe(self.pool.broker)} does not answer: {exc}"
+                f"the broker {_safe(self.pool.broker)} does not answer: {reason(exc)}"
             ) from exc
         flight.ids.append(result.id)
         flight.sent_at = time.monotonic()

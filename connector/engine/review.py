@@ -172,8 +172,7 @@ def resolve(store: IndexStore, reference: str) -> AssetRow:
         near = store.find_asset(asset_id) if asset_id else None
         hint = f"; did you mean {near.key!r}?" if near is not None else ""
         raise UnknownAsset(
-            f"no asset {reference!r} in the index{hint} "
-            "(give unit:id, an id, or a digest prefix)"
+            f"no asset {reference!r} in the index{hint} (give unit:id, an id, or a digest prefix)"
         )
     if asset.sha256 is None:
         raise StalePair(f"{asset.key} could not be indexed: {asset.error}")
