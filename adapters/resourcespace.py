@@ -142,7 +142,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
     def __init__(
         self, settings: ResourceSpaceSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         self._private_key = settings.private_key.get_secret_value()
         self.http = HttpClient.for_settings(
             settings, secrets=[self._private_key], kind=self.kind, observer=observer
