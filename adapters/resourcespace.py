@@ -486,12 +486,8 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
             f"resourcespace: {function} answered false for resource {asset.id}: {hint}"
         )
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self._require_live(asset.id)
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self._require_live(asset.id)
 
     def _require_live(self, ref: str) -> None:
         """NotFound unless the resource exists in one of the unit's archive
