@@ -172,7 +172,7 @@ class AzureBlob(Adapter[AzureBlobCursor]):
     def __init__(
         self, settings: AzureBlobSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         self.secrets = [
             secret.get_secret_value()
             for secret in (settings.account_key, settings.sas_token)

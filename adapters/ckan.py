@@ -274,7 +274,7 @@ class Ckan(HttpAdapter[CkanCursor]):
     http: HttpClient
 
     def __init__(self, settings: CkanSettings, observer: RequestObserver | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
         self.http = HttpClient.for_settings(
             settings,

@@ -173,7 +173,7 @@ class Drupal(HttpAdapter[DrupalCursor]):
     http: HttpClient
 
     def __init__(self, settings: DrupalSettings, observer: RequestObserver | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         password = settings.password.get_secret_value() if settings.password else None
         auth = (
             _BasicAuth(settings.username, password)

@@ -84,7 +84,7 @@ class Filesystem(Adapter[FilesystemCursor]):
     def __init__(
         self, settings: FilesystemSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         try:
             self.root = settings.root.resolve()
             is_folder = self.root.is_dir()

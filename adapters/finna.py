@@ -97,7 +97,7 @@ class Finna(HttpAdapter[FinnaCursor]):
     http: HttpClient
 
     def __init__(self, settings: FinnaSettings, observer: RequestObserver | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         base = str(settings.base_url)
         image_base = str(settings.image_base_url or urljoin(base, "/"))
         # Image paths are joined below it, so that a base with a path keeps it.

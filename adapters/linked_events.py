@@ -94,7 +94,7 @@ class LinkedEvents(HttpAdapter[LinkedEventsCursor]):
     def __init__(
         self, settings: LinkedEventsSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         key = settings.api_key.get_secret_value() if settings.api_key else None
         headers = {"Accept": "application/json"}
         if key:

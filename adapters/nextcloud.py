@@ -135,7 +135,7 @@ class Nextcloud(HttpAdapter[NextcloudCursor]):
     def __init__(
         self, settings: NextcloudSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         password = settings.app_password.get_secret_value()
         auth = HTTPBasicAuth(settings.username.encode(), password.encode())  # UTF-8
         self.http = HttpClient.for_settings(

@@ -142,7 +142,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
     def __init__(
         self, settings: ResourceSpaceSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         self._private_key = settings.private_key.get_secret_value()
         self.http = HttpClient.for_settings(
             settings, secrets=[self._private_key], kind=self.kind, observer=observer
@@ -486,12 +486,8 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
             f"resourcespace: {function} answered false for resource {asset.id}: {hint}"
         )
 
-    def exists(self, asset: AssetRef) -> bool:
-        try:
-            self._require_live(asset.id)
-        except NotFound:
-            return False
-        return True
+    def probe(self, asset: AssetRef) -> None:
+        self._require_live(asset.id)
 
     def _require_live(self, ref: str) -> None:
         """NotFound unless the resource exists in one of the unit's archive

@@ -193,7 +193,7 @@ class S3(Adapter[S3Cursor]):
     capabilities = Capabilities(annotate=True, describe=True, exists=True, fetch_url=True)
 
     def __init__(self, settings: S3Settings, observer: RequestObserver | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         key_id, secret_key, token = (

@@ -257,7 +257,7 @@ class SharePoint(Adapter[SharePointCursor]):
     def __init__(
         self, settings: SharePointSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         secret = settings.client_secret.get_secret_value()
         timeout = (min(5.0, settings.timeout_s), settings.timeout_s)
         tokens = HttpClient(

@@ -118,7 +118,7 @@ class WebDav(HttpAdapter[WebDavCursor]):
     http: HttpClient
 
     def __init__(self, settings: WebDavSettings, observer: RequestObserver | None = None) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         password = settings.password.get_secret_value() if settings.password else None
         auth = None
         if settings.username is not None and password is not None:

@@ -274,7 +274,7 @@ class WordPress(HttpAdapter[WordPressCursor]):
     def __init__(
         self, settings: WordPressSettings, observer: RequestObserver | None = None
     ) -> None:
-        self.settings = settings
+        super().__init__(settings, observer)
         password = settings.app_password.get_secret_value() if settings.app_password else None
         auth = (
             HTTPBasicAuth(settings.username, password) if settings.username and password else None

@@ -37,7 +37,15 @@ from connector.engine.scan import worker_pool
 from connector.engine.sync import sync_unit
 from connector.engine.workbench import Workbench
 
-__all__ = ["CheckFailed", "CheckVerdict", "Checker", "LookupRefused", "MatchIndex"]
+__all__ = [
+    "CheckError",
+    "CheckFailed",
+    "CheckResult",
+    "CheckVerdict",
+    "Checker",
+    "LookupRefused",
+    "MatchIndex",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +85,18 @@ class CheckVerdict(TypedDict):
     marks: list[MarkEntry]
 
 
+class CheckError(TypedDict):
+    """Why one asset could not be checked (stored as the check's error)."""
+
+    unit: str
+    asset_id: str
+    error: str
+
+
+# What `Checker.check` returns: the verdict, or why there is none.
+CheckResult = CheckVerdict | CheckError
+
+
 class Checker(Workbench):
     """Checks and lookups on one shared workbench (thread-safe)."""
 
@@ -93,9 +113,9 @@ class Checker(Workbench):
     def lookup(self, data: bytes | None = None, url: str | None = None) -> LookupAnswer:
         return lookup(self, data=data, url=url)
 
-    def check(self, unit: str, asset_id: str, check_id: int) -> dict[str, Any]:
+    def check(self, unit: str, asset_id: str, check_id: int) -> CheckResult:
         """The verdict on one asset, also stored as the check's result; a bad
-        asset or a platform error is recorded and returned as {"error": ...}."""
+        asset or a platform error is recorded and returned as a CheckError."""
         store = self.open_store()
         try:
             with structlog.contextvars.bound_contextvars(unit=unit, asset_id=asset_id):
@@ -111,7 +131,7 @@ class Checker(Workbench):
                 else:
                     store.finish_check(check_id, dict(verdict))
                     log.info("check.finished", role=verdict["role"], tier=verdict["tier"])
-                    return dict(verdict)
+                    return verdict
                 log.warning("check.failed", reason=error)
                 store.finish_check(check_id, None, error)
                 return {"unit": unit, "asset_id": asset_id, "error": error}

@@ -147,6 +147,18 @@ def test_settings_that_take_an_ability_away_leave_it_undeclared() -> None:
     assert Finna(FinnaSettings(building="0/HKM/")).capabilities.describe
 
 
+def test_an_adapter_keeps_the_observer_it_is_built_with() -> None:
+    """Every adapter is built through `Adapter.__init__`, which keeps its
+    settings and the observer of its requests."""
+    from adapters.finna import Finna, FinnaSettings
+
+    events: list[object] = []
+    settings = FinnaSettings(building="0/HKM/")
+    finna = Finna(settings, observer=events.append)
+    assert finna.settings is settings and finna.observer == events.append
+    assert Finna(settings).observer is None
+
+
 def test_capabilities_without_names_only_abilities_it_has() -> None:
     declared = Capabilities(incremental=True, describe=True)
     assert declared.without("describe") == Capabilities(incremental=True)
