@@ -691,6 +691,19 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     finally:
         if target is not sys.stdout:
             target.close()
+    if not relations:  # an empty file is an answer too: say which index gave it
+        err.print(
+            f"damdup: no related pairs in {ctx.index_line}"
+            + (": only the header was written" if args.format == "csv" else ""),
+            markup=False,
+            highlight=False,
+        )
+    elif args.output:
+        err.print(
+            f"damdup: {len(relations)} relations written to {args.output} ({ctx.index_line})",
+            markup=False,
+            highlight=False,
+        )
     return EXIT_OK
 
 

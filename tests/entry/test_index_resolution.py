@@ -264,3 +264,29 @@ def test_a_lookup_without_a_match_names_the_index_it_searched(
     answer = damdup("lookup", str(photo), env={"DAMDUP_CONFIG": str(config)}, cwd=elsewhere)
     index = config.parent / "index" / "damdup.sqlite"
     assert f"no match in index {index} (from {config})" in answer.stdout
+
+
+def test_an_export_without_relations_names_the_index_it_read(tmp_path: Path) -> None:
+    """An export of no relations is a file with only its header: said on
+    stderr, with the index, so that an empty file from the wrong index shows."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "kuvat"
+    folder.mkdir()
+    for seed in (1, 2):  # two unrelated images: nothing to relate
+        noise = np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(folder / f"kohina{seed}.png")
+    db = tmp_path / "index.sqlite"
+    damdup("scan", str(folder), "--db", str(db), "-q")
+    empty = damdup("export", "relations", "--db", str(db))
+    assert empty.stdout.count("\n") == 1  # the header
+    said = " ".join(empty.stderr.split())
+    assert f"no related pairs in index {db} (from --db): only the header was written" in said
+    related = tmp_path / "photos.sqlite"
+    damdup("scan", str(PHOTOS / UNIT), "--db", str(related), "-q")
+    out = tmp_path / "out.csv"
+    written = damdup("export", "relations", "--db", str(related), "--output", str(out))
+    rows = out.read_text().count("\n") - 1
+    assert rows > 0
+    assert f"{rows} relations written to {out}" in " ".join(written.stderr.split())
