@@ -28,6 +28,7 @@ from tests.contract import conftest as contract
 from tests.servers.common import PHOTOS, photo_paths, upscaled
 from tests.servers.config import write_config
 from tests.servers.resourcespace import (
+    DEFAULT_FIELDS,
     PRIVATE_KEY,
     USERNAME,
     ResourceSpaceEmulator,
@@ -39,6 +40,9 @@ pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() 
 
 ORIGINALS = photo_paths(variant="original")
 ARTIFACTS = ROOT / "test-artifacts" / "resourcespace"
+# The fields the emulator has (the real server has every default field, such
+# as `camera`, which damdup's default mapping does not read).
+EMULATED_FIELDS = {field.name for field in DEFAULT_FIELDS} | {"damdup"}
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,9 @@ class _Emulated:
 
 
 def shape(value: Any) -> Any:
-    """What a client can rely on: keys, JSON types, list lengths; null
-    matches any type (a column without a value)."""
+    """What a client can rely on: keys, JSON types, list lengths, and which
+    values are null (a column the server leaves empty, such as a field the
+    upload did not fill from the photo's EXIF, must be empty on both)."""
     if isinstance(value, dict):
         return {key: shape(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -129,7 +134,7 @@ def shape(value: Any) -> Any:
 
 def same_shape(real: Any, emulated: Any, where: str = "") -> list[str]:
     if real is None or emulated is None:
-        return []
+        return [] if real is emulated else [f"{where}: {real} real, {emulated} emulated"]
     if isinstance(real, dict) and isinstance(emulated, dict):
         problems = []
         if set(real) != set(emulated):
@@ -202,6 +207,13 @@ def test_the_emulator_answers_as_the_real_server(both: tuple[Any, Any]) -> None:
             got.append((label, answer(server.call(function, **params))))
         fields = server.call("get_resource_field_data", resource=big).json()
         got.append(("field", shape(next(f for f in fields if f["name"] == "damdup"))))
+        # Which of the emulator's fields the upload filled (EXIF's date, the
+        # file name; never a title the photo does not carry).
+        filled = [f["name"] for f in fields if f["value"] and f["name"] in EMULATED_FIELDS]
+        got.append(("fields filled", sorted(filled)))
+        # The preview sizes made, and their sizes (the boxes ImageMagick fits).
+        sizes = server.call("get_resource_all_image_sizes", resource=big).json()
+        got.append(("size boxes", sorted((s["size_code"], s["width"], s["height"]) for s in sizes)))
         empty = server.call("get_resource_field_data", resource=missing).json()
         got.append(("fields missing", (type(empty).__name__, {f["value"] for f in empty})))
         for label, function, params in [
