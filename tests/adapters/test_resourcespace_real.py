@@ -211,9 +211,10 @@ def test_the_emulator_answers_as_the_real_server(both: tuple[Any, Any]) -> None:
         # file name; never a title the photo does not carry).
         filled = [f["name"] for f in fields if f["value"] and f["name"] in EMULATED_FIELDS]
         got.append(("fields filled", sorted(filled)))
-        # The preview sizes made, and their sizes (the boxes ImageMagick fits).
+        # The preview sizes made, their sizes (the boxes ImageMagick fits) and
+        # their order (the widest box first).
         sizes = server.call("get_resource_all_image_sizes", resource=big).json()
-        got.append(("size boxes", sorted((s["size_code"], s["width"], s["height"]) for s in sizes)))
+        got.append(("size boxes", [(s["size_code"], s["width"], s["height"]) for s in sizes]))
         empty = server.call("get_resource_field_data", resource=missing).json()
         got.append(("fields missing", (type(empty).__name__, {f["value"] for f in empty})))
         for label, function, params in [

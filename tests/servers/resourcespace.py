@@ -733,10 +733,12 @@ class ResourceSpaceEmulator(Emulator):
     def _previews(self, asset: StoredAsset) -> dict[str, tuple[int, int, bool]]:
         """The preview files create_previews_using_im() leaves, never
         enlarged: pre, thm and col always; scr and hpr always for originals
-        that are no JPEG; any size for an original larger than its box."""
+        that are no JPEG; any size for an original larger than its box.
+        Widest box first, the order get_image_sizes() reads preview_size in
+        (`ORDER BY width DESC`), which get_resource_all_image_sizes answers."""
         sizes: dict[str, tuple[int, int, bool]] = {}
         jpeg = asset.mime_type == "image/jpeg"
-        for size in PREVIEW_SIZES:
+        for size in sorted(PREVIEW_SIZES, key=lambda size: size.width, reverse=True):
             larger = asset.width > size.width or asset.height > size.height
             made = (
                 size.code in ("pre", "thm", "col")
