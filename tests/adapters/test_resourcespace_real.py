@@ -329,7 +329,10 @@ def test_marks_are_written_shown_on_the_resource_page_and_reverted(
     assert marks.canonical_url == f"{real.url}pages/view.php?ref={original}"
     assert "canonical" in Marks.from_json(server.field_values(original)["damdup"]).labels
     assert int(original) in server.api("get_related_resources", ref=copy)
+    # ResourceSpace deletes with a function call (delete_resource moves a
+    # resource to archive state 3), not an HTTP DELETE: both stay live.
     assert real.proxy.requests("DELETE") == []
+    assert live_states(real) == {original: 0, copy: 0}
 
     page = _screenshot(real, copy, ARTIFACTS / f"view-{copy}-marked.png", marks.cluster)
     assert marks.cluster in page and "duplicate" in page
@@ -342,8 +345,20 @@ def test_marks_are_written_shown_on_the_resource_page_and_reverted(
     assert server.field_values(copy)["damdup"] == earlier
     assert int(original) not in server.api("get_related_resources", ref=copy)
     assert real.proxy.requests("DELETE") == []
+    assert live_states(real) == {original: 0, copy: 0}
     page = _screenshot(real, copy, ARTIFACTS / f"view-{copy}-reverted.png", "Metadata")
     assert marks.cluster not in page and "dd0123456789" in page
+
+
+def live_states(real: ResourceSpaceRealHarness) -> dict[str, int]:
+    """Every resource in any archive state, with its state, through the API;
+    and no delete_resource in the adapter's GETs through the proxy."""
+    assert real.proxy is not None
+    assert not any("delete_resource" in entry.path for entry in real.proxy.requests("GET"))
+    return {
+        ref: int(real.server.api("get_resource_data", resource=ref)["archive"])
+        for ref in real.server.refs()
+    }
 
 
 def _screenshot(real: ResourceSpaceRealHarness, ref: str, path: Path, near: str) -> str:
