@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -79,6 +81,21 @@ def client(proxy: FaultProxy, **options: object) -> HttpClient:
     settings: dict[str, object] = {"attempts": 3, "backoff_s": 0.01, "timeout": (10.0, 10.0)}
     settings.update(options)
     return HttpClient(proxy.url, **settings)  # type: ignore[arg-type]
+
+
+def test_a_client_resetting_the_proxy_prints_no_traceback(
+    proxy: FaultProxy, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A client resetting its connection printed socketserver's traceback,
+    once in the middle of `make demo`'s output; the proxy goes on serving."""
+    peer = socket.create_connection(("127.0.0.1", proxy.server.server_port))
+    peer.sendall(b"GET /items HTTP/1.1\r\nHost: x\r\n")  # half a request
+    time.sleep(0.2)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()  # with SO_LINGER 0: a reset, not a FIN
+    time.sleep(0.3)
+    assert "Traceback" not in capfd.readouterr().err
+    assert requests.get(proxy.url + "items", timeout=5).status_code == 200
 
 
 def test_json_and_bytes(proxy: FaultProxy) -> None:

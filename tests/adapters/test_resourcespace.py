@@ -623,6 +623,31 @@ def test_without_its_source_the_real_server_skips_saying_where_it_goes(
     reason = resourcespace_real.skip_reason()
     assert reason is not None
     assert "resourcespace-<commit>.tar.gz" in reason and "shared/platforms" in reason
-    assert str(tmp_path) in reason and "DAMDUP_PLATFORM_SOURCES" in reason
+    assert str(tmp_path) in reason and "DAMDUP_PLATFORMS_DIR" in reason
     with pytest.raises(pytest.skip.Exception, match="shared/platforms"):
         resourcespace_real.ResourceSpaceRealHarness()
+
+
+@pytest.mark.parametrize("variable", ["DAMDUP_PLATFORMS_DIR", "DAMDUP_PLATFORM_SOURCES"])
+def test_one_setting_moves_both_real_platforms_sources(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, variable: str
+) -> None:
+    """Either name, set, is the only place both real servers' tests look
+    (so a folder without the snapshots makes them skip, as on a machine
+    without them), and Linked Events' skip says where its source goes."""
+    from tests.servers import linked_events_real, resourcespace_real
+
+    for name in ("DAMDUP_PLATFORMS_DIR", "DAMDUP_PLATFORM_SOURCES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path))
+    assert resourcespace_real.platform_sources() == [tmp_path]
+    assert resourcespace_real.resourcespace_tarball() is None
+    assert linked_events_real.platforms_dir() == tmp_path
+    assert linked_events_real.source_tarball() is None
+    with pytest.raises(pytest.skip.Exception, match=r"linkedevents-<commit>\.tar\.gz") as skipped:
+        linked_events_real.start_server()
+    assert str(tmp_path) in str(skipped.value) and "DAMDUP_PLATFORMS_DIR" in str(skipped.value)
+    (tmp_path / "resourcespace-0000000.tar.gz").write_bytes(b"")
+    (tmp_path / "linkedevents-0000000.tar.gz").write_bytes(b"")
+    assert resourcespace_real.resourcespace_tarball() == tmp_path / "resourcespace-0000000.tar.gz"
+    assert linked_events_real.source_tarball() == tmp_path / "linkedevents-0000000.tar.gz"

@@ -28,6 +28,7 @@ from tests.contract import conftest as contract
 from tests.servers.common import PHOTOS, photo_paths, upscaled
 from tests.servers.config import write_config
 from tests.servers.resourcespace import (
+    DEFAULT_FIELDS,
     PRIVATE_KEY,
     USERNAME,
     ResourceSpaceEmulator,
@@ -39,6 +40,9 @@ pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() 
 
 ORIGINALS = photo_paths(variant="original")
 ARTIFACTS = ROOT / "test-artifacts" / "resourcespace"
+# The fields the emulator has (the real server has every default field, such
+# as `camera`, which damdup's default mapping does not read).
+EMULATED_FIELDS = {field.name for field in DEFAULT_FIELDS} | {"damdup"}
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +120,9 @@ class _Emulated:
 
 
 def shape(value: Any) -> Any:
-    """What a client can rely on: keys, JSON types, list lengths; null
-    matches any type (a column without a value)."""
+    """What a client can rely on: keys, JSON types, list lengths, and which
+    values are null (a column the server leaves empty, such as a field the
+    upload did not fill from the photo's EXIF, must be empty on both)."""
     if isinstance(value, dict):
         return {key: shape(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -129,7 +134,7 @@ def shape(value: Any) -> Any:
 
 def same_shape(real: Any, emulated: Any, where: str = "") -> list[str]:
     if real is None or emulated is None:
-        return []
+        return [] if real is emulated else [f"{where}: {real} real, {emulated} emulated"]
     if isinstance(real, dict) and isinstance(emulated, dict):
         problems = []
         if set(real) != set(emulated):
@@ -202,6 +207,14 @@ def test_the_emulator_answers_as_the_real_server(both: tuple[Any, Any]) -> None:
             got.append((label, answer(server.call(function, **params))))
         fields = server.call("get_resource_field_data", resource=big).json()
         got.append(("field", shape(next(f for f in fields if f["name"] == "damdup"))))
+        # Which of the emulator's fields the upload filled (EXIF's date, the
+        # file name; never a title the photo does not carry).
+        filled = [f["name"] for f in fields if f["value"] and f["name"] in EMULATED_FIELDS]
+        got.append(("fields filled", sorted(filled)))
+        # The preview sizes made, their sizes (the boxes ImageMagick fits) and
+        # their order (the widest box first).
+        sizes = server.call("get_resource_all_image_sizes", resource=big).json()
+        got.append(("size boxes", [(s["size_code"], s["width"], s["height"]) for s in sizes]))
         empty = server.call("get_resource_field_data", resource=missing).json()
         got.append(("fields missing", (type(empty).__name__, {f["value"] for f in empty})))
         for label, function, params in [
@@ -286,14 +299,19 @@ def test_marks_are_written_shown_on_the_resource_page_and_reverted(
     damdup's marks and canonical link, read back through ResourceSpace's own
     API and shown on its resource page (screenshot in test-artifacts/); the
     duplicate is related to its canonical; nothing is deleted; a revert gives
-    the field its earlier value back and removes the relation."""
+    the field its earlier value (an earlier run's marks) back and removes the
+    relation."""
     real.reset()
     labels = json.loads((PHOTOS.parent / "labels.json").read_text())["files"]
     china = {label["variant"]: name for name, label in labels.items() if label["photo"] == "china"}
     original = real.add("china.jpg", (PHOTOS / china["original"]).read_bytes())
     copy = real.add("china-copy.jpg", (PHOTOS / china["reencode_q60"]).read_bytes())
     server = real.server
-    earlier = server.field_values(copy)["damdup"]
+    # The copy's field already holds marks (an earlier damdup's): the revert
+    # must give back exactly this text, not an empty field.
+    earlier = Marks(("metadata-missing",), "dd0123456789", None).to_json()
+    server.set_field(copy, "damdup", earlier)
+    assert server.field_values(copy)["damdup"] == earlier
 
     db = tmp_path / "index.sqlite"
     config = tmp_path / "damdup.toml"
@@ -311,7 +329,10 @@ def test_marks_are_written_shown_on_the_resource_page_and_reverted(
     assert marks.canonical_url == f"{real.url}pages/view.php?ref={original}"
     assert "canonical" in Marks.from_json(server.field_values(original)["damdup"]).labels
     assert int(original) in server.api("get_related_resources", ref=copy)
+    # ResourceSpace deletes with a function call (delete_resource moves a
+    # resource to archive state 3), not an HTTP DELETE: both stay live.
     assert real.proxy.requests("DELETE") == []
+    assert live_states(real) == {original: 0, copy: 0}
 
     page = _screenshot(real, copy, ARTIFACTS / f"view-{copy}-marked.png", marks.cluster)
     assert marks.cluster in page and "duplicate" in page
@@ -324,8 +345,20 @@ def test_marks_are_written_shown_on_the_resource_page_and_reverted(
     assert server.field_values(copy)["damdup"] == earlier
     assert int(original) not in server.api("get_related_resources", ref=copy)
     assert real.proxy.requests("DELETE") == []
+    assert live_states(real) == {original: 0, copy: 0}
     page = _screenshot(real, copy, ARTIFACTS / f"view-{copy}-reverted.png", "Metadata")
-    assert marks.cluster not in page
+    assert marks.cluster not in page and "dd0123456789" in page
+
+
+def live_states(real: ResourceSpaceRealHarness) -> dict[str, int]:
+    """Every resource in any archive state, with its state, through the API;
+    and no delete_resource in the adapter's GETs through the proxy."""
+    assert real.proxy is not None
+    assert not any("delete_resource" in entry.path for entry in real.proxy.requests("GET"))
+    return {
+        ref: int(real.server.api("get_resource_data", resource=ref)["archive"])
+        for ref in real.server.refs()
+    }
 
 
 def _screenshot(real: ResourceSpaceRealHarness, ref: str, path: Path, near: str) -> str:

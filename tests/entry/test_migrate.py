@@ -232,7 +232,9 @@ def test_metadata_csv_shares(migrated: dict[str, Any]) -> None:
     assert float(rows["museum"]["complete_pct"]) == 75.0
     assert int(rows["archive"]["complete"]) == 1
     assert float(rows["archive"]["complete_pct"]) == 33.3
-    assert int(rows["events"]["with_date"]) == 0
+    # ResourceSpace reads the date from the photo's EXIF on upload: both events
+    # photos carry one (DateTimeOriginal), neither a department.
+    assert int(rows["events"]["with_date"]) == 2
     assert int(rows["events"]["complete"]) == 0
 
 
@@ -314,7 +316,8 @@ def test_audit_metadata_counts_and_csv(
     counts = {entry["unit"]: entry for entry in payload["units"]}
     want_rows = set()
     for unit, placed in PLACEMENT.items():
-        dated = unit == "museum"  # Drupal dates every upload
+        # Drupal dates every upload; ResourceSpace dates these from their EXIF.
+        dated = unit in ("museum", "events")
         missing = {
             name: [
                 n for n, _p, meta in placed

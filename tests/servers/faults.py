@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 HOP_HEADERS = frozenset(
@@ -53,6 +55,17 @@ class Forwarded:
     response_bytes: int
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that resets its connection mid-request is no error of the
+    proxy's: socketserver printed its traceback to stderr (one appeared in
+    the middle of `make demo`'s output, as the real servers were filled)."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class FaultProxy:
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
@@ -79,7 +92,7 @@ class FaultProxy:
             do_PROPFIND = do_PROPPATCH = do_SEARCH = do_REPORT = do_MKCOL = do_GET
             do_COPY = do_MOVE = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}/"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

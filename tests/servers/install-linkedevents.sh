@@ -2,7 +2,7 @@
 # Installs the real Linked Events (the City of Helsinki's event and image API,
 # Django + PostgreSQL/PostGIS) for the tests, from the source snapshot in
 # shared/platforms/ beside the repository (beside the main checkout for a git
-# worktree; $DAMDUP_PLATFORMS_DIR overrides). The source is unpacked into
+# worktree; $DAMDUP_PLATFORMS_DIR, or $DAMDUP_PLATFORM_SOURCES, overrides). The source is unpacked into
 # .damdup/linkedevents/ (ignored by git), never into the repository, with a
 # virtualenv of its own for its Python packages, so that damdup's .venv is
 # untouched. Debian packages: PostgreSQL with PostGIS (GDAL, GEOS and PROJ
@@ -23,7 +23,7 @@ set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache="$root/.damdup/linkedevents"
 
-platforms=${DAMDUP_PLATFORMS_DIR:-}
+platforms=${DAMDUP_PLATFORMS_DIR:-${DAMDUP_PLATFORM_SOURCES:-}}
 if [ -z "$platforms" ]; then
     platforms="$(dirname "$root")/shared/platforms"
     if [ ! -d "$platforms" ] && [ -f "$root/.git" ]; then

@@ -13,15 +13,27 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 sources=""
-for dir in "${DAMDUP_PLATFORM_SOURCES:-}" "$repo/../shared/platforms" \
-    "$(dirname "$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo /nonexistent/x)")/../shared/platforms"; do
+# $DAMDUP_PLATFORMS_DIR (or $DAMDUP_PLATFORM_SOURCES), when set, is the only
+# place looked in, as the tests do.
+override=${DAMDUP_PLATFORMS_DIR:-${DAMDUP_PLATFORM_SOURCES:-}}
+if [ -n "$override" ]; then
+    places=$override
+else
+    places="$repo/../shared/platforms
+$(dirname "$(git -C "$repo" rev-parse --path-format=absolute --git-common-dir 2>/dev/null || echo /nonexistent/x)")/../shared/platforms"
+fi
+old_ifs=$IFS
+IFS='
+'
+for dir in $places; do
     [ -n "$dir" ] || continue
     for tarball in "$dir"/resourcespace-*.tar.gz; do
         [ -f "$tarball" ] && sources=$tarball && break 2
     done
 done
+IFS=$old_ifs
 if [ -z "$sources" ]; then
-    echo "install-resourcespace.sh: no resourcespace-*.tar.gz in ../shared/platforms beside the repository (or \$DAMDUP_PLATFORM_SOURCES): the real ResourceSpace tests will skip" >&2
+    echo "install-resourcespace.sh: no resourcespace-*.tar.gz in ../shared/platforms beside the repository (or \$DAMDUP_PLATFORMS_DIR): the real ResourceSpace tests will skip" >&2
     exit 0
 fi
 

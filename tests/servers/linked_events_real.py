@@ -110,9 +110,11 @@ def _main_checkout(root: Path) -> Path | None:
 
 def platforms_dir(root: Path = ROOT) -> Path:
     """`shared/platforms` beside the repository, as CI has it; for a git
-    worktree, beside its main checkout; `$DAMDUP_PLATFORMS_DIR` overrides."""
-    if os.environ.get("DAMDUP_PLATFORMS_DIR"):
-        return Path(os.environ["DAMDUP_PLATFORMS_DIR"])
+    worktree, beside its main checkout; `$DAMDUP_PLATFORMS_DIR` (or
+    `$DAMDUP_PLATFORM_SOURCES`, as ResourceSpace's tests read it) overrides."""
+    for variable in ("DAMDUP_PLATFORMS_DIR", "DAMDUP_PLATFORM_SOURCES"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable])
     beside = root.parent / "shared" / "platforms"
     main = _main_checkout(root)
     if not beside.is_dir() and main is not None:

@@ -61,7 +61,10 @@ not say, and which this emulator now does the same way:
 - get_resource_field_data answers every field, values empty, for a resource
   that does not exist; get_related_resources answers refs as numbers;
 - download.php without a valid key redirects to login.php; downloading an
-  original (not a preview) is logged, which moves the resource's `modified`.
+  original (not a preview) is logged, which moves the resource's `modified`;
+- an upload reads the photo's EXIF with ExifTool: DateTimeOriginal into
+  field 12 (the date), the GPS position into geo_lat/geo_long; the title
+  (field 8) is read from IPTC or XMP only, so it stays empty for a file name.
 It has no API rate limit and rejects no parameter: an unknown `order_by` falls
 back to relevance, an invalid `sort` to ascending.
 """
@@ -216,6 +219,38 @@ def file_size_text(size_bytes: int) -> str:
     if size_bytes < 1024 * 1024:
         return f"{round(size_bytes / 1024)}&nbsp;KB"
     return f"{size_bytes / 1024 / 1024:.1f}&nbsp;MB"
+
+
+@lru_cache(maxsize=256)
+def exif_facts(data: bytes) -> tuple[str | None, float | None, float | None]:
+    """What ResourceSpace's upload reads from a photo's EXIF with ExifTool
+    (extract_exif_comment()): field 12 from DateTimeOriginal (its
+    `exiftool_field` in dbstruct/data_resource_type_field.txt), stored as
+    "YYYY-MM-DD HH:MM:SS", and the GPS position as geo_lat/geo_long floats."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            exif = image.getexif()
+            taken = exif.get_ifd(0x8769).get(36867)  # ExifIFD DateTimeOriginal
+            gps = exif.get_ifd(0x8825)
+    except (OSError, ValueError):
+        return None, None, None
+    date = None
+    if isinstance(taken, str) and re.fullmatch(r"\d{4}:\d\d:\d\d \d\d:\d\d:\d\d", taken.strip()):
+        date = taken.strip().replace(":", "-", 2)
+
+    def degrees(value: Any, ref: Any, negative: str) -> float | None:
+        try:
+            d, m, s = (float(part) for part in value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        sign = -1.0 if str(ref).upper().startswith(negative) else 1.0
+        return sign * (d + m / 60 + s / 3600)
+
+    latitude = degrees(gps.get(2), gps.get(1), "S")
+    longitude = degrees(gps.get(4), gps.get(3), "W")
+    if latitude is None or longitude is None:
+        return date, None, None
+    return date, latitude, longitude
 
 
 @lru_cache(maxsize=128)
@@ -511,8 +546,9 @@ class ResourceSpaceEmulator(Emulator):
             "archive": row["archive"], "access": 0, "colour_key": "", "created_by": 1,
             "file_path": None, "file_modified": row["file_modified"],
             "file_checksum": row["file_checksum"], "request_count": 0,
-            "expiry_notification_sent": 0, "preview_tweaks": "0|1", "geo_lat": None,
-            "geo_long": None, "mapzoom": None, "disk_usage": len(asset.data),
+            "expiry_notification_sent": 0, "preview_tweaks": "0|1",
+            "geo_lat": exif_facts(asset.data)[1], "geo_long": exif_facts(asset.data)[2],
+            "mapzoom": None, "disk_usage": len(asset.data),
             "disk_usage_last_updated": row["creation_date"], "file_size": row["file_size"],
             "preview_attempts": 0, "modified": row["modified"],
             "last_verified": row["creation_date"], "integrity_fail": 0, "lock_user": None,
@@ -669,8 +705,9 @@ class ResourceSpaceEmulator(Emulator):
 
     def _value(self, asset: StoredAsset, field: int) -> str | None:
         value = asset.metadata.get(str(field))
-        if value is None and field == 8:
-            return asset.name.rsplit(".", 1)[0]
+        # The title stays empty: an upload reads it from IPTC or XMP only.
+        if value is None and field == 12:
+            return exif_facts(asset.data)[0]
         if value is None and field == 51:
             return asset.name
         return None if value is None else str(value)
@@ -696,10 +733,12 @@ class ResourceSpaceEmulator(Emulator):
     def _previews(self, asset: StoredAsset) -> dict[str, tuple[int, int, bool]]:
         """The preview files create_previews_using_im() leaves, never
         enlarged: pre, thm and col always; scr and hpr always for originals
-        that are no JPEG; any size for an original larger than its box."""
+        that are no JPEG; any size for an original larger than its box.
+        Widest box first, the order get_image_sizes() reads preview_size in
+        (`ORDER BY width DESC`), which get_resource_all_image_sizes answers."""
         sizes: dict[str, tuple[int, int, bool]] = {}
         jpeg = asset.mime_type == "image/jpeg"
-        for size in PREVIEW_SIZES:
+        for size in sorted(PREVIEW_SIZES, key=lambda size: size.width, reverse=True):
             larger = asset.width > size.width or asset.height > size.height
             made = (
                 size.code in ("pre", "thm", "col")

@@ -2,8 +2,8 @@
 `php -S` on 127.0.0.1 and set up from nothing by the tests themselves.
 
 The source is the snapshot in `shared/platforms/resourcespace-*.tar.gz`
-beside the repository (`$DAMDUP_PLATFORM_SOURCES` names another folder; a git
-worktree also looks beside its main checkout). It is never copied into the
+beside the repository (`$DAMDUP_PLATFORMS_DIR` names another folder instead; a
+git worktree also looks beside its main checkout). It is never copied into the
 repository: each test session unpacks it into `.damdup/resourcespace/`
 (git-ignored) and removes it on close. Without it the tests skip, saying
 where it goes. `tests/servers/install-resourcespace.sh` installs PHP's
@@ -66,7 +66,11 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent / "resourcespace"
 SITES = ROOT / ".damdup" / "resourcespace"
-SOURCES_VARIABLE = "DAMDUP_PLATFORM_SOURCES"
+# The folder holding the platforms' source snapshots, when not the usual one;
+# the second name is the one this module read first (both ResourceSpace's and
+# Linked Events' tests read both, so one setting moves or hides both).
+SOURCES_VARIABLE = "DAMDUP_PLATFORMS_DIR"
+SOURCES_VARIABLES = (SOURCES_VARIABLE, "DAMDUP_PLATFORM_SOURCES")
 PHP = Path("/usr/bin/php")
 # What ResourceSpace's composer.json requires of PHP, and the tools it runs.
 EXTENSIONS = ("mysqli", "gd", "mbstring", "intl", "curl", "dom", "zip")
@@ -80,12 +84,13 @@ ALL_STATES = "-2,-1,0,1,2,3"
 
 def platform_sources() -> list[Path]:
     """Where the platforms' source snapshots may be, first match wins:
-    `$DAMDUP_PLATFORM_SOURCES`, `shared/platforms` beside the repository (as
-    CI lays it out), and beside the main checkout when this is a worktree."""
-    places = []
-    if os.environ.get(SOURCES_VARIABLE):
-        places.append(Path(os.environ[SOURCES_VARIABLE]))
-    places.append(ROOT.parent / "shared" / "platforms")
+    `$DAMDUP_PLATFORMS_DIR` (or `$DAMDUP_PLATFORM_SOURCES`) alone when set,
+    else `shared/platforms` beside the repository (as CI lays it out), and
+    beside the main checkout when this is a worktree."""
+    for variable in SOURCES_VARIABLES:
+        if os.environ.get(variable):
+            return [Path(os.environ[variable])]
+    places = [ROOT.parent / "shared" / "platforms"]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         common = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"],
@@ -95,7 +100,7 @@ def platform_sources() -> list[Path]:
         ).stdout.strip()
         if common:
             places.append(Path(common).parent.parent / "shared" / "platforms")
-    return places
+    return list(dict.fromkeys(places))
 
 
 def resourcespace_tarball() -> Path | None:
