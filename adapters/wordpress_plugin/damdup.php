@@ -38,7 +38,10 @@
  *   damdup_marks      space-separated labels: canonical, duplicate,
  *                     duplicate-candidate, related, metadata-missing
  *   damdup_cluster    the cluster id, "dd" + 10 hexadecimal digits
- *   damdup_canonical  the canonical image's URL, exactly as damdup sent it
+ *   damdup_canonical  where the canonical image is, exactly as damdup sent it:
+ *                     its URL, or, for an image with no web address (a file
+ *                     on a share), its unit and path in words
+ *                     ("unit arkisto: kuvat/a.jpg")
  *
  * damdup reads and replaces them with GET and PUT on
  * /wp-json/damdup/v1/marks/<attachment id>. That route writes post meta only:
@@ -70,6 +73,8 @@ final class Damdup_Marks
     const CLUSTER_PATTERN = '/^dd[0-9a-f]{10}$/';
     /** A scheme, then anything printable: a URL on any platform damdup reads. */
     const URL_PATTERN = '/^[A-Za-z][A-Za-z0-9+.\-]*:[^\x00-\x1f\x7f]+$/u';
+    // An image with no web address is named in words: damdup's "unit U: path".
+    const WORDS_PATTERN = '/^unit [^\x00-\x1f\x7f]+$/u';
     const MAX_URL_LENGTH = 8192;
 
     const META_MARKS = 'damdup_marks';
@@ -99,7 +104,7 @@ final class Damdup_Marks
                 'sanitize' => array(__CLASS__, 'sanitize_cluster'),
             ),
             self::META_CANONICAL => array(
-                'description' => __("The URL of the cluster's canonical image, as damdup sent it.", 'damdup'),
+                'description' => __("Where the cluster's canonical image is, as damdup sent it: its URL, or its unit and path in words.", 'damdup'),
                 'validate' => array(__CLASS__, 'validate_canonical'),
                 'sanitize' => array(__CLASS__, 'sanitize_canonical'),
             ),
@@ -163,10 +168,10 @@ final class Damdup_Marks
 
     public static function validate_canonical($value)
     {
-        if (!is_string($value) || ($value !== '' && !self::is_url($value))) {
+        if (!is_string($value) || ($value !== '' && !self::is_link($value))) {
             return new WP_Error('damdup_invalid_canonical', sprintf(
                 /* translators: %d: the maximum length. */
-                __('damdup_canonical must be a URL (a scheme, then no control characters, at most %d bytes), or empty.', 'damdup'),
+                __('damdup_canonical must be a URL (a scheme, then no control characters) or "unit NAME: PATH", at most %d bytes, or empty.', 'damdup'),
                 self::MAX_URL_LENGTH
             ));
         }
@@ -188,7 +193,8 @@ final class Damdup_Marks
     }
 
     /**
-     * The URL unchanged when it is one, else nothing. Deliberately not
+     * The link unchanged when it is one (a URL, or a unit and path in
+     * words), else nothing. Deliberately not
      * esc_url_raw() or sanitize_text_field(): they rewrite spaces, percent
      * escapes and letters outside ASCII, and damdup must read back exactly
      * the link it wrote. It is escaped where it is printed.
@@ -196,7 +202,7 @@ final class Damdup_Marks
     public static function sanitize_canonical($value)
     {
         $value = (string) $value;
-        return self::is_url($value) ? $value : '';
+        return self::is_link($value) ? $value : '';
     }
 
     private static function split_labels($value)
@@ -209,6 +215,15 @@ final class Damdup_Marks
         return strlen($value) <= self::MAX_URL_LENGTH
             && wp_check_invalid_utf8($value) === $value
             && preg_match(self::URL_PATTERN, $value) === 1;
+    }
+
+    /** A URL, or an image with no web address named in words. */
+    private static function is_link($value)
+    {
+        return self::is_url($value)
+            || (strlen($value) <= self::MAX_URL_LENGTH
+                && wp_check_invalid_utf8($value) === $value
+                && preg_match(self::WORDS_PATTERN, $value) === 1);
     }
 
     /** The stored marks, '' for each one absent. */
@@ -372,9 +387,13 @@ final class Damdup_Marks
         if ($marks[self::META_CLUSTER] !== '') {
             echo '<br><code>' . esc_html($marks[self::META_CLUSTER]) . '</code>';
         }
-        $link = esc_url($marks[self::META_CANONICAL]);
+        $canonical = $marks[self::META_CANONICAL];
+        $link = self::is_url($canonical) ? esc_url($canonical) : '';
         if ($link !== '') {
             echo '<br><a href="' . $link . '">' . esc_html__('canonical image', 'damdup') . '</a>';
+        } elseif ($canonical !== '') {
+            /* translators: %s: the canonical image's unit and path, in words. */
+            echo '<br>' . esc_html(sprintf(__('canonical image: %s', 'damdup'), $canonical));
         }
     }
 }

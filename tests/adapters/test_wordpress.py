@@ -485,6 +485,13 @@ def test_links_come_back_exactly_and_the_plugin_refuses_what_it_cannot_keep(
     odd = Marks(labels=("duplicate",), canonical_url="file:///srv/kuvat/a\\b 'c' \"d\" %41.jpg")
     assert made.annotate(ref, odd) is True
     assert wp.stored_marks(asset_id) == odd and made.read_marks(ref) == odd
+    # A canonical with no web address (a file on a share) is named in words.
+    words = Marks(labels=("duplicate",), canonical_url="unit arkisto: kuvat/Töölö <b>1</b>.jpg")
+    assert made.annotate(ref, words) is True
+    assert wp.stored_marks(asset_id) == words and made.read_marks(ref) == words
+    cell = wp.server.php(f"do_action('manage_media_custom_column', 'damdup', {int(asset_id)});")
+    assert "canonical image: unit arkisto: kuvat/Töölö &lt;b&gt;1&lt;/b&gt;.jpg" in cell
+    assert made.annotate(ref, odd) is True
     # A line break is no URL: refused, and what was stored stays.
     with pytest.raises(BadAsset, match="damdup_canonical"):
         made.annotate(ref, Marks(labels=("duplicate",), canonical_url="https://a.example/\nb"))
