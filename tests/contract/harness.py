@@ -120,6 +120,12 @@ class Harness(ABC):
         function calls) override this."""
         return entry.method not in READING_METHODS
 
+    def complaints(self) -> list[str]:
+        """What the server itself reported as wrong over the whole session
+        (a real server's own errors, a library it lacked); checked once the
+        session's tests are done."""
+        return []
+
     def close(self) -> None:
         if self.proxy is not None:
             self.proxy.close()

@@ -557,6 +557,16 @@ class ResourceSpaceRealHarness(Harness):
         original.raise_for_status()
         return fields, files, hashlib.sha256(original.content).hexdigest()
 
+    def complaints(self) -> list[str]:
+        """Over the whole session: a class ResourceSpace asked the stand-in
+        autoloader for (a Composer library left out, docs/adapters.md) or an
+        error PHP logged, on any path the tests took."""
+        found = [
+            f"class asked of the missing vendor/: {entry}"
+            for entry in self.server.missing_classes()
+        ]
+        return found + [f"PHP: {line}" for line in self.server.php_errors()]
+
     def changing(self, entry: Forwarded) -> bool:
         if entry.method != "GET":
             return True
