@@ -80,7 +80,9 @@ def test_a_syncs_workers_yield_the_cpu_to_a_checks() -> None:
     with worker_pool(settings) as check, worker_pool(settings, background=True) as sync:
         mine = [o.value for o in check.map(pool_jobs.niceness, [("n", ())], str)]
         theirs = [o.value for o in sync.map(pool_jobs.niceness, [("n", ())], str)]
-    assert theirs[0] - mine[0] == BACKGROUND_NICE, (mine, theirs)
+    # Linux caps nice values at 19: under `nice pytest`, less room is left.
+    assert theirs[0] == min(19, mine[0] + BACKGROUND_NICE), (mine, theirs)
+    assert theirs[0] > mine[0] or mine[0] == 19, (mine, theirs)
 
 
 def test_workers_start_with_the_job_modules_imported() -> None:
