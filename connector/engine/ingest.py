@@ -46,8 +46,10 @@ __all__ = [
     "Ingest",
     "Ingested",
     "IngestStats",
+    "TooLarge",
     "asset_row",
     "awaits_retry",
+    "check_size",
     "describe_error",
     "fingerprint_job",
     "known_of",
@@ -73,6 +75,17 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__} while decoding: {error_text(exc)}"
 
 
+class TooLarge(ImageError):
+    """Image bytes over the configured cap (`max_file_mb`)."""
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    """The byte cap of an image, wherever its bytes come from (a fetch, a file
+    a worker reads, an upload, a looked-up URL): TooLarge over it."""
+    if size > max_bytes:
+        raise TooLarge(f"file is over the {max_bytes:,} byte limit")
+
+
 def read_source(source: bytes | str, max_bytes: int) -> bytes:
     """A job's image bytes: given, or read from a local file's path (at most
     `max_bytes`); ImageError says why it cannot be read."""
@@ -83,8 +96,7 @@ def read_source(source: bytes | str, max_bytes: int) -> bytes:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise ImageError(f"file is over the {max_bytes:,} byte limit")
+    check_size(len(data), max_bytes)
     return data
 
 
@@ -319,9 +331,10 @@ class _Page:
         """Cap and hash fetched bytes; True when they need a fingerprint."""
         self.stats.fetched += 1
         self.stats.fetched_bytes += len(data)
-        max_bytes = self.ingest.limits[1]
-        if len(data) > max_bytes:
-            self.record(ref, None, f"file is over the {max_bytes:,} byte limit")
+        try:
+            check_size(len(data), self.ingest.limits[1])
+        except TooLarge as exc:
+            self.record(ref, None, str(exc))
             return False
         if self.ingest.sizes is not None:
             self.ingest.sizes.add(len(data))
