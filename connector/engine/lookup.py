@@ -24,7 +24,7 @@ from connector.engine.component import (
     asset_entry,
     cluster_entry,
 )
-from connector.engine.ingest import TooLarge, check_size
+from connector.engine.ingest import TooLarge
 from connector.engine.workbench import Workbench
 
 __all__ = ["LookupAnswer", "LookupRefused", "lookup"]
@@ -123,11 +123,9 @@ def _indexed(bench: Workbench, store: IndexStore, asset: AssetRow) -> LookupAnsw
 
 def _by_bytes(bench: Workbench, store: IndexStore, data: bytes) -> LookupAnswer:
     try:
-        check_size(len(data), bench.settings.max_file_bytes)
+        fingerprint = bench.fingerprint(store, data)
     except TooLarge as exc:
         raise LookupRefused(error_text(exc)) from exc
-    try:
-        fingerprint = bench.fingerprint(data)
     except ImageError as exc:
         raise LookupRefused(f"not an image damdup can read: {error_text(exc)}") from exc
     index = bench.index.current(store)
