@@ -50,6 +50,7 @@ from connector.core.settings import Settings
 from connector.core.store import open_store
 from connector.core.urls import url_under
 from connector.engine.check import Checker, LookupRefused
+from connector.engine.ingest import TooLarge, check_size
 from connector.serve import App, json_body, json_error, json_response
 from connector.units import build_adapters
 
@@ -438,12 +439,13 @@ class WebhookService:
                 "send an image (multipart field `file`, or a body of type image/*) "
                 'or JSON {"url": ...}',
             )
-        if data is not None and len(data) > self.settings.max_file_bytes:
-            return json_error(
-                413, "too_large", f"the image is over {self.settings.max_file_bytes:,} bytes"
-            )
-        if data is not None and not data:
-            return json_error(400, "invalid", "the image is empty")
+        if data is not None:  # an upload over the cap, or empty: refused before any work
+            try:
+                check_size(len(data), self.settings.max_file_bytes)
+            except TooLarge as exc:
+                return json_error(413, "too_large", error_text(exc))
+            if not data:
+                return json_error(400, "invalid", "the image is empty")
         try:
             answer = self.checker.lookup(data=data, url=url)
         except LookupRefused as exc:

@@ -1,7 +1,9 @@
 """How an asset a platform lists or describes enters the index: fetch only what
 changed, cap, hash, fingerprint, and the row to save. One path for a sync's
 page (connector/engine/sync.py) and a webhook check of one asset
-(connector/engine/check.py).
+(connector/engine/check.py); a lookup's image (connector/engine/lookup.py),
+which is not the index's and is not saved, is capped, hashed and
+fingerprinted by the same steps (`fingerprint_image`).
 
 For each asset reference:
 - the platform reports a problem (no file, a wrong type): an error row;
@@ -43,13 +45,18 @@ from connector.engine.pool import Outcome, RunJobs
 __all__ = [
     "RETRY_REASON",
     "Concurrency",
+    "ImageLimits",
     "Ingest",
     "Ingested",
     "IngestStats",
+    "TooLarge",
     "asset_row",
     "awaits_retry",
+    "check_size",
     "describe_error",
+    "fingerprint_image",
     "fingerprint_job",
+    "fingerprint_of",
     "known_of",
     "read_source",
 ]
@@ -73,6 +80,17 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__} while decoding: {error_text(exc)}"
 
 
+class TooLarge(ImageError):
+    """Image bytes over the configured cap (`max_file_mb`)."""
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    """The byte cap of an image, wherever its bytes come from (a fetch, a file
+    a worker reads, an upload, a looked-up URL): TooLarge over it."""
+    if size > max_bytes:
+        raise TooLarge(f"file is over the {max_bytes:,} byte limit")
+
+
 def read_source(source: bytes | str, max_bytes: int) -> bytes:
     """A job's image bytes: given, or read from a local file's path (at most
     `max_bytes`); ImageError says why it cannot be read."""
@@ -83,8 +101,7 @@ def read_source(source: bytes | str, max_bytes: int) -> bytes:
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
-    if len(data) > max_bytes:
-        raise ImageError(f"file is over the {max_bytes:,} byte limit")
+    check_size(len(data), max_bytes)
     return data
 
 
@@ -93,6 +110,48 @@ def fingerprint_job(source: bytes | str, max_pixels: int, max_bytes: int) -> Fin
     (no copy of the bytes through the pipe: 14 ms a 7 MB file). A worker on
     another host (connector/engine/celery_pool.py) is sent the bytes instead."""
     return fingerprint_bytes(read_source(source, max_bytes), max_pixels=max_pixels)
+
+
+def fingerprint_of(outcome: Outcome[Any]) -> Fingerprint:
+    """A fingerprint job's fingerprint; ImageError in the worker's words
+    (`describe_error`, or the pool's) when it has none."""
+    if outcome.error is not None:
+        raise ImageError(outcome.error)
+    fingerprint: Fingerprint = outcome.value
+    return fingerprint
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be to be fingerprinted: bytes read, pixels decoded."""
+
+    max_pixels: int
+    max_bytes: int
+
+    def admit(self, data: bytes) -> str:
+        """Bytes in hand, capped and hashed: their SHA-256; TooLarge over the cap."""
+        check_size(len(data), self.max_bytes)
+        return sha256_hex(data)
+
+    def job(self, source: bytes | str) -> tuple[bytes | str, int, int]:
+        """The arguments of `fingerprint_job` for these bytes or this local file."""
+        return (source, self.max_pixels, self.max_bytes)
+
+
+def fingerprint_image(
+    data: bytes, limits: ImageLimits, store: IndexStore, run_jobs: RunJobs
+) -> Fingerprint:
+    """One image's bytes taken as a page takes fetched bytes (capped, hashed,
+    the index's fingerprint of the content if it has one, else one made in a
+    worker), for a caller that saves nothing: a lookup. ImageError says why
+    there is none (TooLarge: over the cap)."""
+    sha = limits.admit(data)
+    indexed = store.fingerprint(sha)
+    if indexed is not None and indexed.recipe == RECIPE:
+        return indexed
+    for outcome in run_jobs(fingerprint_job, [(sha, limits.job(data))]):
+        return fingerprint_of(outcome)
+    raise ImageError("the fingerprint worker returned nothing")
 
 
 def awaits_retry(error: str | None) -> bool:
@@ -240,7 +299,7 @@ class Ingest:
         self.unit = unit
         self.adapter = adapter
         self.run_jobs = run_jobs
-        self.limits = (max_pixels, max_bytes)
+        self.limits = ImageLimits(max_pixels, max_bytes)
         self.known = known
         self.sizes = sizes
         self.stats = stats
@@ -319,13 +378,13 @@ class _Page:
         """Cap and hash fetched bytes; True when they need a fingerprint."""
         self.stats.fetched += 1
         self.stats.fetched_bytes += len(data)
-        max_bytes = self.ingest.limits[1]
-        if len(data) > max_bytes:
-            self.record(ref, None, f"file is over the {max_bytes:,} byte limit")
+        try:
+            sha = self.ingest.limits.admit(data)
+        except TooLarge as exc:
+            self.record(ref, None, str(exc))
             return False
         if self.ingest.sizes is not None:
             self.ingest.sizes.add(len(data))
-        sha = sha256_hex(data)
         if sha in self.current or self.ingest.store.known_fingerprints([sha], RECIPE):
             self.stats.reused += 1
             self.record(ref, sha, None)
@@ -351,23 +410,24 @@ class _Page:
             self.stats.fetched += 1
             self.stats.fetched_bytes += ref.size_bytes or 0
             self.fresh[ref.id] = (ref, None)
-            yield ref.id, (path, *self.ingest.limits)
+            yield ref.id, self.ingest.limits.job(path)
         fetched = _prefetch(self.ingest.adapter, remote, self.ingest.concurrency)
         for ref, data, error in fetched:
             if error is not None or data is None:
                 retry = f"{RETRY_REASON}: {error}" if isinstance(error, Retryable) else None
                 self.record(ref, None, retry or str(error))
             elif self._fetched(ref, data):
-                yield ref.id, (data, *self.ingest.limits)
+                yield ref.id, self.ingest.limits.job(data)
 
     def fingerprinted(self, outcome: Outcome[Any]) -> None:
         ref, sha = self.fresh[outcome.key]
-        if outcome.error is not None:
+        try:
+            fingerprint = fingerprint_of(outcome)
+        except ImageError as exc:
             if sha is not None:
-                self.failed[sha] = outcome.error
-            self.record(ref, None, outcome.error)
+                self.failed[sha] = str(exc)
+            self.record(ref, None, str(exc))
             return
-        fingerprint: Fingerprint = outcome.value
         self.fingerprints[fingerprint.sha256] = fingerprint
         self.stats.fingerprinted += 1
         self.record(ref, fingerprint.sha256, None)

@@ -24,6 +24,7 @@ from connector.engine.component import (
     asset_entry,
     cluster_entry,
 )
+from connector.engine.ingest import TooLarge
 from connector.engine.workbench import Workbench
 
 __all__ = ["LookupAnswer", "LookupRefused", "lookup"]
@@ -121,11 +122,10 @@ def _indexed(bench: Workbench, store: IndexStore, asset: AssetRow) -> LookupAnsw
 
 
 def _by_bytes(bench: Workbench, store: IndexStore, data: bytes) -> LookupAnswer:
-    limit = bench.settings.max_file_bytes
-    if len(data) > limit:
-        raise LookupRefused(f"the image is over the {limit:,} byte limit")
     try:
-        fingerprint = bench.fingerprint(data)
+        fingerprint = bench.fingerprint(store, data)
+    except TooLarge as exc:
+        raise LookupRefused(error_text(exc)) from exc
     except ImageError as exc:
         raise LookupRefused(f"not an image damdup can read: {error_text(exc)}") from exc
     index = bench.index.current(store)

@@ -17,13 +17,13 @@ from typing import Any
 import structlog
 
 from adapters.base import Adapter
-from connector.core.fingerprint import Fingerprint, ImageError
+from connector.core.fingerprint import Fingerprint
 from connector.core.index import AssetRow, IndexStore, ordered
 from connector.core.provenance import Relations, Specimens
 from connector.core.settings import Settings
 from connector.core.store import open_store
 from connector.engine.component import Component, component_of
-from connector.engine.ingest import describe_error, fingerprint_job
+from connector.engine.ingest import ImageLimits, describe_error, fingerprint_image
 from connector.engine.links import Links
 from connector.engine.memindex import Candidate, LiveIndex, MatchIndex
 from connector.engine.originals import Original
@@ -83,19 +83,15 @@ class Workbench:
 
     # -- work in the worker processes -------------------------------------------
 
-    def fingerprint(self, data: bytes) -> Fingerprint:
-        """Fingerprinted in a worker process under the limits a sync uses (time,
-        memory, pixels, bytes): a hostile upload cannot stall or exhaust the
-        server. ImageError says why it could not be."""
-        job = ("image", (data, self.settings.max_pixels, self.settings.max_file_bytes))
-        with self._pool_lock:  # a pool's map is one caller's at a time
-            outcomes = list(self._worker_pool().map(fingerprint_job, [job], describe_error))
-        if not outcomes:
-            raise ImageError("the fingerprint worker returned nothing")
-        if outcomes[0].error is not None:
-            raise ImageError(outcomes[0].error)
-        fingerprint: Fingerprint = outcomes[0].value
-        return fingerprint
+    def fingerprint(self, store: IndexStore, data: bytes) -> Fingerprint:
+        """The fingerprint of bytes not to be saved (a lookup's), taken as a
+        sync takes fetched bytes (connector/engine/ingest.py): capped, hashed,
+        the index's if it has the content, else made in a worker process under
+        the limits a sync uses (time, memory, pixels), so that a hostile upload
+        cannot stall or exhaust the server. ImageError says why there is none
+        (TooLarge: over the byte cap)."""
+        limits = ImageLimits(self.settings.max_pixels, self.settings.max_file_bytes)
+        return fingerprint_image(data, limits, store, self._run_jobs)
 
     def _run_jobs(self, function: Callable[..., Any], jobs: Iterable[Job]) -> list[Outcome[Any]]:
         """Jobs in the worker processes (time and memory limits, a crash costs

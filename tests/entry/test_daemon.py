@@ -446,7 +446,10 @@ def test_sigterm_mid_listing_saves_the_cursor_and_the_next_run_resumes(
     said = {(e["event"], e.get("signal")) for e in first.events()}
     assert {("daemon.stopping", "SIGTERM"), ("sync.stopped", None)} <= said
     (started,) = [e for e in first.events() if e["event"] == "daemon.started"]
-    assert started["nice"] == os.nice(0) + 10, "background work: lower priority than serve"
+    # Ten steps below this process, as far as the kernel goes (19): pytest run
+    # under `nice` leaves fewer. Only at 19 already is no lowering to be seen.
+    own = os.nice(0)
+    assert started["nice"] == min(19, own + 10), "background work: lower priority than serve"
 
     drupal.proxy.clear()
     second = DaemonProcess(config, env, tmp_path, "--once")

@@ -127,6 +127,19 @@ def test_a_corrupt_file_is_a_clear_error(site: dict[str, Any]) -> None:
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
+def test_an_image_over_the_cap_is_refused_in_the_words_a_sync_records(
+    site: dict[str, Any],
+) -> None:
+    big = site["tmp"] / "big.jpg"
+    big.write_bytes(photo("china", "original").read_bytes().ljust(2**20 + 1, b"\0"))
+    result = damdup(
+        "lookup", str(big), "--config", str(site["config"]),
+        env={**site["env"], "DAMDUP_MAX_FILE_MB": "1"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "lookup refused: file is over the 1,048,576 byte limit" in result.stderr
+
+
 def test_an_indexed_url_is_answered_from_the_index(site: dict[str, Any]) -> None:
     before = len(site["servers"]["opendata"].proxy.log)  # type: ignore[union-attr]
     url = site["servers"]["opendata"].adapter().describe(site["ids"]["copy"]).url

@@ -428,6 +428,28 @@ def test_lookup_of_an_uploaded_copy_names_the_canonical(site: dict[str, Any]) ->
     assert not_image.status_code == 422 and not_image.json()["code"] == "refused"
 
 
+def test_lookup_of_an_upload_over_the_cap_is_413(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    config, _db, env = synced(
+        tmp_path, {"empty": ("filesystem", {"root": str(tmp_path / "empty")})}
+    )
+    server = Serving(config, {**env, "DAMDUP_MAX_FILE_MB": "1"}, tmp_path / "serve.log")
+    try:
+        big = photo("china", "original").ljust(2**20 + 1, b"\0")
+        for sent in (
+            {"data": big, "headers": {"Content-Type": "image/jpeg"}},
+            {"files": {"file": ("big.jpg", big, "image/jpeg")}},
+        ):
+            reply = server.session.post(f"{server.url}/api/lookup", timeout=60, **sent)
+            assert reply.status_code == 413, reply.text
+            assert reply.json() == {
+                "code": "too_large",
+                "error": "file is over the 1,048,576 byte limit",
+            }
+    finally:
+        server.stop()
+
+
 def test_lookup_by_url_fetches_only_under_a_unit(site: dict[str, Any]) -> None:
     server: Serving = site["server"]
     harness: Harness = site["harness"]
