@@ -95,7 +95,7 @@ class Filesystem(Adapter[FilesystemCursor]):
         self._listing: list[AssetRef] | None = None
 
     def _walk(self) -> list[AssetRef]:
-        refs: dict[str, AssetRef] = {}
+        refs: list[AssetRef] = []
         for directory, subdirs, files in os.walk(self.root, onerror=None, followlinks=False):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             for name in files:
@@ -103,17 +103,8 @@ class Filesystem(Adapter[FilesystemCursor]):
                     continue
                 path = Path(directory) / name
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path):
-                    ref = self._ref(path)
-                    taken = refs.get(ref.id)
-                    if taken is not None:
-                        # Only a name that is not UTF-8 can get an id already
-                        # taken (its readable form is another file's real name);
-                        # the file really named so keeps it.
-                        if not _is_text(path.relative_to(self.root).as_posix()):
-                            ref, taken = taken, ref
-                        log.warning("asset.name_collision", asset_id=ref.id, skipped=taken.url)
-                    refs[ref.id] = ref
-        return sorted(refs.values(), key=lambda ref: ref.id)
+                    refs.append(self._ref(path))  # no two paths share an id: asset_id_of
+        return sorted(refs, key=lambda ref: ref.id)
 
     def _ref(self, path: Path) -> AssetRef:
         relative = asset_id_of(path.relative_to(self.root).as_posix())
@@ -173,18 +164,19 @@ class Filesystem(Adapter[FilesystemCursor]):
         """The file an id names, only where a listing could have found it:
         under the root, reached through no linked folder (a listing never
         follows one), its real path inside the root. NotFound otherwise."""
-        relative = PurePosixPath(asset_id)
+        escaped = _is_text(asset_id) and _is_escaped(asset_id)
+        name = path_of_id(asset_id) if escaped else asset_id
+        relative = PurePosixPath(name)
         if (
-            not asset_id
-            or "\0" in asset_id
+            not name
+            or "\0" in name
             or relative.is_absolute()
             or ".." in relative.parts
             or not relative.parts
+            or asset_id_of(name) != asset_id  # no listing gives this id (`\x41` for "A")
         ):
             raise NotFound(f"{asset_id!r} is not a path inside the folder")
         path = self.root.joinpath(*relative.parts)
-        if not os.path.lexists(path) and _is_escaped(asset_id):
-            path = self.root.joinpath(*PurePosixPath(path_of_id(asset_id)).parts)
         if Path(os.path.realpath(path.parent)) != path.parent:
             raise NotFound(
                 f"{asset_id!r} is reached through a symbolic link to a folder, "
@@ -271,8 +263,11 @@ class Filesystem(Adapter[FilesystemCursor]):
 
 # A name that is not valid UTF-8 (any byte string but "/" and NUL is a valid
 # Linux file name) gets a readable id: each byte that is not UTF-8 as \xNN,
-# and, in such names only, "\" as "\\", so that the id leads back to the name.
-# Every other id is the path itself, as before.
+# and "\" as "\\", so that the id leads back to the name. So does a UTF-8
+# name that holds such an escape itself (`caf\xe9.jpg` typed with a
+# backslash): its id is `caf\\xe9.jpg`, never the other file's. An escaped id
+# always holds an escape and no other id does, so no two paths share an id.
+# Every other id (every name without a backslash) is the path itself.
 _ESCAPE = re.compile(r"\\(x[0-9a-f]{2}|\\)")
 
 
@@ -290,7 +285,7 @@ def _is_escaped(asset_id: str) -> bool:
 
 def asset_id_of(relative: str) -> str:
     """The id of a relative path as os.fsdecode gives it."""
-    if _is_text(relative):
+    if _is_text(relative) and not _is_escaped(relative):
         return relative
     raw = relative.encode("utf-8", "surrogateescape")
     out: list[str] = []
@@ -310,8 +305,8 @@ def asset_id_of(relative: str) -> str:
 
 
 def path_of_id(asset_id: str) -> str:
-    """The relative path (as os.fsdecode gives it) of an id asset_id_of made
-    from a name that is not UTF-8."""
+    """The relative path (as os.fsdecode gives it) of an id asset_id_of
+    escaped (`_is_escaped`)."""
     raw = asset_id.encode("utf-8")
     unescaped = re.sub(
         rb"\\(x([0-9a-f]{2})|\\)",

@@ -120,13 +120,19 @@ def test_a_name_that_is_not_utf8_has_a_readable_id_that_leads_back(tmp_path: Pat
     shutil.copy(photo, tmp_path / "caf\\xe9 \\\\ kuva.jpg")  # its readable form, really named so
     adapter = Filesystem(FilesystemSettings(root=tmp_path))
     refs = {ref.id: ref for ref in adapter.list_assets(None).items}
-    # The file really named with the escapes keeps that id; the other cannot get one.
-    assert sorted(refs) == ["caf\\xe9 \\\\ kuva.jpg"]
-    os.remove(tmp_path / "caf\\xe9 \\\\ kuva.jpg")
-    adapter = Filesystem(FilesystemSettings(root=tmp_path))
-    [ref] = adapter.list_assets(None).items
-    assert ref.id == "caf\\xe9 \\\\ kuva.jpg"
+    # The file really named with the escapes gets its backslashes escaped too.
+    assert sorted(refs) == ["caf\\\\xe9 \\\\\\\\ kuva.jpg", "caf\\xe9 \\\\ kuva.jpg"]
+    ref = refs["caf\\xe9 \\\\ kuva.jpg"]
     ref.id.encode("utf-8")  # storable, printable
     assert adapter.describe(ref.id) == ref
     assert os.fsencode(adapter.local_path(ref) or "") == raw
     assert adapter.fetch(ref, min_side=0) == Path(photo).read_bytes()
+    typed = refs["caf\\\\xe9 \\\\\\\\ kuva.jpg"]
+    assert adapter.describe(typed.id) == typed
+    assert adapter.local_path(typed) == str(tmp_path / "caf\\xe9 \\\\ kuva.jpg")
+    assert adapter.relative_path(typed) == "caf\\xe9 \\\\ kuva.jpg"
+    # An escape no listing writes (`\\x41` for "A") names nothing.
+    shutil.copy(photo, tmp_path / "A.jpg")
+    with pytest.raises(NotFound):
+        adapter.describe("\\x41.jpg")
+    assert adapter.describe("A.jpg").id == "A.jpg"

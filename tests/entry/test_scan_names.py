@@ -3,6 +3,7 @@ what `damdup scan`, `damdup errors` and `damdup clusters` tell a user."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import structlog
 
 import connector.engine.scan
 from connector import cli
+from connector.core.index import SQLiteStore
 from tests.conftest import PHOTOS
 
 Run = Callable[..., CompletedProcess[str]]
@@ -107,3 +109,38 @@ def test_a_crashed_unit_fails_the_scan_with_its_reason_and_a_traceback(
     assert crash["unit"] == "scan"
     assert "Traceback" in crash["exception"]
     assert "raise UnicodeEncodeError" in crash["exception"]
+
+
+def test_a_name_that_is_another_names_readable_id_is_indexed_too(
+    run_damdup: Run, tmp_path: Path
+) -> None:
+    """`caf\\xe9.jpg` typed with a backslash beside `caf` + byte E9 + `.jpg`:
+    both are indexed, each under an id of its own that leads to its own
+    bytes; a backslash that escapes nothing leaves the id the name."""
+    folder = tmp_path / "kaksi"
+    folder.mkdir()
+    photos = sorted((PHOTOS / "kuva").glob("*.jpg"))[:3]
+    names = {
+        "caf\\xe9.jpg": os.fsencode(folder) + b"/caf\xe9.jpg",  # Latin-1
+        "caf\\\\xe9.jpg": os.fsencode(folder / "caf\\xe9.jpg"),  # really named so
+        "vino\\viiva.jpg": os.fsencode(folder / "vino\\viiva.jpg"),
+    }
+    for photo, target in zip(photos, names.values(), strict=True):
+        shutil.copy(photo, target)
+    db = tmp_path / "i.sqlite"
+    scan = run_damdup("scan", str(folder), "--db", str(db), "--format", "json", check=False)
+    assert scan.returncode == 0, scan.stderr
+    assert json.loads(scan.stdout)["listed"] == 3
+    assert "No errors" in run_damdup("errors", "--db", str(db)).stdout
+
+    store = SQLiteStore(db)
+    try:
+        contents = {row.asset_id: row.sha256 for row in store.live_assets("scan")}
+    finally:
+        store.close()
+    assert contents == {
+        asset_id: hashlib.sha256(Path(os.fsdecode(target)).read_bytes()).hexdigest()
+        for asset_id, target in names.items()
+    }
+    again = run_damdup("scan", str(folder), "--db", str(db), "--format", "json", check=False)
+    assert again.returncode == 0 and json.loads(again.stdout)["unchanged"] == 3
