@@ -473,12 +473,20 @@ class Page(Generic[CursorT]):
     page (`complete`), `cursor` is where the next incremental listing starts
     (None for a platform without one); it never passes the time the listing
     started, so nothing changed during a sync is missed.
+
+    `unlisted`: folders the listing could not read (a folder refused, a
+    share that did not answer), as paths like those `relative_path` gives
+    ("" for all of what the unit reads), on any page. A full listing retires
+    no asset it did not show under one of them: their assets may all be
+    there still. The adapter reports each as an asset with a `problem` as
+    well, so that it is a recorded error, not a log line.
     """
 
     items: list[AssetRef]
     cursor: CursorT | None
     complete: bool
     deleted: list[str] = field(default_factory=list)  # ids the platform reports gone
+    unlisted: list[str] = field(default_factory=list)
 
 
 class Adapter(ABC, Generic[CursorT]):

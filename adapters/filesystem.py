@@ -11,7 +11,6 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-import structlog
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -26,9 +25,9 @@ from adapters.base import (
     Page,
     PublicLinkSettings,
     RequestObserver,
+    Unavailable,
+    reason,
 )
-
-log = structlog.get_logger(__name__)
 
 
 class FilesystemSettings(PublicLinkSettings):
@@ -93,10 +92,38 @@ class Filesystem(Adapter[FilesystemCursor]):
         if not is_folder:
             raise NotFound(f"folder {settings.root} does not exist or is not a folder")
         self._listing: list[AssetRef] | None = None
+        self._unlisted: list[str] = []
 
-    def _walk(self) -> list[AssetRef]:
+    def _walk(self) -> tuple[list[AssetRef], list[str]]:
+        """Every asset under the root, and the folders that could not be
+        read (their relative paths): each of those is an asset with a
+        problem too, so that it is a recorded error."""
         refs: list[AssetRef] = []
-        for directory, subdirs, files in os.walk(self.root, onerror=None, followlinks=False):
+        unlisted: list[str] = []
+
+        def refused(exc: OSError) -> None:
+            if exc.filename is None:  # which folder failed is not known: nothing is sure
+                raise Unavailable(f"a folder under {self.root} cannot be read: {reason(exc)}")
+            folder = Path(os.fsdecode(exc.filename))
+            if folder == self.root:
+                raise Unavailable(f"folder {self.root} cannot be read: {_describe_folder(exc)}")
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return  # removed (or replaced by a file) since its parent was read: gone
+            relative = folder.relative_to(self.root).as_posix()
+            unlisted.append(relative)
+            refs.append(
+                AssetRef(
+                    id=asset_id_of(relative) + "/",  # no file's id ends in "/"
+                    version="unlisted",
+                    url=folder.as_uri(),
+                    problem=(
+                        f"folder cannot be read ({_describe_folder(exc)}): its files were not "
+                        "listed; those already in the index are kept as they were"
+                    ),
+                )
+            )
+
+        for directory, subdirs, files in os.walk(self.root, onerror=refused, followlinks=False):
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             for name in files:
                 if name.startswith("._"):  # macOS AppleDouble sidecars, never images
@@ -104,7 +131,7 @@ class Filesystem(Adapter[FilesystemCursor]):
                 path = Path(directory) / name
                 if Path(name).suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path):
                     refs.append(self._ref(path))  # no two paths share an id: asset_id_of
-        return sorted(refs, key=lambda ref: ref.id)
+        return sorted(refs, key=lambda ref: ref.id), unlisted
 
     def _ref(self, path: Path) -> AssetRef:
         relative = asset_id_of(path.relative_to(self.root).as_posix())
@@ -147,7 +174,7 @@ class Filesystem(Adapter[FilesystemCursor]):
 
     def list_assets(self, cursor: FilesystemCursor | None) -> Page[FilesystemCursor]:
         if self._listing is None:  # closed at the start: one walk serves every page
-            self._listing = self._walk()
+            self._listing, self._unlisted = self._walk()
         listing = self._listing
         start = 0
         if cursor is not None:
@@ -155,7 +182,10 @@ class Filesystem(Adapter[FilesystemCursor]):
         items = listing[start : start + self.settings.page_size]
         complete = start + len(items) >= len(listing)
         next_cursor = None if complete or not items else FilesystemCursor(after=items[-1].id)
-        return Page(items=items, cursor=next_cursor, complete=complete)
+        # The folders not read go with the last page: a full listing keeps
+        # what the index holds under them.
+        unlisted = list(self._unlisted) if complete else []
+        return Page(items=items, cursor=next_cursor, complete=complete, unlisted=unlisted)
 
     def _inside(self, path: Path) -> bool:
         return Path(os.path.realpath(path)).is_relative_to(self.root)
@@ -196,9 +226,13 @@ class Filesystem(Adapter[FilesystemCursor]):
             "._"
         ):
             raise NotFound(f"{asset_id!r} is in a hidden folder, which a listing skips")
-        if not path.is_file() or not (
-            path.suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path)
-        ):
+        try:
+            image = path.is_file() and (
+                path.suffix.lower() in IMAGE_EXTENSIONS or _worth_a_look(path)
+            )
+        except OSError as exc:  # a folder on the way cannot be read: no answer
+            raise BadAsset(_describe(exc, path)) from exc
+        if not image:
             raise NotFound(f"{asset_id!r} is not an image file in {self.root}")
         return self._ref(path)
 
@@ -320,8 +354,11 @@ def _worth_a_look(path: Path) -> bool:
     """A name without an image extension is still listed when it is a broken
     link (reported, not silently skipped) or has no extension and starts like
     an image (camera dumps, files renamed by a sync tool)."""
-    if path.is_symlink() and not path.exists():
-        return True
+    try:
+        if path.is_symlink() and not path.exists():
+            return True
+    except OSError:  # its folder can be listed but not entered: as a file not opened
+        return False
     if path.suffix:
         return False
     try:
@@ -348,6 +385,12 @@ def _bisect_after(listing: list[AssetRef], after: str) -> int:
         else:
             high = middle
     return low
+
+
+def _describe_folder(exc: OSError) -> str:
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or reason(exc)
 
 
 def _describe(exc: OSError, path: Path) -> str:

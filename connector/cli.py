@@ -284,6 +284,7 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
             "fingerprinted": sync.fingerprinted,
             "reused": sync.reused,
             "retired": sync.retired,
+            "unlisted_folders": sync.unlisted,
             "errors": result.errors,
             "failed_units": result.failed_units,
             "candidates": result.match.candidates,
@@ -305,9 +306,16 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                 markup=False,
                 highlight=False,
             )
-            if result.errors:
+            if sync.unlisted:  # each an error row too
                 err.print(
-                    f"{result.errors} file(s) could not be indexed: see `damdup errors`",
+                    f"{sync.unlisted} folder(s) could not be read: their files were not "
+                    "listed, and those in the index are kept as they were; see `damdup errors`",
+                    style="yellow",
+                )
+            if result.errors > sync.unlisted:
+                err.print(
+                    f"{result.errors - sync.unlisted} file(s) could not be indexed: "
+                    "see `damdup errors`",
                     style="yellow",
                 )
         return EXIT_SOME_FAILED if result.errors or result.failed_units else EXIT_OK
@@ -397,6 +405,14 @@ def _print_sync(result: RunResult, settings: Settings, clusters: int, cross_unit
     out.print(table)
     for unit, reason in result.failed_units.items():
         err.print(f"{shown(unit)}: sync stopped: {shown(reason)}", style="red", markup=False)
+    for sync in result.syncs:
+        if sync.unlisted:
+            err.print(
+                f"{shown(sync.unit)}: {sync.unlisted} folder(s) could not be read: their files "
+                "were not listed, and those in the index are kept as they were",
+                style="yellow",
+                markup=False,
+            )
     out.print(
         f"{candidate_pairs(result.match)}, {result.match.evaluated} newly checked; "
         f"{clusters} duplicate clusters, {cross_unit} across units; index {settings.db}",

@@ -1,6 +1,7 @@
 """Sync one unit's listing into the index: page by page from the saved cursor,
 each page ingested (connector/engine/ingest.py) and saved with its cursor in
-one transaction; assets a full listing no longer shows leave the live set."""
+one transaction; assets a full listing no longer shows leave the live set,
+but for those under a folder it could not read."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from adapters.base import Adapter, AdapterError, AssetMetadata, AssetRef, NotFound
 from adapters.base import reason as error_text
-from connector.core.index import IndexStore
+from connector.core.index import AssetRow, IndexStore
 from connector.engine.ingest import (
     Concurrency,
     Ingest,
@@ -57,6 +58,7 @@ class SyncStats(IngestStats):
     incremental: bool = False
     complete: bool = False
     stopped: bool = False  # asked to stop: the listing resumes from the saved cursor
+    unlisted: int = 0  # folders the listing could not read (each a recorded error)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,17 +80,48 @@ def _cursor(adapter: Adapter[Any], saved: str | None) -> Any:
         return None
 
 
-def _still_there(store: IndexStore, adapter: Adapter[Any], unit: str, run: int) -> list[str]:
+def _unseen_ref(row: AssetRow) -> AssetRef:
+    return AssetRef(
+        id=row.asset_id, version=row.version, url=row.url, original_url=row.original_url
+    )
+
+
+def _under(path: str, folders: set[str]) -> bool:
+    for folder in folders:
+        prefix = folder.strip("/")
+        if not prefix or path.startswith(prefix + "/"):
+            return True
+    return False
+
+
+def _retire_unseen(
+    store: IndexStore, adapter: Adapter[Any], unit: str, run: int, unlisted: set[str]
+) -> int:
+    """After a complete full listing: the assets it did not show leave the
+    live set, but for those under a folder it could not read (`Page.unlisted`)
+    and those the platform says are still there."""
+    unseen = store.unseen_assets(unit, run)
+    keep = [
+        row.asset_id
+        for row in unseen
+        if unlisted and _under(adapter.relative_path(_unseen_ref(row)), unlisted)
+    ]
+    if keep:
+        log.warning("assets.kept_unlisted", assets=len(keep), folders=sorted(unlisted))
+    kept = set(keep)
+    keep += _still_there(adapter, [row for row in unseen if row.asset_id not in kept])
+    return store.retire_unseen(unit, run, keep)
+
+
+def _still_there(adapter: Adapter[Any], unseen: list[AssetRow]) -> list[str]:
     """Assets a full listing did not show that the platform still has (asked
     one by one, where the adapter can tell): they stay live. An asset whose
     answer fails stays live too, until a listing decides."""
     keep: list[str] = []
     if not adapter.capabilities.exists:
         return keep  # the listing decides
-    for row in store.unseen_assets(unit, run):
-        ref = AssetRef(
-            id=row.asset_id, version=row.version, url=row.url, original_url=row.original_url
-        )
+    for row in unseen:
+        ref = _unseen_ref(row)
         try:
             there = adapter.exists(ref)
         except NotFound:
@@ -119,8 +152,10 @@ def sync_unit(
     from its saved cursor; else lists what changed since the last completed
     listing when the platform can (`full` lists everything). Assets that a full
     listing no longer shows, or that the platform reports deleted, leave the
-    live set; nothing else is dropped. Once `stop` is set, the page under way
-    is finished and saved with its cursor, and the listing stops there."""
+    live set, but for those under a folder the listing could not read
+    (`Page.unlisted`); nothing else is dropped. Once `stop` is set, the page
+    under way is finished and saved with its cursor, and the listing stops
+    there."""
     concurrency = concurrency or Concurrency()
     stats = SyncStats(unit=unit)
     state = store.listing_state(unit)
@@ -149,8 +184,10 @@ def sync_unit(
         concurrency=concurrency,
     )
     structlog.contextvars.bind_contextvars(unit=unit, adapter=adapter.kind)
+    unlisted: set[str] = set()
     try:
         for page in adapter.iter_pages(cursor):
+            unlisted.update(page.unlisted)
             refs = page.items
             if page.complete and not full_listing:
                 refs = refs + _retry_refs(store, unit, {ref.id for ref in refs})
@@ -175,9 +212,8 @@ def sync_unit(
             log.info("page.saved", assets=len(page.items), changed=len(ingested.rows))
             if page.complete:
                 if full_listing:
-                    stats.retired += store.retire_unseen(
-                        unit, run, _still_there(store, adapter, unit, run)
-                    )
+                    stats.retired += _retire_unseen(store, adapter, unit, run, unlisted)
+                stats.unlisted = len(unlisted)
                 stats.complete = True
             elif stop is not None and stop.is_set():
                 stats.stopped = True

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from adapters.base import AssetRef, BadAsset, MetadataMapping, NotFound
+from adapters.base import AssetRef, BadAsset, MetadataMapping, NotFound, Unavailable
 from adapters.filesystem import Filesystem, FilesystemSettings
 from tests.servers.common import photo_paths
 
@@ -136,3 +138,34 @@ def test_a_name_that_is_not_utf8_has_a_readable_id_that_leads_back(tmp_path: Pat
     with pytest.raises(NotFound):
         adapter.describe("\\x41.jpg")
     assert adapter.describe("A.jpg").id == "A.jpg"
+
+
+def test_a_folder_that_cannot_be_read_is_a_problem_and_unlisted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = photo_paths(variant="original")[0]
+    for path in ("a.jpg", "jaettu/b.jpg", "poistettu/c.jpg"):
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        shutil.copy(photo, tmp_path / path)
+    real = os.scandir
+    refused = {
+        str(tmp_path / "jaettu"): errno.EIO,  # a share that stopped answering
+        str(tmp_path / "poistettu"): errno.ENOENT,  # removed after its parent was read
+    }
+
+    def scandir(path: Any = ".") -> Any:
+        code = refused.get(os.fsdecode(path))
+        if code is not None:
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    page = Filesystem(FilesystemSettings(root=tmp_path)).list_assets(None)
+    assert [ref.id for ref in page.items] == ["a.jpg", "jaettu/"]
+    assert page.unlisted == ["jaettu"]
+    problem = page.items[1].problem or ""
+    assert problem.startswith("folder cannot be read (Input/output error)"), problem
+
+    refused[str(tmp_path)] = errno.EACCES
+    with pytest.raises(Unavailable, match="cannot be read: permission denied"):
+        Filesystem(FilesystemSettings(root=tmp_path)).list_assets(None)
