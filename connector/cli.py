@@ -275,7 +275,9 @@ def cmd_scan(args: argparse.Namespace, ctx: Context) -> int:
                     f"{busy[unit]}: try again when it has finished (or a longer --lock-wait)"
                 )
             with progress_bar(err.is_terminal and not args.quiet) as progress:
-                result = sync_and_match(store, adapters, settings, progress=progress)
+                result = sync_and_match(
+                    store, adapters, settings, progress=progress, allow_empty=args.allow_empty
+                )
         sync = result.syncs[0]
         summary = {
             "unit": unit,
@@ -348,8 +350,9 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             busy = lock_units(locks, settings, adapters)
             with progress_bar(err.is_terminal and not args.quiet) as progress:
                 result = sync_and_match(
-                    store, adapters, settings, full=args.full, progress=progress
-                )
+                    store, adapters, settings, full=args.full, progress=progress,
+                    allow_empty=args.allow_empty,
+                )  # fmt: skip
             # The units' originals tell which copy is the original (read once
             # per group of copies; saved in the index).
             clusters, _relations = current_clusters(
@@ -1077,8 +1080,9 @@ def cmd_migrate(args: argparse.Namespace, ctx: Context) -> int:
                 raise UsageError("; ".join(busy.values()) + ": try again when it has finished")
             with progress_bar(err.is_terminal and not args.quiet) as progress:
                 result = sync_and_match(
-                    store, adapters, settings, full=args.full, progress=progress
-                )
+                    store, adapters, settings, full=args.full, progress=progress,
+                    allow_empty=args.allow_empty,
+                )  # fmt: skip
         links = Links(link_adapters(config, adapters))
         report = migration.build_report(
             store, settings, list(adapters), result.failed_units, links,
@@ -1204,6 +1208,11 @@ def cmd_audit_metadata(args: argparse.Namespace, ctx: Context) -> int:
 
 # -- parser ------------------------------------------------------------------
 
+ALLOW_EMPTY_HELP = (
+    "let a listing that finds no assets at all retire every asset the index holds of its "
+    "unit (an emptied folder or platform); without it such a unit fails and nothing is retired"
+)
+
 
 def index_options(sub: argparse.ArgumentParser) -> None:
     """--db and --config, on every command, resolved by one rule (`resolve_context`)."""
@@ -1237,6 +1246,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     scan.add_argument("--format", choices=["text", "json"], default="text")
     scan.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    scan.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
     scan.add_argument(
         "--lock-wait", type=float, default=600.0, metavar="SECONDS",
         help="how long to wait for another scan or sync of the same unit (default 600)",
@@ -1246,6 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = command("sync", "bring the index up to date with the configured units, then match")
     sync.add_argument("--unit", action="append", help="only this unit (repeatable)")
     sync.add_argument("--full", action="store_true", help="list everything, not only changes")
+    sync.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
     sync.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     sync.add_argument("--format", choices=["text", "json"], default="text")
     sync.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -1378,6 +1389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action=argparse.BooleanOptionalAction, default=True,
         help="list everything (default), or only changes since the last sync",
     )  # fmt: skip
+    migrate_cmd.add_argument("--allow-empty", action="store_true", help=ALLOW_EMPTY_HELP)
     migrate_cmd.add_argument("--workers", type=int, help="worker processes (default: all cores)")
     migrate_cmd.add_argument(
         "--lock-wait", type=float, default=120.0, metavar="SECONDS",

@@ -143,6 +143,7 @@ def sync_and_match(
     progress: Callable[[str, int, int | None], None] | None = None,
     stop: threading.Event | None = None,
     match_lock: threading.Lock | None = None,
+    allow_empty: bool = False,
 ) -> RunResult:
     """Sync every unit (several at once, each in its own thread with its own
     index connection and workers), then match the whole index once. A unit whose
@@ -151,7 +152,9 @@ def sync_and_match(
     stops, units not yet started are left for the next run, and nothing is
     matched. `match_lock`: held while matching, so that runs side by side in
     one process (the daemon's units) match one after another, the later one
-    finding the pairs the earlier settled instead of settling them again."""
+    finding the pairs the earlier settled instead of settling them again.
+    `allow_empty`: a full listing that finds no assets may retire all of its
+    unit's (see `sync_unit`); without it that unit fails, retiring nothing."""
     overall = threading.BoundedSemaphore(settings.max_requests)
     concurrency = Concurrency(settings.fetch_concurrency, overall)
     failed: dict[str, str] = {}
@@ -179,6 +182,7 @@ def sync_and_match(
                     progress=report,
                     concurrency=concurrency,
                     stop=stop,
+                    allow_empty=allow_empty,
                 )
         except AdapterError as exc:
             log.error("unit.failed", unit=unit, reason=error_text(exc))

@@ -49,6 +49,27 @@ def _retry_refs(store: IndexStore, unit: str, listed: set[str]) -> list[AssetRef
     ]
 
 
+class EmptyListing(AdapterError):
+    """A full listing found no assets at all while the index holds live ones
+    of the unit: an emptied or unmounted share, a wrong root or prefix, a
+    platform answering with nothing. Nothing was retired; the unit fails
+    until a run confirms (`allow_empty`)."""
+
+
+def _refuse_empty(store: IndexStore, unit: str, run: int) -> None:
+    """Raise EmptyListing when the run's listing (its earlier pages too, when
+    it resumed) showed none of the unit's live assets and no new one."""
+    unseen = store.unseen_assets(unit, run)
+    if unseen and len(unseen) == len(store.live_assets(unit)):
+        raise EmptyListing(
+            f"the listing found no assets, but the index holds {len(unseen)} live "
+            f"asset(s) of unit {unit}; nothing was retired. An emptied or unmounted "
+            "share, a wrong folder or a platform that answers with nothing looks the "
+            "same: if they really are gone, run the same sync or scan again with "
+            "--allow-empty"
+        )
+
+
 @dataclass
 class SyncStats(IngestStats):
     unit: str = ""
@@ -147,15 +168,18 @@ def sync_unit(
     progress: Progress | None = None,
     concurrency: Concurrency | None = None,
     stop: threading.Event | None = None,
+    allow_empty: bool = False,
 ) -> SyncStats:
     """Bring the index up to date with one unit. Resumes an interrupted listing
     from its saved cursor; else lists what changed since the last completed
     listing when the platform can (`full` lists everything). Assets that a full
     listing no longer shows, or that the platform reports deleted, leave the
     live set, but for those under a folder the listing could not read
-    (`Page.unlisted`); nothing else is dropped. Once `stop` is set, the page
-    under way is finished and saved with its cursor, and the listing stops
-    there."""
+    (`Page.unlisted`); nothing else is dropped. A full listing that finds no
+    assets at all while the index holds live ones of the unit retires none
+    and raises EmptyListing, unless `allow_empty` confirms that they are
+    gone. Once `stop` is set, the page under way is finished and saved with
+    its cursor, and the listing stops there."""
     concurrency = concurrency or Concurrency()
     stats = SyncStats(unit=unit)
     state = store.listing_state(unit)
@@ -191,6 +215,8 @@ def sync_unit(
             refs = page.items
             if page.complete and not full_listing:
                 refs = refs + _retry_refs(store, unit, {ref.id for ref in refs})
+            if page.complete and full_listing and not (allow_empty or refs or stats.listed):
+                _refuse_empty(store, unit, run)  # before the page's cursor is saved
             ingested = ingest.page(refs)
             next_cursor = page.cursor.model_dump_json() if page.cursor else None
             deleted = [asset_id for asset_id in page.deleted if asset_id in ingest.known]

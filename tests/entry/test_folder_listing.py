@@ -44,7 +44,8 @@ def library(tmp_path: Path) -> Iterator[Path]:
     for photo, name in zip(PHOTO_FILES[2:], ("c.jpg", "d.jpg"), strict=False):
         shutil.copy(photo, folder / "tapahtumat" / name)
     yield folder
-    (folder / "tapahtumat").chmod(0o755)
+    if (folder / "tapahtumat").exists():
+        (folder / "tapahtumat").chmod(0o755)
 
 
 def live(db: Path) -> set[str]:
@@ -107,3 +108,57 @@ def test_a_root_that_cannot_be_read_fails_the_scan(library: Path, tmp_path: Path
         library.chmod(0o755)
     assert result.returncode == 3, result.stderr
     assert f"folder {library} cannot be read: permission denied" in " ".join(result.stderr.split())
+
+
+def test_an_emptied_folder_retires_nothing_until_confirmed(library: Path, tmp_path: Path) -> None:
+    db = tmp_path / "i.sqlite"
+    assert scan("scan", str(library), "--db", str(db), "-q").returncode == 0
+    everything = live(db)
+    assert len(everything) == 4
+    away = tmp_path / "away"
+    library.rename(away)
+    library.mkdir()  # the mount point, with the share not mounted
+
+    result = scan("scan", str(library), "--db", str(db), "-q", "--format", "json")
+    assert result.returncode == 3, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["retired"] == 0
+    reason = summary["failed_units"]["scan"]
+    assert "found no assets, but the index holds 4 live asset(s) of unit scan" in reason
+    assert "--allow-empty" in reason
+    assert "--allow-empty" in " ".join(result.stderr.split())  # said in words too
+    assert live(db) == everything
+
+    confirmed = scan("scan", str(library), "--db", str(db), "-q", "--allow-empty")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "4 gone" in confirmed.stdout
+    assert live(db) == set()
+
+
+def test_an_emptied_unit_fails_a_sync_and_the_others_go_on(library: Path, tmp_path: Path) -> None:
+    other = tmp_path / "muut"
+    other.mkdir()
+    shutil.copy(PHOTO_FILES[0], other / "e.jpg")
+    config = tmp_path / "damdup.toml"
+    config.write_text(
+        f'[damdup]\ndb = "{tmp_path / "index.sqlite"}"\n'
+        f'[units.arkisto]\nplatform = "filesystem"\nroot = "{library}"\n'
+        f'[units.muut]\nplatform = "filesystem"\nroot = "{other}"\n'
+    )
+    sync = ["sync", "--config", str(config), "-q", "--format", "json"]
+    assert scan(*sync).returncode == 0
+    for photo in library.rglob("*.jpg"):
+        photo.unlink()
+    shutil.copy(PHOTO_FILES[1], other / "f.jpg")
+
+    result = scan(*sync)
+    assert result.returncode == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report["failed_units"]) == ["arkisto"]
+    assert "holds 4 live asset(s) of unit arkisto" in report["failed_units"]["arkisto"]
+    [muut] = [unit for unit in report["units"] if unit["unit"] == "muut"]
+    assert muut["listed"] == 2 and muut["complete"]
+
+    confirmed = scan(*sync, "--unit", "arkisto", "--allow-empty")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert json.loads(confirmed.stdout)["units"][0]["retired"] == 4
