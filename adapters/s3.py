@@ -38,7 +38,7 @@ boto3 sends every request; what is retried (5xx, 429, SlowDown and other
 throttling codes, time-outs, broken connections), how long to wait and which
 typed error an answer is are decided by `adapters.transport`, the policy of
 every adapter, through botocore's event hooks (`_Hooks`): `attempts` tries in
-all, Retry-After honoured up to 60 s.
+all, Retry-After honoured up to `max_retry_after_s`.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html
 """
 
@@ -135,6 +135,9 @@ class S3Settings(PublicLinkSettings):
     timeout_s: float = Field(30.0, gt=0, le=600, description="read time-out per request")
     attempts: int = Field(
         4, ge=1, le=10, description="tries per request on 5xx, throttling, time-outs"
+    )
+    max_retry_after_s: float = Field(
+        60.0, ge=0, description="longer Retry-After waits end the request; the sync retries later"
     )
     max_file_bytes: int = Field(
         transport.MAX_FILE_BYTES, ge=1, description="larger objects are not read"
@@ -241,7 +244,9 @@ class S3(Adapter[S3Cursor]):
         )
         self._secrets = [secret for secret in (key_id, secret_key, token) if secret]
         transport.LogRedactor.install(self._secrets)
-        self._policy = transport.RetryPolicy(attempts=settings.attempts)
+        self._policy = transport.RetryPolicy(
+            attempts=settings.attempts, max_retry_after_s=settings.max_retry_after_s
+        )
         endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
         self._style = settings.addressing_style or ("path" if endpoint else "virtual")
         # No keys given: boto3's own chain (AWS_* variables, profiles, roles).

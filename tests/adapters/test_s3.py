@@ -308,6 +308,21 @@ def test_the_observer_hears_of_every_attempt(s3: S3Harness) -> None:
     ]
 
 
+def test_a_retry_after_longer_than_allowed_ends_the_request(s3: S3Harness) -> None:
+    """`max_retry_after_s`, as on every other platform: a 429 asking for
+    30 s, within the default 60 s, ends the request at once when the unit
+    allows 5 s; the sync comes back later."""
+    s3.add("kuva.jpg", PHOTOS[0].read_bytes())
+    assert s3.proxy is not None
+    s3.proxy.clear()
+    s3.proxy.inject("429", times=5, path_contains=s3.listing_path, retry_after=30)
+    with pytest.raises(RateLimited) as caught:
+        listed(s3.adapter(max_retry_after_s=5))
+    assert caught.value.retry_after == 30
+    assert len(s3.proxy.requests(path_contains=s3.listing_path)) == 1
+    assert S3Settings(bucket=BUCKET).max_retry_after_s == 60
+
+
 class SlowDownS3:
     """A bucket that only ever says SlowDown, as S3 does when a prefix gets
     more requests than it can take (the error body of
