@@ -22,7 +22,8 @@ Docs: https://www.drupal.org/docs/core-modules-and-themes/core-modules/jsonapi-m
 - Incremental listing: media whose `changed` >= a watermark. The watermark is
   the newest `changed` on the site when the listing starts (one request sorted
   `-changed`, limit 1), in the server's own clock, so it never passes the
-  listing's start; media already seen at that second are skipped next time.
+  listing's start; media already seen at that second are skipped next time
+  (adapters.watermark, shared with Nextcloud).
   JSON:API has no tombstones: deletions show only in a full listing.
 - Renditions: Consumer Image Styles (contrib) lists image style derivatives in
   the file resource's `links`, with a valid `itok` (Drupal answers 404 without
@@ -76,8 +77,9 @@ from adapters.base import (
     choose_rendition,
 )
 from adapters.http import HttpClient, HttpError
+from adapters.watermark import WatermarkCursor, WatermarkPaginator
 
-__all__ = ["Drupal", "DrupalCursor", "DrupalSettings", "ImageStyleBox"]
+__all__ = ["Drupal", "DrupalCursor", "DrupalPaginator", "DrupalSettings", "ImageStyleBox"]
 
 DERIVATIVE_REL = (
     "drupal://jsonapi/extensions/consumer_image_styles/links/relation-types/#derivative"
@@ -139,15 +141,79 @@ class DrupalSettings(RemoteSettings):
         return self
 
 
-class DrupalCursor(BaseModel):
-    changed_since: int = 0  # UNIX seconds: this listing covers media changed at or after it
-    skip_ids: frozenset[str] = frozenset()  # listed before, at exactly `changed_since`
-    # Set when the listing starts: where the next incremental listing starts,
-    # and the ids this listing has seen at exactly that second.
-    watermark: int | None = None
-    boundary: frozenset[str] = frozenset()
+class DrupalCursor(WatermarkCursor):
+    """A position in a listing: the watermark on media's `changed`
+    (adapters.watermark), and the last media id handed out."""
+
     after_mid: int = 0  # the last media id handed out
     offset: int = 0  # past pages whose items were all omitted
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_changed_since(cls, data: Any) -> Any:
+        """Cursors saved before the watermark was shared named `since` `changed_since`."""
+        if isinstance(data, dict) and "changed_since" in data:
+            data = dict(data)
+            data.setdefault("since", data.pop("changed_since"))
+        return data
+
+
+class DrupalPaginator(WatermarkPaginator[DrupalCursor]):
+    """Keyset paging on the media id within the watermark's range (module
+    docstring), as singer_sdk's paginators: it writes the page's filters
+    from its cursor and reads an answer into the next cursor. A page whose
+    items were all omitted by access checks is stepped over by offset."""
+
+    def __init__(self, cursor: DrupalCursor | None, page_size: int, collection: str) -> None:
+        super().__init__(cursor or DrupalCursor())
+        self.page_size = page_size
+        self.collection = collection
+
+    def filters(self) -> dict[str, str]:
+        """What the listing covers: media changed since the last listing."""
+        return _changed_since(self.cursor.since)
+
+    def position(self) -> dict[str, str]:
+        """Where in it this page starts."""
+        params = {}
+        if self.cursor.after_mid:
+            params = {
+                "filter[after][condition][path]": "drupal_internal__mid",
+                "filter[after][condition][operator]": ">",
+                "filter[after][condition][value]": str(self.cursor.after_mid),
+            }
+        if self.cursor.offset:
+            params["page[offset]"] = str(self.cursor.offset)
+        return params
+
+    def advance(self, resources: list[dict[str, Any]], more: bool) -> list[dict[str, Any]]:
+        """The media to hand out; moves the cursor past the page. `more`:
+        the answer links a next page."""
+        fresh = []
+        last_mid: int | None = None
+        for resource in resources:
+            last_mid, changed = self._mid_and_changed(resource)
+            if self.admit(str(resource.get("id")), changed):
+                fresh.append(resource)
+        if not more:
+            self.finish()
+        elif last_mid is not None:
+            self.follow(after_mid=last_mid, offset=0)
+        else:  # every item of the page was omitted: step over it
+            self.follow(offset=self.cursor.offset + self.page_size)
+        return fresh
+
+    def _mid_and_changed(self, resource: dict[str, Any]) -> tuple[int, int]:
+        """The media item's id and `changed`, in UNIX seconds."""
+        attributes = resource.get("attributes") or {}
+        mid = attributes.get("drupal_internal__mid")
+        changed = attributes.get("changed")
+        if not isinstance(mid, int) or changed is None:
+            raise Unavailable(
+                f"{self.collection}: media lack `drupal_internal__mid` or `changed` "
+                "(hidden by jsonapi_extras?); damdup pages and watermarks on them"
+            )
+        return mid, _seconds(changed)
 
 
 class _BasicAuth(AuthBase):
@@ -267,88 +333,38 @@ class Drupal(HttpAdapter[DrupalCursor]):
     # -- listing -----------------------------------------------------------
 
     def list_assets(self, cursor: DrupalCursor | None) -> Page[DrupalCursor]:
-        state = cursor or DrupalCursor()
-        if not self._site_checked:
-            self._check_site()
-            self._site_checked = True
-        if state.watermark is None:
-            watermark = max(self._newest_change(state.changed_since), state.changed_since)
-            state = state.model_copy(
-                update={
-                    "watermark": watermark,
-                    # Already listed at that very second: still true next time.
-                    "boundary": state.skip_ids if watermark == state.changed_since else frozenset(),
-                }
-            )
-        assert state.watermark is not None
-        body = self.http.get_json(self.collection, self._page_params(state))
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise Unavailable(f"{self.collection}: the answer has no list of resources in `data`")
-        included = {
-            (resource.get("type"), resource.get("id")): resource
-            for resource in body.get("included") or []
-            if isinstance(resource, dict)
-        }
-        items: list[AssetRef] = []
-        boundary = set(state.boundary)
-        last_mid: int | None = None
-        for resource in data:
-            attributes = resource.get("attributes") or {}
-            mid = attributes.get("drupal_internal__mid")
-            changed = attributes.get("changed")
-            if not isinstance(mid, int) or changed is None:
-                raise Unavailable(
-                    f"{self.collection}: media lack `drupal_internal__mid` or `changed` "
-                    "(hidden by jsonapi_extras?); damdup pages and watermarks on them"
-                )
-            last_mid = mid
-            changed_s = _seconds(changed)
-            media_id = str(resource.get("id"))
-            if changed_s == state.watermark:
-                boundary.add(media_id)
-            if changed_s == state.changed_since and media_id in state.skip_ids:
-                continue
-            ref = self._ref(resource, included)
-            if ref is not None:
-                items.append(ref)
-        links = body.get("links") or {}
-        if not links.get("next"):
-            done = DrupalCursor(changed_since=state.watermark, skip_ids=frozenset(boundary))
-            return Page(items=items, cursor=done, complete=True)
-        if last_mid is not None:
-            update: dict[str, Any] = {"after_mid": last_mid, "offset": 0}
-        else:  # every item of the page was omitted: step over it
-            update = {"offset": state.offset + self.settings.page_size}
-        update["boundary"] = frozenset(boundary)
-        return Page(items=items, cursor=state.model_copy(update=update), complete=False)
+        self._check_site()
+        paginator = DrupalPaginator(cursor, self.settings.page_size, self.collection)
+        if paginator.starting:
+            paginator.start(self._newest_change(paginator.cursor.since))
+        resources, included, more = self._page(paginator)
+        refs = [self._ref(resource, included) for resource in paginator.advance(resources, more)]
+        items = [ref for ref in refs if ref is not None]
+        return Page(items=items, cursor=paginator.cursor, complete=paginator.finished)
 
-    def _page_params(self, state: DrupalCursor) -> dict[str, str]:
+    def _page(
+        self, paginator: DrupalPaginator
+    ) -> tuple[list[dict[str, Any]], dict[tuple[Any, Any], dict[str, Any]], bool]:
+        """One page of the collection: its media, the resources included
+        with them, and whether a next page is linked."""
         params = {
-            "filter[changed][condition][path]": "changed",
-            "filter[changed][condition][operator]": ">=",
-            "filter[changed][condition][value]": str(state.changed_since),
+            **paginator.filters(),
             "sort": "drupal_internal__mid",
             "include": self.settings.image_field,
             "page[limit]": str(self.settings.page_size),
+            **paginator.position(),
         }
-        if state.after_mid:
-            params |= {
-                "filter[after][condition][path]": "drupal_internal__mid",
-                "filter[after][condition][operator]": ">",
-                "filter[after][condition][value]": str(state.after_mid),
-            }
-        if state.offset:
-            params["page[offset]"] = str(state.offset)
-        return params
+        body = self.http.get_json(self.collection, params)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise Unavailable(f"{self.collection}: the answer has no list of resources in `data`")
+        return data, _included(body), bool((body.get("links") or {}).get("next"))
 
     def _newest_change(self, changed_since: int) -> int:
         body = self.http.get_json(
             self.collection,
             {
-                "filter[changed][condition][path]": "changed",
-                "filter[changed][condition][operator]": ">=",
-                "filter[changed][condition][value]": str(changed_since),
+                **_changed_since(changed_since),
                 "sort": "-changed",
                 "page[limit]": "1",
                 f"fields[{self.resource_type}]": "changed",
@@ -361,6 +377,10 @@ class Drupal(HttpAdapter[DrupalCursor]):
         return _seconds(changed) if changed is not None else changed_since
 
     def _check_site(self) -> None:
+        """Once, before the first listing: the entry point offers the media
+        type, and a configured user is signed in."""
+        if self._site_checked:
+            return
         body = self.http.get_json(self.entry_point)
         links = body.get("links") if isinstance(body, dict) else None
         if not isinstance(links, dict):
@@ -379,6 +399,7 @@ class Drupal(HttpAdapter[DrupalCursor]):
                 "anonymous instead of refusing it; check the unit's credentials (and that "
                 "basic_auth is enabled on the site)"
             )
+        self._site_checked = True
 
     # -- one media item ----------------------------------------------------
 
@@ -469,12 +490,7 @@ class Drupal(HttpAdapter[DrupalCursor]):
         resource = body.get("data") if isinstance(body, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("attributes"), dict):
             raise Unavailable(f"{self.collection}/{asset_id}: the answer has no resource object")
-        included = {
-            (item.get("type"), item.get("id")): item
-            for item in body.get("included") or []
-            if isinstance(item, dict)
-        }
-        ref = self._ref(resource, included)
+        ref = self._ref(resource, _included(body))
         if ref is None:
             raise NotFound(f"{self.resource_type} {asset_id} is not an image")
         return ref
@@ -530,6 +546,24 @@ def _decode(text: str | None) -> Marks | None:
         return Marks.from_json(text)
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def _changed_since(seconds: int) -> dict[str, str]:
+    """The filter on `changed` every listing request carries (module docstring)."""
+    return {
+        "filter[changed][condition][path]": "changed",
+        "filter[changed][condition][operator]": ">=",
+        "filter[changed][condition][value]": str(seconds),
+    }
+
+
+def _included(body: dict[str, Any]) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """The resources included with an answer, by type and id."""
+    return {
+        (item.get("type"), item.get("id")): item
+        for item in body.get("included") or []
+        if isinstance(item, dict)
+    }
 
 
 def _seconds(value: Any) -> int:

@@ -28,7 +28,8 @@ for image sizes (`nc:metadata-photos-size`, from the Photos app).
   server when the listing starts (two one-result searches), never later than
   the server's clock (its Date header: a file with a future mtime is listed
   again each time rather than hiding every later change). Files seen at the
-  watermark's very second are skipped next time.
+  watermark's very second are skipped next time (adapters.watermark, shared
+  with Drupal).
 - Deletions are not reported: SEARCH has no tombstones (the trash bin is
   per user and emptied), so `deletions=False`; a full listing notices them.
 - Renditions: `index.php/core/preview?fileId&x&y&a=1&mode=fill&forceIcon=0`.
@@ -58,7 +59,7 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 from xml.sax.saxutils import escape
 
 from PIL import Image
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 from requests.auth import HTTPBasicAuth
 
@@ -78,8 +79,9 @@ from adapters.base import (
 )
 from adapters.davxml import DAMDUP_NAMESPACE, DAV_XML, DavMarks, dav_propfind, dav_responses
 from adapters.http import HttpClient, Reply
+from adapters.watermark import WatermarkCursor, WatermarkPaginator
 
-__all__ = ["NAMESPACE", "Nextcloud", "NextcloudCursor", "NextcloudSettings"]
+__all__ = ["NAMESPACE", "Nextcloud", "NextcloudCursor", "NextcloudPaginator", "NextcloudSettings"]
 
 NAMESPACE = DAMDUP_NAMESPACE  # damdup's dead properties (adapters.davxml.DavMarks)
 IMAGES = "<d:like><d:prop><d:getcontenttype/></d:prop><d:literal>image/%</d:literal></d:like>"
@@ -112,15 +114,61 @@ class NextcloudSettings(RemoteSettings):
     metadata: MetadataMapping = MetadataMapping(location="place", date="taken")
 
 
-class NextcloudCursor(BaseModel):
-    since: int = 0  # UNIX seconds: files changed at or after it (0: a full listing)
-    skip_ids: frozenset[str] = frozenset()  # listed before at exactly `since`
-    # Set when the listing starts: where the next incremental one starts, and
-    # the ids this listing has seen changed at exactly that second.
-    watermark: int | None = None
-    boundary: frozenset[str] = frozenset()
+class NextcloudCursor(WatermarkCursor):
+    """A position in a listing: the watermark on the newer of a file's
+    modification and upload times (adapters.watermark), and the last
+    modification time handed out."""
+
     after_mtime: int | None = None  # the mtime of the last file handed out
     seen: frozenset[str] = frozenset()  # handed out at exactly `after_mtime`
+
+
+class NextcloudPaginator(WatermarkPaginator[NextcloudCursor]):
+    """Keyset paging on the modification time within the watermark's range
+    (module docstring), as singer_sdk's paginators: it writes the search's
+    conditions and limit from its cursor and reads an answer into the next
+    cursor. SQL orders files of one second any way it likes, so a page asks
+    for as many more as were handed out at the last second, and skips those."""
+
+    def __init__(self, cursor: NextcloudCursor | None, page_size: int) -> None:
+        super().__init__(cursor or NextcloudCursor())
+        self.limit = page_size + len(self.cursor.seen)
+
+    def conditions(self) -> list[str]:
+        cursor = self.cursor
+        conditions = [IMAGES]
+        if cursor.since:
+            conditions.append(
+                "<d:or>" + _compare("gte", "d:getlastmodified", cursor.since)
+                + _compare("gte", "nc:upload_time", cursor.since) + "</d:or>"
+            )  # fmt: skip
+        if cursor.after_mtime is not None:
+            conditions.append(_compare("gte", "d:getlastmodified", cursor.after_mtime))
+        return conditions
+
+    def advance(
+        self, found: list[tuple[str, dict[str, ET.Element]]]
+    ) -> list[tuple[str, dict[str, ET.Element]]]:
+        """The files to hand out; moves the cursor past the answer."""
+        cursor = self.cursor
+        fresh = []
+        after, seen = cursor.after_mtime, set(cursor.seen)
+        for href, props in found:
+            file_id, mtime = _text(props, f"{{{OC}}}fileid"), _mtime(props)
+            if not file_id or mtime is None:
+                raise Unavailable("a SEARCH answer lacks oc:fileid or getlastmodified")
+            if mtime == cursor.after_mtime and file_id in cursor.seen:
+                continue  # handed out by an earlier page
+            seen = seen | {file_id} if mtime == after else {file_id}
+            after = mtime
+            changed = max(mtime, _int(props, f"{{{NC}}}upload_time") or 0)
+            if self.admit(file_id, changed):
+                fresh.append((href, props))
+        if len(found) < self.limit:
+            self.finish()
+        else:
+            self.follow(after_mtime=after, seen=frozenset(seen))
+        return fresh
 
 
 class Nextcloud(HttpAdapter[NextcloudCursor]):
@@ -149,48 +197,14 @@ class Nextcloud(HttpAdapter[NextcloudCursor]):
     # -- listing -----------------------------------------------------------
 
     def list_assets(self, cursor: NextcloudCursor | None) -> Page[NextcloudCursor]:
-        state = cursor or NextcloudCursor()
-        if state.watermark is None:
-            watermark = max(self._newest_change(), state.since)
-            state = state.model_copy(
-                update={
-                    "watermark": watermark,
-                    # Already listed at that very second: still true next time.
-                    "boundary": state.skip_ids if watermark == state.since else frozenset(),
-                }
-            )
-        assert state.watermark is not None
-        conditions = [IMAGES]
-        if state.since:
-            conditions.append(
-                "<d:or>" + _compare("gte", "d:getlastmodified", state.since)
-                + _compare("gte", "nc:upload_time", state.since) + "</d:or>"
-            )  # fmt: skip
-        if state.after_mtime is not None:
-            conditions.append(_compare("gte", "d:getlastmodified", state.after_mtime))
-        limit = self.settings.page_size + len(state.seen)
-        found, _ = self._search(conditions, "d:getlastmodified", "ascending", limit)
-        items: list[AssetRef] = []
-        boundary, after, seen = set(state.boundary), state.after_mtime, set(state.seen)
-        for href, props in found:
-            file_id, mtime = _text(props, f"{{{OC}}}fileid"), _mtime(props)
-            if not file_id or mtime is None:
-                raise Unavailable("a SEARCH answer lacks oc:fileid or getlastmodified")
-            if mtime == state.after_mtime and file_id in state.seen:
-                continue  # handed out by an earlier page
-            seen = seen | {file_id} if mtime == after else {file_id}
-            after = mtime
-            changed = max(mtime, _int(props, f"{{{NC}}}upload_time") or 0)
-            if changed == state.watermark:
-                boundary.add(file_id)
-            if changed == state.since and file_id in state.skip_ids:
-                continue  # listed by the previous listing, unchanged since
-            items.append(self._ref(href, props))
-        if len(found) < limit:
-            done = NextcloudCursor(since=state.watermark, skip_ids=frozenset(boundary))
-            return Page(items=items, cursor=done, complete=True)
-        update = {"after_mtime": after, "seen": frozenset(seen), "boundary": frozenset(boundary)}
-        return Page(items=items, cursor=state.model_copy(update=update), complete=False)
+        paginator = NextcloudPaginator(cursor, self.settings.page_size)
+        if paginator.starting:
+            paginator.start(self._newest_change())
+        found, _ = self._search(
+            paginator.conditions(), "d:getlastmodified", "ascending", paginator.limit
+        )
+        items = [self._ref(href, props) for href, props in paginator.advance(found)]
+        return Page(items=items, cursor=paginator.cursor, complete=paginator.finished)
 
     def _newest_change(self) -> int:
         """The newest modification or upload time of an image in scope, no

@@ -9,7 +9,12 @@ Listing: `do_search` with `fetchrows="<offset>,<rows>"` (ResourceSpace 10.3+
 answers {"total", "data"}), newest `modified` first. ResourceSpace has no
 "modified since" search, so an incremental listing reads newest first and stops
 at the first resource older than the previous listing's newest; resources that
-share that second are told apart by ref. One `get_resource_path` call per page
+share that second are told apart by ref. `modified` is MySQL's "YYYY-MM-DD
+HH:MM:SS" in the server's time zone, which the API does not name: the cursor
+keeps it as a naive datetime, compared only with the server's own times. An
+empty (NULL) or unreadable `modified`, which MySQL sorts after every time in a
+descending order, reads as the earliest time there is (`UNDATED`). One
+`get_resource_path` call per page
 (an array of refs) gives the originals' URLs. Renditions cost one
 `get_resource_all_image_sizes` call, made only when an asset is fetched; its
 preview sizes are scale-to-fit boxes, and padded ones (`padtosize`) are
@@ -59,10 +64,11 @@ import hashlib
 import itertools
 import json
 from collections import defaultdict
+from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.base import (
@@ -84,7 +90,16 @@ from adapters.base import (
 )
 from adapters.http import HttpClient, Reply
 
-__all__ = ["ResourceSpace", "ResourceSpaceCursor", "ResourceSpaceSettings"]
+__all__ = [
+    "ResourceSpace",
+    "ResourceSpaceCursor",
+    "ResourceSpacePaginator",
+    "ResourceSpaceSettings",
+]
+
+# What an empty or unreadable `modified` reads as: older than any time, as
+# MySQL orders NULL after every time when sorting newest first.
+UNDATED = datetime.min
 
 
 class ResourceSpaceSettings(RemoteSettings):
@@ -120,14 +135,89 @@ class ResourceSpaceSettings(RemoteSettings):
 
 
 class ResourceSpaceCursor(BaseModel):
+    """A position in a newest-first listing. Times are the server's local
+    `modified` as naive datetimes (module docstring); cursors saved with them
+    as strings ("YYYY-MM-DD HH:MM:SS", "" for an empty one) load as the same
+    times."""
+
+    model_config = ConfigDict(frozen=True)
     offset: int = Field(0, ge=0)  # rows of this listing already read
     # The previous listing's newest `modified` and the refs seen at it: this
     # listing stops below it and skips those refs at it.
-    modified_since: str | None = None
+    modified_since: datetime | None = None
     seen_at_since: frozenset[str] = frozenset()
     # The newest `modified` this listing has met (its first row) and the refs at it.
-    newest: str | None = None
+    newest: datetime | None = None
     seen_at_newest: frozenset[str] = frozenset()
+
+    @field_validator("modified_since", "newest", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        """Saved as a string: read as the listing reads `modified`."""
+        return _modified(value) if isinstance(value, str) else value
+
+
+class ResourceSpacePaginator:
+    """Offset paging newest `modified` first (module docstring), as
+    singer_sdk's paginators: it writes the page's `fetchrows` from its
+    cursor and reads an answer into the next cursor. An incremental listing
+    ends at the first row older than the previous listing's newest time,
+    and skips the refs that listing handed out at that time."""
+
+    def __init__(self, cursor: ResourceSpaceCursor | None, page_size: int) -> None:
+        self.cursor = cursor or ResourceSpaceCursor()
+        self.page_size = page_size
+        self.finished = False
+
+    def fetchrows(self) -> str:
+        return f"{self.cursor.offset},{self.page_size}"
+
+    def advance(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows to hand out; moves the cursor past the page."""
+        times = [_modified(row.get("modified")) for row in rows]
+        _check_newest_first(times)
+        cursor = self.cursor
+        since = cursor.modified_since
+        newest = cursor.newest if cursor.newest is not None else next(iter(times), None)
+        # Newest first: the rows before the first one older than `since`.
+        current = [
+            (str(row["ref"]), modified, row)
+            for row, modified in itertools.takewhile(
+                lambda pair: since is None or pair[1] >= since, zip(rows, times, strict=True)
+            )
+        ]
+        seen_at_newest = cursor.seen_at_newest | {
+            ref for ref, modified, _ in current if modified == newest
+        }
+        if len(current) < len(rows) or len(rows) < self.page_size:
+            # `total` is a count ResourceSpace caches for up to 30 minutes
+            # ($cache_search_count) and corrects only when a page contradicts
+            # it: the listing ends at a short page, never at `total`.
+            self.cursor = self._next_listing(newest, seen_at_newest)
+            self.finished = True
+        else:
+            self.cursor = cursor.model_copy(
+                update={
+                    "offset": cursor.offset + len(rows),
+                    "newest": newest,
+                    "seen_at_newest": seen_at_newest,
+                }
+            )
+        return [
+            row
+            for ref, modified, row in current
+            if not (modified == since and ref in cursor.seen_at_since)
+        ]
+
+    def _next_listing(
+        self, newest: datetime | None, seen_at_newest: frozenset[str]
+    ) -> ResourceSpaceCursor:
+        since, seen_at_since = self.cursor.modified_since, self.cursor.seen_at_since
+        if newest is None or (since is not None and newest < since):
+            # Nothing at or after the previous mark is left: keep it.
+            return ResourceSpaceCursor(modified_since=since, seen_at_since=seen_at_since)
+        refs = seen_at_newest | (seen_at_since if newest == since else frozenset())
+        return ResourceSpaceCursor(modified_since=newest, seen_at_since=refs)
 
 
 class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
@@ -187,53 +277,13 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
     # -- listing ---------------------------------------------------------------
 
     def list_assets(self, cursor: ResourceSpaceCursor | None) -> Page[ResourceSpaceCursor]:
-        cursor = cursor or ResourceSpaceCursor()
+        paginator = ResourceSpacePaginator(cursor, self.settings.page_size)
         rows, _ = self._search(
-            self.settings.search,
-            f"{cursor.offset},{self.settings.page_size}",
-            order_by="modified",
-            sort="desc",
+            self.settings.search, paginator.fetchrows(), order_by="modified", sort="desc"
         )
-        _check_newest_first(rows)
-        since = cursor.modified_since
-        newest, seen_at_newest = cursor.newest, set(cursor.seen_at_newest)
-        wanted: list[dict[str, Any]] = []
-        reached_since = False
-        for row in rows:
-            ref, modified = str(row["ref"]), str(row.get("modified") or "")
-            if newest is None:
-                newest = modified  # newest first: the listing's first row
-            if modified == newest:
-                seen_at_newest.add(ref)
-            if since is not None and modified < since:
-                reached_since = True
-                break
-            if since is not None and modified == since and ref in cursor.seen_at_since:
-                continue
-            if has_image_extension("." + str(row.get("file_extension") or "")):
-                wanted.append(row)
-        items = self._refs(wanted)
-        read = cursor.offset + len(rows)
-        # `total` is a count ResourceSpace caches for up to 30 minutes
-        # ($cache_search_count) and corrects only when a page contradicts it:
-        # the listing ends at a short page, never at `total`.
-        if reached_since or len(rows) < self.settings.page_size:
-            return Page(items, self._next_listing(cursor, newest, seen_at_newest), complete=True)
-        following = cursor.model_copy(
-            update={"offset": read, "newest": newest, "seen_at_newest": frozenset(seen_at_newest)}
-        )
-        return Page(items, following, complete=False)
-
-    @staticmethod
-    def _next_listing(
-        cursor: ResourceSpaceCursor, newest: str | None, seen_at_newest: set[str]
-    ) -> ResourceSpaceCursor:
-        since = cursor.modified_since
-        if newest is None or (since is not None and newest < since):
-            # Nothing at or after the previous mark is left: keep it.
-            return ResourceSpaceCursor(modified_since=since, seen_at_since=cursor.seen_at_since)
-        refs = seen_at_newest | (cursor.seen_at_since if newest == since else set())
-        return ResourceSpaceCursor(modified_since=newest, seen_at_since=frozenset(refs))
+        fresh = paginator.advance(rows)
+        items = self._refs([row for row in fresh if _is_image(row)])
+        return Page(items, paginator.cursor, complete=paginator.finished)
 
     def _refs(self, rows: list[dict[str, Any]]) -> list[AssetRef]:
         originals = self._original_urls(rows)
@@ -350,7 +400,7 @@ class ResourceSpace(HttpAdapter[ResourceSpaceCursor]):
                 f"resourcespace: no resource {asset_id} in the unit's search (gone, archived, "
                 "or not visible to this user)"
             )
-        if not has_image_extension("." + str(rows[0].get("file_extension") or "")):
+        if not _is_image(rows[0]):
             raise NotFound(f"resourcespace: resource {asset_id} is not an image")
         return self._refs(rows[:1])[0]
 
@@ -582,15 +632,29 @@ def _decode(text: str) -> tuple[Marks | None, set[str]]:
         return None, set()
 
 
-def _check_newest_first(rows: list[dict[str, Any]]) -> None:
+def _check_newest_first(times: list[datetime]) -> None:
     """Servers that lack order_by "modified" silently order by relevance; an
     incremental listing that trusted them would stop too early."""
-    times = [str(row.get("modified") or "") for row in rows]
     if any(later > earlier for earlier, later in itertools.pairwise(times)):
         raise Unsupported(
             "resourcespace: do_search ignored order_by=modified (an older ResourceSpace); "
             "listings cannot be read newest first"
         )
+
+
+def _modified(value: Any) -> datetime:
+    """A resource's `modified` as the server's local time (naive): MySQL's
+    "YYYY-MM-DD HH:MM:SS", or the ISO form a saved cursor holds. Empty or
+    unreadable (MySQL's zero date): UNDATED, the earliest time. An offset,
+    which ResourceSpace never gives, is dropped: the wall time is kept."""
+    try:
+        return datetime.fromisoformat(str(value or "").strip()).replace(tzinfo=None)
+    except ValueError:
+        return UNDATED
+
+
+def _is_image(row: dict[str, Any]) -> bool:
+    return has_image_extension("." + str(row.get("file_extension") or ""))
 
 
 def _integer(value: Any) -> int | None:

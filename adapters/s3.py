@@ -38,7 +38,7 @@ boto3 sends every request; what is retried (5xx, 429, SlowDown and other
 throttling codes, time-outs, broken connections), how long to wait and which
 typed error an answer is are decided by `adapters.transport`, the policy of
 every adapter, through botocore's event hooks (`_Hooks`): `attempts` tries in
-all, Retry-After honoured up to 60 s.
+all, Retry-After honoured up to `max_retry_after_s`.
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/optimizing-performance.html
 """
 
@@ -98,6 +98,7 @@ from adapters.tags import is_mark_tag, marks_to_tags, tags_to_marks
 __all__ = [
     "S3",
     "S3Cursor",
+    "S3Paginator",
     "S3Settings",
 ]
 
@@ -135,6 +136,9 @@ class S3Settings(PublicLinkSettings):
     attempts: int = Field(
         4, ge=1, le=10, description="tries per request on 5xx, throttling, time-outs"
     )
+    max_retry_after_s: float = Field(
+        60.0, ge=0, description="longer Retry-After waits end the request; the sync retries later"
+    )
     max_file_bytes: int = Field(
         transport.MAX_FILE_BYTES, ge=1, description="larger objects are not read"
     )
@@ -165,6 +169,40 @@ class S3Cursor(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     after: str | None = None
+
+
+class S3Paginator:
+    """Paging by key (module docstring), as singer_sdk's paginators: it
+    writes the request's StartAfter from its cursor and reads an answer into
+    the next cursor, None once the listing is complete."""
+
+    def __init__(self, cursor: S3Cursor | None, where: str) -> None:
+        self.cursor = cursor
+        self.where = where
+        self.finished = False
+
+    def params(self) -> dict[str, Any]:
+        after = self.cursor.after if self.cursor else None
+        return {"StartAfter": after} if after else {}
+
+    def advance(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """The answer's objects; moves the cursor past them."""
+        truncated = answer.get("IsTruncated")
+        contents = answer.get("Contents", [])
+        if not isinstance(truncated, bool) or not isinstance(contents, list):
+            raise Unavailable(
+                f"{self.where}: ListObjectsV2 answered without IsTruncated and Contents"
+            )
+        objects = [
+            entry
+            for entry in contents
+            if isinstance(entry, dict) and isinstance(entry.get("Key"), str)
+        ]
+        if truncated and not objects:
+            raise Unavailable(f"{self.where}: ListObjectsV2 said there is more but gave no keys")
+        self.cursor = S3Cursor(after=str(objects[-1]["Key"])) if truncated else None
+        self.finished = not truncated
+        return objects
 
 
 # -- the adapter ------------------------------------------------------------------
@@ -206,7 +244,9 @@ class S3(Adapter[S3Cursor]):
         )
         self._secrets = [secret for secret in (key_id, secret_key, token) if secret]
         transport.LogRedactor.install(self._secrets)
-        self._policy = transport.RetryPolicy(attempts=settings.attempts)
+        self._policy = transport.RetryPolicy(
+            attempts=settings.attempts, max_retry_after_s=settings.max_retry_after_s
+        )
         endpoint = str(settings.endpoint_url).rstrip("/") if settings.endpoint_url else None
         self._style = settings.addressing_style or ("path" if endpoint else "virtual")
         # No keys given: boto3's own chain (AWS_* variables, profiles, roles).
@@ -241,51 +281,37 @@ class S3(Adapter[S3Cursor]):
     # -- listing -------------------------------------------------------------
 
     def list_assets(self, cursor: S3Cursor | None) -> Page[S3Cursor]:
+        paginator = S3Paginator(cursor, self._where())
         params: dict[str, Any] = {"MaxKeys": self.settings.page_size}
         if self.prefix:
             params["Prefix"] = self.prefix
-        after = cursor.after if cursor else None
-        if after:
-            params["StartAfter"] = after
-        answer = self._call("list_objects_v2", None, **params)
-        truncated = answer.get("IsTruncated")
-        contents = answer.get("Contents", [])
-        if not isinstance(truncated, bool) or not isinstance(contents, list):
-            raise Unavailable(
-                f"{self._where()}: ListObjectsV2 answered without IsTruncated and Contents"
-            )
-        objects = [
-            entry
-            for entry in contents
-            if isinstance(entry, dict) and isinstance(entry.get("Key"), str)
-        ]
-        if truncated and not objects:
-            raise Unavailable(f"{self._where()}: ListObjectsV2 said there is more but gave no keys")
+        answer = self._call("list_objects_v2", None, **params, **paginator.params())
+        items = self._images(paginator.advance(answer))
+        return Page(items=items, cursor=paginator.cursor, complete=paginator.finished)
+
+    def _images(self, objects: list[dict[str, Any]]) -> list[AssetRef]:
+        """The objects a listing gives: keys under the prefix with an image
+        extension, and keys without an extension whose type is an image."""
         chosen: list[tuple[dict[str, Any], bool]] = []  # (object, its type is to be asked)
         for entry in objects:
             key = str(entry["Key"])
             if key.endswith("/") or not key.startswith(self.prefix):
                 continue
             suffix = _suffix(key)
-            if suffix in IMAGE_EXTENSIONS:
-                chosen.append((entry, False))
-            elif suffix == "":
-                chosen.append((entry, True))
+            if suffix in IMAGE_EXTENSIONS or suffix == "":
+                chosen.append((entry, suffix == ""))
         heads = self._heads(
             [str(entry["Key"]) for entry, ask in chosen if ask or self._needs_metadata]
         )
         items = []
         for entry, ask in chosen:
-            key = str(entry["Key"])
-            head = heads.get(key)
+            head = heads.get(str(entry["Key"]))
             if (ask or self._needs_metadata) and head is None:
                 continue  # deleted since the listing
             if ask and not str((head or {}).get("ContentType", "")).lower().startswith("image/"):
                 continue
             items.append(self._ref(entry, head))
-        if truncated:
-            return Page(items=items, cursor=S3Cursor(after=str(objects[-1]["Key"])), complete=False)
-        return Page(items=items, cursor=None, complete=True)
+        return items
 
     def _heads(self, keys: list[str]) -> dict[str, dict[str, Any] | None]:
         """HeadObject for each key, a few at a time; None for a key gone since

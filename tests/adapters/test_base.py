@@ -103,6 +103,7 @@ def test_no_rendition_without_the_originals_size_or_when_it_is_small() -> None:
         "adapters.registry",
         "adapters.tags",
         "adapters.transport",
+        "adapters.watermark",
         *sorted({target.split(":")[0] for target in ADAPTERS.values()}),
     ],
 )

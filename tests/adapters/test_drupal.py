@@ -156,8 +156,8 @@ def test_filters_send_unix_seconds_because_drupal_compares_numbers(start: Any) -
     _, cursor = listing(adapter(emulator))
     listing(adapter(emulator), cursor)
     sent = [entry.query for entry in emulator.log if entry.path == "/jsonapi/media/image"]
-    assert f"%5Bvalue%5D={cursor.changed_since}&" in sent[-1]
-    assert str(cursor.changed_since).isdigit()
+    assert f"%5Bvalue%5D={cursor.since}&" in sent[-1]
+    assert str(cursor.since).isdigit()
     # Why: a date string is read as its leading number (2026), so everything matches.
     as_date = requests.get(
         emulator.base_url + "jsonapi/media/image",
@@ -193,6 +193,31 @@ def test_a_change_during_a_listing_comes_in_the_next_incremental(start: Any) -> 
     assert mids(changed) == [ids[0]]
     nothing, _ = listing(adapter(emulator), again)
     assert nothing == []
+
+
+def test_a_cursor_saved_before_the_watermark_was_shared_resumes(start: Any) -> None:
+    """Cursors saved before adapters.watermark named `since` `changed_since`;
+    they load as the same cursors, mid-listing and at a listing's end."""
+    emulator = start()
+    ids = add(emulator, 5)
+    first = adapter(emulator, page_size=2).list_assets(None)
+    cursor = first.cursor
+    assert not first.complete and cursor is not None and cursor.watermark is not None
+    saved = {"changed_since": 0, "skip_ids": [], "watermark": cursor.watermark}
+    saved |= {"boundary": sorted(cursor.boundary), "after_mid": cursor.after_mid, "offset": 0}
+    loaded = DrupalCursor.model_validate_json(json.dumps(saved))
+    assert loaded == cursor
+    rest, done = listing(adapter(emulator, page_size=2), loaded)
+    assert mids(first.items + rest) == ids
+    saved = {"changed_since": done.since, "skip_ids": sorted(done.skip_ids), "watermark": None}
+    saved |= {"boundary": [], "after_mid": 0, "offset": 0}
+    watermark = DrupalCursor.model_validate_json(json.dumps(saved))
+    assert watermark == done
+    nothing, _ = listing(adapter(emulator), watermark)
+    assert nothing == []
+    emulator.library.touch(ids[1], field_photographer="Maija Meikäläinen")
+    changed, _ = listing(adapter(emulator), watermark)
+    assert mids(changed) == [ids[1]]
 
 
 def test_a_replaced_file_changes_the_version_and_a_metadata_edit_does_not(start: Any) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import re
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -21,7 +22,13 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from adapters.base import AssetRef, AuthFailed, Marks, NotFound, Unsupported
-from adapters.resourcespace import ResourceSpace, ResourceSpaceCursor, ResourceSpaceSettings
+from adapters.resourcespace import (
+    UNDATED,
+    ResourceSpace,
+    ResourceSpaceCursor,
+    ResourceSpacePaginator,
+    ResourceSpaceSettings,
+)
 from tests.servers.common import photo_paths
 from tests.servers.faults import Forwarded
 from tests.servers.resourcespace import (
@@ -333,6 +340,63 @@ def test_a_change_during_a_listing_is_caught_by_the_next_listing(
     assert [ref.id for ref in rest] == [ids[2], ids[1]]
     changed, _ = listing(adapter(harness, page_size=2), cursor)
     assert [ref.id for ref in changed] == [ids[0]]
+
+
+def test_a_cursor_saved_with_string_times_resumes_where_it_was(
+    harness: ResourceSpaceHarness,
+) -> None:
+    """Cursors saved before times were typed held `modified` as the server
+    writes it ("YYYY-MM-DD HH:MM:SS"); they load as the same times, so a
+    listing resumes exactly and an incremental one starts where it did."""
+    ids = add_photos(harness, 5)
+    first = adapter(harness, page_size=2).list_assets(None)
+    cursor = first.cursor
+    assert not first.complete and cursor is not None and cursor.newest is not None
+    mysql = "%Y-%m-%d %H:%M:%S"
+    saved = {"offset": 2, "modified_since": None, "seen_at_since": []}
+    saved |= {"newest": cursor.newest.strftime(mysql), "seen_at_newest": [ids[4]]}
+    loaded = ResourceSpaceCursor.model_validate_json(json.dumps(saved))
+    assert loaded == cursor
+    rest, done = listing(adapter(harness, page_size=2), loaded)
+    assert sorted(ref.id for ref in first.items + rest) == sorted(ids)
+    assert done is not None and done.modified_since is not None
+    saved = {"offset": 0, "modified_since": done.modified_since.strftime(mysql)}
+    saved |= {"seen_at_since": [ids[4]], "newest": None, "seen_at_newest": []}
+    watermark = ResourceSpaceCursor.model_validate_json(json.dumps(saved))
+    assert watermark == done
+    nothing, _ = listing(adapter(harness), watermark)
+    assert nothing == []
+    harness.touch(ids[0])
+    [changed], _ = listing(adapter(harness), watermark)
+    assert changed.id == ids[0]
+
+
+def test_an_empty_modified_reads_as_the_earliest_time() -> None:
+    """Some resources have no `modified` (NULL, sorted last newest first):
+    they read as UNDATED, older than every time, as the empty string that
+    cursors saved before times were typed held for them."""
+    rows: list[dict[str, Any]] = [
+        {"ref": 3, "modified": "2026-01-05 08:00:00"},
+        {"ref": 2, "modified": ""},
+        {"ref": 1, "modified": None},
+    ]
+    paginator = ResourceSpacePaginator(None, page_size=5)
+    assert [row["ref"] for row in paginator.advance(rows)] == [3, 2, 1]
+    assert paginator.finished
+    since = datetime(2026, 1, 5, 8, 0, 0)
+    assert paginator.cursor == ResourceSpaceCursor(
+        modified_since=since, seen_at_since=frozenset({"3"})
+    )
+    again = ResourceSpacePaginator(paginator.cursor, page_size=5)
+    assert again.advance(rows) == [] and again.finished  # stops at the undated rows
+    undated = ResourceSpacePaginator(None, page_size=5)
+    undated.advance(rows[1:])
+    assert undated.cursor.modified_since == UNDATED
+    saved = '{"offset": 0, "modified_since": "", "seen_at_since": ["1", "2"], "newest": null}'
+    assert ResourceSpaceCursor.model_validate_json(saved) == undated.cursor
+    resumed = ResourceSpaceCursor.model_validate_json(undated.cursor.model_dump_json())
+    later = ResourceSpacePaginator(resumed, page_size=5)
+    assert [row["ref"] for row in later.advance([{"ref": 4, "modified": ""}, *rows[1:]])] == [4]
 
 
 # -- metadata ------------------------------------------------------------------

@@ -29,7 +29,7 @@ from adapters.base import (
     RequestEvent,
     Unavailable,
 )
-from adapters.s3 import S3, S3Settings
+from adapters.s3 import S3, S3Cursor, S3Paginator, S3Settings
 from adapters.tags import decode_tag_value, encode_tag_value, marks_to_tags, tags_to_marks
 from connector.core.config import ConfigError
 from connector.units import build_adapter, secret_fields
@@ -225,6 +225,23 @@ def test_only_images_under_the_prefix_are_listed(s3: S3Harness) -> None:
     assert ids == ["kuvat/B.PNG", "kuvat/a.jpg", "kuvat/ilman-paatetta", "kuvat/sisä/c.jpeg"]
 
 
+def test_a_listing_resumes_after_the_last_key_and_refuses_answers_it_cannot_follow() -> None:
+    where = f"s3://{BUCKET}/{PREFIX}"
+    paginator = S3Paginator(None, where)
+    assert paginator.params() == {}
+    page = {"IsTruncated": True, "Contents": [{"Key": "a.jpg"}, {"Key": "b.jpg"}, {"Size": 3}]}
+    assert [entry["Key"] for entry in paginator.advance(page)] == ["a.jpg", "b.jpg"]
+    assert paginator.cursor == S3Cursor(after="b.jpg") and not paginator.finished
+    last = S3Paginator(paginator.cursor, where)
+    assert last.params() == {"StartAfter": "b.jpg"}
+    assert last.advance({"IsTruncated": False}) == []
+    assert last.finished and last.cursor is None  # no incremental listing
+    with pytest.raises(Unavailable, match="more but gave no keys"):
+        S3Paginator(None, where).advance({"IsTruncated": True, "Contents": [{"Size": 3}]})
+    with pytest.raises(Unavailable, match="without IsTruncated"):
+        S3Paginator(None, where).advance({"Contents": []})
+
+
 def test_metadata_from_the_key_costs_no_request_per_object(s3: S3Harness) -> None:
     s3.put(PREFIX + "Senaatintori/kuva.jpg", PHOTOS[0].read_bytes())
     mapping = {"location": "folder", "date": "modified", "department": "=Kaupunginmuseo"}
@@ -289,6 +306,21 @@ def test_the_observer_hears_of_every_attempt(s3: S3Harness) -> None:
         ("s3", "GET", 200),
         ("s3", "HEAD", 200),
     ]
+
+
+def test_a_retry_after_longer_than_allowed_ends_the_request(s3: S3Harness) -> None:
+    """`max_retry_after_s`, as on every other platform: a 429 asking for
+    30 s, within the default 60 s, ends the request at once when the unit
+    allows 5 s; the sync comes back later."""
+    s3.add("kuva.jpg", PHOTOS[0].read_bytes())
+    assert s3.proxy is not None
+    s3.proxy.clear()
+    s3.proxy.inject("429", times=5, path_contains=s3.listing_path, retry_after=30)
+    with pytest.raises(RateLimited) as caught:
+        listed(s3.adapter(max_retry_after_s=5))
+    assert caught.value.retry_after == 30
+    assert len(s3.proxy.requests(path_contains=s3.listing_path)) == 1
+    assert S3Settings(bucket=BUCKET).max_retry_after_s == 60
 
 
 class SlowDownS3:
