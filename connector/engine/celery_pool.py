@@ -5,7 +5,7 @@ error texts, so a run indexes alike wherever its jobs ran.
 
 Jobs travel a few to a message (up to BATCH_JOBS, BATCH_BYTES of images):
 Celery's cost per message is as large as a rendition's fingerprint. At most
-two messages per worker process are in flight (the processes the workers
+IN_FLIGHT messages per worker process are in flight (the processes the workers
 on the broker report, asked again every minute), so a big run holds a few
 images in memory, not its whole listing. Outcomes are yielded as their
 results arrive, in any order. A message whose worker process died or was
@@ -90,6 +90,11 @@ def max_message_bytes(broker: str) -> int:
 # jobs are not sent twice.
 RESEND_MARGIN_S = 30.0
 SENDS = 3  # sends of one job at most (each wait twice the one before)
+
+# Messages in flight per worker process: the two each process holds (the one
+# it runs and the next, celery_app's prefetch) and one waiting in the broker,
+# at hand when a process takes its next.
+IN_FLIGHT = 3
 
 # Per broker, for every pool of this process: (when asked, worker processes).
 _capacity: dict[str, tuple[float, int]] = {}
@@ -184,7 +189,7 @@ class CeleryPool:
                 note="no damdup worker answers; jobs wait in the queue until one starts",
             )
             processes = self.settings.workers
-        return 2 * processes
+        return IN_FLIGHT * processes
 
     def map(
         self,

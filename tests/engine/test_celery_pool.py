@@ -159,7 +159,7 @@ def test_a_job_the_broker_lost_is_sent_again_and_counted_once(
     assert all(outcome.value == f"digest {outcome.key}" for outcome in outcomes)
     assert {job: len(sends) for job, sends in broker.sent.items()} == dict.fromkeys(range(6), 2)
     # The late answers came (but for the last jobs', after the run) and were dropped.
-    assert sum(sends[0].answered for sends in broker.sent.values()) >= 4
+    assert sum(sends[0].answered for sends in broker.sent.values()) >= 3
     # Every result taken or dropped is deleted from the backend.
     assert all(result.forgotten for sends in broker.sent.values() for result in sends)
 
@@ -246,17 +246,17 @@ def test_the_largest_job_fits_the_broker(broker: str) -> None:
 def test_jobs_travel_a_few_to_a_message(fast: dict[str, int]) -> None:
     """Celery's cost per message is a rendition's fingerprint: a long run's
     jobs go BATCH_JOBS to a message; a short list is spread over the worker
-    processes (two messages each in flight) rather than packed into one."""
+    processes (three messages each in flight) rather than packed into one."""
     broker = FakeBroker(lambda send: True)
     outcomes = run(broker, ((n, (b"x", n)) for n in range(3 * BATCH_JOBS + 1)))  # a generator
     assert sorted((o.key, o.value) for o in outcomes) == [
         (n, f"digest {n}") for n in range(3 * BATCH_JOBS + 1)
     ]
     assert [len(jobs) for jobs in broker.messages] == [BATCH_JOBS] * 3 + [1]
-    fast["processes"] = 2  # four messages in flight
+    fast["processes"] = 2  # six messages in flight
     broker = FakeBroker(lambda send: True)
-    run(broker, 10)
-    assert sorted(len(jobs) for jobs in broker.messages) == [1, 3, 3, 3]
+    run(broker, 20)
+    assert [len(jobs) for jobs in broker.messages] == [4] * 5
 
 
 def test_a_message_holds_few_bytes_and_a_large_image_goes_alone(fast: dict[str, int]) -> None:
