@@ -372,9 +372,95 @@ MIGRATIONS: list[str] = [
         WHEN NEW.flat = 1 AND NEW.pixel_digest IS NOT OLD.pixel_digest
         BEGIN INSERT INTO match_queue(sha256) VALUES (NEW.sha256); END;
     """,
+    # 12: the clusters as the last clustering listed them, a row per cluster
+    # and per pair of other shots of a scene (with the assets each holds),
+    # and the contents whose clusters may have changed since, queued by
+    # triggers on what clusters are made of (an asset's content, liveness,
+    # metadata, size and time; pairs; decisions; fingerprints): `status`
+    # and `clusters` cluster again only the components those reach, not the
+    # whole index. The queue replaces 9's count of changes. '*' asks for
+    # the whole index (nothing is listed yet).
+    """
+    DROP TRIGGER assets_inserted;
+    DROP TRIGGER assets_updated;
+    DROP TRIGGER assets_deleted;
+    DROP TRIGGER pairs_inserted;
+    DROP TRIGGER pairs_updated;
+    DROP TRIGGER pairs_deleted;
+    DROP TRIGGER decisions_inserted;
+    DROP TRIGGER decisions_updated;
+    DROP TRIGGER decisions_deleted;
+    DROP TABLE changes;
+    DELETE FROM summaries WHERE name IN ('unit_figures', 'cluster_listing');
+    CREATE TABLE listing (
+        item TEXT PRIMARY KEY,
+        is_similar INTEGER NOT NULL,
+        record TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE listing_assets (
+        unit TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        item TEXT NOT NULL,
+        copy INTEGER,
+        PRIMARY KEY (unit, asset_id, item)
+    ) WITHOUT ROWID;
+    CREATE INDEX listing_assets_item ON listing_assets(item);
+    CREATE TABLE cluster_queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256 TEXT NOT NULL,
+        unit TEXT,
+        asset_id TEXT
+    );
+    INSERT INTO cluster_queue(sha256) VALUES ('*');
+    CREATE TRIGGER assets_cluster_inserted AFTER INSERT ON assets
+        WHEN NEW.sha256 IS NOT NULL
+        BEGIN INSERT INTO cluster_queue(sha256, unit, asset_id)
+            VALUES (NEW.sha256, NEW.unit, NEW.asset_id); END;
+    CREATE TRIGGER assets_cluster_updated
+        AFTER UPDATE OF sha256, live, metadata, width, height, modified ON assets
+        WHEN OLD.sha256 IS NOT NEW.sha256 OR OLD.live IS NOT NEW.live
+            OR OLD.metadata IS NOT NEW.metadata OR OLD.width IS NOT NEW.width
+            OR OLD.height IS NOT NEW.height OR OLD.modified IS NOT NEW.modified
+        BEGIN
+            INSERT INTO cluster_queue(sha256, unit, asset_id)
+                SELECT OLD.sha256, OLD.unit, OLD.asset_id WHERE OLD.sha256 IS NOT NULL;
+            INSERT INTO cluster_queue(sha256, unit, asset_id)
+                SELECT NEW.sha256, NEW.unit, NEW.asset_id
+                WHERE NEW.sha256 IS NOT NULL AND NEW.sha256 IS NOT OLD.sha256;
+        END;
+    CREATE TRIGGER assets_cluster_deleted AFTER DELETE ON assets
+        WHEN OLD.sha256 IS NOT NULL
+        BEGIN INSERT INTO cluster_queue(sha256, unit, asset_id)
+            VALUES (OLD.sha256, OLD.unit, OLD.asset_id); END;
+    CREATE TRIGGER pairs_cluster_inserted AFTER INSERT ON pairs
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha_a), (NEW.sha_b); END;
+    CREATE TRIGGER pairs_cluster_updated AFTER UPDATE ON pairs
+        WHEN OLD.tier IS NOT NEW.tier OR OLD.evidence IS NOT NEW.evidence
+            OR OLD.phash_distance IS NOT NEW.phash_distance
+            OR OLD.dhash_distance IS NOT NEW.dhash_distance
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha_a), (NEW.sha_b); END;
+    CREATE TRIGGER pairs_cluster_deleted AFTER DELETE ON pairs
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (OLD.sha_a), (OLD.sha_b); END;
+    CREATE TRIGGER decisions_cluster_inserted AFTER INSERT ON decisions
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha_a), (NEW.sha_b); END;
+    CREATE TRIGGER decisions_cluster_updated AFTER UPDATE ON decisions
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha_a), (NEW.sha_b); END;
+    CREATE TRIGGER decisions_cluster_deleted AFTER DELETE ON decisions
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (OLD.sha_a), (OLD.sha_b); END;
+    CREATE TRIGGER fingerprints_cluster_inserted AFTER INSERT ON fingerprints
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha256); END;
+    CREATE TRIGGER fingerprints_cluster_updated AFTER UPDATE ON fingerprints
+        WHEN OLD.width IS NOT NEW.width OR OLD.height IS NOT NEW.height
+            OR OLD.format IS NOT NEW.format OR OLD.capture IS NOT NEW.capture
+            OR OLD.size_bytes IS NOT NEW.size_bytes OR OLD.recipe IS NOT NEW.recipe
+        BEGIN INSERT INTO cluster_queue(sha256) VALUES (NEW.sha256); END;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# The summaries row that holds the saved listing's stamp and figures.
+LISTING_SUMMARY = "cluster_listing"
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -481,6 +567,60 @@ def queue_of(chunks: Iterable[Sequence[Sequence[Any]]], most: int | None) -> Mat
                     everything = True
                     contents.clear()
     return MatchQueue(seqs, frozenset(contents), everything)
+
+
+@dataclass(frozen=True)
+class ClusterQueue:
+    """Contents whose clusters may have changed since the saved listing was
+    made (and the assets, unit and id, whose own row changed): the listing
+    is current once the components they reach are clustered again.
+    `everything`: cluster the whole index ('*', or more than asked for).
+    `seqs`: the rows read, cleared when the listing they led to is saved."""
+
+    seqs: array[int]
+    contents: frozenset[str]
+    assets: frozenset[tuple[str, str]]
+    everything: bool
+
+
+def cluster_queue_of(chunks: Iterable[Sequence[Sequence[Any]]], most: int | None) -> ClusterQueue:
+    """The queue from its rows (seq, sha256, unit, asset_id), a chunk at a time."""
+    seqs: array[int] = array("q")
+    contents: set[str] = set()
+    assets: set[tuple[str, str]] = set()
+    everything = False
+    for rows in chunks:
+        for seq, sha256, unit, asset_id in rows:
+            seqs.append(int(seq))
+            if everything:
+                continue
+            if sha256 == "*" or (most is not None and len(seqs) > most):
+                everything = True
+                contents.clear()
+                assets.clear()
+                continue
+            contents.add(str(sha256))
+            if unit is not None:
+                assets.add((str(unit), str(asset_id)))
+    return ClusterQueue(seqs, frozenset(contents), frozenset(assets), everything)
+
+
+@dataclass(frozen=True)
+class ListedItem:
+    """One entry of the saved cluster listing: a cluster or a pair of other
+    shots of a scene. `item`: its key; `record`: its JSON as listed;
+    `assets`: (unit, asset_id, copy) of each asset it holds, `copy` 1 for a
+    confirmed duplicate of the canonical, 0 for one awaiting review, None
+    for a canonical or another shot."""
+
+    item: str
+    similar: bool
+    record: str
+    assets: tuple[tuple[str, str, int | None], ...]
+
+
+# Per unit: (confirmed duplicates, duplicates awaiting review) in the listing.
+ListedFigures = dict[str, tuple[int, int]]
 
 
 class IndexStore(ABC):
@@ -634,17 +774,34 @@ class IndexStore(ABC):
         """Drop the queue rows a completed match read; rows queued since stay."""
 
     @abstractmethod
-    def changes(self) -> str:
-        """A mark that moves with every change to assets, pairs and decisions
-        (what clusters are made of). Read it before reading what a summary is
-        made from: a summary saved with it is current while it stays."""
+    def cluster_queue(self, most: int | None = None) -> ClusterQueue:
+        """What changed since the saved listing was made (kept by triggers on
+        assets, pairs, decisions and fingerprints); past `most` rows, the
+        whole index."""
 
     @abstractmethod
-    def summary(self, name: str) -> tuple[str, str] | None:
-        """A saved summary (opaque JSON) and the stamp it was saved with."""
+    def listing_saved(self) -> tuple[str, ListedFigures] | None:
+        """The stamp the saved listing was made with, and its figures per
+        unit; None before the first listing."""
 
     @abstractmethod
-    def save_summary(self, name: str, stamp: str, data: str) -> None: ...
+    def listing(self) -> list[tuple[bool, str]]:
+        """Every entry of the saved listing: (similar, record), unordered."""
+
+    @abstractmethod
+    def save_listing(
+        self,
+        expected: str | None,
+        stamp: str,
+        items: Sequence[ListedItem],
+        replacing: Iterable[tuple[str, str]] | None,
+        seqs: Sequence[int],
+    ) -> ListedFigures | None:
+        """In one transaction, only while the saved listing's stamp is still
+        `expected` (another clustering saved none meanwhile): drop the
+        entries holding any asset of `replacing` (every entry when None), add
+        `items`, clear the queue rows `seqs`, and save `stamp`. The figures
+        then listed; None (nothing saved) when the stamp had moved."""
 
     @abstractmethod
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
@@ -735,9 +892,9 @@ class IndexStore(ABC):
         """Live assets whose page or file address is `url`."""
 
     @abstractmethod
-    def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
-        """Evaluated pairs of the recipe with either side in `sha256s`, unrelated
-        ones (tier None) included."""
+    def pairs_touching(self, sha256s: Iterable[str], recipe: int | None = None) -> list[PairRow]:
+        """Evaluated pairs (of `recipe`, when given) with either side in
+        `sha256s`, unrelated ones (tier None) included."""
 
     @abstractmethod
     def set_intended_assets(self, intended: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
@@ -864,6 +1021,15 @@ def is_digest_prefix(reference: str) -> bool:
     once lowered): no other is looked for among the digests, which costs a
     read of every asset."""
     return all(char in "0123456789abcdef" for char in reference.lower())
+
+
+def _clear(db: sqlite3.Connection, queue: str, seqs: Sequence[int]) -> None:
+    """Drop the rows `seqs` of a queue table (match_queue, cluster_queue)."""
+    listed = list(seqs)
+    for start in range(0, len(listed), 500):
+        chunk = listed[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        db.execute(f"DELETE FROM {queue} WHERE seq IN ({marks})", chunk)
 
 
 def _chunks(values: Iterable[str], size: int = 400) -> Iterator[tuple[list[str], str]]:
@@ -1198,7 +1364,12 @@ class SQLiteStore(IndexStore):
     def save_pairs(self, pairs: Sequence[PairRow], recipe: int) -> None:
         with self._transaction() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                # An update, not a replace: a pair saved again as it was
+                # queues nothing for the clusters (cluster_queue's triggers).
+                """INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (sha_a, sha_b) DO UPDATE SET recipe = excluded.recipe,
+                       tier = excluded.tier, phash_distance = excluded.phash_distance,
+                       dhash_distance = excluded.dhash_distance, evidence = excluded.evidence""",
                 [
                     (
                         pair.sha_a, pair.sha_b, recipe, pair.tier, pair.phash_distance,
@@ -1327,29 +1498,81 @@ class SQLiteStore(IndexStore):
             cursor.close()
 
     def clear_match_queue(self, seqs: Sequence[int]) -> None:
-        listed = list(seqs)
         with self._transaction() as db:
-            for start in range(0, len(listed), 500):
-                chunk = listed[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                db.execute(f"DELETE FROM match_queue WHERE seq IN ({marks})", chunk)
+            _clear(db, "match_queue", seqs)
 
-    def changes(self) -> str:
-        row = self.db.execute("SELECT n FROM changes").fetchone()
-        return str(row[0])
+    def cluster_queue(self, most: int | None = None) -> ClusterQueue:
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        try:
+            cursor.execute("SELECT seq, sha256, unit, asset_id FROM cluster_queue")
+            return cluster_queue_of(iter(lambda: cursor.fetchmany(FETCH_CHUNK), []), most)
+        finally:
+            cursor.close()
 
-    def summary(self, name: str) -> tuple[str, str] | None:
+    def listing_saved(self) -> tuple[str, ListedFigures] | None:
         row = self.db.execute(
-            "SELECT data, stamp FROM summaries WHERE name = ?", (name,)
+            "SELECT stamp, data FROM summaries WHERE name = ?", (LISTING_SUMMARY,)
         ).fetchone()
-        return (str(row[0]), str(row[1])) if row is not None else None
+        if row is None:
+            return None
+        return str(row[0]), {unit: (n[0], n[1]) for unit, n in json.loads(row[1]).items()}
 
-    def save_summary(self, name: str, stamp: str, data: str) -> None:
+    def listing(self) -> list[tuple[bool, str]]:
+        return [(bool(row[0]), row[1]) for row in self.db.execute(
+            "SELECT is_similar, record FROM listing"
+        )]  # fmt: skip
+
+    def save_listing(
+        self,
+        expected: str | None,
+        stamp: str,
+        items: Sequence[ListedItem],
+        replacing: Iterable[tuple[str, str]] | None,
+        seqs: Sequence[int],
+    ) -> ListedFigures | None:
         with self._transaction() as db:
+            row = db.execute(
+                "SELECT stamp FROM summaries WHERE name = ?", (LISTING_SUMMARY,)
+            ).fetchone()
+            if (row[0] if row is not None else None) != expected:
+                return None
+            if replacing is None:
+                db.execute("DELETE FROM listing")
+                db.execute("DELETE FROM listing_assets")
+            else:
+                gone = {
+                    found[0]
+                    for key in replacing
+                    for found in db.execute(
+                        "SELECT item FROM listing_assets WHERE unit = ? AND asset_id = ?", key
+                    )
+                }
+                for chunk, marks in _chunks(gone):
+                    db.execute(f"DELETE FROM listing WHERE item IN ({marks})", chunk)
+                    db.execute(f"DELETE FROM listing_assets WHERE item IN ({marks})", chunk)
+            db.executemany(
+                "INSERT INTO listing VALUES (?, ?, ?)",
+                [(item.item, int(item.similar), item.record) for item in items],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO listing_assets VALUES (?, ?, ?, ?)",
+                [(unit, asset_id, item.item, copy)
+                 for item in items for unit, asset_id, copy in item.assets],
+            )  # fmt: skip
+            _clear(db, "cluster_queue", seqs)
+            figures: ListedFigures = {
+                unit: (int(confirmed), int(waiting))
+                for unit, confirmed, waiting in db.execute(
+                    """SELECT unit, SUM(copy), SUM(1 - copy) FROM listing_assets
+                       WHERE copy IS NOT NULL GROUP BY unit ORDER BY unit"""
+                )
+            }
             db.execute(
                 "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?)",
-                (name, stamp, data, now_iso()),
+                (LISTING_SUMMARY, stamp, json.dumps(figures), now_iso()),
             )
+        return figures
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:
         marks = ",".join("?" for _ in units)
@@ -1547,12 +1770,13 @@ class SQLiteStore(IndexStore):
         )
         return [asset_of(row) for row in rows]
 
-    def pairs_touching(self, sha256s: Iterable[str], recipe: int) -> list[PairRow]:
+    def pairs_touching(self, sha256s: Iterable[str], recipe: int | None = None) -> list[PairRow]:
         found: dict[tuple[str, str], PairRow] = {}
         for chunk, marks in _chunks(sha256s):
             rows = self.db.execute(
-                f"""SELECT * FROM pairs WHERE recipe = ? AND sha_a IN ({marks})
-                    UNION ALL SELECT * FROM pairs WHERE recipe = ? AND sha_b IN ({marks})""",
+                f"""SELECT * FROM pairs WHERE recipe IS COALESCE(?, recipe) AND sha_a IN ({marks})
+                    UNION ALL SELECT * FROM pairs
+                    WHERE recipe IS COALESCE(?, recipe) AND sha_b IN ({marks})""",
                 (recipe, *chunk, recipe, *chunk),
             )
             for row in rows:

@@ -14,7 +14,6 @@ from typing import NotRequired, TypedDict
 
 import structlog
 
-from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow
 from connector.core.settings import Settings
 from connector.core.tiers import Tier
@@ -28,6 +27,7 @@ __all__ = [
     "asset_entry",
     "cluster_entry",
     "component_of",
+    "linked",
 ]
 
 log = structlog.get_logger(__name__)
@@ -115,18 +115,29 @@ class Component:
         return [found[key] for key in sorted(found)]
 
 
-def component_of(
+@dataclass
+class Linked:
+    """The live assets linked to some contents, and what links them: the
+    related pairs between their contents and the decisions touching them."""
+
+    assets: list[AssetRow]
+    pairs: list[PairRow]
+    decisions: dict[tuple[str, str], DecisionRow]
+    contents: set[str]  # the live contents among them
+
+
+def linked(
     store: IndexStore,
     start: Iterable[str],
-    shape: Callable[[str], Shape | None],
-    settings: Settings,
-    lineage: Lineage | None,
-) -> Component:
+    decisions: dict[tuple[str, str], DecisionRow],
+    from_retired: bool = False,
+) -> Linked:
     """Every live content linked to `start` by a related pair or a decision
-    between live contents, and the clusters of their assets, built as for
-    the whole index (whose clusters hold live assets only: a content no asset
-    holds any more links nothing, however many pairs it was settled in)."""
-    decisions = store.decisions()
+    between live contents, as the clusters of the whole index link them
+    (they hold live assets only: a content no asset holds any more links
+    nothing, however many pairs it was settled in). `from_retired`: `start`
+    links through its pairs and decisions even where no asset holds it now,
+    so that the other side of a link a change took away is reached too."""
     decided: dict[str, set[str]] = {}
     for sha_a, sha_b in decisions:
         decided.setdefault(sha_a, set()).add(sha_b)
@@ -134,11 +145,11 @@ def component_of(
     seen = set(start)
     assets = store.live_assets_with(seen)
     live = {asset.sha256 for asset in assets if asset.sha256 is not None}
-    frontier = set(live)
+    frontier = set(seen) if from_retired else set(live)
     pairs: dict[tuple[str, str], PairRow] = {}
     while frontier:
         found: set[str] = set()
-        for pair in store.pairs_touching(frontier, RECIPE):
+        for pair in store.pairs_touching(frontier):
             if pair.tier is None:
                 continue
             pairs[(pair.sha_a, pair.sha_b)] = pair
@@ -151,15 +162,29 @@ def component_of(
         assets += held
         frontier = {asset.sha256 for asset in held if asset.sha256 is not None} - live
         live |= frontier
-    if len(live) > LARGE_COMPONENT:
-        log.warning("check.large_component", contents=len(live))
     assets.sort(key=lambda asset: (asset.unit, asset.asset_id))
-    kept = [pair for pair in pairs.values() if pair.sha_a in live and pair.sha_b in live]
-    shapes = {content: known for content in live if (known := shape(content)) is not None}
-    component_decisions: dict[tuple[str, str], DecisionRow] = {
-        key: row for key, row in decisions.items() if key[0] in live or key[1] in live
-    }
-    clusters, relations = build_clusters(
-        assets, shapes, kept, component_decisions, settings.authoritative_units, lineage
+    return Linked(
+        assets,
+        [pair for pair in pairs.values() if pair.sha_a in live and pair.sha_b in live],
+        {key: row for key, row in decisions.items() if key[0] in live or key[1] in live},
+        live,
     )
-    return Component(assets, clusters, relations)
+
+
+def component_of(
+    store: IndexStore,
+    start: Iterable[str],
+    shape: Callable[[str], Shape | None],
+    settings: Settings,
+    lineage: Lineage | None,
+) -> Component:
+    """The live contents linked to `start` (`linked`), and the clusters of
+    their assets, built as for the whole index."""
+    found = linked(store, start, store.decisions())
+    if len(found.contents) > LARGE_COMPONENT:
+        log.warning("check.large_component", contents=len(found.contents))
+    shapes = {content: known for content in found.contents if (known := shape(content)) is not None}
+    clusters, relations = build_clusters(
+        found.assets, shapes, found.pairs, found.decisions, settings.authoritative_units, lineage
+    )
+    return Component(found.assets, clusters, relations)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -18,9 +17,8 @@ import structlog
 from adapters.base import Adapter, AdapterError, AssetRef
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
-from connector.core.index import AssetRow, IndexStore, SchemaError
+from connector.core.index import AssetRow, IndexStore, ListedFigures, SchemaError
 from connector.core.provenance import (
-    LINEAGE_VERSION,
     Examiner,
     Family,
     Finding,
@@ -33,9 +31,17 @@ from connector.core.provenance import (
     relation_text,
 )
 from connector.core.settings import Settings
-from connector.core.tiers import Tier
 from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
 from connector.engine.ingest import Concurrency
+from connector.engine.listing import (
+    PATCH_MOST,
+    fresh,
+    listed_items,
+    listing_of,
+    new_stamp,
+    ordered_listing,
+    patch,
+)
 from connector.engine.matcher import match
 from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
 from connector.engine.settle import MatchStats
@@ -298,17 +304,6 @@ def lineage_of(
     return family
 
 
-# What the saved figures are made by: a rule that changes them changes this.
-FIGURES_VERSION = 1
-
-
-def _figures_stamp(store: IndexStore, settings: Settings) -> str:
-    """The index's change mark, and what else the clusters depend on: the
-    authoritative units, and the rules of this damdup."""
-    units = ",".join(sorted(settings.authoritative_units))
-    return f"{store.changes()}|{units}|{LINEAGE_VERSION}.{FIGURES_VERSION}"
-
-
 def figures_of(clusters: Iterable[Cluster]) -> dict[str, dict[str, int]]:
     """Per unit: copies that duplicate a canonical (confirmed, and awaiting
     review); the canonical itself is never counted as redundant."""
@@ -323,26 +318,18 @@ def figures_of(clusters: Iterable[Cluster]) -> dict[str, dict[str, int]]:
     return figures
 
 
-def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
-    """`figures_of` the current clusters: as saved by the last clustering
-    (every command that clusters the index saves them) while the index has
-    not changed since; else the index is clustered again."""
-    saved = store.summary("unit_figures")
-    if saved is not None and saved[1] == _figures_stamp(store, settings):
-        figures: dict[str, dict[str, int]] = json.loads(saved[0])
-        return figures
-    clusters, _relations = current_clusters(store, settings)
-    return figures_of(clusters)
-
-
 def current_clusters(
     store: IndexStore,
     settings: Settings,
     read_original: Callable[[str], bytes | None] | None = None,
 ) -> tuple[list[Cluster], list[Relation]]:
-    # Read before the index: a change committed meanwhile leaves the saved
-    # figures older than the mark, never the other way round.
-    stamp = _figures_stamp(store, settings)
+    """The clusters of the whole index, and its related pairs; saved as the
+    listing `damdup clusters` and `damdup status` read."""
+    # Read before the index: a change committed meanwhile stays queued for
+    # the next reader, and the listing saved here is older than the queue,
+    # never newer.
+    saved = store.listing_saved()
+    queue = store.cluster_queue(most=0)  # the rows only: all of them are answered here
     pairs = store.pairs()
     decisions = store.decisions()
     # Only the contents a cluster or relation can hold (those of related pairs
@@ -360,61 +347,55 @@ def current_clusters(
         settings.authoritative_units,
         lineage_of(store, read_original),
     )
-    store.save_summary("unit_figures", stamp, json.dumps(figures_of(clusters), sort_keys=True))
-    store.save_summary(LISTING, stamp, json.dumps(listing_of(clusters, relations)))
+    store.save_listing(
+        saved[0] if saved is not None else None,
+        new_stamp(settings),
+        listed_items(clusters, relations),
+        None,
+        queue.seqs,
+    )
     return clusters, relations
 
 
-# The clusters as `damdup clusters` lists them, saved by every clustering.
-LISTING = "cluster_listing"
+# Clusterings that may find another one saved meanwhile before this one
+# answers from what it made itself.
+TRIES = 3
 
 
-def cluster_record(cluster: Cluster) -> dict[str, Any]:
-    """One cluster as `damdup clusters --format json` gives it."""
+def _listed_figures(store: IndexStore, settings: Settings) -> ListedFigures | None:
+    """The saved listing made current: as it is while nothing is queued,
+    else the components the queue reaches clustered again (the whole index
+    past PATCH_MOST rows, or when it was made by other rules). Its figures;
+    None when other clusterings kept saving first."""
+    for _ in range(TRIES):
+        saved = store.listing_saved()
+        queue = store.cluster_queue(most=PATCH_MOST)
+        if saved is not None and fresh(saved[0], settings) and not queue.everything:
+            if not queue.seqs:
+                return saved[1]
+            figures = patch(store, settings, saved[0], queue, lineage_of(store, None))
+            if figures is not None:
+                return figures
+            continue
+        current_clusters(store, settings)
+    return None
+
+
+def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
+    """`figures_of` the current clusters, from the saved listing made current."""
+    listed = _listed_figures(store, settings)
+    if listed is None:
+        clusters, _relations = current_clusters(store, settings)
+        return figures_of(clusters)
     return {
-        "cluster": cluster.id,
-        "tier": cluster.tier.value,
-        "canonical": {"unit": cluster.canonical.unit, "id": cluster.canonical.asset_id},
-        "reason": cluster.reason,
-        "members": [
-            {
-                "unit": member.asset.unit,
-                "id": member.asset.asset_id,
-                "tier": member.edge.tier.value,
-                "mark": member.edge.mark,
-                "phash_distance": member.edge.phash_distance,
-                "dhash_distance": member.edge.dhash_distance,
-                "decision": member.edge.decision,
-            }
-            for member in cluster.members
-        ],
-    }
-
-
-def listing_of(clusters: Iterable[Cluster], relations: Iterable[Relation]) -> dict[str, Any]:
-    """The clusters, and the other shots of a scene (related, never merged)."""
-    return {
-        "clusters": [cluster_record(cluster) for cluster in clusters],
-        "similar": [
-            {
-                "a": {"unit": r.a.unit, "id": r.a.asset_id},
-                "b": {"unit": r.b.unit, "id": r.b.asset_id},
-                "phash_distance": r.edge.phash_distance,
-                "dhash_distance": r.edge.dhash_distance,
-            }
-            for r in relations
-            if r.edge.tier == Tier.SIMILAR
-        ],
+        unit: {"duplicates": confirmed, "candidates": waiting}
+        for unit, (confirmed, waiting) in listed.items()
     }
 
 
 def cluster_listing(store: IndexStore, settings: Settings) -> dict[str, Any]:
-    """`listing_of` the current clusters: as saved by the last clustering
-    while the index has not changed since (as `unit_figures`); else the
-    index is clustered again."""
-    saved = store.summary(LISTING)
-    if saved is not None and saved[1] == _figures_stamp(store, settings):
-        listing: dict[str, Any] = json.loads(saved[0])
-        return listing
-    clusters, relations = current_clusters(store, settings)
-    return listing_of(clusters, relations)
+    """`listing_of` the current clusters, from the saved listing made current."""
+    if _listed_figures(store, settings) is None:
+        clusters, relations = current_clusters(store, settings)
+        return listing_of(clusters, relations)
+    return ordered_listing(store.listing())

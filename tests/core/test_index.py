@@ -402,39 +402,53 @@ def test_pairs_touching_decisions_originals_and_lineage(index_db: str | Path) ->
     store.close()
 
 
-def test_the_change_mark_moves_with_assets_pairs_and_decisions_only(
+def test_the_cluster_queue_holds_what_clusters_are_made_of_only(
     index_db: str | Path,
 ) -> None:
-    """`changes` moves with every committed change to what clusters are made
-    of, also one made through another connection (another host, a sync
-    beside), and not with the rest (lineage, summaries, checks)."""
+    """The cluster queue takes every committed change to what clusters are
+    made of (an asset's content, liveness or metadata, a pair, a decision,
+    a fingerprint), also one made through another connection (another
+    host, a sync beside), and not the rest (a pair or asset saved again as
+    it was, lineage, relations, checks); a saved listing clears the rows it
+    read, and only those."""
     store = open_store(index_db, create=True)
     other = open_store(index_db, create=False)
-    marks = [store.changes()]
+    first = store.cluster_queue()
+    assert first.everything, "a new index: the whole index, once"
+    assert store.save_listing(None, "s1", [], None, first.seqs) == {}
 
-    def moved() -> bool:
-        marks.append(store.changes())
-        return marks[-1] != marks[-2]
+    def queued() -> tuple[set[str], set[tuple[str, str]]]:
+        queue = store.cluster_queue()
+        assert not queue.everything
+        return set(queue.contents), set(queue.assets)
 
     run = store.start_run("u", "sync")
-    store.save_page("u", run, [asset(n, f"s{n}") for n in "ab"], [], [], None)
-    assert moved()
-    store.save_pairs([PairRow("sa", "sb", "near_identical", 2, 4, {})], RECIPE)
-    assert moved()
-    other.save_decision(DecisionRow("sa", "sb", "same", None, "anna", "t"))
-    assert moved(), "a change made through another connection"
-    other.save_page("u", other.start_run("u", "sync"), [asset("a", "sa")], [], [], None)
-    assert moved(), "b retired"
+    store.save_page("u", run, [asset(n, f"s{n}") for n in "ab"], [fingerprint("sa")], [], None)
+    assert queued() == ({"sa", "sb"}, {("u", "a"), ("u", "b")})
+    pair = PairRow("sa", "sb", "near_identical", 2, 4, {})
+    store.save_pairs([pair], RECIPE)
+    other.save_decision(DecisionRow("sa", "sc", "same", None, "anna", "t"))
+    assert queued()[0] == {"sa", "sb", "sc"}
+    queue = store.cluster_queue()
+    assert store.save_listing("s1", "s2", [], None, queue.seqs) == {}
+    assert queued() == (set(), set())
+    store.save_pairs([pair], RECIPE)  # settled again as it was
+    store.save_page("u", run, [asset("a", "sa")], [], [], None)  # listed again as it was
     store.save_lineage("g", "{}", True)
     store.save_relations({"x-y": "[]"})
-    store.save_summary("unit_figures", marks[-1], '{"u": 1}')
     store.start_check("u", "a", "test")
-    assert not moved()
-    assert store.summary("unit_figures") == ('{"u": 1}', marks[-1])
-    assert other.summary("unit_figures") == ('{"u": 1}', marks[-1])
-    store.save_summary("unit_figures", "later", "{}")
-    assert store.summary("unit_figures") == ("{}", "later")
-    assert store.summary("other") is None
+    assert queued() == (set(), set())
+    other.save_page("u", other.start_run("u", "sync"), [asset("a", "sd")], [], [], None)
+    assert queued() == ({"sa", "sd"}, {("u", "a")}), "a's content changed: both contents"
+    store.save_pairs([PairRow("sa", "sb", "similar", 9, 9, {})], RECIPE)
+    store.save_page("u", run, [], [], [], None, deleted=["b"])
+    assert queued() == ({"sa", "sb", "sd"}, {("u", "a"), ("u", "b")})
+    assert store.save_listing("s1", "s3", [], None, store.cluster_queue().seqs) is None
+    assert store.listing_saved() == ("s2", {})
+    read = store.cluster_queue()
+    other.save_decision(DecisionRow("sa", "se", "different", None, "anna", "t"))
+    assert store.save_listing("s2", "s3", [], None, read.seqs) == {}
+    assert queued() == ({"sa", "se"}, set()), "rows queued after the read stay"
     other.close()
     store.close()
 
@@ -476,33 +490,6 @@ def test_assets_that_become_live_queue_their_contents_for_the_next_match(
     assert store.match_queue().contents == {"sa"}, "a row queued after the read stays"
     other.close()
     store.close()
-
-
-def test_postgresql_folds_its_change_rows_and_keeps_the_mark(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """PostgreSQL counts one row per changing transaction; saving a summary
-    folds the committed ones into one count, and the mark does not move."""
-    import psycopg
-
-    from connector.core import pgstore
-
-    monkeypatch.setattr(pgstore, "CHANGES_FOLD", 3)
-    store = open_store(pg_url, create=True)
-    try:
-        run = store.start_run("u", "sync")
-        for n in range(5):
-            store.save_page("u", run, [asset(f"a{n}", f"s{n}")], [], [], f"page{n}")
-        before = store.changes()
-        store.save_summary("unit_figures", before, "{}")
-        assert store.changes() == before
-        with psycopg.connect(pg_url) as db:
-            (rows,) = db.execute("SELECT count(*) FROM changes").fetchone() or (None,)
-        assert rows == 0
-        store.save_pairs([PairRow("s0", "s1", "near_identical", 2, 4, {})], RECIPE)
-        assert store.changes() != before
-    finally:
-        store.close()
 
 
 def test_holds_errors_intended_per_asset_and_unit_status(index_db: str | Path) -> None:

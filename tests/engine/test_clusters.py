@@ -165,7 +165,7 @@ class GraphStore:
     def decisions(self) -> dict[tuple[str, str], DecisionRow]:
         return {}
 
-    def pairs_touching(self, shas: set[str], recipe: int) -> list[PairRow]:
+    def pairs_touching(self, shas: set[str], recipe: int | None = None) -> list[PairRow]:
         self.walked |= shas
         return [p for p in self.pairs if p.sha_a in shas or p.sha_b in shas]
 
