@@ -409,20 +409,43 @@ def step_sync(location: str, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _unclustered_change(location: str, spec: dict[str, Any]) -> None:
+    """A change no clustering has seen yet. "decision": a reviewer's `same`
+    on one related pair; "sync": `spec["new"]` more new assets saved and
+    matched, as a sync stopped before its clustering (or webhook checks)
+    leaves them."""
+    from connector.core.index import DecisionRow, now_iso
+    from connector.core.settings import Settings
+    from connector.core.store import open_store
+    from connector.engine import matcher, settle
+    from connector.engine.pool import WorkerPool
+    from connector.engine.scan import OriginalReader
+
+    store = open_store(location)
+    try:
+        if spec["changed"] == "decision":
+            pair = next(p for p in store.pairs() if p.tier != "similar")
+            decided = DecisionRow(pair.sha_a, pair.sha_b, "same", None, "bench", now_iso())
+            store.save_decision(decided)
+            return
+        n, new = spec["n"], spec["new"]
+        save_rows(store, synthetic(n, extra=2 * new), n + new, n + 2 * new, n, 250)
+        import scale
+
+        settle.pixel_check_job = scale.synthetic_pixel_check
+        with WorkerPool(spec["workers"]) as pool:
+            matcher.match(store, pool, OriginalReader(store, {}), max_pixels=Settings().max_pixels)
+    finally:
+        store.close()
+
+
 def step_cli(location: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A damdup command as a whole process (interpreter start included).
-    `changed`: as after a change no clustering has seen yet (a reviewer's
-    decision, a sync whose run was stopped): the saved figures are stale."""
+    """A damdup command as a whole process (interpreter start included),
+    after `_unclustered_change` when `spec["changed"]` names one."""
     import tempfile
 
     if spec.get("changed"):
-        from connector.core.store import open_store
-
-        store = open_store(location)
-        try:
-            store.save_summary("unit_figures", "stale", "{}")
-        finally:
-            store.close()
+        _unclustered_change(location, spec)
 
     command = [sys.executable, "-m", "connector.cli", *spec["args"], "--db", location]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -555,7 +578,8 @@ def step_pixelcheck(_location: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 ALL_STEPS = (
     "search", "columns", "matchindex", "rows", "rows_search", "match", "sync", "status",
-    "status_changed", "clusters", "clusters_json", "webhook",
+    "status_changed", "clusters_changed", "status_synced", "clusters", "clusters_json",
+    "webhook",
 )  # fmt: skip
 NEW_STEPS = {
     "match": step_match, "sync": step_sync, "cli": step_cli, "webhook": step_webhook,
@@ -722,8 +746,20 @@ def run_size(label: str, base: str, size: int, top: bool, args: Any) -> dict[str
         ("match", "match", {"workers": args.workers}),
         ("sync", "sync", {"n": size, "new": args.new, "workers": args.workers}),
         ("status", "cli", {"args": ["status"]}),
-        ("status_changed", "cli", {"args": ["status"], "changed": True}),
         ("clusters", "cli", {"args": ["clusters", "--cross-unit"]}),
+        ("status_changed", "cli", {"args": ["status"], "changed": "decision"}),
+        ("clusters_changed", "cli", {"args": ["clusters", "--cross-unit"], "changed": "decision"}),
+        (
+            "status_synced",
+            "cli",
+            {
+                "args": ["status"],
+                "changed": "sync",
+                "n": size,
+                "new": args.new,
+                "workers": args.workers,
+            },
+        ),
         ("clusters_json", "cli", {"args": ["clusters", "--cross-unit", "--format", "json"]}),
     ]
     if top and args.checks:
@@ -903,7 +939,10 @@ def table(label: str, sizes: dict[str, Any]) -> list[str]:
                 f"settled in {_f(y, 'settle_s')}); clusters after it {_f(y, 'cluster_s')} s, "
                 f"peak {_f(y, 'peak_rss_mb', 0)} MB  [load {_f(y, 'load_average')}]"
             )
-        for name in ("status", "status_changed", "clusters", "clusters_json"):
+        for name in (
+            "status", "clusters", "clusters_json", "status_changed", "clusters_changed",
+            "status_synced",
+        ):  # fmt: skip
             row = rows.get(name, {})
             if "command_s" in row:
                 out.append(
@@ -937,7 +976,8 @@ def table(label: str, sizes: dict[str, Any]) -> list[str]:
 GROWTH = (
     ("search", "search_s"), ("match", "match_s"), ("match", "settle_s"), ("match", "cluster_s"),
     ("sync", "sync_s"), ("status", "command_s"), ("status", "command_cpu_s"),
-    ("status_changed", "command_s"), ("clusters", "command_s"), ("clusters_json", "command_s"),
+    ("status_changed", "command_s"), ("clusters_changed", "command_s"),
+    ("status_synced", "command_s"), ("clusters", "command_s"), ("clusters_json", "command_s"),
 )  # fmt: skip
 
 
