@@ -119,6 +119,16 @@ class Index:
         return self.rng.choice(moves)()
 
 
+def populated(index_db: str | Path, seed: int) -> tuple[IndexStore, Index]:
+    """A new index of ten assets and a few pairs."""
+    store = open_store(index_db, create=True)
+    index = Index(store, seed)
+    for _ in range(10):
+        index.new_asset()
+    index.settle_pairs()
+    return store, index
+
+
 def whole(store: IndexStore, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
     """The listing and figures of clustering the whole index, through another
     connection that saves nothing (so that the listing under test stays as
@@ -183,13 +193,9 @@ def test_the_listing_kept_a_component_at_a_time_is_the_whole_clustering(
 def test_a_listing_saved_meanwhile_is_not_overwritten(index_db: str | Path) -> None:
     """Two readings at once: the one that read the listing as it no longer is
     saves nothing (its rows stay queued), the other's listing stands."""
-    store = open_store(index_db, create=True)
-    index = Index(store, 7)
+    store, index = populated(index_db, 7)
     settings = Settings(db=Path("unused.sqlite"))
     try:
-        for _ in range(10):
-            index.new_asset()
-        index.settle_pairs()
         scan.cluster_listing(store, settings)
         saved = store.listing_saved()
         assert saved is not None
@@ -208,13 +214,9 @@ def test_a_listing_saved_meanwhile_is_not_overwritten(index_db: str | Path) -> N
 def test_rules_changed_or_too_much_queued_cluster_the_whole_index(
     index_db: str | Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = open_store(index_db, create=True)
-    index = Index(store, 11)
+    store, index = populated(index_db, 11)
     settings = Settings(db=Path("unused.sqlite"))
     try:
-        for _ in range(10):
-            index.new_asset()
-        index.settle_pairs()
         queued = store.cluster_queue()
         assert queued.everything, "a new index lists nothing yet: the whole index"
         scan.unit_figures(store, settings)
