@@ -88,6 +88,7 @@ Connection = psycopg.Connection[DictRow]
 CONNECT_TIMEOUT_S = 10
 POOL_MAX = 16  # connections per process and database, at most
 CHUNK = 5000  # values per `= ANY(...)` list: statements stay small
+VACUUM_AFTER = 100_000  # queue rows cleared at once past which the table is vacuumed
 
 MIGRATIONS: list[str] = [
     # 1: initial schema. `watermark` grows with every fingerprint saved (SQLite
@@ -1127,6 +1128,20 @@ class PostgreSQLStore(IndexStore):
     def clear_match_queue(self, seqs: Sequence[int]) -> None:
         with self._db() as db, db.cursor() as cur:
             _clear(cur, "match_queue", seqs)
+        self._vacuum_after("match_queue", seqs)
+
+    def _vacuum_after(self, queue: str, seqs: Sequence[int]) -> None:
+        """VACUUM a queue table a clear left many dead rows in: every later
+        read of the queue (each `status`) would scan them until autovacuum
+        came by (at 1,000,000 assets a whole clustering clears some
+        3,000,000 rows, and each later read took 0.1-0.3 s more)."""
+        if len(seqs) < VACUUM_AFTER:
+            return
+        try:
+            with connect(self.url, autocommit=True) as db:
+                db.execute(f"VACUUM {queue}".encode())
+        except (psycopg.Error, IndexUnreachable):
+            pass  # only sooner than autovacuum: nothing is lost without it
 
     def cluster_queue(self, most: int | None = None) -> ClusterQueue:
         with (
@@ -1204,6 +1219,7 @@ class PostgreSQLStore(IndexStore):
                        data = excluded.data, made_at = excluded.made_at""",
                 (LISTING_SUMMARY, stamp, json.dumps(figures), now_iso()),
             )
+        self._vacuum_after("cluster_queue", seqs)
         return figures
 
     def held(self, units: Sequence[str]) -> list[OutboxRow]:

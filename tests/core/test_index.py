@@ -628,3 +628,37 @@ def test_an_unreachable_server_is_named() -> None:
         "cannot reach PostgreSQL at 127.0.0.1:1 (database damdup): "
     )
     assert "\n" not in str(raised.value)
+
+
+def test_postgresql_vacuums_a_queue_a_large_clear_emptied(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dead rows of a cleared queue would be scanned by every later read until
+    autovacuum came by: a clear past VACUUM_AFTER rows vacuums the table."""
+    import psycopg
+
+    from connector.core import pgstore
+
+    monkeypatch.setattr(pgstore, "VACUUM_AFTER", 3)
+    store = open_store(pg_url, create=True)
+
+    def vacuumed(table: str) -> bool:
+        with psycopg.connect(pg_url) as db:
+            row = db.execute(
+                "SELECT last_vacuum FROM pg_stat_user_tables"
+                " WHERE relname = %s AND schemaname = current_schema()",
+                (table,),
+            ).fetchone()
+        return row is not None and row[0] is not None
+
+    try:
+        store.save_listing(None, "s1", [], None, store.cluster_queue().seqs)  # one row: '*'
+        assert not vacuumed("cluster_queue")
+        run = store.start_run("u", "sync")
+        store.save_page("u", run, [asset(n, f"s{n}") for n in "abcd"], [], [], None)
+        store.save_listing("s1", "s2", [], None, store.cluster_queue().seqs)
+        assert vacuumed("cluster_queue")
+        store.clear_match_queue(store.match_queue().seqs)
+        assert vacuumed("match_queue")
+    finally:
+        store.close()
