@@ -623,6 +623,11 @@ class ListedItem:
 ListedFigures = dict[str, tuple[int, int]]
 
 
+def figures_from_json(text: str) -> ListedFigures:
+    """The figures as a store saves them (JSON: unit -> [confirmed, waiting])."""
+    return {unit: (int(n[0]), int(n[1])) for unit, n in json.loads(text).items()}
+
+
 class IndexStore(ABC):
     """What the engine needs from an index, whatever database serves it."""
 
@@ -1516,7 +1521,7 @@ class SQLiteStore(IndexStore):
         ).fetchone()
         if row is None:
             return None
-        return str(row[0]), {unit: (n[0], n[1]) for unit, n in json.loads(row[1]).items()}
+        return str(row[0]), figures_from_json(row[1])
 
     def listing(self) -> list[tuple[bool, str]]:
         return [(bool(row[0]), row[1]) for row in self.db.execute(

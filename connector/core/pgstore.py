@@ -64,6 +64,7 @@ from connector.core.index import (
     asset_of,
     cluster_queue_of,
     code_row,
+    figures_from_json,
     fingerprint_of,
     is_digest_prefix,
     listed_facts,
@@ -384,22 +385,7 @@ MIGRATIONS: list[str] = [
     $$;
     CREATE TRIGGER assets_cluster_queue AFTER INSERT OR UPDATE OR DELETE ON assets
         FOR EACH ROW EXECUTE FUNCTION damdup_cluster_asset();
-    CREATE FUNCTION damdup_cluster_pair() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        IF TG_OP = 'DELETE' THEN
-            INSERT INTO cluster_queue(sha256) VALUES (OLD.sha_a), (OLD.sha_b);
-        ELSIF TG_OP = 'INSERT'
-                OR (OLD.tier, OLD.evidence, OLD.phash_distance, OLD.dhash_distance)
-                   IS DISTINCT FROM
-                   (NEW.tier, NEW.evidence, NEW.phash_distance, NEW.dhash_distance) THEN
-            INSERT INTO cluster_queue(sha256) VALUES (NEW.sha_a), (NEW.sha_b);
-        END IF;
-        RETURN NULL;
-    END
-    $$;
-    CREATE TRIGGER pairs_cluster_queue AFTER INSERT OR UPDATE OR DELETE ON pairs
-        FOR EACH ROW EXECUTE FUNCTION damdup_cluster_pair();
-    CREATE FUNCTION damdup_cluster_decision() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE FUNCTION damdup_cluster_link() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'DELETE' THEN
             INSERT INTO cluster_queue(sha256) VALUES (OLD.sha_a), (OLD.sha_b);
@@ -409,8 +395,15 @@ MIGRATIONS: list[str] = [
         RETURN NULL;
     END
     $$;
+    CREATE TRIGGER pairs_cluster_queue AFTER INSERT OR DELETE ON pairs
+        FOR EACH ROW EXECUTE FUNCTION damdup_cluster_link();
+    CREATE TRIGGER pairs_cluster_updated AFTER UPDATE ON pairs FOR EACH ROW
+        WHEN ((OLD.tier, OLD.evidence, OLD.phash_distance, OLD.dhash_distance)
+              IS DISTINCT FROM
+              (NEW.tier, NEW.evidence, NEW.phash_distance, NEW.dhash_distance))
+        EXECUTE FUNCTION damdup_cluster_link();
     CREATE TRIGGER decisions_cluster_queue AFTER INSERT OR UPDATE OR DELETE ON decisions
-        FOR EACH ROW EXECUTE FUNCTION damdup_cluster_decision();
+        FOR EACH ROW EXECUTE FUNCTION damdup_cluster_link();
     CREATE FUNCTION damdup_cluster_fingerprint() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'INSERT'
@@ -1159,8 +1152,7 @@ class PostgreSQLStore(IndexStore):
             ).fetchone()
         if row is None:
             return None
-        figures = json.loads(row["data"])
-        return str(row["stamp"]), {unit: (n[0], n[1]) for unit, n in figures.items()}
+        return str(row["stamp"]), figures_from_json(row["data"])
 
     def listing(self) -> list[tuple[bool, str]]:
         with self._db() as db, db.cursor(row_factory=tuple_row) as cursor:
