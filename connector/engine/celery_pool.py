@@ -21,8 +21,9 @@ job again is safe: what a job returns is keyed by the content digest of its imag
 fingerprint row's key; pairs by their two digests) and stored with an
 upsert, so a job run twice is stored once; the first result taken counts and
 later ones are dropped. A broker out of reach is waited for (the publish is
-retried, celery_app.PUBLISH_RETRY) and then stops the run with
-EngineUnavailable, one line naming the broker.
+retried, celery_app.PUBLISH_RETRY; the results' connection is made again,
+BROKER_AWAY_S) and then stops the run with EngineUnavailable, one line
+naming the broker.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def max_message_bytes(broker: str) -> int:
 # jobs are not sent twice.
 RESEND_MARGIN_S = 30.0
 SENDS = 3  # sends of one job at most (each wait twice the one before)
+
+# The broker out of reach while results are awaited: the results' connection
+# is tried again every BROKER_RETRY_S for this long (about as long as a publish is
+# retried, celery_app.PUBLISH_RETRY), then the run stops.
+BROKER_AWAY_S = 60.0
+BROKER_RETRY_S = 1.0
 
 # Messages in flight per worker process: the two each process holds (the one
 # it runs and the next, celery_app's prefetch) and one waiting in the broker,
@@ -315,6 +322,7 @@ class _Run(Generic[KeyT]):
         self.results: dict[str, Any] = {}
         self.limit = pool._in_flight_limit()
         self.limit_at = self.last_progress = time.monotonic()
+        self.away_since: float | None = None  # the results' connection lost, since
 
     def send(self, flight: _Flight[KeyT]) -> None:
         message = (self.name, [args for _key, args in flight.items], self.pool.seconds)
@@ -333,8 +341,8 @@ class _Run(Generic[KeyT]):
         result.then(self.finished.append)
 
     def arrived(self) -> Iterator[Outcome[KeyT]]:
-        if not self.finished:
-            self._drain()
+        if not self.finished and self._drain():
+            yield from self._in_flight_again()
         while self.finished:
             result = self.finished.popleft()
             flight = self.by_id.get(result.id)
@@ -342,7 +350,11 @@ class _Run(Generic[KeyT]):
                 self._forget(result.id)
                 continue
             self.last_progress = time.monotonic()
-            if result.state == "REVOKED":
+            # Read before the result is forgotten: a forgotten result's state
+            # is asked of the broker again (rpc://: on a pooled connection
+            # that may have died with a broker restart).
+            state = result.state
+            if state == "REVOKED":
                 # Cancelled by its worker on losing the broker: its message
                 # is handed out again, but its result would reach no one.
                 log.warning("celery.cancelled", job=flight.name)
@@ -355,12 +367,24 @@ class _Run(Generic[KeyT]):
             if len(again) > 1 and not outcomes:
                 # One of its jobs killed or hung its process: each again on
                 # its own, so that only that one is recorded as the culprit.
-                log.warning("celery.batch_split", job=flight.name, state=result.state)
+                log.warning("celery.batch_split", job=flight.name, state=state)
                 for item in again:
                     self.send(_Flight([item]))
             elif again:  # the jobs its worker had no time left for
                 self.send(_Flight(again))
             yield from outcomes
+
+    def _in_flight_again(self) -> Iterator[Outcome[KeyT]]:
+        """The results' connection made again: the results of the messages in
+        flight may have gone with the broker (RabbitMQ's reply queues do not
+        outlive a restart, and a result published before the queue is
+        declared again is dropped). Each is sent again now, not after a wait
+        of its hard limit: safe, as any send again is; the first result
+        taken counts."""
+        for waiting in list(self.flights):
+            log.warning("celery.resent", job=waiting.name, sends=waiting.sends + 1,
+                        reason="the results' connection made again")  # fmt: skip
+            yield from self._again(waiting)
 
     def _outcomes(
         self, flight: _Flight[KeyT], result: Any
@@ -437,21 +461,45 @@ class _Run(Generic[KeyT]):
         for task_id in list(self.results):
             self._forget(task_id)
 
-    def _drain(self) -> None:
-        """Wait up to a second for results to arrive."""
+    def _drain(self) -> bool:
+        """Wait up to a second for results to arrive; True when the results'
+        connection, lost, has just been made again. The connection
+        lost (the broker restarting), the result backend reconnects at once
+        (Celery's reconnect_on_error); while the broker is still away that
+        fails, and it is tried again here every BROKER_RETRY_S, for as long
+        as a publish is retried (BROKER_AWAY_S), before the run stops."""
+        consumer = self.backend.result_consumer
         try:
-            self.backend.result_consumer.drain_events(timeout=1.0)
-        except TimeoutError:
-            pass
-        except OSError as exc:  # the broker restarts: Celery reconnects on the next call
-            log.warning("celery.connection", reason=str(exc))
-            time.sleep(1.0)
-        except RuntimeError as exc:  # Redis: its reconnection retries ran out
-            if exc.__cause__ is None:
+            if self.away_since is None:
+                consumer.drain_events(timeout=1.0)
+                return False
+            consumer._reconnect()  # the subscriptions of the lost connection, anew
+        except TimeoutError:  # an OSError: before the broker's errors
+            return False
+        except RuntimeError as exc:  # the backend's own reconnection failed
+            if not isinstance(exc.__cause__, self.pool.broker_errors):
                 raise
+            self._away(exc.__cause__)
+            return False
+        except self.pool.broker_errors as exc:
+            self._away(exc)
+            return False
+        log.warning("celery.reconnected", away_s=round(time.monotonic() - self.away_since, 1))
+        self.away_since = None
+        return True
+
+    def _away(self, exc: BaseException) -> None:
+        """The broker out of reach while results are awaited: wait a while,
+        or stop the run once it has been away for BROKER_AWAY_S."""
+        now = time.monotonic()
+        if self.away_since is None:
+            self.away_since = now
+        if now - self.away_since > BROKER_AWAY_S:
             raise EngineUnavailable(
-                f"the broker {_safe(self.pool.broker)} does not answer: {exc.__cause__}"
+                f"the broker {_safe(self.pool.broker)} does not answer: {reason(exc)}"
             ) from exc
+        log.warning("celery.connection", reason=reason(exc))
+        time.sleep(BROKER_RETRY_S)
 
     def _wait(self, flight: _Flight[KeyT]) -> float:
         return (self.hard + RESEND_MARGIN_S) * 2.0 ** (flight.sends - 1)

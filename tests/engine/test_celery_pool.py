@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 from celery.exceptions import TaskRevokedError, WorkerLostError
+from kombu.exceptions import OperationalError
 from kombu.serialization import dumps
 
 from connector.core.settings import Settings
 from connector.engine import celery_pool
 from connector.engine.celery_app import BATCH_JOBS, QUEUE, TASK, make_app, run_jobs
 from connector.engine.celery_pool import BATCH_BYTES, SENDS, CeleryPool, max_message_bytes
+from connector.engine.pool import EngineUnavailable
 from connector.engine.settle import pixel_digest_job
 
 MiB = 1024 * 1024
@@ -35,7 +37,7 @@ class FakeResult:
         self.id = task_id
         self.jobs = jobs
         self.job = jobs[0]
-        self.state: str | None = None
+        self._state: str | None = None
         self.result: Any = None
         self.callbacks: list[Callable[[FakeResult], None]] = []
         self.forgotten = False
@@ -44,10 +46,21 @@ class FakeResult:
     def then(self, callback: Callable[[FakeResult], None]) -> None:
         self.callbacks.append(callback)
 
+    @property
+    def state(self) -> str | None:
+        # Celery's AsyncResult asks the backend again for a forgotten result's
+        # state (rpc://: on a pooled connection, dead after a broker restart).
+        assert not self.forgotten, "a forgotten result's state asked of the broker again"
+        return self._state
+
+    @state.setter
+    def state(self, value: str | None) -> None:
+        self._state = value
+
     def forget(self) -> None:
         # As Celery's AsyncResult: what it held is dropped with it.
         self.forgotten = True
-        self.state, self.result = ("PENDING" if self.answered else None), None
+        self._state, self.result = ("PENDING" if self.answered else None), None
 
     def answer(self, revoked: bool = False, died: bool = False, runs: int = BATCH_JOBS) -> None:
         self.answered = True
@@ -76,12 +89,19 @@ class FakeBroker:
         revoked: Callable[[int], bool] = lambda send: False,
         crashes: frozenset[int] = frozenset(),
         runs: int = BATCH_JOBS,
+        away: tuple[int, int] = (0, 0),
     ) -> None:
         self.answers = answers
         self.late = late
         self.revoked = revoked
         self.crashes = crashes
         self.runs = runs  # jobs of a message its worker has time for
+        # The broker goes away at drain number away[0] (its results'
+        # connection lost, Celery's own reconnection refused) and refuses
+        # away[1] reconnections in all.
+        self.drains = 0
+        self.away_at, self.refusals = away
+        self.reconnects = 0
         self.ids = itertools.count()
         self.sent: dict[int, list[FakeResult]] = {}
         self.messages: list[list[int]] = []
@@ -105,7 +125,11 @@ class FakeBroker:
 
     def drain_events(self, timeout: float) -> None:
         assert time.monotonic() - self.began < WAIT_AT_MOST_S, "the pool waits without end"
+        assert self.reconnects >= self.refusals or self.drains < self.away_at, "drained while away"
         time.sleep(0.005)
+        self.drains += 1
+        if self.drains == self.away_at:
+            self._reconnect()
         if not self.ready and self.late:  # a lost send's answer, once another's came
             for result in self.lost:
                 if any(other.answered for other in self.sent[result.job]):
@@ -120,6 +144,12 @@ class FakeBroker:
             died=bool(self.crashes & set(result.jobs)),
             runs=self.runs,
         )
+
+    def _reconnect(self) -> None:
+        assert time.monotonic() - self.began < WAIT_AT_MOST_S, "the pool waits without end"
+        self.reconnects += 1
+        if self.reconnects <= self.refusals:
+            raise OperationalError("[Errno 111] Connection refused")
 
 
 @pytest.fixture
@@ -176,6 +206,43 @@ def test_a_job_its_worker_cancelled_is_sent_again_at_once(
         (n, f"digest {n}") for n in range(4)
     ]
     assert all(len(sends) == 2 for sends in broker.sent.values())
+
+
+def test_results_are_awaited_again_once_the_broker_is_back(
+    fast: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker restarting while results are awaited: the result backend's
+    own reconnection is refused (RabbitMQ's rpc:// raises kombu's
+    OperationalError), and is tried again until the broker is back. (A run
+    stopped here with "unexpected OperationalError" in CI.) The messages in
+    flight then are sent again at once: their results may have gone with
+    the broker."""
+    monkeypatch.setattr(celery_pool, "BROKER_RETRY_S", 0.01)
+    monkeypatch.setattr(celery_pool, "RESEND_MARGIN_S", 3600)  # none of it is a lost job
+    broker = FakeBroker(lambda send: True, away=(2, 4))
+    outcomes = run(broker, 40)
+    assert sorted((outcome.key, outcome.value) for outcome in outcomes) == [
+        (n, f"digest {n}") for n in range(40)
+    ]
+    assert broker.reconnects == 5  # four refused, the fifth made
+    # Three messages of 14 jobs; the first answered before the broker went.
+    assert {job: len(sends) for job, sends in broker.sent.items()} == {
+        job: 1 if job < 14 else 2 for job in range(40)
+    }
+
+
+def test_a_broker_away_too_long_while_results_are_awaited_stops_the_run(
+    fast: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(celery_pool, "BROKER_RETRY_S", 0.01)
+    monkeypatch.setattr(celery_pool, "BROKER_AWAY_S", 0.3)
+    broker = FakeBroker(lambda send: True, away=(1, 10_000))
+    with pytest.raises(EngineUnavailable) as stopped:
+        run(broker, 4)
+    assert str(stopped.value) == (
+        "the broker redis://127.0.0.1:1/0 does not answer: [Errno 111] Connection refused"
+    )
+    assert 10 < broker.reconnects < 100
 
 
 def test_a_job_never_answered_is_an_error_not_a_wait_without_end(fast: dict[str, int]) -> None:
