@@ -754,12 +754,17 @@ class IndexStore(ABC):
         and are not held back by a revert."""
 
     @abstractmethod
-    def lineage(self, group_key: str) -> tuple[str, bool] | None:
-        """A group's lineage as saved (opaque JSON) and whether it was made
-        from the originals; None when not saved."""
+    def lineages(self, group_keys: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        """Groups' lineages as saved (opaque JSON) and whether each was made
+        from the originals, by group key; keys not saved are left out."""
 
     @abstractmethod
-    def save_lineage(self, group_key: str, family: str, full: bool) -> None: ...
+    def save_lineages(self, found: Mapping[str, tuple[str, bool]]) -> None:
+        """Group key -> (lineage, made from the originals), in one transaction."""
+
+    @abstractmethod
+    def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
+        """The stored thumbnails of these contents (those fingerprinted)."""
 
     @abstractmethod
     def relations(self, keys: Sequence[str]) -> dict[str, str]:
@@ -1462,18 +1467,33 @@ class SQLiteStore(IndexStore):
         rows = self.db.execute(query + " ORDER BY o.unit, o.asset_id", tuple(units))
         return [OutboxRow(**dict(row)) for row in rows]  # the columns are its fields
 
-    def lineage(self, group_key: str) -> tuple[str, bool] | None:
-        row = self.db.execute(
-            "SELECT family, full FROM lineage WHERE group_key = ?", (group_key,)
-        ).fetchone()
-        return (str(row["family"]), bool(row["full"])) if row is not None else None
+    def lineages(self, group_keys: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        found: dict[str, tuple[str, bool]] = {}
+        for chunk, marks in _chunks(group_keys):
+            for row in self.db.execute(
+                f"SELECT group_key, family, full FROM lineage WHERE group_key IN ({marks})", chunk
+            ):
+                found[str(row[0])] = (str(row[1]), bool(row[2]))
+        return found
 
-    def save_lineage(self, group_key: str, family: str, full: bool) -> None:
+    def save_lineages(self, found: Mapping[str, tuple[str, bool]]) -> None:
+        if not found:
+            return
+        made = now_iso()
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO lineage VALUES (?, ?, ?, ?)",
-                (group_key, family, int(full), now_iso()),
+                [(key, family, int(full), made) for key, (family, full) in sorted(found.items())],
             )
+
+    def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for chunk, marks in _chunks(sha256s):
+            for row in self.db.execute(
+                f"SELECT sha256, thumb FROM fingerprints WHERE sha256 IN ({marks})", chunk
+            ):
+                found[str(row[0])] = bytes(row[1])
+        return found
 
     def relations(self, keys: Sequence[str]) -> dict[str, str]:
         found: dict[str, str] = {}

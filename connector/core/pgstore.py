@@ -959,19 +959,21 @@ class PostgreSQLStore(IndexStore):
     # -- originals read to settle candidate pairs ---------------------------
 
     def originals(self, assets: Iterable[AssetRow]) -> dict[str, tuple[str, int]]:
-        wanted = {(asset.unit, asset.asset_id): asset.version for asset in assets}
+        wanted = sorted({(asset.unit, asset.asset_id, asset.version) for asset in assets})
         found: dict[str, tuple[str, int]] = {}
-        if not wanted:
-            return found
         with self._db() as db:
-            for (unit, asset_id), version in wanted.items():
-                row = db.execute(
-                    "SELECT sha256, size_bytes FROM originals "
-                    "WHERE unit = %s AND asset_id = %s AND version = %s",
-                    (unit, asset_id, version),
-                ).fetchone()
-                if row is not None:
-                    found[f"{unit}:{asset_id}"] = (row["sha256"], int(row["size_bytes"]))
+            for start in range(0, len(wanted), CHUNK):
+                units, ids, versions = zip(*wanted[start : start + CHUNK], strict=True)
+                rows = db.execute(
+                    """SELECT o.unit, o.asset_id, o.sha256, o.size_bytes FROM originals o
+                       JOIN unnest(%s::text[], %s::text[], %s::text[]) AS w(unit, asset_id, version)
+                         ON o.unit = w.unit AND o.asset_id = w.asset_id
+                            AND o.version = w.version""",
+                    (list(units), list(ids), list(versions)),
+                )
+                for row in rows:
+                    key = f"{row['unit']}:{row['asset_id']}"
+                    found[key] = (row["sha256"], int(row["size_bytes"]))
         return found
 
     def record_original(self, asset: AssetRow, sha256: str, size_bytes: int) -> None:
@@ -1073,21 +1075,38 @@ class PostgreSQLStore(IndexStore):
             rows = db.execute(query + " ORDER BY o.unit, o.asset_id", (list(units),)).fetchall()
         return [OutboxRow(**row) for row in rows]  # the columns are its fields
 
-    def lineage(self, group_key: str) -> tuple[str, bool] | None:
+    def lineages(self, group_keys: Sequence[str]) -> dict[str, tuple[str, bool]]:
+        found: dict[str, tuple[str, bool]] = {}
         with self._db() as db:
-            row = db.execute(
-                'SELECT family, "full" FROM lineage WHERE group_key = %s', (group_key,)
-            ).fetchone()
-        return (str(row["family"]), bool(row["full"])) if row is not None else None
+            for chunk in _chunks(group_keys):
+                for row in db.execute(
+                    'SELECT group_key, family, "full" FROM lineage WHERE group_key = ANY(%s)',
+                    (chunk,),
+                ):
+                    found[str(row["group_key"])] = (str(row["family"]), bool(row["full"]))
+        return found
 
-    def save_lineage(self, group_key: str, family: str, full: bool) -> None:
-        with self._db() as db:
-            db.execute(
+    def save_lineages(self, found: Mapping[str, tuple[str, bool]]) -> None:
+        if not found:
+            return
+        made = now_iso()
+        with self._db() as db, db.cursor() as cursor:
+            cursor.executemany(
                 """INSERT INTO lineage VALUES (%s, %s, %s, %s)
                    ON CONFLICT (group_key) DO UPDATE SET family = excluded.family,
                        "full" = excluded."full", made_at = excluded.made_at""",
-                (group_key, family, int(full), now_iso()),
+                [(key, family, int(full), made) for key, (family, full) in sorted(found.items())],
             )
+
+    def thumbnails(self, sha256s: Iterable[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        with self._db() as db:
+            for chunk in _chunks(sha256s):
+                for row in db.execute(
+                    "SELECT sha256, thumb FROM fingerprints WHERE sha256 = ANY(%s)", (chunk,)
+                ):
+                    found[str(row["sha256"])] = bytes(row["thumb"])
+        return found
 
     def relations(self, keys: Sequence[str]) -> dict[str, str]:
         if not keys:

@@ -120,9 +120,12 @@ class ShapeLookup(Mapping[str, Shape]):
         return len(self.columns)
 
 
-# The lineage of one group of copies, from their content digests (and the true
-# size of each, for images only a reduced rendition can be read of).
-Lineage = Callable[[list[str], dict[str, tuple[int, int]]], Family]
+# One group of copies: their content digests, and the true size of each (for
+# images only a reduced rendition can be read of).
+Group = tuple[list[str], dict[str, tuple[int, int]]]
+# The lineage of each group, in the order given (asked for all groups at once,
+# so that what it reads is read in a few statements).
+Lineage = Callable[[list[Group]], list[Family]]
 
 
 def cluster_id(canonical: AssetRow) -> str:
@@ -425,12 +428,12 @@ def build_clusters(
 
     families: dict[str, Family] = {}
     if lineage is not None:
+        groups: list[Group] = []
         for group in _groups(graph, duplicates_of):
             shas = sorted({by_key[k].sha256 or "" for k in group})
-            if len(shas) < 2:
-                continue
-            sizes = {sha: _size(sha, group, by_key, shapes) for sha in shas}
-            family = lineage(shas, sizes)
+            if len(shas) >= 2:
+                groups.append((shas, {sha: _size(sha, group, by_key, shapes) for sha in shas}))
+        for (shas, _sizes), family in zip(groups, lineage(groups), strict=True):
             families.update(dict.fromkeys(shas, family))
     policy = Policy(shapes, authoritative_units, choices, families)
 

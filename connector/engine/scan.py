@@ -31,7 +31,14 @@ from connector.core.provenance import (
     relation_text,
 )
 from connector.core.settings import Settings
-from connector.engine.clusters import Cluster, Lineage, Relation, ShapeLookup, build_clusters
+from connector.engine.clusters import (
+    Cluster,
+    Group,
+    Lineage,
+    Relation,
+    ShapeLookup,
+    build_clusters,
+)
 from connector.engine.ingest import Concurrency
 from connector.engine.listing import (
     PATCH_MOST,
@@ -66,15 +73,34 @@ class OriginalReader:
         self.store = store
         self.adapters = adapters
         self._by_sha: dict[str, list[AssetRow]] = {}
+        self._originals: dict[str, tuple[str, int]] = {}  # asset key -> original read
+        self._asked: set[str] = set()  # asset keys whose originals were looked up
 
     def __call__(self, sha256: str) -> bytes | None:
         found = self.read(sha256)
         return found[1] if found is not None else None
 
+    def prefetch(self, sha256s: Iterable[str]) -> None:
+        """The live assets of these contents and the originals read for them,
+        looked up in a statement or two for the reads that follow, not in
+        several per content."""
+        found: dict[str, list[AssetRow]] = {sha: [] for sha in sha256s if sha not in self._by_sha}
+        for asset in self.store.live_assets_with(found):
+            found[asset.sha256 or ""].append(asset)
+        self._by_sha.update(found)
+        self._originals_of([asset for assets in found.values() for asset in assets])
+
     def _assets(self, sha256: str) -> list[AssetRow]:
         if sha256 not in self._by_sha:
             self._by_sha[sha256] = self.store.live_assets_with([sha256])
         return self._by_sha[sha256]
+
+    def _originals_of(self, assets: list[AssetRow]) -> dict[str, tuple[str, int]]:
+        new = [asset for asset in assets if asset.key not in self._asked]
+        if new:
+            self._originals.update(self.store.originals(new))
+            self._asked.update(asset.key for asset in new)
+        return {a.key: self._originals[a.key] for a in assets if a.key in self._originals}
 
     def read(self, sha256: str) -> tuple[AssetRow, bytes] | None:
         """The original of the first live asset with this content that can be
@@ -85,7 +111,7 @@ class OriginalReader:
         # there rather than fetch it again.
         local = [
             other
-            for original_sha, _size in self.store.originals(assets).values()
+            for original_sha, _size in self._originals_of(assets).values()
             for other in self._assets(original_sha)
             if other.url.startswith("file://")
         ]
@@ -242,6 +268,7 @@ class StoredRelations:
     def __init__(self, store: IndexStore, memory: Relations | None = None) -> None:
         self.store = store
         self.memory = memory if memory is not None else Relations()
+        self._unsaved: dict[RelationKey, Finding] = {}
 
     def recall(self, keys: Iterable[RelationKey]) -> dict[RelationKey, Finding]:
         wanted = list(keys)
@@ -257,10 +284,21 @@ class StoredRelations:
         return found
 
     def keep(self, found: dict[RelationKey, Finding]) -> None:
+        """Recalled from memory at once; saved in the index by `save`."""
         self.memory.keep(found)
+        self._unsaved.update(found)
+
+    def save(self) -> None:
         self.store.save_relations(
-            {relation_text(key): finding_json(value) for key, value in found.items()}
+            {relation_text(key): finding_json(value) for key, value in self._unsaved.items()}
         )
+        self._unsaved.clear()
+
+
+# Groups whose lineage is found together: their saved lineages read in one
+# statement, and for the rest the live assets, originals and thumbnails of
+# their contents (a few MB of thumbnails at most).
+LINEAGE_GROUPS = 200
 
 
 def lineage_of(
@@ -269,39 +307,56 @@ def lineage_of(
     relations: Relations | None = None,
     kept: Specimens | None = None,
 ) -> Lineage:
-    """Which copy of a group is the original, from the images themselves: the
-    original bytes where they can be read (folder scans, or through `read_original`),
-    else the stored thumbnail. `relations`: findings kept from earlier calls
-    (a server's checks), so a group that grows relates only its new copies;
-    `kept`: the thumbnails' specimens, kept likewise."""
+    """Which copy of each group is the original, from the images themselves:
+    the original bytes where they can be read (folder scans, or through
+    `read_original`), else the stored thumbnail. `relations`: findings kept
+    from earlier calls (a server's checks), so a group that grows relates
+    only its new copies; `kept`: the thumbnails' specimens, kept likewise.
+    Saved per group: reading the clusters (status, clusters, push) never
+    reads originals again. A lineage found from renditions alone is found
+    again when this run can read the originals."""
+    reader = read_original or OriginalReader(store, {})
+    thumbs: dict[str, bytes] = {}  # those of the groups being examined
 
     def thumbnail(sha256: str) -> bytes | None:
+        if sha256 in thumbs:
+            return thumbs[sha256]
         found = store.fingerprint(sha256)
         return found.thumb if found is not None else None
 
-    examiner = Examiner(
-        read_original or OriginalReader(store, {}),
-        thumbnail,
-        StoredRelations(store, relations),
-        kept,
-    )
+    stored = StoredRelations(store, relations)
+    examiner = Examiner(reader, thumbnail, stored, kept)
 
-    def family(shas: Iterable[str], sizes: dict[str, tuple[int, int]] | None = None) -> Family:
-        # Saved per group: reading the clusters (status, clusters, push) never
-        # reads originals again. A family found from renditions alone is found
-        # again when this run can read the originals.
-        members = sorted(set(shas))
-        key = group_key(members, sizes)
-        saved = store.lineage(key)
-        if saved is not None:
-            known = Family.from_json(saved[0])
-            if known is not None and (known.full or read_original is None):
-                return known
-        found = examiner.family(members, sizes)
-        store.save_lineage(key, found.to_json(), found.full)
-        return found
+    def usable(saved: tuple[str, bool] | None) -> Family | None:
+        known = Family.from_json(saved[0]) if saved is not None else None
+        return known if known is not None and (known.full or read_original is None) else None
 
-    return family
+    def families(groups: list[Group]) -> list[Family]:
+        out: list[Family] = []
+        for start in range(0, len(groups), LINEAGE_GROUPS):
+            chunk = [
+                (sorted(set(shas)), sizes) for shas, sizes in groups[start : start + LINEAGE_GROUPS]
+            ]
+            keys = [group_key(shas, sizes) for shas, sizes in chunk]
+            saved = store.lineages(keys)
+            found = {key: known for key in keys if (known := usable(saved.get(key))) is not None}
+            todo = [
+                (key, group) for key, group in zip(keys, chunk, strict=True) if key not in found
+            ]
+            if todo:
+                contents = sorted({sha for _key, (shas, _sizes) in todo for sha in shas})
+                if isinstance(reader, OriginalReader):
+                    reader.prefetch(contents)
+                thumbs.update(store.thumbnails(contents))
+                made = {key: examiner.family(shas, sizes) for key, (shas, sizes) in todo}
+                thumbs.clear()
+                stored.save()
+                store.save_lineages({key: (f.to_json(), f.full) for key, f in made.items()})
+                found |= made
+            out.extend(found[key] for key in keys)
+        return out
+
+    return families
 
 
 def figures_of(clusters: Iterable[Cluster]) -> dict[str, dict[str, int]]:

@@ -76,6 +76,7 @@ def test_page_and_cursor_are_saved_together_and_unseen_assets_retire(index_db: s
     stored = store.fingerprint("s1")
     assert stored is not None and stored.phash == 0xFFFF_0000_FFFF_0000
     assert stored.dhash == (1 << 64) - 1
+    assert store.thumbnails(["s1", "s2", "s1"]) == {"s1": stored.thumb} and stored.thumb
     assert [row.asset_id for row in store.errors()] == ["b"]
 
     second = store.start_run("u", "sync")
@@ -381,11 +382,18 @@ def test_pairs_touching_decisions_originals_and_lineage(index_db: str | Path) ->
     assert store.originals([a, b]) == {"u:a": ("orig", 1234)}
     newer = AssetRow(**{**a.__dict__, "version": "v2"})
     assert store.originals([newer]) == {}, "a new version's original is not known"
+    store.record_original(b, "orig-b", 99)
+    assert store.originals([a, b]) == {"u:a": ("orig", 1234), "u:b": ("orig-b", 99)}
+    assert store.originals([]) == {}
 
-    assert store.lineage("g") is None
-    store.save_lineage("g", '{"family": 1}', True)
-    store.save_lineage("g", '{"family": 2}', False)
-    assert store.lineage("g") == ('{"family": 2}', False)
+    assert store.lineages(["g"]) == {}
+    store.save_lineages({"g": ('{"family": 1}', True), "h": ("{}", True)})
+    store.save_lineages({"g": ('{"family": 2}', False)})
+    store.save_lineages({})
+    assert store.lineages(["g", "h", "k", "g"]) == {
+        "g": ('{"family": 2}', False),
+        "h": ("{}", True),
+    }
 
     assert store.relations(["x-y", "x-z"]) == {}
     store.save_relations({"x-y": '["x", "a copy", false]', "x-z": "[null, 1, true]"})
@@ -434,7 +442,7 @@ def test_the_cluster_queue_holds_what_clusters_are_made_of_only(
     assert queued() == (set(), set())
     store.save_pairs([pair], RECIPE)  # settled again as it was
     store.save_page("u", run, [asset("a", "sa")], [], [], None)  # listed again as it was
-    store.save_lineage("g", "{}", True)
+    store.save_lineages({"g": ("{}", True)})
     store.save_relations({"x-y": "[]"})
     store.start_check("u", "a", "test")
     assert queued() == (set(), set())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -13,7 +14,7 @@ from connector.core.fingerprint import sha256_hex
 from connector.core.index import AssetRow, PairRow, SQLiteStore
 from connector.core.provenance import Family, Finding
 from connector.core.tiers import Tier
-from connector.engine.clusters import Shape, build_clusters
+from connector.engine.clusters import Group, Lineage, Shape, build_clusters
 from connector.report.accuracy import SAME_PIXEL_KINDS, canonical_report, load_labels
 from tests.conftest import FIXTURES, damdup
 
@@ -34,13 +35,14 @@ def asset(index: int, sha: str, **metadata: str) -> AssetRow:
 COMPLETE = {"location": "Oodi", "date": "2024-01-01", "department": "kuva"}
 
 
-def lineage(kind: str, same_pixels: bool = False) -> object:
-    def family(shas: list[str], sizes: dict[str, tuple[int, int]]) -> Family:
+def lineage(kind: str, same_pixels: bool = False) -> Lineage:
+    def families(groups: list[Group]) -> list[Family]:
+        assert [shas for shas, _sizes in groups] == [["copy", "orig"]]
         found = Finding(None if same_pixels else "orig", kind, same_pixels)
         derived = {"orig": 0, "copy": 0 if same_pixels else 1}
-        return Family(derived=derived, findings={("copy", "orig"): found})
+        return [Family(derived=derived, findings={("copy", "orig"): found})]
 
-    return family
+    return families
 
 
 def test_a_derivative_never_wins_over_its_original_whatever_its_metadata() -> None:
@@ -49,7 +51,7 @@ def test_a_derivative_never_wins_over_its_original_whatever_its_metadata() -> No
     pairs = [PairRow("copy", "orig", Tier.NEAR_IDENTICAL.value, 2, 2, {})]
     without, _ = build_clusters(assets, big_copy, pairs, {})
     assert without[0].canonical.sha256 == "copy"  # metadata decides when nothing else tells
-    clusters, _ = build_clusters(assets, big_copy, pairs, {}, (), lineage("a watermarked copy"))  # type: ignore[arg-type]
+    clusters, _ = build_clusters(assets, big_copy, pairs, {}, (), lineage("a watermarked copy"))
     assert clusters[0].canonical.sha256 == "orig"
     assert clusters[0].reason == "the original: the others are a watermarked copy"
 
@@ -59,7 +61,7 @@ def test_a_same_pixel_copy_with_complete_metadata_may_win() -> None:
     same = {"orig": Shape(100, 100, "JPEG", True), "copy": Shape(100, 100, "PNG")}
     pairs = [PairRow("copy", "orig", Tier.SAME_PIXELS.value, 0, 0, {})]
     found = lineage("a copy with the same pixels", same_pixels=True)
-    clusters, _ = build_clusters(assets, same, pairs, {}, (), found)  # type: ignore[arg-type]
+    clusters, _ = build_clusters(assets, same, pairs, {}, (), found)
     assert clusters[0].canonical.sha256 == "copy"
     assert "complete mandatory metadata" in clusters[0].reason
 
@@ -68,7 +70,7 @@ def test_the_authoritative_unit_still_comes_first() -> None:
     assets = [asset(0, "orig"), replace_unit(asset(1, "copy"), "kuva")]
     shapes = {"orig": Shape(100, 100, "JPEG"), "copy": Shape(100, 100, "JPEG")}
     pairs = [PairRow("copy", "orig", Tier.NEAR_IDENTICAL.value, 2, 2, {})]
-    clusters, _ = build_clusters(assets, shapes, pairs, {}, ["kuva"], lineage("a copy"))  # type: ignore[arg-type]
+    clusters, _ = build_clusters(assets, shapes, pairs, {}, ["kuva"], lineage("a copy"))
     assert clusters[0].canonical.sha256 == "copy"
 
 
@@ -188,4 +190,54 @@ def test_a_group_that_gains_a_copy_relates_only_the_new_one_in_a_new_process(
     assert new in {member.asset.sha256 for member in grown[0].members}
     assert [(c.canonical.key, c.reason) for c in grown] == [
         (c.canonical.key, c.reason) for c in afresh
+    ]
+
+
+def test_the_lineage_of_many_groups_is_read_in_a_few_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups' saved lineages, and for the groups without one the live
+    assets, originals and thumbnails of their contents, are read a chunk of
+    groups at a time, not a statement or more per content (on PostgreSQL,
+    each a round trip: status after a sync had hundreds). What is found is
+    what finding each group alone finds."""
+    from connector.core.settings import Settings
+    from connector.engine import scan
+    from connector.engine.scan import current_clusters
+
+    db = tmp_path / "index.sqlite"
+    damdup("scan", str(FIXTURES / "photos" / "hel-fi"), "--db", str(db), "-q")
+    settings = Settings(db=db)
+    store = SQLiteStore(db)
+    try:
+        store.db.execute("DELETE FROM lineage")
+        store.db.execute("DELETE FROM relations")
+        one_by_one, _ = current_clusters(store, settings)  # LINEAGE_GROUPS: all in one chunk
+        groups = store.db.execute("SELECT count(*) FROM lineage").fetchone()[0]
+        assert groups >= 7, "enough groups for several chunks"
+        store.db.execute("DELETE FROM lineage")
+        store.db.execute("DELETE FROM relations")
+
+        calls: dict[str, int] = {}
+        for name in ("lineages", "save_lineages", "live_assets_with", "originals", "fingerprint",
+                     "thumbnails", "save_relations"):  # fmt: skip
+            real = getattr(store, name)
+
+            def counted(*args: Any, _name: str = name, _real: Any = real) -> Any:
+                calls[_name] = calls.get(_name, 0) + 1
+                return _real(*args)
+
+            monkeypatch.setattr(store, name, counted)
+        monkeypatch.setattr(scan, "LINEAGE_GROUPS", 3)
+        chunked, _ = current_clusters(store, settings)
+    finally:
+        store.close()
+    chunks = -(-groups // 3)
+    assert calls == {
+        "live_assets_with": 1 + chunks,  # the clusters' assets, then each chunk's
+        "lineages": chunks, "thumbnails": chunks, "save_relations": chunks,
+        "save_lineages": chunks, "originals": chunks,
+    }, calls  # fmt: skip
+    assert [(c.canonical.key, c.reason) for c in chunked] == [
+        (c.canonical.key, c.reason) for c in one_by_one
     ]
