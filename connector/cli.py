@@ -49,7 +49,16 @@ from connector.engine.lookup import LookupAnswer, LookupRefused
 from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.pool import EngineUnavailable
-from connector.engine.review import ReviewError, decide, export_csv, import_csv, queue, resolve
+from connector.engine.review import (
+    ReviewError,
+    Standing,
+    decide,
+    export_csv,
+    import_csv,
+    queue,
+    resolve,
+    standing,
+)
 from connector.engine.scan import (
     BACKGROUND_NICE,
     OriginalReader,
@@ -926,12 +935,33 @@ def cmd_review_decide(args: argparse.Namespace, ctx: Context) -> int:
     store = open_store(ctx)
     try:
         decide(store, args.a, args.b, args.decision, args.by)
+        now = standing(store, ctx.settings, [resolve(store, args.a), resolve(store, args.b)])
     finally:
         store.close()
     out.print(
         f"recorded: {named(args.a)} / {named(args.b)}: {args.decision} by {named(args.by.strip())}"
     )
+    for place in now:
+        out.print(f"  {_standing_line(place)}")
     return EXIT_OK
+
+
+def _standing_line(place: Standing) -> str:
+    """What a decision left an asset as: said plainly where it changed no mark
+    (two duplicate candidates of one canonical judged the same stay
+    candidates of it until a decision on one of them and the canonical)."""
+    key = named(place.asset.key)
+    canonical = named(place.canonical or "")
+    if place.mark == "canonical":
+        return f"{key}: the canonical of its cluster"
+    if place.mark == "duplicate":
+        return f"{key}: a confirmed duplicate of {canonical}"
+    if place.mark == "duplicate-candidate":
+        return (
+            f"{key}: still a candidate duplicate of {canonical}; a decision on the two"
+            f" confirms it (damdup review decide {canonical} {key} same)"
+        )
+    return f"{key}: in no cluster of duplicates"
 
 
 def cmd_review_list(args: argparse.Namespace, ctx: Context) -> int:

@@ -23,9 +23,11 @@ from typing import Any, TextIO
 from adapters.base import reason as error_text
 from connector.core.fingerprint import RECIPE
 from connector.core.index import AssetRow, DecisionRow, IndexStore, PairRow, ordered
+from connector.core.settings import Settings
 from connector.core.sheets import uncell, write_csv
 from connector.core.tiers import TIER_ORDER, Decision, Tier
 from connector.engine.clusters import MANDATORY, Shape, ShapeLookup, resolve_conflicts
+from connector.engine.scan import cluster_listing
 
 # The tiers a person settles: `duplicate-candidate` (near-identical: a copy
 # until a reviewer says otherwise) and `similar` (another shot, never merged
@@ -353,6 +355,29 @@ def _view(assets: list[AssetRow], shape: Shape | None) -> AssetView:
 
 
 # -- deciding -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where an asset stands in the clusters: its mark ("canonical",
+    "duplicate", "duplicate-candidate", or "" in none) and its cluster's
+    canonical (unit:id)."""
+
+    asset: AssetRow
+    mark: str
+    canonical: str | None
+
+
+def standing(store: IndexStore, settings: Settings, assets: Sequence[AssetRow]) -> list[Standing]:
+    """Each asset's place in the current clusters (after a decision: what it
+    changed, and what it did not)."""
+    found: dict[str, tuple[str, str]] = {}
+    for cluster in cluster_listing(store, settings)["clusters"]:
+        canonical = f"{cluster['canonical']['unit']}:{cluster['canonical']['id']}"
+        found[canonical] = ("canonical", canonical)
+        for member in cluster["members"]:
+            found[f"{member['unit']}:{member['id']}"] = (member["mark"], canonical)
+    return [Standing(asset, *found.get(asset.key, ("", None))) for asset in assets]
 
 
 def decide(

@@ -104,3 +104,44 @@ def test_same_confirms_the_duplicate_everywhere(tmp_path: Path, decision: str) -
     with (report / "units.csv").open(newline="", encoding="utf-8-sig") as handle:
         unit_row = next(r for r in csv.DictReader(handle) if r["unit"] == UNIT)
     assert (unit_row["redundant_confirmed"], unit_row["redundant_to_review"]) == ("1", "1")
+
+
+def test_a_decision_says_where_both_assets_stand_after_it(tmp_path: Path) -> None:
+    """Two duplicate candidates of one canonical judged the same stay its
+    candidates (the reviewer said nothing of the canonical): `decide` says so,
+    and how to confirm them, rather than leaving a decision that changed no
+    mark to look like one that did."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, source in FILES.items():
+        shutil.copy(source, folder / name)
+    config = tmp_path / "damdup.toml"
+    config.write_text(
+        f'[damdup]\ndb = "{tmp_path / "index.sqlite"}"\n\n'
+        f'[units.{UNIT}]\nplatform = "filesystem"\nroot = "{folder}"\n',
+        encoding="utf-8",
+    )
+    damdup("sync", "--config", str(config), "-q")
+    medium, web, original = (f"{UNIT}:DSC_2041{part}.jpg" for part in ("_medium", "_web", ""))
+    between = damdup(
+        "review", "decide", medium, web, "same", "--by", "archivist", "--config", str(config)
+    ).stdout
+    assert between.splitlines()[1:] == [
+        f"  {medium}: still a candidate duplicate of {original}; a decision on the two confirms"
+        f" it (damdup review decide {original} {medium} same)",
+        f"  {web}: still a candidate duplicate of {original}; a decision on the two confirms"
+        f" it (damdup review decide {original} {web} same)",
+    ], between
+    assert marks(config)["DSC_2041_medium.jpg"] == "duplicate-candidate"
+
+    confirmed = damdup(
+        "review", "decide", original, medium, "same", "--by", "archivist", "--config", str(config)
+    ).stdout
+    assert f"  {original}: the canonical of its cluster" in confirmed
+    assert f"  {medium}: a confirmed duplicate of {original}" in confirmed
+    assert marks(config)["DSC_2041_medium.jpg"] == "duplicate"
+
+    apart = damdup(
+        "review", "decide", original, web, "different", "--by", "archivist", "--config", str(config)
+    ).stdout
+    assert f"  {web}: in no cluster of duplicates" in apart, apart
