@@ -44,9 +44,8 @@ def pushed(config: Path) -> dict[str, list[str]]:
     return {change["asset_id"]: change["after"]["labels"] for change in payload["changes"]}
 
 
-@pytest.mark.parametrize("decision", ["same", "canonical"])
-def test_same_confirms_the_duplicate_everywhere(tmp_path: Path, decision: str) -> None:
-    """`canonical` names the original, A, as the canonical it already is."""
+def synced(tmp_path: Path) -> tuple[Path, Path]:
+    """FILES in a folder unit, synced: the folder and the config file."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for name, source in FILES.items():
@@ -58,6 +57,13 @@ def test_same_confirms_the_duplicate_everywhere(tmp_path: Path, decision: str) -
         encoding="utf-8",
     )
     damdup("sync", "--config", str(config), "-q")
+    return folder, config
+
+
+@pytest.mark.parametrize("decision", ["same", "canonical"])
+def test_same_confirms_the_duplicate_everywhere(tmp_path: Path, decision: str) -> None:
+    """`canonical` names the original, A, as the canonical it already is."""
+    folder, config = synced(tmp_path)
     before = marks(config)
     assert before == {
         "DSC_2041.jpg": "canonical",
@@ -111,17 +117,7 @@ def test_a_decision_says_where_both_assets_stand_after_it(tmp_path: Path) -> Non
     candidates (the reviewer said nothing of the canonical): `decide` says so,
     and how to confirm them, rather than leaving a decision that changed no
     mark to look like one that did."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name, source in FILES.items():
-        shutil.copy(source, folder / name)
-    config = tmp_path / "damdup.toml"
-    config.write_text(
-        f'[damdup]\ndb = "{tmp_path / "index.sqlite"}"\n\n'
-        f'[units.{UNIT}]\nplatform = "filesystem"\nroot = "{folder}"\n',
-        encoding="utf-8",
-    )
-    damdup("sync", "--config", str(config), "-q")
+    _folder, config = synced(tmp_path)
     medium, web, original = (f"{UNIT}:DSC_2041{part}.jpg" for part in ("_medium", "_web", ""))
     between = damdup(
         "review", "decide", medium, web, "same", "--by", "archivist", "--config", str(config)
