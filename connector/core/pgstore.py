@@ -961,6 +961,8 @@ class PostgreSQLStore(IndexStore):
     def originals(self, assets: Iterable[AssetRow]) -> dict[str, tuple[str, int]]:
         wanted = sorted({(asset.unit, asset.asset_id, asset.version) for asset in assets})
         found: dict[str, tuple[str, int]] = {}
+        if not wanted:
+            return found
         with self._db() as db:
             for start in range(0, len(wanted), CHUNK):
                 units, ids, versions = zip(*wanted[start : start + CHUNK], strict=True)

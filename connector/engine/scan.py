@@ -316,9 +316,15 @@ def lineage_of(
     reads originals again. A lineage found from renditions alone is found
     again when this run can read the originals."""
     reader = read_original or OriginalReader(store, {})
-    thumbs: dict[str, bytes] = {}  # those of the groups being examined
+    # The thumbnails of the groups being examined, read all at once when the
+    # first original among them cannot be read (never, where all can).
+    unread: list[str] = []
+    thumbs: dict[str, bytes] = {}
 
     def thumbnail(sha256: str) -> bytes | None:
+        if unread:
+            thumbs.update(store.thumbnails(unread))
+            unread.clear()
         if sha256 in thumbs:
             return thumbs[sha256]
         found = store.fingerprint(sha256)
@@ -347,8 +353,9 @@ def lineage_of(
                 contents = sorted({sha for _key, (shas, _sizes) in todo for sha in shas})
                 if isinstance(reader, OriginalReader):
                     reader.prefetch(contents)
-                thumbs.update(store.thumbnails(contents))
+                unread[:] = contents
                 made = {key: examiner.family(shas, sizes) for key, (shas, sizes) in todo}
+                unread.clear()
                 thumbs.clear()
                 stored.save()
                 store.save_lineages({key: (f.to_json(), f.full) for key, f in made.items()})

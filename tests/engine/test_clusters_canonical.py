@@ -230,14 +230,28 @@ def test_the_lineage_of_many_groups_is_read_in_a_few_statements(
             monkeypatch.setattr(store, name, counted)
         monkeypatch.setattr(scan, "LINEAGE_GROUPS", 3)
         chunked, _ = current_clusters(store, settings)
+        read = dict(calls)
+        # No original readable: each chunk's thumbnails, read at once.
+        store.db.execute("DELETE FROM lineage")
+        store.db.execute("DELETE FROM relations")
+        calls.clear()
+        current_clusters(store, settings, lambda sha256: None)
+        unreadable = dict(calls)
     finally:
         store.close()
     chunks = -(-groups // 3)
-    assert calls == {
+    # The originals were read: no thumbnail was needed.
+    assert read == {
         "live_assets_with": 1 + chunks,  # the clusters' assets, then each chunk's
-        "lineages": chunks, "thumbnails": chunks, "save_relations": chunks,
-        "save_lineages": chunks, "originals": chunks,
-    }, calls  # fmt: skip
+        "lineages": chunks,
+        "save_relations": chunks,
+        "save_lineages": chunks,
+        "originals": chunks,
+    }, read
+    assert unreadable == {
+        "live_assets_with": 1, "lineages": chunks, "thumbnails": chunks,
+        "save_relations": chunks, "save_lineages": chunks,
+    }, unreadable  # fmt: skip
     assert [(c.canonical.key, c.reason) for c in chunked] == [
         (c.canonical.key, c.reason) for c in one_by_one
     ]
