@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 from pydantic import ValidationError
@@ -41,12 +41,9 @@ from connector.daemon import (
     configure_json_logging,
     run_daemon,
 )
-from connector.engine.check import Checker
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.links import Links
 from connector.engine.locks import UnitBusy, UnitLock
-from connector.engine.lookup import LookupAnswer, LookupRefused
-from connector.engine.matcher import explain_pair
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.pool import EngineUnavailable
 from connector.engine.review import (
@@ -73,7 +70,9 @@ from connector.plugin import PluginExists, write_plugin
 from connector.report import migrate as migration
 from connector.serve import DEFAULT_PORT, ServeError, serve
 from connector.units import build_adapters, link_adapters
-from connector.webhooks import WebhookService
+
+if TYPE_CHECKING:
+    from connector.engine.lookup import LookupAnswer
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -603,6 +602,8 @@ def cmd_explain(args: argparse.Namespace, ctx: Context) -> int:
         fa, fb = store.fingerprint(a.sha256), store.fingerprint(b.sha256)
         if fa is None or fb is None:
             raise UsageError("fingerprint missing: scan again")
+        from connector.engine.matcher import explain_pair  # with its compiled search
+
         evidence, verdict, originals = explain_pair(
             fa, fb, OriginalReader(store, {}), settings.max_pixels, store
         )
@@ -1024,6 +1025,8 @@ def cmd_review_import(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     settings = ctx.settings
+    from connector.webhooks import WebhookService  # with the search of its checks
+
     open_store(ctx).close()  # the review page and the checks read an index that exists
     service: WebhookService | None = None
     if ctx.config is not None:
@@ -1146,6 +1149,10 @@ def cmd_lookup(args: argparse.Namespace, ctx: Context) -> int:
     else:  # for the links only: a unit that cannot be built is left out
         adapters = link_adapters(ctx.config)
     open_store(ctx).close()
+    # The lookup's modules (and their compiled search) only where it runs.
+    from connector.engine.check import Checker
+    from connector.engine.lookup import LookupRefused
+
     checker = Checker(settings.db, settings, adapters, {})
     try:
         if "://" in target:

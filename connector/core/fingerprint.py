@@ -12,13 +12,15 @@ import io
 import struct
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import imagehash
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from connector.core.capture import CaptureFacts, read_capture_facts
+
+if TYPE_CHECKING:
+    from imagehash import ImageHash
 
 try:  # HEIC/HEIF from phones; registered once, on import.
     import pillow_heif
@@ -104,7 +106,7 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def hash_to_int(value: imagehash.ImageHash) -> int:
+def hash_to_int(value: ImageHash) -> int:
     bits = np.asarray(value.hash, dtype=np.uint8).flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
@@ -296,6 +298,10 @@ def fingerprint_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Fing
         raise ImageError(f"{image_format} data is damaged: {exc}") from exc
     except MemoryError as exc:
         raise ImageError("image needs more memory than the per-file limit") from exc
+    # Imported here, not with the module: every command reads RECIPE and the
+    # types from here, only fingerprinting needs imagehash (and its SciPy).
+    import imagehash
+
     # Every code comes from the thumbnail that is stored for the pixel check:
     # the same input whatever scale draft mode decoded at, and half the work.
     rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)

@@ -43,8 +43,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from connector.core.tones import tone_curve
-
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
@@ -699,8 +697,11 @@ def _tone_curve(joint: F64) -> F64:
     own would otherwise be "explained" as a tone change), refitted while
     ignoring histogram cells far from the curve. Between points whose target
     is clipped (at 0 or 255) the curve may be flat: brightening clips the
-    highlights to one level. Compiled: connector/core/tones.py.
+    highlights to one level. Compiled: connector/core/tones.py, imported
+    here: its numba is needed by pixel checks, not by every reader of this module.
     """
+    from connector.core.tones import tone_curve
+
     return tone_curve(
         np.ascontiguousarray(joint, dtype=np.float64),
         TONE_BINS,

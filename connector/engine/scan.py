@@ -49,7 +49,6 @@ from connector.engine.listing import (
     ordered_listing,
     patch,
 )
-from connector.engine.matcher import match
 from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
 from connector.engine.settle import MatchStats
 from connector.engine.sync import SyncStats, sync_unit
@@ -246,6 +245,10 @@ def sync_and_match(
     def report_match(done: int, total: int | None) -> None:
         if progress is not None:
             progress("matching", done, total)
+
+    # The matcher (and its compiled search) only where a run matches: the
+    # commands that read the index (status, clusters) import this module too.
+    from connector.engine.matcher import match
 
     with match_lock or nullcontext(), worker_pool(settings, background=True) as pool:
         stats = match(
