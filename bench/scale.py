@@ -429,7 +429,14 @@ def _unclustered_change(location: str, spec: dict[str, Any]) -> None:
             store.save_decision(decided)
             return
         n, new = spec["n"], spec["new"]
-        save_rows(store, synthetic(n, extra=2 * new), n + new, n + 2 * new, n, 250)
+        # The first block of `new` rows not saved yet (the sync step's is the
+        # block 0): a step run again on a kept copy changes the index again.
+        saved = store.asset_versions(NEW_UNIT)
+        block = 1
+        while f"a{n + block * new}" in saved:
+            block += 1
+        first = n + block * new
+        save_rows(store, synthetic(n, extra=(block + 1) * new), first, first + new, n, 250)
         import scale
 
         settle.pixel_check_job = scale.synthetic_pixel_check
@@ -437,6 +444,18 @@ def _unclustered_change(location: str, spec: dict[str, Any]) -> None:
             matcher.match(store, pool, OriginalReader(store, {}), max_pixels=Settings().max_pixels)
     finally:
         store.close()
+
+
+TIMED = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+seconds = time.perf_counter() - started
+used = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as out:
+    json.dump([seconds, used.ru_utime, used.ru_stime, used.ru_maxrss], out)
+sys.exit(code)
+"""
 
 
 def step_cli(location: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -451,16 +470,21 @@ def step_cli(location: str, spec: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DAMDUP_CONFIG", None)
     with tempfile.TemporaryDirectory() as where:  # no config/damdup.toml found there
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=where)
-        seconds = time.perf_counter() - started
+        # The command's own time, CPU and peak memory, taken by a parent of
+        # its own: RUSAGE_CHILDREN here would also count the worker processes
+        # of the change's match.
+        timed = Path(where) / "rusage.json"
+        done = subprocess.run(
+            [sys.executable, "-c", TIMED, str(timed), *command],
+            capture_output=True, text=True, env=env, cwd=where,
+        )  # fmt: skip
+        seconds, user, system, peak_kb = json.loads(timed.read_text())
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip()[-300:])
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "command_s": seconds,
-        "command_cpu_s": used.ru_utime + used.ru_stime,
-        "command_peak_rss_mb": used.ru_maxrss / 1024,
+        "command_cpu_s": user + system,
+        "command_peak_rss_mb": peak_kb / 1024,
         "output_lines": done.stdout.count("\n"),
     }
 
