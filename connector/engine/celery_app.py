@@ -20,6 +20,17 @@ passed). A worker *process* that dies under a job while its worker lives (a
 decoder crash) is that job's recorded error, as in the local pool: sending it
 again (task_reject_on_worker_lost) would crash worker after worker.
 
+Through Redis, a message's image bytes do not travel in the message itself:
+kombu's Redis transport carries a message as base64 inside JSON, and encoding,
+copying and decoding that cost a fifth more CPU than the fingerprints
+(bench/scale.py, "Fingerprints"). The caller keeps them beside the message in
+the same Redis, as plain values under keys of their own (`Stash`, an hour at
+most), the message names the keys, and the worker reads them; the caller
+deletes them once the message's result is taken. A message whose bytes are
+gone (Redis restarted while a worker held the message) answers "lost", and
+the caller sends it again with its bytes. Through RabbitMQ the bytes travel
+in the message (msgpack: as they are).
+
 Results come back through Redis when the broker is Redis (the same server),
 else through RabbitMQ itself (`rpc://`: a reply queue per caller, no other
 server). The callers take them as they arrive (Redis pub/sub, or the reply
@@ -30,7 +41,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,7 +54,8 @@ from connector.engine.pool import JobTimeout, Limits, _init_worker, _run
 from connector.engine.settle import pixel_check_job, pixel_digest_job
 
 __all__ = [
-    "BATCH_JOBS", "JOBS", "QUEUE", "TASK", "hard_limit", "job_name", "make_app", "run_worker",
+    "BATCH_JOBS", "JOBS", "QUEUE", "TASK", "Stash", "hard_limit", "job_name", "make_app",
+    "run_worker", "uses_redis",
 ]  # fmt: skip
 
 QUEUE = "damdup"
@@ -58,6 +71,104 @@ SERIALIZER = "msgpack"
 # A job sent while the broker is out of reach (restarting) is sent again for
 # about a minute (0, 1, 2, 3, 4, then every 5 s) before the run stops.
 PUBLISH_RETRY = {"max_retries": 15, "interval_start": 0, "interval_step": 1, "interval_max": 5}
+
+
+# Image bytes kept in Redis beside their message: the key's prefix, and how
+# long they are kept at most (as long as results are; a caller waiting on
+# workers keeps them again).
+STASH_PREFIX = "damdup:stash:"
+STASH_TTL_S = 3600
+# A stash write while Redis is out of reach is tried again every second for
+# about as long as a publish is (PUBLISH_RETRY).
+STASH_RETRIES = 60
+
+
+def uses_redis(broker: str) -> bool:
+    return broker.partition("://")[0].lower() in ("redis", "rediss")
+
+
+class Stash:
+    """A message's image bytes as plain Redis values, under keys of their own.
+    The caller puts them before it publishes the message and drops them once
+    its result is taken; a worker takes them by the names the message gives."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+        from redis.backoff import ConstantBackoff
+        from redis.retry import Retry
+
+        self.pid = os.getpid()
+        self.client = redis.Redis.from_url(
+            url,
+            retry=Retry(ConstantBackoff(1.0), STASH_RETRIES),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+
+    @staticmethod
+    def name() -> str:
+        return STASH_PREFIX + uuid.uuid4().hex
+
+    def put(self, values: dict[str, bytes]) -> None:
+        """Keep (or keep again, for another hour) these values."""
+        if not values:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in values.items():
+            pipe.set(key, value, ex=STASH_TTL_S)
+        pipe.execute()
+
+    def take(self, keys: list[str]) -> list[bytes | None]:
+        """The values of these keys; None for one that is gone."""
+        if not keys:
+            return []
+        return [value if isinstance(value, bytes) else None for value in self.client.mget(keys)]
+
+    def drop(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            self.client.delete(*keys)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# The worker's Redis, where its messages' image bytes are (run_worker); a
+# connection of its own in each worker process.
+_stash_url: str | None = None
+_stash: Stash | None = None
+
+
+def _worker_stash() -> Stash | None:
+    global _stash
+    if _stash_url is None:
+        return None
+    if _stash is None or _stash.pid != os.getpid():  # not a connection of the parent
+        _stash = Stash(_stash_url)
+    return _stash
+
+
+def _stashed(value: Any) -> str | None:
+    """The key a message gives for an image's bytes, else None."""
+    if isinstance(value, dict) and len(value) == 1:
+        key = value.get("stash")
+        if isinstance(key, str) and key.startswith(STASH_PREFIX) and len(key) < 100:
+            return key
+    return None
+
+
+def _unstash(batch: list[Any]) -> tuple[list[Any], str | None]:
+    """A message's jobs with their image bytes in place of their keys; or
+    why they cannot be had (the message is then "lost": sent again)."""
+    wanted = [key for args in batch for key in map(_stashed, args) if key is not None]
+    if not wanted:
+        return batch, None
+    stash = _worker_stash()
+    if stash is None:
+        return batch, "this worker has no Redis to take the image bytes from"
+    found = dict(zip(wanted, stash.take(wanted), strict=True))
+    if any(value is None for value in found.values()):
+        return batch, "the image bytes are gone from Redis (restarted, or kept past an hour)"
+    return [[found.get(_stashed(arg) or "", arg) for arg in args] for args in batch], None
 
 
 def hard_limit(seconds: float) -> float:
@@ -145,7 +256,8 @@ def run_job(name: str, args: list[Any], seconds: float) -> dict[str, Any]:
 def run_jobs(name: str, batch: list[Any], seconds: float) -> dict[str, Any]:
     """The task: the jobs of one message, one after another, each under its
     own time limit; {"values": [{"value": ...} or {"error": ...}, ...]} in
-    the order sent, or {"error": why} for the whole message.
+    the order sent, {"error": why} for the whole message, or {"lost": why}
+    when its image bytes cannot be had from Redis (the caller sends it again).
 
     No job starts once the message has run for `seconds`: the values of the
     jobs run come back, and the caller sends the rest again. So a message
@@ -157,6 +269,12 @@ def run_jobs(name: str, batch: list[Any], seconds: float) -> dict[str, Any]:
         return {"error": "malformed batch"}
     if not all(isinstance(args, list) for args in batch):
         return {"error": f"malformed arguments for job {name!r}"}
+    try:
+        batch, gone = _unstash(batch)
+    except Exception as exc:  # Redis out of reach past its retries
+        gone = f"the image bytes cannot be read from Redis: {describe_error(exc)}"
+    if gone is not None:
+        return {"lost": gone}
     began = time.monotonic()
     values: list[dict[str, Any]] = []
     for args in batch:
@@ -169,7 +287,7 @@ def run_jobs(name: str, batch: list[Any], seconds: float) -> dict[str, Any]:
 def result_backend(broker: str) -> str:
     """Redis keeps results where it queues jobs; with RabbitMQ they come back
     as messages to the caller's own reply queue."""
-    return broker if broker.partition("://")[0].lower() in ("redis", "rediss") else "rpc://"
+    return broker if uses_redis(broker) else "rpc://"
 
 
 def make_app(settings: Settings) -> Any:
@@ -234,6 +352,9 @@ def run_worker(settings: Settings, concurrency: int, queues: list[str], verbose:
         _init_worker(limits, os.getppid())
 
     worker_process_init.connect(limit_process, weak=False)
+    global _stash_url
+    assert settings.broker is not None, "checked with the settings (engine_problem)"
+    _stash_url = settings.broker if uses_redis(settings.broker) else None
     app = make_app(settings)
     app.worker_main(
         [

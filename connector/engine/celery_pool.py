@@ -46,9 +46,11 @@ from connector.engine.celery_app import (
     JOBS,
     QUEUE,
     TASK,
+    Stash,
     hard_limit,
     job_name,
     make_app,
+    uses_redis,
 )
 from connector.engine.pool import EngineUnavailable, Limits, Outcome, WorkerPool
 
@@ -67,9 +69,9 @@ STALL_WARNING_S = 60.0
 # another host. RabbitMQ refuses messages over its max_message_size (4's
 # default 16 MiB, 3's 128 MiB): the bytes go as they are (msgpack), with a
 # little room for the rest of the message. Redis would take values up to
-# 512 MB, but holds every message in memory, and kombu carries one there as
-# base64 in JSON, a third larger than the bytes: messages of 64 MiB at most,
-# 48 MiB of image.
+# 512 MB, but holds everything in memory: 48 MiB of image at most (the bytes
+# are kept beside the message, celery_app.Stash; before, kombu's base64 in
+# JSON made a 64 MiB message of them).
 AMQP_MESSAGE_BYTES = 16 * 1024 * 1024
 REDIS_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_ROOM_BYTES = 64 * 1024  # the task's name, numbers, headers, envelope
@@ -80,8 +82,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 
 def max_message_bytes(broker: str) -> int:
     """The most image bytes one job may carry through this broker."""
-    if broker.partition("://")[0].lower() in ("redis", "rediss"):
-        return (REDIS_MESSAGE_BYTES - MESSAGE_ROOM_BYTES) // 4 * 3  # base64: 4 per 3
+    if uses_redis(broker):
+        return (REDIS_MESSAGE_BYTES - MESSAGE_ROOM_BYTES) // 4 * 3
     return AMQP_MESSAGE_BYTES - MESSAGE_ROOM_BYTES
 
 
@@ -133,6 +135,8 @@ class CeleryPool:
         self.seconds = settings.file_timeout_s
         self.max_bytes = max_message_bytes(settings.broker)
         self._app: Any = None
+        # Redis: where the messages' image bytes are kept (celery_app.Stash).
+        self.stash: Stash | None = None
         self._backends: list[Any] = []
         self._local_pool: WorkerPool | None = None
         # What the broker's client raises when the broker is out of reach.
@@ -165,10 +169,15 @@ class CeleryPool:
             self._backends.clear()
             self._app.close()
             self._app = None
+        if self.stash is not None:
+            self.stash.close()
+            self.stash = None
 
     def app(self) -> Any:
         if self._app is None:
             self._app = make_app(self.settings)
+            if uses_redis(self.broker):
+                self.stash = Stash(self.broker)
             with self._app.connection_for_write() as connection:  # not connected yet
                 self.broker_errors = (
                     OperationalError, OSError, *connection.connection_errors
@@ -270,6 +279,10 @@ class _Flight(Generic[KeyT]):
     ids: list[str] = field(default_factory=list)
     sent_at: float = 0.0
     sends: int = 0
+    # Through Redis: the jobs as the message carries them (keys in place of
+    # image bytes) and the bytes kept under those keys.
+    carried: list[list[Any]] | None = None
+    stashed: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -324,9 +337,29 @@ class _Run(Generic[KeyT]):
         self.limit_at = self.last_progress = time.monotonic()
         self.away_since: float | None = None  # the results' connection lost, since
 
+    def _carried(self, flight: _Flight[KeyT]) -> list[list[Any]]:
+        """The jobs as the message carries them: through Redis, each image's
+        bytes kept beside it (again, at a send again: Redis may have lost them)."""
+        stash = self.pool.stash
+        if stash is None:
+            return [args for _key, args in flight.items]
+        if flight.carried is None:
+            flight.carried = []
+            for _key, args in flight.items:
+                carried: list[Any] = []
+                for arg in args:
+                    if isinstance(arg, bytes):
+                        name = stash.name()
+                        flight.stashed[name] = arg
+                        arg = {"stash": name}
+                    carried.append(arg)
+                flight.carried.append(carried)
+        stash.put(flight.stashed)
+        return flight.carried
+
     def send(self, flight: _Flight[KeyT]) -> None:
-        message = (self.name, [args for _key, args in flight.items], self.pool.seconds)
         try:
+            message = (self.name, self._carried(flight), self.pool.seconds)
             result = self.app.send_task(TASK, args=message, queue=QUEUE, time_limit=self.hard)
         except self.pool.broker_errors as exc:  # retried already (PUBLISH_RETRY)
             raise EngineUnavailable(
@@ -361,6 +394,14 @@ class _Run(Generic[KeyT]):
                 self.by_id.pop(result.id, None)
                 self._forget(result.id)
                 yield from self._again(flight)
+                continue
+            lost = _lost(result) if state == "SUCCESS" else None
+            if lost is not None:
+                # Its image bytes gone from Redis (restarted while a worker
+                # held the message): sent again with them, counted as a send.
+                log.warning("celery.resent", job=flight.name, sends=flight.sends + 1, reason=lost)
+                self._done(flight)
+                yield from self._again(_Flight(flight.items, sends=flight.sends))
                 continue
             outcomes, again = self._outcomes(flight, result)
             self._done(flight)  # its result read: forgotten
@@ -425,6 +466,8 @@ class _Run(Generic[KeyT]):
         if self._workers() == 0:  # they wait in the queue for a worker to start
             for flight in late:
                 flight.sent_at = now
+                if self.pool.stash is not None:  # and their image bytes wait with them
+                    self.pool.stash.put(flight.stashed)
             return
         for flight in late:
             log.warning("celery.resent", job=flight.name, sends=flight.sends + 1,
@@ -460,6 +503,8 @@ class _Run(Generic[KeyT]):
     def forget_all(self) -> None:
         for task_id in list(self.results):
             self._forget(task_id)
+        for flight in list(self.flights):
+            self._drop(flight)
 
     def _drain(self) -> bool:
         """Wait up to a second for results to arrive; True when the results'
@@ -516,11 +561,30 @@ class _Run(Generic[KeyT]):
         for task_id in flight.ids:
             self.by_id.pop(task_id, None)
             self._forget(task_id)
+        self._drop(flight)
+
+    def _drop(self, flight: _Flight[KeyT]) -> None:
+        """Its image bytes kept in Redis, no longer needed (else they expire)."""
+        if self.pool.stash is not None and flight.stashed:
+            try:
+                self.pool.stash.drop(flight.stashed)
+            except Exception as exc:
+                log.info("celery.stash_left", reason=reason(exc))
+            flight.stashed = {}
+            flight.carried = None
 
     def _forget(self, task_id: str) -> None:
         result = self.results.pop(task_id, None)
         if result is not None:
             _forget(result)
+
+
+def _lost(result: Any) -> str | None:
+    """Why a message's image bytes could not be had by its worker, if so."""
+    payload = result.result
+    if isinstance(payload, dict) and isinstance(payload.get("lost"), str):
+        return str(payload["lost"])
+    return None
 
 
 def _image_bytes(args: Iterable[Any]) -> int:

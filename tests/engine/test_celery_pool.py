@@ -281,8 +281,10 @@ def test_with_no_worker_answering_a_job_waits_without_being_sent_again(
 
 @pytest.mark.parametrize("broker", ["amqp://guest@mq.example//", "redis://mq.example:6379/0"])
 def test_the_largest_job_fits_the_broker(broker: str) -> None:
-    """RabbitMQ 4 refuses messages over 16 MiB (its default max_message_size);
-    Redis carries the message base64-encoded in JSON, kept within 64 MiB."""
+    """RabbitMQ 4 refuses messages over 16 MiB (its default max_message_size).
+    Through Redis the bytes are kept beside the message (celery_app.Stash);
+    were they carried in it, kombu's base64 in JSON would still keep it
+    within 64 MiB."""
     limit = max_message_bytes(broker)
     assert limit > 10 * MiB  # a camera's JPEG still goes to the workers
     app = make_app(Settings(engine="celery", broker=broker))
