@@ -60,6 +60,7 @@ from connector.engine.scan import (
     BACKGROUND_NICE,
     OriginalReader,
     RunResult,
+    cluster_counts,
     cluster_listing,
     current_clusters,
     sync_and_match,
@@ -362,15 +363,11 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
                     allow_empty=args.allow_empty,
                 )  # fmt: skip
             # The units' originals tell which copy is the original (read once
-            # per group of copies; saved in the index).
-            clusters, _relations = current_clusters(
-                store, settings, OriginalReader(store, adapters)
-            )
+            # per group of copies; saved in the index). Only the groups the
+            # sync's assets reach are clustered again.
+            clusters, cross_unit = cluster_counts(store, settings, OriginalReader(store, adapters))
     finally:
         store.close()
-    cross_unit = [
-        c for c in clusters if len({c.canonical.unit, *(m.asset.unit for m in c.members)}) > 1
-    ]
     if args.format == "json":
         payload = {
             "units": [sync.as_dict() for sync in result.syncs],
@@ -382,13 +379,13 @@ def cmd_sync(args: argparse.Namespace, ctx: Context) -> int:
             "pairs_checked": result.match.evaluated,
             "originals_read": result.match.originals_read,
             "originals_bytes": result.match.originals_bytes,
-            "clusters": len(clusters),
-            "cross_unit_clusters": len(cross_unit),
+            "clusters": clusters,
+            "cross_unit_clusters": cross_unit,
             "db": str(settings.db),
         }
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     else:
-        _print_sync(result, settings, len(clusters), len(cross_unit))
+        _print_sync(result, settings, clusters, cross_unit)
         for unit, reason in busy.items():
             err.print(f"{shown(unit)}: skipped: {shown(reason)}", style="yellow", markup=False)
     return EXIT_SOME_FAILED if result.errors or result.failed_units or busy else EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -427,7 +428,11 @@ def current_clusters(
 TRIES = 3
 
 
-def _listed_figures(store: IndexStore, settings: Settings) -> ListedFigures | None:
+def _listed_figures(
+    store: IndexStore,
+    settings: Settings,
+    read_original: Callable[[str], bytes | None] | None = None,
+) -> ListedFigures | None:
     """The saved listing made current: as it is while nothing is queued,
     else the components the queue reaches clustered again (the whole index
     past PATCH_MOST rows, or when it was made by other rules). Its figures;
@@ -438,12 +443,33 @@ def _listed_figures(store: IndexStore, settings: Settings) -> ListedFigures | No
         if saved is not None and fresh(saved[0], settings) and not queue.everything:
             if not queue.seqs:
                 return saved[1]
-            figures = patch(store, settings, saved[0], queue, lineage_of(store, None))
+            figures = patch(store, settings, saved[0], queue, lineage_of(store, read_original))
             if figures is not None:
                 return figures
             continue
-        current_clusters(store, settings)
+        current_clusters(store, settings, read_original)
     return None
+
+
+def cluster_counts(
+    store: IndexStore,
+    settings: Settings,
+    read_original: Callable[[str], bytes | None] | None = None,
+) -> tuple[int, int]:
+    """How many clusters the index holds, and how many of them span units,
+    from the saved listing made current: a sync's summary, after which only
+    the groups its new and changed assets reach are clustered again, not
+    the whole index (seconds at 1,000,000 assets, not half a minute)."""
+    if _listed_figures(store, settings, read_original) is None:
+        clusters, _relations = current_clusters(store, settings, read_original)
+        spans = [{c.canonical.unit, *(m.asset.unit for m in c.members)} for c in clusters]
+        return len(clusters), sum(len(units) > 1 for units in spans)
+    records = [json.loads(record) for similar, record in store.listing() if not similar]
+    return len(records), sum(_units(record) > 1 for record in records)
+
+
+def _units(record: dict[str, Any]) -> int:
+    return len({record["canonical"]["unit"], *(m["unit"] for m in record["members"])})
 
 
 def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:

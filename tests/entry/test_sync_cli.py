@@ -148,3 +148,61 @@ def test_the_environment_wins_over_the_file_for_unit_settings(
         "hel-fi", "wordpress", {"base_url": "http://h/", "page_size": 50}
     )
     assert settings.page_size == 7  # type: ignore[attr-defined]
+
+
+def test_a_sync_clusters_again_only_what_its_assets_reach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sync's summary counts the clusters from the saved listing made
+    current for what the sync changed, not from a clustering of the whole
+    index (half a minute at 1,000,000 assets): the same counts a whole
+    clustering gives, with no whole clustering after the first."""
+    import shutil
+
+    import structlog
+
+    from connector.cli import main
+    from connector.core.settings import Settings
+    from connector.core.store import open_store
+    from connector.engine import scan
+
+    units = {name: tmp_path / name for name in ("a", "b")}
+    shutil.copytree(PHOTOS / "hel-fi", units["a"])
+    shutil.copytree(PHOTOS / "kuva", units["b"])
+    path = tmp_path / "damdup.toml"
+    db = tmp_path / "index.sqlite"
+    path.write_text(
+        f'[damdup]\ndb = "{db}"\n'
+        + "".join(f'[units.{n}]\nplatform = "filesystem"\nroot = "{r}"\n' for n, r in units.items())
+    )
+    whole = scan.current_clusters
+    calls: list[int] = []
+    monkeypatch.setattr(scan, "current_clusters", lambda *a, **k: calls.append(1) or whole(*a, **k))
+
+    def sync() -> dict[str, int]:
+        assert main(["sync", "--config", str(path), "--format", "json", "-q"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        return {key: report[key] for key in ("clusters", "cross_unit_clusters")}
+
+    def counted_whole() -> dict[str, int]:
+        store = open_store(db)
+        try:
+            clusters, _relations = whole(store, Settings(db=db))
+        finally:
+            store.close()
+        spans = [{c.canonical.unit, *(m.asset.unit for m in c.members)} for c in clusters]
+        return {"clusters": len(clusters), "cross_unit_clusters": sum(len(s) > 1 for s in spans)}
+
+    try:
+        first = sync()
+        assert calls == [1]  # no listing yet: the whole index, once
+        # A copy of one of a's photos arrives in b: a new cross-unit duplicate.
+        photo = sorted(units["a"].glob("*.jpg"))[0]
+        shutil.copy(photo, units["b"] / f"copy of {photo.name}")
+        calls.clear()
+        second = sync()
+        assert calls == [], "the sync clustered the whole index again"
+    finally:
+        structlog.reset_defaults()
+    assert second == counted_whole()
+    assert second["cross_unit_clusters"] >= first["cross_unit_clusters"] >= 1
