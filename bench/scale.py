@@ -322,14 +322,15 @@ class _Timed:
         setattr(self.owner, self.name, self.function)
 
 
-def _match_once(store: Any, workers: int) -> dict[str, Any]:
+def _match_once(store: Any, workers: int, summary: bool = False) -> dict[str, Any]:
     """`match()` as `damdup scan`/`sync` runs it after the syncs (the index's
     search, the new pairs settled through a local worker pool, saved), then
-    the clusters built as `sync` prints them; seconds of each part."""
+    the clusters built (the first match), or with `summary` the counts
+    `damdup sync` prints (the listing made current); seconds of each part."""
     from connector.core.settings import Settings
     from connector.engine import matcher, settle
     from connector.engine.pool import WorkerPool
-    from connector.engine.scan import OriginalReader, current_clusters
+    from connector.engine.scan import OriginalReader, cluster_counts, current_clusters
 
     settings = Settings()
     out: dict[str, Any] = {}
@@ -359,9 +360,13 @@ def _match_once(store: Any, workers: int) -> dict[str, Any]:
     out["searched"] = stats.searched
     out["match_peak_rss_mb"] = _peak_mb()
     started = time.perf_counter()
-    clusters, relations = current_clusters(store, settings)
-    out["cluster_s"] = time.perf_counter() - started
-    out["clusters"], out["relations"] = len(clusters), len(relations)
+    if summary:
+        out["clusters"], out["cross_unit"] = cluster_counts(store, settings)
+        out["summary_s"] = time.perf_counter() - started
+    else:
+        clusters, relations = current_clusters(store, settings)
+        out["cluster_s"] = time.perf_counter() - started
+        out["clusters"], out["relations"] = len(clusters), len(relations)
     out |= {
         "candidates": stats.candidates, "evaluated": stats.evaluated, "cached": stats.cached,
         "pixel_checks": stats.pixel_checks, "pixel_digests": stats.pixel_digests,
@@ -400,11 +405,12 @@ def step_sync(location: str, spec: dict[str, Any]) -> dict[str, Any]:
         prepared = time.perf_counter() - started
         save_rows(store, data, n, n + new, n, 250)
         saved = time.perf_counter() - started
-        out = _match_once(store, spec["workers"])
+        out = _match_once(store, spec["workers"], summary=True)
     finally:
         store.close()
     out["prepare_s"], out["save_s"] = prepared, saved
-    out["sync_s"] = saved + out["match_s"]
+    # The whole sync after its fingerprints: pages saved, match, the summary.
+    out["sync_s"] = saved + out["match_s"] + out["summary_s"]
     out["peak_rss_mb"] = _peak_mb()
     return out
 
@@ -960,7 +966,8 @@ def table(label: str, sizes: dict[str, Any]) -> list[str]:
                 f"before the first page {_f(y, 'prepare_s')}, + match "
                 f"{_f(y, 'match_s')}: load {_f(y, 'load_s')} + search {_f(y, 'search_s')} "
                 f"({y.get('searched') or 'whole index'}), {y['evaluated']:,} new pairs "
-                f"settled in {_f(y, 'settle_s')}); clusters after it {_f(y, 'cluster_s')} s, "
+                f"settled in {_f(y, 'settle_s')}) + summary's clusters "
+                f"{_f(y, 'summary_s') if 'summary_s' in y else _f(y, 'cluster_s')} s, "
                 f"peak {_f(y, 'peak_rss_mb', 0)} MB  [load {_f(y, 'load_average')}]"
             )
         for name in (
