@@ -8,7 +8,6 @@ the broker and its workers are the fakes of test_celery_pool.py."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,10 @@ from connector.engine import celery_app
 from connector.engine.celery_app import STASH_PREFIX, Stash, run_jobs
 from connector.engine.celery_pool import SENDS, CeleryPool
 from connector.engine.settle import pixel_digest_job
-from tests.engine.test_celery_pool import FakeBroker, FakeResult, fast  # noqa: F401 (a fixture)
-from tests.servers.broker import ServerError, redis_database
+from tests.engine.test_celery_pool import FakeBroker, FakeResult, fast
+from tests.entry.test_celery import redis_broker
 
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    try:
-        with redis_database() as url:
-            yield url
-    except ServerError as exc:
-        pytest.skip(str(exc))
+__all__ = ["fast", "redis_broker"]  # fixtures of other test modules, used here
 
 
 def stashed_keys(url: str) -> list[bytes]:
@@ -93,45 +85,45 @@ def run_stashed(url: str, broker: StashCheckingBroker, jobs: int) -> list[Any]:
 
 
 @pytest.mark.usefixtures("fast")
-def test_image_bytes_wait_beside_the_message_and_are_dropped_once_taken(redis_url: str) -> None:
-    broker = StashCheckingBroker(redis_url)
-    outcomes = run_stashed(redis_url, broker, 40)
+def test_image_bytes_wait_beside_the_message_and_are_dropped_once_taken(redis_broker: str) -> None:
+    broker = StashCheckingBroker(redis_broker)
+    outcomes = run_stashed(redis_broker, broker, 40)
     assert sorted((o.key, o.value) for o in outcomes) == [(n, f"digest {n}") for n in range(40)]
     assert sum(len(batch) for batch in broker.carried) == 40
-    assert stashed_keys(redis_url) == []  # nothing left in Redis once the run is done
+    assert stashed_keys(redis_broker) == []  # nothing left in Redis once the run is done
 
 
 @pytest.mark.usefixtures("fast")
-def test_a_message_whose_bytes_are_gone_is_sent_again_with_them(redis_url: str) -> None:
-    broker = StashCheckingBroker(redis_url, lose=frozenset({0}))
-    outcomes = run_stashed(redis_url, broker, 3)
+def test_a_message_whose_bytes_are_gone_is_sent_again_with_them(redis_broker: str) -> None:
+    broker = StashCheckingBroker(redis_broker, lose=frozenset({0}))
+    outcomes = run_stashed(redis_broker, broker, 3)
     assert sorted((o.key, o.value) for o in outcomes) == [(n, f"digest {n}") for n in range(3)]
     assert len(broker.sent[0]) == 2  # sent again once, its bytes put again (checked at the send)
-    assert stashed_keys(redis_url) == []
+    assert stashed_keys(redis_broker) == []
 
 
 @pytest.mark.usefixtures("fast")
-def test_bytes_gone_at_every_send_end_as_the_jobs_error_not_a_loop(redis_url: str) -> None:
+def test_bytes_gone_at_every_send_end_as_the_jobs_error_not_a_loop(redis_broker: str) -> None:
     class AlwaysLost(StashCheckingBroker):
         def drain_events(self, timeout: float) -> None:
             if self.ready:
                 self.sent[self.ready[0].job] = self.sent[self.ready[0].job][:1]
             super().drain_events(timeout)
 
-    broker = AlwaysLost(redis_url, lose=frozenset({0}))
-    outcomes = run_stashed(redis_url, broker, 1)
+    broker = AlwaysLost(redis_broker, lose=frozenset({0}))
+    outcomes = run_stashed(redis_broker, broker, 1)
     assert [(o.key, o.error) for o in outcomes] == [
         (0, f"the broker lost the job: no result after {SENDS} sends")
     ]
-    assert stashed_keys(redis_url) == []
+    assert stashed_keys(redis_broker) == []
 
 
 def test_a_worker_takes_the_bytes_by_their_keys(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    redis_broker: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(celery_app, "_stash_url", redis_url)
+    monkeypatch.setattr(celery_app, "_stash_url", redis_broker)
     monkeypatch.setattr(celery_app, "_stash", None)
-    stash = Stash(redis_url)
+    stash = Stash(redis_broker)
     images = [png(10), png(200)]
     keys = [stash.name(), stash.name()]
     stash.put(dict(zip(keys, images, strict=True)))

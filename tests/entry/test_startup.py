@@ -22,9 +22,23 @@ import json, sys
 from connector.cli import main
 db = sys.argv[1]
 codes = [main(["status", "--db", db]), main(["clusters", "--cross-unit", "--db", db])]
-heavy = sorted(name for name in json.loads(sys.argv[2]) if name in sys.modules)
+heavy = sorted(name for name in json.loads(sys.argv[-1]) if name in sys.modules)
 print(json.dumps({"codes": codes, "heavy": heavy}))
 """
+
+
+def run_probe(probe: str, *args: str) -> str:
+    """The last line a Python probe printed, run in a process of its own."""
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args, json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        check=True,
+    )
+    assert result.stdout.strip(), result.stderr
+    return result.stdout
 
 
 def test_reading_commands_do_not_import_the_matchers_machinery(
@@ -32,18 +46,11 @@ def test_reading_commands_do_not_import_the_matchers_machinery(
 ) -> None:
     db = tmp_path / "index.sqlite"
     shutil.copy(scanned_fixtures, db)
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE, str(db), json.dumps(HEAVY)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=True,
-    )
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
-    assert answer["codes"] == [0, 0], result.stderr
+    printed = run_probe(PROBE, str(db))
+    answer = json.loads(printed.strip().splitlines()[-1])
+    assert answer["codes"] == [0, 0]
     assert answer["heavy"] == [], f"imported by status and clusters: {answer['heavy']}"
-    assert "cluster" in result.stdout  # the listing was printed: the commands did their work
+    assert "cluster" in printed  # the listing was printed: the commands did their work
 
 
 def test_the_probe_sees_what_a_scan_imports(tmp_path: Path) -> None:
@@ -53,19 +60,12 @@ def test_the_probe_sees_what_a_scan_imports(tmp_path: Path) -> None:
         "import json, sys\n"
         "from connector.cli import main\n"
         "main(['scan', sys.argv[1], '--db', sys.argv[2], '-q'])\n"
-        "print(json.dumps(sorted(n for n in json.loads(sys.argv[3]) if n in sys.modules)))\n"
+        "print(json.dumps(sorted(n for n in json.loads(sys.argv[-1]) if n in sys.modules)))\n"
     )
     photos = tmp_path / "photos"
     photos.mkdir()
     for photo in sorted((ROOT / "fixtures" / "photos").rglob("*.jpg"))[:2]:
         shutil.copy(photo, photos / photo.name)
-    result = subprocess.run(
-        [sys.executable, "-c", probe, str(photos), str(tmp_path / "i.sqlite"), json.dumps(HEAVY)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=True,
-    )
-    heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    printed = run_probe(probe, str(photos), str(tmp_path / "i.sqlite"))
+    heavy = json.loads(printed.strip().splitlines()[-1])
     assert {"numba", "connector.core.search"} <= set(heavy)
