@@ -94,25 +94,32 @@ class Stash:
 
     def __init__(self, url: str) -> None:
         import redis
-        from redis.backoff import ConstantBackoff
+        from redis.backoff import ConstantBackoff, NoBackoff
         from redis.retry import Retry
 
         self.pid = os.getpid()
+        # What a job needs waits for Redis as a publish does; what only saves
+        # memory (a drop, a keep again) is tried once: a run stopping because
+        # Redis is away must not wait a minute for each of its messages.
         self.client = redis.Redis.from_url(
             url,
             retry=Retry(ConstantBackoff(1.0), STASH_RETRIES),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+        self.once = redis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0, socket_timeout=5.0
         )
 
     @staticmethod
     def name() -> str:
         return STASH_PREFIX + uuid.uuid4().hex
 
-    def put(self, values: dict[str, bytes]) -> None:
-        """Keep (or keep again, for another hour) these values."""
+    def put(self, values: dict[str, bytes], patient: bool = True) -> None:
+        """Keep (or keep again, for another hour) these values; tried once
+        unless `patient`."""
         if not values:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = (self.client if patient else self.once).pipeline(transaction=False)
         for key, value in values.items():
             pipe.set(key, value, ex=STASH_TTL_S)
         pipe.execute()
@@ -126,10 +133,11 @@ class Stash:
     def drop(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         if keys:
-            self.client.delete(*keys)
+            self.once.delete(*keys)
 
     def close(self) -> None:
         self.client.close()
+        self.once.close()
 
 
 # The worker's Redis, where its messages' image bytes are (run_worker); a

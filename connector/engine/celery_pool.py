@@ -466,8 +466,7 @@ class _Run(Generic[KeyT]):
         if self._workers() == 0:  # they wait in the queue for a worker to start
             for flight in late:
                 flight.sent_at = now
-                if self.pool.stash is not None:  # and their image bytes wait with them
-                    self.pool.stash.put(flight.stashed)
+                self._keep(flight)  # and their image bytes wait with them
             return
         for flight in late:
             log.warning("celery.resent", job=flight.name, sends=flight.sends + 1,
@@ -562,6 +561,15 @@ class _Run(Generic[KeyT]):
             self.by_id.pop(task_id, None)
             self._forget(task_id)
         self._drop(flight)
+
+    def _keep(self, flight: _Flight[KeyT]) -> None:
+        """Its image bytes kept in Redis for another hour; when Redis does
+        not answer now, the next send puts them again."""
+        if self.pool.stash is not None and flight.stashed:
+            try:
+                self.pool.stash.put(flight.stashed, patient=False)
+            except Exception as exc:
+                log.info("celery.stash_not_kept", reason=reason(exc))
 
     def _drop(self, flight: _Flight[KeyT]) -> None:
         """Its image bytes kept in Redis, no longer needed (else they expire)."""

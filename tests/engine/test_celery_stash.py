@@ -137,3 +137,38 @@ def test_a_worker_takes_the_bytes_by_their_keys(
     assert foreign == {"values": [{"error": "malformed arguments for job 'pixel_digest'"}]}
     stash.drop(keys)
     stash.close()
+
+
+def test_what_only_saves_memory_is_tried_once_when_redis_does_not_answer() -> None:
+    """A drop (or a keep again) while Redis is away is tried once: a run
+    stopping because the broker is gone must not wait a minute of retries
+    for each of its messages before it says so."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    tries: list[int] = []
+
+    def refuse() -> None:  # every connection closed at once: Redis gone mid-answer
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            tries.append(1)
+            conn.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    stash = Stash(f"redis://127.0.0.1:{server.getsockname()[1]}/0")
+    try:
+        with pytest.raises(redis.ConnectionError):
+            stash.drop([STASH_PREFIX + "x"])
+        assert len(tries) == 1
+        with pytest.raises(redis.ConnectionError):
+            stash.put({STASH_PREFIX + "x": b"image"}, patient=False)
+        assert len(tries) == 2
+    finally:
+        stash.close()
+        server.close()
