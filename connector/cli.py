@@ -43,6 +43,7 @@ from connector.daemon import (
 )
 from connector.engine.clusters import Cluster, Relation
 from connector.engine.links import Links
+from connector.engine.listing import spans_units
 from connector.engine.locks import UnitBusy, UnitLock
 from connector.engine.outbox import Outcome, PushReport, UnknownRun, plan, push, revert
 from connector.engine.pool import EngineUnavailable
@@ -559,11 +560,7 @@ def cmd_clusters(args: argparse.Namespace, ctx: Context) -> int:
     if args.tier:
         clusters = [c for c in clusters if any(m["tier"] == args.tier for m in c["members"])]
     if args.cross_unit:
-        clusters = [
-            c
-            for c in clusters
-            if len({c["canonical"]["unit"], *(m["unit"] for m in c["members"])}) > 1
-        ]
+        clusters = [c for c in clusters if spans_units(c)]
         similar = [r for r in similar if r["a"]["unit"] != r["b"]["unit"]]
     if args.format == "json":
         payload = {"clusters": clusters, "similar": similar}

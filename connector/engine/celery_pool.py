@@ -69,9 +69,9 @@ STALL_WARNING_S = 60.0
 # another host. RabbitMQ refuses messages over its max_message_size (4's
 # default 16 MiB, 3's 128 MiB): the bytes go as they are (msgpack), with a
 # little room for the rest of the message. Redis would take values up to
-# 512 MB, but holds everything in memory: 48 MiB of image at most (the bytes
-# are kept beside the message, celery_app.Stash; before, kombu's base64 in
-# JSON made a 64 MiB message of them).
+# 512 MB, but holds everything in memory: 48 MiB of image at most, the
+# bound of the days when kombu carried the bytes inside a 64 MiB message as
+# base64 (3 bytes in 4); they now wait beside it (celery_app.Stash).
 AMQP_MESSAGE_BYTES = 16 * 1024 * 1024
 REDIS_MESSAGE_BYTES = 64 * 1024 * 1024
 MESSAGE_ROOM_BYTES = 64 * 1024  # the task's name, numbers, headers, envelope
@@ -83,7 +83,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 def max_message_bytes(broker: str) -> int:
     """The most image bytes one job may carry through this broker."""
     if uses_redis(broker):
-        return (REDIS_MESSAGE_BYTES - MESSAGE_ROOM_BYTES) // 4 * 3
+        return (REDIS_MESSAGE_BYTES - MESSAGE_ROOM_BYTES) // 4 * 3  # as with base64
     return AMQP_MESSAGE_BYTES - MESSAGE_ROOM_BYTES
 
 
@@ -387,21 +387,20 @@ class _Run(Generic[KeyT]):
             # is asked of the broker again (rpc://: on a pooled connection
             # that may have died with a broker restart).
             state = result.state
-            if state == "REVOKED":
-                # Cancelled by its worker on losing the broker: its message
-                # is handed out again, but its result would reach no one.
-                log.warning("celery.cancelled", job=flight.name)
+            lost = _lost(result) if state == "SUCCESS" else None
+            if state == "REVOKED" or lost is not None:
+                # Cancelled by its worker on losing the broker (its message is
+                # handed out again, but its result would reach no one), or its
+                # image bytes gone from Redis (restarted while a worker held
+                # the message): sent again, with them, counted as a send.
+                if lost is None:
+                    log.warning("celery.cancelled", job=flight.name)
+                else:
+                    log.warning("celery.resent", job=flight.name, sends=flight.sends + 1,
+                                reason=lost)  # fmt: skip
                 self.by_id.pop(result.id, None)
                 self._forget(result.id)
                 yield from self._again(flight)
-                continue
-            lost = _lost(result) if state == "SUCCESS" else None
-            if lost is not None:
-                # Its image bytes gone from Redis (restarted while a worker
-                # held the message): sent again with them, counted as a send.
-                log.warning("celery.resent", job=flight.name, sends=flight.sends + 1, reason=lost)
-                self._done(flight)
-                yield from self._again(_Flight(flight.items, sends=flight.sends))
                 continue
             outcomes, again = self._outcomes(flight, result)
             self._done(flight)  # its result read: forgotten

@@ -38,6 +38,7 @@ __all__ = [
     "new_stamp",
     "ordered_listing",
     "patch",
+    "spans_units",
 ]
 
 # What the saved listing is made by: a rule that changes it changes this.
@@ -138,6 +139,11 @@ def listed_items(clusters: Iterable[Cluster], relations: Iterable[Relation]) -> 
 
 def _key(asset: dict[str, str]) -> str:
     return f"{asset['unit']}:{asset['id']}"  # AssetRow.key
+
+
+def spans_units(record: dict[str, Any]) -> bool:
+    """Whether a listed cluster holds copies in more than one unit."""
+    return len({record["canonical"]["unit"], *(m["unit"] for m in record["members"])}) > 1
 
 
 def ordered_listing(entries: Iterable[tuple[bool, str]]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +48,7 @@ from connector.engine.listing import (
     new_stamp,
     ordered_listing,
     patch,
+    spans_units,
 )
 from connector.engine.pool import EngineUnavailable, Limits, Pool, WorkerPool
 from connector.engine.settle import MatchStats
@@ -460,16 +460,8 @@ def cluster_counts(
     from the saved listing made current: a sync's summary, after which only
     the groups its new and changed assets reach are clustered again, not
     the whole index (seconds at 1,000,000 assets, not half a minute)."""
-    if _listed_figures(store, settings, read_original) is None:
-        clusters, _relations = current_clusters(store, settings, read_original)
-        spans = [{c.canonical.unit, *(m.asset.unit for m in c.members)} for c in clusters]
-        return len(clusters), sum(len(units) > 1 for units in spans)
-    records = [json.loads(record) for similar, record in store.listing() if not similar]
-    return len(records), sum(_units(record) > 1 for record in records)
-
-
-def _units(record: dict[str, Any]) -> int:
-    return len({record["canonical"]["unit"], *(m["unit"] for m in record["members"])})
+    clusters = cluster_listing(store, settings, read_original)["clusters"]
+    return len(clusters), sum(map(spans_units, clusters))
 
 
 def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, int]]:
@@ -484,9 +476,14 @@ def unit_figures(store: IndexStore, settings: Settings) -> dict[str, dict[str, i
     }
 
 
-def cluster_listing(store: IndexStore, settings: Settings) -> dict[str, Any]:
-    """`listing_of` the current clusters, from the saved listing made current."""
-    if _listed_figures(store, settings) is None:
-        clusters, relations = current_clusters(store, settings)
+def cluster_listing(
+    store: IndexStore,
+    settings: Settings,
+    read_original: Callable[[str], bytes | None] | None = None,
+) -> dict[str, Any]:
+    """`listing_of` the current clusters, from the saved listing made current
+    (new groups' lineage read with `read_original`, as current_clusters does)."""
+    if _listed_figures(store, settings, read_original) is None:
+        clusters, relations = current_clusters(store, settings, read_original)
         return listing_of(clusters, relations)
     return ordered_listing(store.listing())
